@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs the Debian packages mgmtnet's tests and demo use, when missing.
+# Safe to run repeatedly; does nothing when everything is there.
+set -euo pipefail
+
+# command -> Debian package
+declare -A need=(
+  [tincd]=tinc
+  [nft]=nftables
+  [ip]=iproute2
+  [ping]=iputils-ping
+  [dig]=dnsutils
+  [curl]=curl
+)
+missing=()
+for cmd in "${!need[@]}"; do
+  PATH=$PATH:/usr/sbin:/sbin command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}")
+done
+if ! command -v go >/dev/null 2>&1 && [ ! -x /usr/local/go/bin/go ]; then
+  missing+=(golang-go)
+fi
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+  echo "install-deps: missing packages: ${missing[*]}; run as root on Debian, or install them yourself" >&2
+  exit 1
+fi
+echo "install-deps: installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
