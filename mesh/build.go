@@ -1,0 +1,339 @@
+package mesh
+
+import (
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/confine-project/mgmtnet/addressing"
+)
+
+// Candidate is a member as a source (the registry) describes it, before
+// validation. Strings are as received.
+type Candidate struct {
+	Kind       addressing.Kind
+	ID         uint64
+	Name       string
+	Island     uint64 // 0 for none
+	MgmtAddr   string // mgmt_net.addr
+	Backend    string // "tinc" or "native"; v0's tinc_client/tinc_server are "tinc"
+	Tinc       *CandidateTinc
+	Properties map[string]string
+}
+
+// CandidateTinc is a candidate's tinc section; nil when the registry has no
+// key for the member.
+type CandidateTinc struct {
+	Name      string
+	PubKey    string
+	Addresses []CandidateAddress
+}
+
+// CandidateAddress is one tinc address as received. Port 0 means none was
+// given (tinc's default 655 applies).
+type CandidateAddress struct {
+	Addr   string
+	Port   int
+	Island uint64
+}
+
+// Result is the outcome of Build.
+type Result struct {
+	Testbed *Testbed
+	// Rejected are candidates that failed validation.
+	Rejected []Problem
+	// Skipped are candidates deliberately not in the VPN: no tinc key, or
+	// the native backend.
+	Skipped []Problem
+	// Warnings are members that were kept with a part dropped (an unusable
+	// tinc address).
+	Warnings []Problem
+}
+
+// Build validates candidates against the plan and returns the snapshot of
+// the valid ones. A candidate that fails is rejected on its own, with a
+// reason that names it; the rest still form the testbed. Build never fails
+// as a whole: an empty testbed is a valid result (the caller's mass-deletion
+// guard decides what to do with it).
+func Build(plan addressing.Plan, cands []Candidate) Result {
+	var res Result
+	members := make([]Member, 0, len(cands))
+	for i := range cands {
+		c := &cands[i]
+		m, skip, err := validate(plan, c)
+		if err != nil {
+			p := Problem{Kind: c.Kind, ID: c.ID, Reason: err.Error()}
+			if c.Tinc != nil && ValidTincName(c.Tinc.Name) {
+				p.TincName = c.Tinc.Name
+			}
+			if skip {
+				res.Skipped = append(res.Skipped, p)
+			} else {
+				res.Rejected = append(res.Rejected, p)
+			}
+			continue
+		}
+		for _, w := range m.warnings {
+			res.Warnings = append(res.Warnings, Problem{Kind: m.Kind, ID: m.ID, TincName: m.TincName, Reason: w})
+		}
+		members = append(members, m.Member)
+	}
+	members, dups := dedupe(members)
+	res.Rejected = append(res.Rejected, dups...)
+	sortProblems(res.Rejected)
+	sortProblems(res.Skipped)
+	sortProblems(res.Warnings)
+	res.Testbed = newTestbed(plan, members)
+	return res
+}
+
+type validated struct {
+	Member
+	warnings []string
+}
+
+// validate checks one candidate. skip reports a deliberate skip (no key,
+// native backend) rather than a rejection.
+func validate(plan addressing.Plan, c *Candidate) (v validated, skip bool, err error) {
+	switch c.Kind {
+	case addressing.KindNode:
+		if err := addressing.CheckNode(c.ID); err != nil {
+			return v, false, err
+		}
+	case addressing.KindServer, addressing.KindHost, addressing.KindGateway:
+		if err := addressing.CheckID48(c.Kind.String(), c.ID); err != nil {
+			return v, false, err
+		}
+	default:
+		return v, false, fmt.Errorf("kind %s is not a tinc member", c.Kind)
+	}
+	switch c.Backend {
+	case "tinc", "":
+	case "native":
+		return v, true, fmt.Errorf("skipped: backend is native, not in the tinc VPN")
+	default:
+		return v, false, fmt.Errorf("mgmt_net backend %q: want tinc or native", c.Backend)
+	}
+	if c.Tinc == nil {
+		return v, true, fmt.Errorf("skipped: no tinc key registered (tinc is null)")
+	}
+	m := &v.Member
+	m.Kind, m.ID, m.Name, m.Island = c.Kind, c.ID, c.Name, c.Island
+	if !ValidTincName(c.Tinc.Name) {
+		return v, false, fmt.Errorf("tinc name %q: want one or more of [A-Za-z0-9_]", c.Tinc.Name)
+	}
+	m.TincName = c.Tinc.Name
+
+	want, err := plan.Address(addressing.Entity{Kind: c.Kind, ID: c.ID})
+	if err != nil {
+		return v, false, err
+	}
+	addrStr := strings.TrimSpace(c.MgmtAddr)
+	if addrStr == "" {
+		return v, false, fmt.Errorf("mgmt_net.addr is empty; the plan says %s", want)
+	}
+	addr, err := netip.ParseAddr(addrStr)
+	if err != nil || !addr.Is6() || addr.Zone() != "" || addr.Is4In6() {
+		return v, false, fmt.Errorf("mgmt_net.addr %q is not an IPv6 address; the plan says %s", c.MgmtAddr, want)
+	}
+	if addr != want {
+		what := "outside the plan's " + plan.Mgmt().String()
+		if e, err := plan.Reverse(addr); err == nil {
+			what = "the address of " + e.String()
+		} else if plan.Mgmt().Contains(addr) {
+			what = "not an address the plan assigns"
+		}
+		return v, false, fmt.Errorf("mgmt_net.addr %s disagrees with the plan: it is %s, but %s is %s", addr, what, label(c.Kind, c.ID, ""), want)
+	}
+	m.Addr = addr
+	sub, err := plan.TincSubnet(c.Kind, c.ID)
+	if err != nil {
+		return v, false, err
+	}
+	m.Subnets = []netip.Prefix{sub}
+
+	key, err := NormalizePublicKey(c.Tinc.PubKey)
+	if err != nil {
+		return v, false, err
+	}
+	m.PubKey = key
+
+	for _, a := range c.Tinc.Addresses {
+		ta, err := checkTincAddress(a)
+		if err != nil {
+			v.warnings = append(v.warnings, err.Error())
+			continue
+		}
+		if slices.ContainsFunc(m.Addresses, func(x TincAddress) bool { return x.Host == ta.Host && x.Port == ta.Port }) {
+			continue
+		}
+		m.Addresses = append(m.Addresses, ta)
+	}
+	if len(c.Properties) > 0 {
+		m.Properties = make(map[string]string, len(c.Properties))
+		for k, val := range c.Properties {
+			m.Properties[k] = val
+		}
+	}
+	return v, false, nil
+}
+
+// checkTincAddress validates a gateway address: an IP literal or a host
+// name, never 0.0.0.0 or another unspecified/multicast address, and a port
+// in 1..65535 (0 means the default 655).
+func checkTincAddress(a CandidateAddress) (TincAddress, error) {
+	host := strings.TrimSpace(a.Addr)
+	port := a.Port
+	if port == 0 {
+		port = DefaultTincPort
+	}
+	if port < 1 || port > 65535 {
+		return TincAddress{}, fmt.Errorf("tinc address %s port %d dropped: want 1..65535", host, a.Port)
+	}
+	if ip, err := netip.ParseAddr(host); err == nil {
+		ip = ip.Unmap()
+		if ip.IsUnspecified() || ip.IsMulticast() || ip.Zone() != "" {
+			return TincAddress{}, fmt.Errorf("tinc address %s dropped: clients cannot connect to an unspecified, multicast or zoned address (a setup-script default?)", host)
+		}
+		return TincAddress{Host: ip.String(), Port: uint16(port), Island: a.Island}, nil
+	}
+	if !validHostName(host) {
+		return TincAddress{}, fmt.Errorf("tinc address %q dropped: neither an IP address nor a valid host name", a.Addr)
+	}
+	return TincAddress{Host: strings.ToLower(host), Port: uint16(port), Island: a.Island}, nil
+}
+
+// NormalizePublicKey checks that s holds one PEM RSA public key, PKCS#1
+// ("RSA PUBLIC KEY", tinc's own form) or X.509 SPKI ("PUBLIC KEY"), with LF
+// or CRLF line endings, and returns it with LF endings, surrounding blank
+// space removed and one final newline. The encoding is kept as given, so
+// host files stay byte-compatible with the controller's.
+func NormalizePublicKey(s string) (string, error) {
+	t := strings.TrimSpace(strings.ReplaceAll(s, "\r\n", "\n"))
+	if t == "" {
+		return "", fmt.Errorf("public key is empty")
+	}
+	block, rest := pem.Decode([]byte(t))
+	if block == nil {
+		return "", fmt.Errorf("public key is not PEM (want -----BEGIN RSA PUBLIC KEY----- or -----BEGIN PUBLIC KEY-----)")
+	}
+	if len(strings.TrimSpace(string(rest))) != 0 {
+		return "", fmt.Errorf("public key has trailing data after the PEM block")
+	}
+	if len(block.Headers) != 0 {
+		return "", fmt.Errorf("public key PEM has headers; want a plain key")
+	}
+	switch block.Type {
+	case "RSA PUBLIC KEY":
+		if _, err := x509.ParsePKCS1PublicKey(block.Bytes); err != nil {
+			return "", fmt.Errorf("public key: parse PKCS#1 RSA public key: %w", err)
+		}
+	case "PUBLIC KEY":
+		k, err := x509.ParsePKIXPublicKey(block.Bytes)
+		if err != nil {
+			return "", fmt.Errorf("public key: parse SPKI public key: %w", err)
+		}
+		if _, ok := k.(*rsa.PublicKey); !ok {
+			return "", fmt.Errorf("public key: a %T, but tinc 1.0 needs RSA", k)
+		}
+	default:
+		return "", fmt.Errorf("public key: PEM type %q; want RSA PUBLIC KEY or PUBLIC KEY", block.Type)
+	}
+	// Keep the given encoding, but the text between the markers must be
+	// plain base64 lines (pem.Decode tolerates other things).
+	for _, line := range strings.Split(t, "\n") {
+		if strings.ContainsAny(line, "\t\r\x00") {
+			return "", fmt.Errorf("public key: control characters in the PEM text")
+		}
+	}
+	return t + "\n", nil
+}
+
+// dedupe rejects every member whose tinc name, (kind, id) or Subnets
+// collide with another's: which of two claimants is genuine cannot be told,
+// so neither is trusted.
+func dedupe(ms []Member) ([]Member, []Problem) {
+	bad := map[int]string{}
+	byName := map[string]int{}
+	type kid struct {
+		k  addressing.Kind
+		id uint64
+	}
+	byID := map[kid]int{}
+	for i := range ms {
+		if j, ok := byName[ms[i].TincName]; ok {
+			bad[i] = "tinc name " + ms[i].TincName + " is also claimed by " + ms[j].Label()
+			bad[j] = "tinc name " + ms[j].TincName + " is also claimed by " + ms[i].Label()
+		} else {
+			byName[ms[i].TincName] = i
+		}
+		k := kid{ms[i].Kind, ms[i].ID}
+		if j, ok := byID[k]; ok {
+			bad[i] = "listed twice by the registry (also as " + ms[j].TincName + ")"
+			bad[j] = "listed twice by the registry (also as " + ms[i].TincName + ")"
+		} else {
+			byID[k] = i
+		}
+	}
+	// Overlapping subnets: sort all (prefix, owner) pairs and compare
+	// neighbours; a prefix that contains the next one overlaps it.
+	type owned struct {
+		p netip.Prefix
+		i int
+	}
+	var all []owned
+	for i := range ms {
+		for _, p := range ms[i].Subnets {
+			all = append(all, owned{p, i})
+		}
+	}
+	slices.SortFunc(all, func(a, b owned) int {
+		if c := a.p.Addr().Compare(b.p.Addr()); c != 0 {
+			return c
+		}
+		return a.p.Bits() - b.p.Bits()
+	})
+	for k := 0; k+1 < len(all); k++ {
+		// Compare with every following prefix that starts inside this one.
+		for l := k + 1; l < len(all) && all[k].p.Contains(all[l].p.Addr()); l++ {
+			a, b := all[k], all[l]
+			if a.i == b.i {
+				continue
+			}
+			bad[a.i] = fmt.Sprintf("subnet %s overlaps %s of %s", a.p, b.p, ms[b.i].Label())
+			bad[b.i] = fmt.Sprintf("subnet %s overlaps %s of %s", b.p, a.p, ms[a.i].Label())
+		}
+	}
+	if len(bad) == 0 {
+		return ms, nil
+	}
+	var probs []Problem
+	out := ms[:0:0]
+	for i := range ms {
+		if reason, ok := bad[i]; ok {
+			probs = append(probs, Problem{Kind: ms[i].Kind, ID: ms[i].ID, TincName: ms[i].TincName, Reason: reason})
+			continue
+		}
+		out = append(out, ms[i])
+	}
+	return out, probs
+}
+
+func sortProblems(ps []Problem) {
+	slices.SortFunc(ps, func(a, b Problem) int {
+		if a.Kind != b.Kind {
+			return int(a.Kind) - int(b.Kind)
+		}
+		if a.ID != b.ID {
+			if a.ID < b.ID {
+				return -1
+			}
+			return 1
+		}
+		return strings.Compare(a.Reason, b.Reason)
+	})
+}
