@@ -304,8 +304,12 @@ func dedupe(ms []Member) ([]Member, []Problem) {
 			if a.i == b.i {
 				continue
 			}
-			bad[a.i] = fmt.Sprintf("subnet %s overlaps %s of %s", a.p, b.p, ms[b.i].Label())
-			bad[b.i] = fmt.Sprintf("subnet %s overlaps %s of %s", b.p, a.p, ms[a.i].Label())
+			if _, dup := bad[a.i]; !dup {
+				bad[a.i] = fmt.Sprintf("subnet %s overlaps %s of %s", a.p, b.p, ms[b.i].Label())
+			}
+			if _, dup := bad[b.i]; !dup {
+				bad[b.i] = fmt.Sprintf("subnet %s overlaps %s of %s", b.p, a.p, ms[a.i].Label())
+			}
 		}
 	}
 	if len(bad) == 0 {
@@ -333,6 +337,9 @@ func sortProblems(ps []Problem) {
 				return -1
 			}
 			return 1
+		}
+		if c := strings.Compare(a.TincName, b.TincName); c != 0 {
+			return c
 		}
 		return strings.Compare(a.Reason, b.Reason)
 	})
