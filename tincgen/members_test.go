@@ -1,0 +1,53 @@
+package tincgen
+
+import (
+	"os"
+	"testing"
+
+	"github.com/confine-project/mgmtnet/addressing"
+	"github.com/confine-project/mgmtnet/mesh"
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestHostFiles(t *testing.T) {
+	key, err := os.ReadFile("testdata/rsa_public_key.pem")
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan := addressing.Default()
+	res := mesh.Build(plan, []mesh.Candidate{
+		{Kind: addressing.KindServer, ID: 2, MgmtAddr: "fdf5:5351:1dfd::2", Backend: "tinc",
+			Tinc: &mesh.CandidateTinc{Name: "server", PubKey: string(key), Addresses: []mesh.CandidateAddress{
+				{Addr: "gw.example.net", Port: 655, Island: 1},
+				{Addr: "10.241.0.254", Port: 655, Island: 2},
+			}}},
+		{Kind: addressing.KindNode, ID: 31, MgmtAddr: "fdf5:5351:1dfd:1f::2", Backend: "tinc",
+			Tinc: &mesh.CandidateTinc{Name: "node_31", PubKey: string(key)}},
+	})
+	if len(res.Rejected) != 0 {
+		t.Fatalf("rejected: %v", res.Rejected)
+	}
+	files := HostFiles(res.Testbed, 0)
+	for name, golden := range map[string]string{"server": "testdata/gateway.host", "node_31": "testdata/node.host"} {
+		want, err := os.ReadFile(golden)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(string(want), string(files[name])); diff != "" {
+			t.Errorf("%s differs from %s (-want +got):\n%s", name, golden, diff)
+		}
+	}
+	// Island 2 first.
+	h := HostFor(res.Testbed.At(1), 2)
+	want := []Address{{Host: "10.241.0.254", Port: 655}, {Host: "gw.example.net", Port: 655}}
+	if diff := cmp.Diff(want, h.Addresses); diff != "" {
+		t.Errorf("island-first order (-want +got):\n%s", diff)
+	}
+	// Island 1 (already first) and an unknown island keep registry order.
+	for _, island := range []uint64{1, 9} {
+		h := HostFor(res.Testbed.At(1), island)
+		if h.Addresses[0].Host != "gw.example.net" {
+			t.Errorf("island %d: order %v", island, h.Addresses)
+		}
+	}
+}
