@@ -314,3 +314,19 @@ func FuzzBuild(f *testing.F) {
 		}
 	})
 }
+
+func TestChoosePrefix(t *testing.T) {
+	vct := netip.MustParsePrefix("fd65:fc41:c50f::/48")
+	clab := addressing.DefaultMgmtPrefix
+	cands := []Candidate{node(t, 1), node(t, 2), node(t, 3)} // in clab
+	if p, note := ChoosePrefix(clab, vct, cands); p != clab || note != "" {
+		t.Errorf("agreeing prefix: %s %q", p, note)
+	}
+	p, note := ChoosePrefix(vct, clab, cands)
+	if p != clab || !strings.Contains(note, "3 of 3 member addresses are in fdf5:5351:1dfd::/48") {
+		t.Errorf("disagreeing prefix: %s %q", p, note)
+	}
+	if p, _ := ChoosePrefix(netip.Prefix{}, vct, nil); p != vct {
+		t.Errorf("no declared prefix, no members: %s", p)
+	}
+}
