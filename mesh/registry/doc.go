@@ -1,0 +1,20 @@
+// Package registry speaks the CONFINE registry REST API (controller v1,
+// and the pre-2015 "v0" shapes) for the management network.
+//
+// The Client reads a registry: it discovers the member collections from the
+// base resource's Link header, follows pagination, revalidates with ETags,
+// retries transient failures (go-retryablehttp) and decodes servers, hosts
+// and nodes leniently into mesh.Candidate values. An element that does not
+// decode becomes a mesh.Problem; the others go on.
+//
+// The Server serves a testbed File (a JSON description of islands,
+// servers, nodes and hosts, or a Synthetic one of any size) read-only over
+// the same API, faithfully enough for the Client, the node firmware's
+// scripts and tests.
+//
+// The package does not validate members against the addressing plan, nor
+// write tinc files, nor run DNS: mesh.Build validates candidates, and other
+// packages act on the resulting mesh.Testbed. The server implements no
+// writes, authentication, or resources beyond those the management network
+// needs.
+package registry

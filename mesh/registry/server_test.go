@@ -1,0 +1,344 @@
+package registry
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func base64Std(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
+
+func mustURL(s string) *url.URL {
+	u, err := url.Parse(s)
+	if err != nil {
+		panic(err)
+	}
+	return u
+}
+
+type response struct {
+	Status      int
+	ContentType string
+	Link        string
+	Location    string
+	Body        string
+}
+
+func do(h http.Handler, method, target string, hdr ...string) (response, http.Header) {
+	req := httptest.NewRequest(method, target, nil)
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	return response{rec.Code, rec.Header().Get("Content-Type"), rec.Header().Get("Link"), rec.Header().Get("Location"), rec.Body.String()}, rec.Header()
+}
+
+func TestServerResponses(t *testing.T) {
+	f := loadTestdata(t)
+	f.Nodes[1].Tinc.PubKey = "K32" // short bodies below
+	f.Nodes[0].Tinc.PubKey = "K31"
+	srv := NewServer(f, nil)
+	const ex = "http://example.com/api/"
+	ct := func(r string) string {
+		return `application/json; profile="http://confine-project.eu/schema/registry/v1/` + r + `"`
+	}
+	node31 := `{"uri":"` + ex + `nodes/31/","id":31,"name":"node-31","island":{"uri":"` + ex + `islands/1/","id":1},"mgmt_net":{"addr":"fd65:fc41:c50f:1f::2","backend":"tinc"},"tinc":{"name":"node_31","pubkey":"K31","addresses":[]},"properties":{}}`
+	node32 := `{"uri":"` + ex + `nodes/32/","id":32,"name":"node-32","island":{"uri":"` + ex + `islands/2/","id":2},"mgmt_net":{"addr":"fd65:fc41:c50f:20::2","backend":"tinc"},"tinc":{"name":"node_32","pubkey":"K32","addresses":[]},"properties":{"arch":"x86_64"}}`
+	host7 := `{"uri":"` + ex + `hosts/7/","id":7,"name":"laptop","island":null,"mgmt_net":{"addr":"fd65:fc41:c50f:0:2000::7","backend":"tinc"},"tinc":null}`
+	notFound := `{"detail":"Not found."}`
+	tests := []struct {
+		method, target string
+		want           response
+	}{
+		{"GET", "/api/", response{200, ct("base"),
+			`<` + ex + `nodes/>; rel="http://confine-project.eu/rel/registry/node-list", <` + ex + `servers/>; rel="http://confine-project.eu/rel/registry/server-list", <` + ex + `hosts/>; rel="http://confine-project.eu/rel/registry/host-list", <` + ex + `islands/>; rel="http://confine-project.eu/rel/registry/island-list"`, "",
+			`{"confine_params":{"debug_ipv6_prefix":"fd5f:eee5:e6ad::/48","priv_ipv6_prefix":"fdbd:e804:6aa9::/48"},"testbed_params":{"mgmt_ipv6_prefix":"fd65:fc41:c50f::/48"},"uri":"` + ex + `"}`}},
+		{"GET", "/api/nodes/", response{200, ct("node-list"), "", "", "[" + node31 + "," + node32 + "]"}},
+		{"GET", "/api/nodes/31/", response{200, ct("node"), "", "", node31}},
+		{"GET", "/api/hosts/", response{200, ct("host-list"), "", "", "[" + host7 + "]"}},
+		{"GET", "/api/islands/2/", response{200, ct("island"), "", "", `{"uri":"` + ex + `islands/2/","id":2,"name":"island-2","description":"reached over the Internet"}`}},
+		{"HEAD", "/api/nodes/31/", response{200, ct("node"), "", "", ""}},
+		{"GET", "/api/nodes/?per_page=1", response{200, ct("node-list"),
+			`<` + ex + `nodes/?page=1&per_page=1>; rel="first", <` + ex + `nodes/?page=2&per_page=1>; rel="next", <` + ex + `nodes/?page=2&per_page=1>; rel="last"`, "", "[" + node31 + "]"}},
+		{"GET", "/api/nodes/?per_page=1&page=2", response{200, ct("node-list"),
+			`<` + ex + `nodes/?page=1&per_page=1>; rel="first", <` + ex + `nodes/?page=1&per_page=1>; rel="prev", <` + ex + `nodes/?page=2&per_page=1>; rel="last"`, "", "[" + node32 + "]"}},
+		{"GET", "/api/nodes/?per_page=1&page=3", response{404, "application/json", "", "", `{"detail":"Invalid page."}`}},
+		{"GET", "/api/nodes/?page=2", response{404, "application/json", "", "", `{"detail":"Invalid page."}`}},
+		{"GET", "/api/nodes/?per_page=0", response{400, "application/json", "", "", `{"detail":"Invalid per_page \"0\": want a positive integer."}`}},
+		{"GET", "/api/nodes/99/", response{404, "application/json", "", "", notFound}},
+		{"GET", "/api/nodes/x/", response{404, "application/json", "", "", notFound}},
+		{"GET", "/api/slices/", response{404, "application/json", "", "", notFound}},
+		{"GET", "/other", response{404, "application/json", "", "", notFound}},
+		{"GET", "/api/nodes?per_page=1", response{301, "text/html; charset=utf-8", "", "/api/nodes/?per_page=1", "<a href=\"/api/nodes/?per_page=1\">Moved Permanently</a>.\n\n"}},
+		{"POST", "/api/nodes/", response{405, "application/json", "", "", `{"detail":"Method \"POST\" not allowed."}`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.method+" "+tt.target, func(t *testing.T) {
+			got, _ := do(srv, tt.method, tt.target)
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestServerETags(t *testing.T) {
+	srv := NewServer(loadTestdata(t), nil)
+	for _, target := range []string{"/api/", "/api/nodes/", "/api/nodes/31/", "/api/nodes/?per_page=1&page=2"} {
+		first, h := do(srv, "GET", target)
+		etag := h.Get("ETag")
+		if first.Status != 200 || !strings.HasPrefix(etag, `"`) {
+			t.Fatalf("%s: status %d, ETag %q", target, first.Status, etag)
+		}
+		for _, inm := range []string{etag, "W/" + etag, `"other", ` + etag, "*"} {
+			got, h2 := do(srv, "GET", target, "If-None-Match", inm)
+			if got.Status != 304 || got.Body != "" || h2.Get("ETag") != etag {
+				t.Errorf("%s If-None-Match %s: status %d, body %q, ETag %q", target, inm, got.Status, got.Body, h2.Get("ETag"))
+			}
+		}
+		if got, _ := do(srv, "GET", target, "If-None-Match", `"other"`); got.Status != 200 {
+			t.Errorf("%s with another ETag: status %d", target, got.Status)
+		}
+	}
+	// A changed member changes the list's and its own ETag, not others'.
+	_, h := do(srv, "GET", "/api/nodes/")
+	_, h31 := do(srv, "GET", "/api/nodes/31/")
+	_, h32 := do(srv, "GET", "/api/nodes/32/")
+	f := loadTestdata(t)
+	f.Nodes[1].Name = "changed"
+	srv.SetFile(f)
+	_, h2 := do(srv, "GET", "/api/nodes/")
+	_, h231 := do(srv, "GET", "/api/nodes/31/")
+	_, h232 := do(srv, "GET", "/api/nodes/32/")
+	if h.Get("ETag") == h2.Get("ETag") || h32.Get("ETag") == h232.Get("ETag") || h31.Get("ETag") != h231.Get("ETag") {
+		t.Errorf("ETags after changing node 32: list %s -> %s, node 31 %s -> %s, node 32 %s -> %s",
+			h.Get("ETag"), h2.Get("ETag"), h31.Get("ETag"), h231.Get("ETag"), h32.Get("ETag"), h232.Get("ETag"))
+	}
+}
+
+func TestServerV0Shapes(t *testing.T) {
+	f := loadTestdata(t)
+	f.Dialect = DialectV0
+	f.Servers[0].Tinc.PubKey = "KS"
+	f.Nodes[0].Tinc.PubKey = "K31"
+	srv := NewServer(f, nil)
+	base, _ := do(srv, "GET", "/api/")
+	if !strings.Contains(base.Link, `rel="http://confine-project.eu/rel/server/node-list"`) {
+		t.Errorf("v0 Link: %s", base.Link)
+	}
+	var got []map[string]any
+	for _, target := range []string{"/api/servers/2/", "/api/nodes/31/", "/api/hosts/7/"} {
+		r, _ := do(srv, "GET", target)
+		var m map[string]any
+		if err := json.Unmarshal([]byte(r.Body), &m); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, map[string]any{"mgmt_net": m["mgmt_net"], "has_tinc": m["tinc"] != nil})
+	}
+	isl := func(id float64) map[string]any {
+		return map[string]any{"uri": fmt.Sprintf("http://example.com/api/islands/%v/", id), "id": id}
+	}
+	want := []map[string]any{
+		{"has_tinc": false, "mgmt_net": map[string]any{"addr": "fd65:fc41:c50f::2", "backend": "tinc_server", "tinc_client": nil,
+			"tinc_server": map[string]any{"name": "server", "pubkey": "KS", "is_active": true, "addresses": []any{
+				map[string]any{"addr": "10.0.1.1", "port": 655.0, "island": isl(1)},
+				map[string]any{"addr": "198.51.100.1", "port": 655.0, "island": isl(2)}}}}},
+		{"has_tinc": false, "mgmt_net": map[string]any{"addr": "fd65:fc41:c50f:1f::2", "backend": "tinc_client", "tinc_server": nil,
+			"tinc_client": map[string]any{"name": "node_31", "pubkey": "K31"}}},
+		{"has_tinc": false, "mgmt_net": map[string]any{"addr": "fd65:fc41:c50f:0:2000::7", "backend": "tinc_client", "tinc_server": nil, "tinc_client": nil}},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
+	}
+}
+
+func TestParseFile(t *testing.T) {
+	good := `{"mgmt_ipv6_prefix": "fd65:fc41:c50f::/48", "islands": [{"id": 1, "name": "i"}], "nodes": [{"id": 31, "island": 1, "tinc": null}]}`
+	tests := []struct {
+		name, json, wantErr string
+	}{
+		{"good", good, ""},
+		{"unknown key", `{"mgmt_ipv6_prefix": "fd65:fc41:c50f::/48", "nodez": []}`, `unknown field "nodez"`},
+		{"unknown member key", `{"mgmt_ipv6_prefix": "fd65:fc41:c50f::/48", "nodes": [{"id": 1, "tinc": {"nmae": "x"}}]}`, `unknown field "nmae"`},
+		{"trailing data", good + "{}", "trailing data"},
+		{"no prefix", `{"nodes": []}`, "mgmt_ipv6_prefix is missing"},
+		{"bad prefix", `{"mgmt_ipv6_prefix": "fd65::/64"}`, "mgmt_ipv6_prefix"},
+		{"bad dialect", `{"mgmt_ipv6_prefix": "fd65:fc41:c50f::/48", "dialect": "v2"}`, `dialect "v2"`},
+		{"duplicate node", `{"mgmt_ipv6_prefix": "fd65:fc41:c50f::/48", "nodes": [{"id": 1}, {"id": 1}]}`, "node 1 is listed twice"},
+		{"unknown island", `{"mgmt_ipv6_prefix": "fd65:fc41:c50f::/48", "nodes": [{"id": 1, "island": 2}]}`, "node 1: island 2 is not in islands"},
+		{"unknown address island", `{"mgmt_ipv6_prefix": "fd65:fc41:c50f::/48", "servers": [{"id": 2, "tinc": {"addresses": [{"addr": "a", "island": 9}]}}]}`, "server 2 tinc address a: island 9"},
+		{"node 0 without address", `{"mgmt_ipv6_prefix": "fd65:fc41:c50f::/48", "nodes": [{"id": 0}]}`, "node 0: no mgmt_addr"},
+		{"node 0 with address", `{"mgmt_ipv6_prefix": "fd65:fc41:c50f::/48", "nodes": [{"id": 0, "mgmt_addr": "fd65:fc41:c50f::2"}]}`, ""},
+		{"bad port", `{"mgmt_ipv6_prefix": "fd65:fc41:c50f::/48", "servers": [{"id": 2, "tinc": {"addresses": [{"addr": "a", "port": 70000}]}}]}`, "port 70000"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := ParseFile([]byte(tt.json))
+			if tt.wantErr == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("error %v, want one with %q", err, tt.wantErr)
+			}
+		})
+	}
+	path := filepath.Join(t.TempDir(), "tb.json")
+	os.WriteFile(path, []byte(`{"mgmt_ipv6_prefix": "fd65:fc41:c50f::/48", "x": 1}`), 0o644)
+	if _, err := LoadFile(path); err == nil || !strings.Contains(err.Error(), path) {
+		t.Errorf("LoadFile error %v does not name the file", err)
+	}
+}
+
+func TestParseSyntheticSpec(t *testing.T) {
+	tests := []struct {
+		in      string
+		want    SyntheticSpec
+		wantErr string
+	}{
+		{"nodes=65520,hosts=1000,servers=10", SyntheticSpec{Nodes: 65520, Hosts: 1000, Servers: 10}, ""},
+		{"nodes=3, keys=2,keybits=1024,prefix=fdf5:5351:1dfd::/48,seed=7", SyntheticSpec{Nodes: 3, Keys: 2, KeyBits: 1024, Prefix: netip.MustParsePrefix("fdf5:5351:1dfd::/48"), Seed: 7}, ""},
+		{"", SyntheticSpec{}, "empty"},
+		{"nodes=65521", SyntheticSpec{}, "nodes=65521: want 0..65520"},
+		{"nodes=-1", SyntheticSpec{}, "nodes=-1: want a non-negative integer"},
+		{"nodes=x", SyntheticSpec{}, "nodes=x"},
+		{"node=1", SyntheticSpec{}, `unknown key "node"`},
+		{"nodes", SyntheticSpec{}, `"nodes" is not key=value`},
+		{"nodes=1,nodes=2", SyntheticSpec{}, "nodes given twice"},
+		{"keybits=512", SyntheticSpec{}, "keybits=512"},
+		{"prefix=fd00::/64", SyntheticSpec{}, "prefix=fd00::/64"},
+		{"prefix=nonsense", SyntheticSpec{}, "prefix=nonsense"},
+		{"servers=509", SyntheticSpec{}, "servers=509"},
+	}
+	for _, tt := range tests {
+		got, err := ParseSyntheticSpec(tt.in)
+		if tt.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("ParseSyntheticSpec(%q) error %v, want one with %q", tt.in, err, tt.wantErr)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("ParseSyntheticSpec(%q): %v", tt.in, err)
+			continue
+		}
+		if diff := cmp.Diff(tt.want, got, cmp.Comparer(func(a, b netip.Prefix) bool { return a == b })); diff != "" {
+			t.Errorf("ParseSyntheticSpec(%q) (-want +got):\n%s", tt.in, diff)
+		}
+	}
+}
+
+func TestSynthetic(t *testing.T) {
+	f, err := Synthetic(SyntheticSpec{Nodes: 5, Servers: 256, Hosts: 2, Keys: 3, KeyBits: 1024})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, i := range []int{0, 1, 253, 254, 255} {
+		s := f.Servers[i]
+		got = append(got, fmt.Sprintf("%d %s %s", s.ID, s.Tinc.Name, s.Tinc.Addresses[0].Addr))
+	}
+	want := []string{"2 server 198.51.100.1", "3 server_3 198.51.100.2", "255 server_255 198.51.100.254", "256 server_256 203.0.113.1", "257 server_257 203.0.113.2"}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("servers (-want +got):\n%s", diff)
+	}
+	keys := map[string]int{}
+	for _, g := range f.groups() {
+		for _, m := range g.members {
+			keys[m.Tinc.PubKey]++
+		}
+	}
+	if len(keys) != 3 {
+		t.Errorf("%d distinct keys, want 3", len(keys))
+	}
+	for k := range keys {
+		block, _ := pem.Decode([]byte(k))
+		if block == nil || block.Type != "RSA PUBLIC KEY" {
+			t.Fatalf("key %q", k)
+		}
+		pub, err := x509.ParsePKCS1PublicKey(block.Bytes)
+		if err != nil || pub.N.BitLen() != 1024 {
+			t.Errorf("key: %v, %d bits", err, pub.N.BitLen())
+		}
+		for _, line := range strings.Split(strings.TrimSpace(k), "\n") {
+			if len(line) > 64 {
+				t.Errorf("line of %d columns", len(line))
+			}
+		}
+	}
+	if f.Nodes[4].ID != 5 || f.Nodes[4].Tinc.Name != "node_5" || f.Hosts[1].Tinc.Name != "host_2" {
+		t.Errorf("nodes/hosts: %+v %+v", f.Nodes[4], f.Hosts[1])
+	}
+	// It serves and fetches as valid members.
+	c := newClient(t, serve(t, NewServer(f, nil)), fastOptions())
+	snap, err := c.Fetch(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(snap.Candidates) != 263 || snap.Prefix.String() != "fd65:fc41:c50f::/48" {
+		t.Errorf("%d candidates, prefix %s", len(snap.Candidates), snap.Prefix)
+	}
+}
+
+func BenchmarkServeNodes(b *testing.B) {
+	f, err := Synthetic(SyntheticSpec{Nodes: 65520, Keys: 4, KeyBits: 1024})
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := NewServer(f, nil)
+	req := httptest.NewRequest("GET", "/api/nodes/", nil)
+	rec := httptest.NewRecorder()
+	srv.ServeHTTP(rec, req) // render once; the benchmark measures serving
+	b.SetBytes(int64(rec.Body.Len()))
+	b.ReportAllocs()
+	for b.Loop() {
+		w := &discardWriter{h: http.Header{}}
+		srv.ServeHTTP(w, req)
+		if w.code != 200 {
+			b.Fatalf("status %d", w.code)
+		}
+	}
+}
+
+type discardWriter struct {
+	h    http.Header
+	code int
+}
+
+func (d *discardWriter) Header() http.Header         { return d.h }
+func (d *discardWriter) Write(p []byte) (int, error) { return len(p), nil }
+func (d *discardWriter) WriteHeader(code int)        { d.code = code }
+
+func BenchmarkFetch(b *testing.B) {
+	f, err := Synthetic(SyntheticSpec{Nodes: 10000, Servers: 2, Hosts: 10, Keys: 4, KeyBits: 1024})
+	if err != nil {
+		b.Fatal(err)
+	}
+	c := newClient(b, serve(b, NewServer(f, nil)), Options{})
+	b.ReportAllocs()
+	for b.Loop() {
+		snap, err := c.Fetch(context.Background(), nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if len(snap.Candidates) != 10012 {
+			b.Fatalf("%d candidates", len(snap.Candidates))
+		}
+	}
+}

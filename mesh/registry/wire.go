@@ -1,0 +1,294 @@
+package registry
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/confine-project/mgmtnet/addressing"
+	"github.com/confine-project/mgmtnet/mesh"
+)
+
+// The wire types below mirror the controller's JSON. They are decoded
+// leniently: unknown fields are ignored, because the controller adds fields
+// (and real nodes carry dozens that do not concern the management network).
+
+// wireRef is a reference to another resource: {"uri": ..., "id": ...}.
+// A bare number is accepted too (some tools write island ids that way).
+type wireRef struct {
+	URI string `json:"uri"`
+	ID  uint64 `json:"id"`
+}
+
+func (r *wireRef) UnmarshalJSON(b []byte) error {
+	b = bytes.TrimSpace(b)
+	if len(b) > 0 && b[0] != '{' {
+		if string(b) == "null" {
+			return nil
+		}
+		id, err := strconv.ParseUint(string(b), 10, 64)
+		if err != nil {
+			return fmt.Errorf("reference %s: want {\"uri\": ..., \"id\": N}, a number or null", truncate(b))
+		}
+		r.ID = id
+		return nil
+	}
+	type plain wireRef
+	return json.Unmarshal(b, (*plain)(r))
+}
+
+// refID returns the id of a reference, 0 for none.
+func refID(r *wireRef) uint64 {
+	if r == nil {
+		return 0
+	}
+	return r.ID
+}
+
+// wirePort is a tinc port: a JSON number, a numeric string, or null.
+type wirePort int
+
+func (p *wirePort) UnmarshalJSON(b []byte) error {
+	s := string(bytes.TrimSpace(b))
+	if s == "null" {
+		*p = 0
+		return nil
+	}
+	if uq, err := strconv.Unquote(s); err == nil {
+		s = strings.TrimSpace(uq)
+		if s == "" {
+			*p = 0
+			return nil
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 32)
+	if err != nil {
+		return fmt.Errorf("port %s: want an integer", truncate(b))
+	}
+	*p = wirePort(n)
+	return nil
+}
+
+// wireAddress is one tinc address. v1 renders {"addr", "port", "island"};
+// v0 controllers also rendered plain strings "1.2.3.4" or "1.2.3.4 655".
+type wireAddress struct {
+	Addr   string   `json:"addr"`
+	Port   wirePort `json:"port"`
+	Island *wireRef `json:"island"`
+}
+
+func (a *wireAddress) UnmarshalJSON(b []byte) error {
+	b = bytes.TrimSpace(b)
+	if len(b) > 0 && b[0] == '"' {
+		var s string
+		if err := json.Unmarshal(b, &s); err != nil {
+			return err
+		}
+		f := strings.Fields(s)
+		switch len(f) {
+		case 1:
+			a.Addr = f[0]
+		case 2:
+			a.Addr = f[0]
+			n, err := strconv.ParseInt(f[1], 10, 32)
+			if err != nil {
+				return fmt.Errorf("address %q: port %q is not an integer", s, f[1])
+			}
+			a.Port = wirePort(n)
+		default:
+			return fmt.Errorf("address %q: want \"ADDR\" or \"ADDR PORT\"", s)
+		}
+		return nil
+	}
+	type plain wireAddress
+	return json.Unmarshal(b, (*plain)(a))
+}
+
+// wireTinc is v1's "tinc" object, and v0's tinc_client/tinc_server.
+type wireTinc struct {
+	Name      string        `json:"name"`
+	PubKey    string        `json:"pubkey"`
+	Addresses []wireAddress `json:"addresses"`
+	IsActive  *bool         `json:"is_active"` // v0 tinc_server only
+}
+
+// wireMgmtNet is "mgmt_net". TincClient and TincServer are v0's; they are
+// kept raw so that their presence (even as null) marks the v0 shape.
+type wireMgmtNet struct {
+	Addr       string          `json:"addr"`
+	Backend    string          `json:"backend"`
+	TincClient json.RawMessage `json:"tinc_client"`
+	TincServer json.RawMessage `json:"tinc_server"`
+}
+
+// wireMember is a node, server or host as the controller renders it.
+type wireMember struct {
+	URI        string                     `json:"uri"`
+	ID         uint64                     `json:"id"`
+	Name       string                     `json:"name"`
+	Island     *wireRef                   `json:"island"`
+	MgmtNet    *wireMgmtNet               `json:"mgmt_net"`
+	Tinc       *wireTinc                  `json:"tinc"`
+	Properties map[string]json.RawMessage `json:"properties"`
+}
+
+// isV0 reports whether the member has the pre-2015 mgmt_net shape.
+func (m *wireMember) isV0() bool {
+	return m.MgmtNet != nil && (m.MgmtNet.TincClient != nil || m.MgmtNet.TincServer != nil)
+}
+
+// candidate converts a decoded member into a mesh.Candidate of kind.
+func (m *wireMember) candidate(kind addressing.Kind) (mesh.Candidate, error) {
+	c := mesh.Candidate{Kind: kind, ID: m.ID, Name: m.Name, Island: refID(m.Island)}
+	tinc := m.Tinc
+	if m.MgmtNet != nil {
+		c.MgmtAddr = m.MgmtNet.Addr
+		c.Backend = m.MgmtNet.Backend
+		if m.isV0() {
+			switch c.Backend {
+			case "tinc_client", "tinc_server":
+				c.Backend = "tinc"
+			}
+			var client, server *wireTinc
+			if err := decodeOptional(m.MgmtNet.TincServer, &server); err != nil {
+				return c, fmt.Errorf("mgmt_net.tinc_server: %w", err)
+			}
+			if err := decodeOptional(m.MgmtNet.TincClient, &client); err != nil {
+				return c, fmt.Errorf("mgmt_net.tinc_client: %w", err)
+			}
+			switch {
+			case server != nil && (server.IsActive == nil || *server.IsActive):
+				tinc = server
+			case client != nil:
+				tinc = client
+			default:
+				// Neither: no key registered, like v1's "tinc": null,
+				// unless the object also carries a v1 tinc section.
+			}
+		}
+	}
+	if tinc != nil {
+		ct := &mesh.CandidateTinc{Name: tinc.Name, PubKey: tinc.PubKey}
+		for _, a := range tinc.Addresses {
+			ct.Addresses = append(ct.Addresses, mesh.CandidateAddress{Addr: a.Addr, Port: int(a.Port), Island: refID(a.Island)})
+		}
+		c.Tinc = ct
+	}
+	if len(m.Properties) > 0 {
+		c.Properties = make(map[string]string, len(m.Properties))
+		for k, raw := range m.Properties {
+			var s string
+			if err := json.Unmarshal(raw, &s); err != nil {
+				// Not a string: keep the JSON text rather than drop the
+				// member over a free-form annotation.
+				s = string(raw)
+			}
+			c.Properties[k] = s
+		}
+	}
+	return c, nil
+}
+
+// decodeOptional decodes raw into *dst unless it is absent or null.
+func decodeOptional(raw json.RawMessage, dst **wireTinc) error {
+	if raw == nil || string(bytes.TrimSpace(raw)) == "null" {
+		return nil
+	}
+	t := new(wireTinc)
+	if err := json.Unmarshal(raw, t); err != nil {
+		return err
+	}
+	*dst = t
+	return nil
+}
+
+// decoded is the result of decoding one collection's elements.
+type decoded struct {
+	Candidates []mesh.Candidate
+	Problems   []mesh.Problem
+	V0         bool // some element had the v0 mgmt_net shape
+}
+
+// decodeMembers decodes each element of a collection on its own: an element
+// that does not decode becomes a mesh.Problem (with the id and tinc name
+// when they can still be read) and the others go on. source names the
+// collection in problem reasons, e.g. its URL.
+func decodeMembers(kind addressing.Kind, source string, elems []json.RawMessage) decoded {
+	var d decoded
+	d.Candidates = make([]mesh.Candidate, 0, len(elems))
+	for i, raw := range elems {
+		var m wireMember
+		err := json.Unmarshal(raw, &m)
+		var c mesh.Candidate
+		if err == nil {
+			c, err = m.candidate(kind)
+		}
+		if err != nil {
+			d.Problems = append(d.Problems, elementProblem(kind, source, i, raw, err))
+			continue
+		}
+		if m.isV0() {
+			d.V0 = true
+		}
+		d.Candidates = append(d.Candidates, c)
+	}
+	return d
+}
+
+// elementProblem describes an element that failed to decode, recovering
+// what it can of its identity.
+func elementProblem(kind addressing.Kind, source string, i int, raw json.RawMessage, err error) mesh.Problem {
+	p := mesh.Problem{Kind: kind, Reason: fmt.Sprintf("undecodable object #%d in %s: %v", i, source, err)}
+	var probe struct {
+		ID   json.RawMessage `json:"id"`
+		Tinc struct {
+			Name json.RawMessage `json:"name"`
+		} `json:"tinc"`
+	}
+	if json.Unmarshal(raw, &probe) != nil {
+		// Try the id alone: tinc may be the broken part.
+		var idOnly struct {
+			ID json.RawMessage `json:"id"`
+		}
+		if json.Unmarshal(raw, &idOnly) != nil {
+			return p
+		}
+		probe.ID = idOnly.ID
+	}
+	if id, err := strconv.ParseUint(string(probe.ID), 10, 64); err == nil {
+		p.ID = id
+	}
+	var name string
+	if json.Unmarshal(probe.Tinc.Name, &name) == nil && mesh.ValidTincName(name) {
+		p.TincName = name
+	}
+	return p
+}
+
+// decodeList decodes a JSON array into its elements without decoding them.
+func decodeList(url string, body []byte) ([]json.RawMessage, error) {
+	var elems []json.RawMessage
+	if err := json.Unmarshal(body, &elems); err != nil {
+		return nil, fmt.Errorf("decode %s: want a JSON array of objects: %w", url, describeJSONError(body, err))
+	}
+	return elems, nil
+}
+
+// describeJSONError makes truncated input say so.
+func describeJSONError(body []byte, err error) error {
+	if err != nil && strings.Contains(err.Error(), "unexpected end of JSON input") {
+		return fmt.Errorf("truncated JSON after %d bytes: %w", len(body), err)
+	}
+	return err
+}
+
+// truncate shortens b for an error message.
+func truncate(b []byte) string {
+	const max = 40
+	if len(b) > max {
+		return string(b[:max]) + "..."
+	}
+	return string(b)
+}
