@@ -11,6 +11,7 @@ declare -A need=(
   [ping]=iputils-ping
   [dig]=dnsutils
   [curl]=curl
+  [/usr/bin/time]=time
 )
 missing=()
 for cmd in "${!need[@]}"; do

@@ -9,9 +9,11 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -159,6 +161,14 @@ func syncDir(dir string, files Files, opts SyncOptions, hooks *syncHooks) (Repor
 		case !typ.IsRegular():
 			return nil // a symlink or special file: replace it, do not read it
 		}
+		if old == nil {
+			same, err := sameContent(filepath.Join(dir, name), files[name])
+			if err != nil {
+				return fmt.Errorf("read host file %s: %w", name, err)
+			}
+			unchanged[i] = same
+			return nil
+		}
 		b, err := os.ReadFile(filepath.Join(dir, name))
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil
@@ -167,9 +177,7 @@ func syncDir(dir string, files Files, opts SyncOptions, hooks *syncHooks) (Repor
 			return fmt.Errorf("read host file %s: %w", name, err)
 		}
 		unchanged[i] = bytes.Equal(b, files[name])
-		if old != nil {
-			old[i] = b
-		}
+		old[i] = b
 		return nil
 	})
 	if err != nil {
@@ -252,19 +260,32 @@ func syncDir(dir string, files Files, opts SyncOptions, hooks *syncHooks) (Repor
 // failure before the renames leaves every target as it was and removes the
 // temporary files; a crash leaves only ".mgmtnet-*" files, which the next
 // Sync removes. Every target is always either the old or the new file.
+//
+// The file operations are raw system calls relative to the directory's
+// descriptor: os.File's poller registration and path lookups cost more than
+// the write itself for a 1 KB host file.
 func writeAll(dir string, names []string, files Files, hooks *syncHooks) error {
 	if len(names) == 0 {
 		return nil
 	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("open hosts directory %s: %w", dir, err)
+	}
+	defer d.Close()
+	dfd := int(d.Fd())
 	temps := make([]string, len(names))
-	err := parallel(len(names), func(i int) error {
-		tmp, err := writeTemp(dir, names[i], files[names[i]])
+	prefix := fmt.Sprintf("%s%d-%d-", tempPrefix, os.Getpid(), time.Now().UnixNano())
+	err = parallel(len(names), func(i int) error {
+		tmp := prefix + strconv.Itoa(i)
+		if err := writeTemp(dfd, tmp, files[names[i]]); err != nil {
+			return fmt.Errorf("write host file %s: %w", names[i], err)
+		}
 		temps[i] = tmp
-		return err
+		return nil
 	})
 	if err == nil {
-		err = syncFS(dir)
-		if err != nil {
+		if err = unix.Syncfs(dfd); err != nil {
 			err = fmt.Errorf("flush host files to disk in %s: %w", dir, err)
 		}
 	}
@@ -275,8 +296,8 @@ func writeAll(dir string, names []string, files Files, hooks *syncHooks) error {
 				break
 			}
 		}
-		if err = os.Rename(filepath.Join(dir, temps[i]), filepath.Join(dir, names[i])); err != nil {
-			err = fmt.Errorf("write host file %s: %w", names[i], err)
+		if err = unix.Renameat(dfd, temps[i], dfd, names[i]); err != nil {
+			err = fmt.Errorf("write host file %s: rename: %w", names[i], err)
 			break
 		}
 		temps[i] = ""
@@ -284,48 +305,77 @@ func writeAll(dir string, names []string, files Files, hooks *syncHooks) error {
 	if err != nil {
 		for _, tmp := range temps {
 			if tmp != "" {
-				os.Remove(filepath.Join(dir, tmp))
+				unix.Unlinkat(dfd, tmp, 0)
 			}
 		}
 	}
 	return err
 }
 
-// writeTemp writes b to a new temporary file in dir and returns its base
-// name. On error nothing is left behind.
-func writeTemp(dir, name string, b []byte) (tmp string, err error) {
-	f, err := os.CreateTemp(dir, tempPrefix+"*")
+// writeTemp creates the new file name in the directory dfd with content b
+// and mode 0644. On error nothing is left behind.
+func writeTemp(dfd int, name string, b []byte) error {
+	fd, err := unix.Openat(dfd, name, unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY|unix.O_CLOEXEC, 0o644)
 	if err != nil {
-		return "", fmt.Errorf("write host file %s: %w", name, err)
+		return fmt.Errorf("create: %w", err)
 	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-			tmp, err = "", fmt.Errorf("write host file %s: %w", name, err)
-		}
-	}()
-	if _, err := f.Write(b); err != nil {
-		return "", err
+	err = writeFull(fd, b)
+	if err == nil {
+		// The umask may have narrowed the mode; host files are 0644.
+		err = unix.Fchmod(fd, 0o644)
 	}
-	if err := f.Chmod(0o644); err != nil {
-		return "", err
+	if cerr := unix.Close(fd); err == nil && cerr != nil {
+		err = cerr
 	}
-	if err := f.Close(); err != nil {
-		return "", err
+	if err != nil {
+		unix.Unlinkat(dfd, name, 0)
 	}
-	return filepath.Base(f.Name()), nil
+	return err
 }
 
-// syncFS flushes the file system that holds dir: every file written so far
-// is on disk when it returns.
-func syncFS(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
+func writeFull(fd int, b []byte) error {
+	for len(b) > 0 {
+		n, err := unix.Write(fd, b)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		b = b[n:]
 	}
-	defer d.Close()
-	return unix.Syncfs(int(d.Fd()))
+	return nil
+}
+
+// sameContent reports whether the file at path holds exactly want. It
+// reads at most len(want)+1 bytes with raw system calls (a warm sync reads
+// every host file, and os.File's poller set-up costs more than the read).
+// A file that does not exist is not the same.
+func sameContent(path string, want []byte) (bool, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+	if err == unix.ENOENT {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	defer unix.Close(fd)
+	buf := make([]byte, len(want)+1)
+	n := 0
+	for n < len(buf) {
+		m, err := unix.Read(fd, buf[n:])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return false, err
+		}
+		if m == 0 {
+			break
+		}
+		n += m
+	}
+	return n == len(want) && bytes.Equal(buf[:n], want), nil
 }
 
 func syncPath(path string) error {

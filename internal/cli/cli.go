@@ -79,7 +79,7 @@ func printMainUsage(w io.Writer) {
 // process exit code.
 func Run(ctx context.Context, args []string, env Env) int {
 	if env.Logger == nil {
-		env.Logger = slog.New(slog.NewTextHandler(env.Stderr, nil))
+		env.Logger = slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: logLevel()}))
 	}
 	if len(args) == 0 {
 		printMainUsage(env.Stderr)
@@ -192,6 +192,15 @@ func parseInterspersed(fs *flag.FlagSet, args []string, stdout io.Writer) ([]str
 		pos = append(pos, args[0])
 		args = args[1:]
 	}
+}
+
+// logLevel reads MGMTNET_LOG (debug, info, warn, error; default info).
+func logLevel() slog.Level {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(os.Getenv("MGMTNET_LOG"))); err != nil {
+		return slog.LevelInfo
+	}
+	return l
 }
 
 // Main is the whole program for cmd/mgmtnet.

@@ -174,7 +174,9 @@ func fetchHosts(ctx context.Context, env Env, base string, island uint64, declar
 	if err != nil {
 		return fmt.Errorf("registry %s: management prefix: %w", base, err)
 	}
+	fetched := time.Now()
 	res := mesh.Build(plan, snap.Candidates)
+	built := time.Now()
 	for _, p := range snap.Problems {
 		sum.Rejected = append(sum.Rejected, p.String())
 	}
@@ -201,6 +203,7 @@ func fetchHosts(ctx context.Context, env Env, base string, island uint64, declar
 	}
 
 	files := tincgen.HostFiles(res.Testbed, island)
+	rendered := time.Now()
 	own := ownTincName(absDir)
 	rep, err := tincgen.Sync(absDir, files, tincgen.SyncOptions{
 		Force: f.force, DryRun: f.dryRun,
@@ -212,6 +215,8 @@ func fetchHosts(ctx context.Context, env Env, base string, island uint64, declar
 		}
 		return err
 	}
+	env.Logger.Debug("fetch-hosts phases", "fetch", fetched.Sub(start), "validate", built.Sub(fetched),
+		"render", rendered.Sub(built), "sync", time.Since(rendered))
 	sum.Written = append(sum.Written, rep.Written...)
 	sum.Removed = append(sum.Removed, rep.Removed...)
 	sum.Unchanged = len(rep.Unchanged)
