@@ -151,7 +151,6 @@ func fetchHosts(ctx context.Context, env Env, base string, island uint64, declar
 		validators = cache.Validators
 	}
 	snap, err := client.Fetch(ctx, validators)
-	progress.done()
 	if err != nil {
 		return fmt.Errorf("fetch members from %s: %w", base, err)
 	}
@@ -175,6 +174,7 @@ func fetchHosts(ctx context.Context, env Env, base string, island uint64, declar
 		return fmt.Errorf("registry %s: management prefix: %w", base, err)
 	}
 	fetched := time.Now()
+	progress.say("validating %d members against %s", len(snap.Candidates), plan.Mgmt())
 	res := mesh.Build(plan, snap.Candidates)
 	built := time.Now()
 	for _, p := range snap.Problems {
@@ -204,6 +204,7 @@ func fetchHosts(ctx context.Context, env Env, base string, island uint64, declar
 
 	files := tincgen.HostFiles(res.Testbed, island)
 	rendered := time.Now()
+	progress.say("comparing and writing %d host files in %s", len(files), absDir)
 	own := ownTincName(absDir)
 	rep, err := tincgen.Sync(absDir, files, tincgen.SyncOptions{
 		Force: f.force, DryRun: f.dryRun,
@@ -365,24 +366,30 @@ func dirExists(p string) bool {
 	return err == nil && st.IsDir()
 }
 
-// progress prints "fetching nodes: 12000 members" lines on stderr, at most
-// one per second, so that a large fetch shows it is alive.
+// progress reports on stderr what a long run is doing: nothing during the
+// first second (a small testbed prints only its summary), then at most one
+// line a second.
 type progress struct {
-	w       io.Writer
-	off     bool
-	last    time.Time
-	printed bool
+	w     io.Writer
+	off   bool
+	start time.Time
+	last  time.Time
 }
 
-func newProgress(w io.Writer, off bool) *progress { return &progress{w: w, off: off} }
+func newProgress(w io.Writer, off bool) *progress {
+	return &progress{w: w, off: off, start: time.Now()}
+}
 
+// update is the registry client's callback after each page.
 func (p *progress) update(collection string, members int) {
-	if p.off || time.Since(p.last) < time.Second {
+	p.say("fetched %d members from %s", members, collection)
+}
+
+func (p *progress) say(format string, args ...any) {
+	now := time.Now()
+	if p.off || now.Sub(p.start) < time.Second || now.Sub(p.last) < time.Second {
 		return
 	}
-	p.last = time.Now()
-	p.printed = true
-	fmt.Fprintf(p.w, "fetching %s: %d members so far\n", collection, members)
+	p.last = now
+	fmt.Fprintf(p.w, "fetch-hosts: "+format+"\n", args...)
 }
-
-func (p *progress) done() {}

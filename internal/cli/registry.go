@@ -34,7 +34,7 @@ synth writes a synthetic testbed file (stdout by default) to edit or serve.
 
 SPEC is nodes=N,hosts=N,servers=N with optional keys=N (distinct RSA keys,
 assigned round-robin; default min(members, 16)), keybits=N (default 2048),
-prefix=P/48 (default fd65:fc41:c50f::/48) and seed=N. Nodes get ids 1..N,
+and prefix=P/48 (default fd65:fc41:c50f::/48). Nodes get ids 1..N,
 servers 2..S+1 (id 2 is tinc name "server"), hosts 1..H.
 
 Examples:

@@ -224,17 +224,15 @@ type SyntheticSpec struct {
 	Keys, KeyBits int
 	// Prefix is the management /48 (default fd65:fc41:c50f::/48, VCT's).
 	Prefix netip.Prefix
-	// Seed is recorded for the spec's sake only: since Go 1.26 crypto/rsa
-	// always draws from a secure source, so key bytes differ between runs
-	// whatever the seed. Everything else is a pure function of the spec.
-	Seed int64
 }
 
 // syntheticPrefix is the default prefix of synthetic testbeds: VCT's.
 func syntheticPrefix() netip.Prefix { return netip.MustParsePrefix("fd65:fc41:c50f::/48") }
 
 // ParseSyntheticSpec parses "nodes=65520,hosts=1000,servers=10" with
-// optional keys=N, keybits=N, prefix=P/48 and seed=N. Missing counts are 0.
+// optional keys=N, keybits=N and prefix=P/48. Missing counts are 0.
+// Key bytes differ between runs (crypto/rsa always draws from a secure
+// source); everything else is a pure function of the spec.
 func ParseSyntheticSpec(s string) (SyntheticSpec, error) {
 	var spec SyntheticSpec
 	if strings.TrimSpace(s) == "" {
@@ -272,15 +270,8 @@ func ParseSyntheticSpec(s string) (SyntheticSpec, error) {
 			}
 			spec.Prefix = p
 			continue
-		case "seed":
-			n, err := strconv.ParseInt(v, 10, 64)
-			if err != nil {
-				return spec, fmt.Errorf("synthetic spec: seed=%s: want an integer", v)
-			}
-			spec.Seed = n
-			continue
 		default:
-			return spec, fmt.Errorf("synthetic spec: unknown key %q; want nodes, hosts, servers, keys, keybits, prefix or seed", k)
+			return spec, fmt.Errorf("synthetic spec: unknown key %q; want nodes, hosts, servers, keys, keybits or prefix", k)
 		}
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 0 {

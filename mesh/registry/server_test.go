@@ -213,7 +213,7 @@ func TestParseSyntheticSpec(t *testing.T) {
 		wantErr string
 	}{
 		{"nodes=65520,hosts=1000,servers=10", SyntheticSpec{Nodes: 65520, Hosts: 1000, Servers: 10}, ""},
-		{"nodes=3, keys=2,keybits=1024,prefix=fdf5:5351:1dfd::/48,seed=7", SyntheticSpec{Nodes: 3, Keys: 2, KeyBits: 1024, Prefix: netip.MustParsePrefix("fdf5:5351:1dfd::/48"), Seed: 7}, ""},
+		{"nodes=3, keys=2,keybits=1024,prefix=fdf5:5351:1dfd::/48", SyntheticSpec{Nodes: 3, Keys: 2, KeyBits: 1024, Prefix: netip.MustParsePrefix("fdf5:5351:1dfd::/48")}, ""},
 		{"", SyntheticSpec{}, "empty"},
 		{"nodes=65521", SyntheticSpec{}, "nodes=65521: want 0..65520"},
 		{"nodes=-1", SyntheticSpec{}, "nodes=-1: want a non-negative integer"},
