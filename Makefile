@@ -12,7 +12,7 @@ GOFLAGS  ?=
 BENCHCOUNT ?= 6
 export CGO_ENABLED ?= 0
 
-.PHONY: all build test demo bench check deps fuzz clean
+.PHONY: all build test demo demo-down cross bench check deps fuzz clean
 
 all: build
 
@@ -56,8 +56,18 @@ bench: deps build
 	$(GO) test -run='^$$' -bench=. -benchmem -count=$(BENCHCOUNT) ./... | tee bench.txt
 	$(GO) run ./test/bench/fetchhosts -mgmtnet $(BIN) -nodes $(BENCH_NODES) -runs $(BENCH_RUNS) 2>/dev/null | tee -a bench.txt
 
+# demo: a whole virtual testbed in network namespaces (root). KEEP=1 leaves
+# it up; "make demo-down" removes it.
+KEEP ?=
 demo: deps build
-	@scripts/demo.sh $(BIN)
+	$(GO) run ./test/demo -mgmtnet $(BIN) $(if $(KEEP),-keep)
+
+demo-down:
+	$(GO) run ./test/demo -down
+
+# cross: static binaries for the node platforms, with their sizes.
+cross:
+	@scripts/cross.sh
 
 clean:
 	rm -rf bin bench.txt

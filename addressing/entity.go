@@ -23,6 +23,8 @@ type Entity struct {
 	Container uint8
 }
 
+// String describes the entity for people: "node 31 (0x1f)", "server 2",
+// "sliver of slice 5 on node 31, iface 1 (mgmt)".
 func (e Entity) String() string {
 	switch e.Kind {
 	case KindNode:
@@ -47,6 +49,7 @@ type NotInPlanError struct {
 	Reason string
 }
 
+// Error says which address is not in the plan, and why.
 func (e *NotInPlanError) Error() string {
 	return fmt.Sprintf("%s is not in this plan: %s", e.Addr, e.Reason)
 }
@@ -146,10 +149,7 @@ func (p Plan) Reverse(a netip.Addr) (Entity, error) {
 
 func (p Plan) reverse4(a netip.Addr) (Entity, error) {
 	if p.egress.Contains(a) {
-		base := p.egress.Addr().As4()
-		b := a.As4()
-		off := (uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])) -
-			(uint32(base[0])<<24 | uint32(base[1])<<16 | uint32(base[2])<<8 | uint32(base[3]))
+		off := ipv4ToUint(a) - ipv4ToUint(p.egress.Addr())
 		if off < MinNode || off > MaxNode {
 			return Entity{}, notOurs(a, "inside the egress prefix %s, but offset %d is not a node id (1..%d)", p.egress, off, MaxNode)
 		}
@@ -231,12 +231,9 @@ func ParseTincName(name string) (Kind, uint64, error) {
 	if err != nil || kind == KindSliver {
 		return KindInvalid, 0, fmt.Errorf("tinc name %q: unknown kind %q; want server, node, host or gateway", name, prefix)
 	}
-	if num == "" || (len(num) > 1 && num[0] == '0') || strings.TrimLeft(num, "0123456789") != "" {
-		return KindInvalid, 0, fmt.Errorf("tinc name %q: id %q is not a decimal number without leading zeros", name, num)
-	}
-	id, err := strconv.ParseUint(num, 10, 64)
+	id, err := parseDecimal(num)
 	if err != nil {
-		return KindInvalid, 0, fmt.Errorf("tinc name %q: id %q: too large", name, num)
+		return KindInvalid, 0, fmt.Errorf("tinc name %q: %w", name, err)
 	}
 	if kind == KindNode {
 		err = CheckNode(id)

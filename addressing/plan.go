@@ -51,6 +51,8 @@ const (
 
 var kindNames = [...]string{"invalid", "node", "server", "host", "gateway", "sliver"}
 
+// String returns the kind's name: "node", "server", "host", "gateway",
+// "sliver".
 func (k Kind) String() string {
 	if int(k) < len(kindNames) {
 		return kindNames[k]
@@ -91,6 +93,7 @@ const (
 
 var spaceNames = [...]string{"mgmt", "debug", "private", "ipv4"}
 
+// String returns the space's name: "mgmt", "debug", "private", "ipv4".
 func (s Space) String() string {
 	if int(s) < len(spaceNames) {
 		return spaceNames[s]
@@ -334,10 +337,14 @@ func (p Plan) EgressIPv4(n uint16) (netip.Addr, error) {
 	if err := CheckNode(uint64(n)); err != nil {
 		return netip.Addr{}, err
 	}
-	b := p.egress.Addr().As4()
-	v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
-	v += uint32(n)
+	v := ipv4ToUint(p.egress.Addr()) + uint32(n)
 	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}), nil
+}
+
+// ipv4ToUint returns an IPv4 address as a number.
+func ipv4ToUint(a netip.Addr) uint32 {
+	b := a.As4()
+	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
 }
 
 // SliverMAC returns the MAC address of a sliver interface on a node:

@@ -126,6 +126,13 @@ func validate(plan addressing.Plan, c *Candidate) (v validated, skip bool, err e
 	if !ValidTincName(c.Tinc.Name) {
 		return v, false, fmt.Errorf("tinc name %q: want one or more of [A-Za-z0-9_]", c.Tinc.Name)
 	}
+	// A tinc name is bound to its member's kind and id: otherwise any
+	// member could take the host file (and so the Subnets) of another,
+	// absent or rejected one, e.g. a host naming itself "server".
+	if k, id, err := addressing.ParseTincName(c.Tinc.Name); err != nil || k != c.Kind || id != c.ID {
+		want, _ := addressing.TincName(c.Kind, c.ID)
+		return v, false, fmt.Errorf("tinc name %q is not %s's: want %s", c.Tinc.Name, label(c.Kind, c.ID, ""), want)
+	}
 	m.TincName = c.Tinc.Name
 
 	want, err := plan.Address(addressing.Entity{Kind: c.Kind, ID: c.ID})
@@ -199,6 +206,9 @@ func checkTincAddress(a CandidateAddress) (TincAddress, error) {
 		if ip.IsUnspecified() || ip.IsMulticast() || ip.Zone() != "" {
 			return TincAddress{}, fmt.Errorf("tinc address %s dropped: clients cannot connect to an unspecified, multicast or zoned address (a setup-script default?)", host)
 		}
+		if ip.IsLoopback() || ip.IsLinkLocalUnicast() {
+			return TincAddress{}, fmt.Errorf("tinc address %s dropped: a loopback or link-local address is not reachable by other members", host)
+		}
 		return TincAddress{Host: ip.String(), Port: uint16(port), Island: a.Island}, nil
 	}
 	if !validHostName(host) {
@@ -207,19 +217,25 @@ func checkTincAddress(a CandidateAddress) (TincAddress, error) {
 	return TincAddress{Host: strings.ToLower(host), Port: uint16(port), Island: a.Island}, nil
 }
 
-// NormalizePublicKey checks that s holds one PEM RSA public key, PKCS#1
-// ("RSA PUBLIC KEY", tinc's own form) or X.509 SPKI ("PUBLIC KEY"), with LF
-// or CRLF line endings, and returns it with LF endings, surrounding blank
-// space removed and one final newline. The encoding is kept as given, so
-// host files stay byte-compatible with the controller's.
+// NormalizePublicKey checks that s holds exactly one PEM RSA public key,
+// PKCS#1 ("RSA PUBLIC KEY", tinc's own form) or X.509 SPKI ("PUBLIC KEY"),
+// with LF or CRLF line endings and blank space around it, and returns it
+// re-encoded canonically: the same type, 64-column base64, LF endings, one
+// final newline. That is byte for byte what tinc, OpenSSL and the
+// controller write for such a key, and it guarantees that nothing but the
+// key itself (no "Subnet =" line smuggled before or after it) reaches a host
+// file.
 func NormalizePublicKey(s string) (string, error) {
 	t := strings.TrimSpace(strings.ReplaceAll(s, "\r\n", "\n"))
 	if t == "" {
 		return "", fmt.Errorf("public key is empty")
 	}
+	if !strings.HasPrefix(t, "-----BEGIN ") {
+		return "", fmt.Errorf("public key is not PEM (want -----BEGIN RSA PUBLIC KEY----- or -----BEGIN PUBLIC KEY-----)")
+	}
 	block, rest := pem.Decode([]byte(t))
 	if block == nil {
-		return "", fmt.Errorf("public key is not PEM (want -----BEGIN RSA PUBLIC KEY----- or -----BEGIN PUBLIC KEY-----)")
+		return "", fmt.Errorf("public key is not valid PEM")
 	}
 	if len(strings.TrimSpace(string(rest))) != 0 {
 		return "", fmt.Errorf("public key has trailing data after the PEM block")
@@ -243,14 +259,7 @@ func NormalizePublicKey(s string) (string, error) {
 	default:
 		return "", fmt.Errorf("public key: PEM type %q; want RSA PUBLIC KEY or PUBLIC KEY", block.Type)
 	}
-	// Keep the given encoding, but the text between the markers must be
-	// plain base64 lines (pem.Decode tolerates other things).
-	for _, line := range strings.Split(t, "\n") {
-		if strings.ContainsAny(line, "\t\r\x00") {
-			return "", fmt.Errorf("public key: control characters in the PEM text")
-		}
-	}
-	return t + "\n", nil
+	return string(pem.EncodeToMemory(&pem.Block{Type: block.Type, Bytes: block.Bytes})), nil
 }
 
 // dedupe rejects every member whose tinc name, (kind, id) or Subnets
@@ -264,7 +273,12 @@ func dedupe(ms []Member) ([]Member, []Problem) {
 		id uint64
 	}
 	byID := map[kid]int{}
+	identical := map[int]bool{}
 	for i := range ms {
+		if j, ok := byName[ms[i].TincName]; ok && ms[i].Equal(&ms[j]) {
+			identical[i] = true // the same member listed twice (pages shifted): keep one
+			continue
+		}
 		if j, ok := byName[ms[i].TincName]; ok {
 			bad[i] = "tinc name " + ms[i].TincName + " is also claimed by " + ms[j].Label()
 			bad[j] = "tinc name " + ms[j].TincName + " is also claimed by " + ms[i].Label()
@@ -273,8 +287,8 @@ func dedupe(ms []Member) ([]Member, []Problem) {
 		}
 		k := kid{ms[i].Kind, ms[i].ID}
 		if j, ok := byID[k]; ok {
-			bad[i] = "listed twice by the registry (also as " + ms[j].TincName + ")"
-			bad[j] = "listed twice by the registry (also as " + ms[i].TincName + ")"
+			bad[i] = "listed twice by the registry, with different content"
+			bad[j] = "listed twice by the registry, with different content"
 		} else {
 			byID[k] = i
 		}
@@ -287,6 +301,9 @@ func dedupe(ms []Member) ([]Member, []Problem) {
 	}
 	var all []owned
 	for i := range ms {
+		if identical[i] {
+			continue
+		}
 		for _, p := range ms[i].Subnets {
 			all = append(all, owned{p, i})
 		}
@@ -312,12 +329,15 @@ func dedupe(ms []Member) ([]Member, []Problem) {
 			}
 		}
 	}
-	if len(bad) == 0 {
+	if len(bad) == 0 && len(identical) == 0 {
 		return ms, nil
 	}
 	var probs []Problem
 	out := ms[:0:0]
 	for i := range ms {
+		if identical[i] {
+			continue
+		}
 		if reason, ok := bad[i]; ok {
 			probs = append(probs, Problem{Kind: ms[i].Kind, ID: ms[i].ID, TincName: ms[i].TincName, Reason: reason})
 			continue

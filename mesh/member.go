@@ -125,6 +125,7 @@ type Problem struct {
 	Reason   string
 }
 
+// String names the member and gives the reason: "node 31 (node_31): ...".
 func (p Problem) String() string {
 	return fmt.Sprintf("%s: %s", label(p.Kind, p.ID, p.TincName), p.Reason)
 }

@@ -131,6 +131,11 @@ func TestBuildRejects(t *testing.T) {
 			c.Tinc.PubKey = strings.ReplaceAll(k, "RSA PUBLIC KEY", "RSA PRIVATE KEY")
 		}), false, `PEM type "RSA PRIVATE KEY"`},
 		{"key trailing", mod(node(t, 3), func(c *Candidate) { c.Tinc.PubKey = k + "Address = 1.2.3.4\n" }), false, "trailing data"},
+		// pem.Decode skips text before the block: it must not reach a host file.
+		{"key with lines before it", mod(node(t, 3), func(c *Candidate) {
+			c.Tinc.PubKey = "Subnet = 0.0.0.0/0\nSubnet = fdf5:5351:1dfd:1f:0:0:0:0/64\n" + k
+		}), false, "public key is not PEM"},
+		{"name of another kind", mod(node(t, 3), func(c *Candidate) { c.Tinc.Name = "host_3" }), false, `tinc name "host_3" is not node 3's: want node_3`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -164,6 +169,8 @@ func TestBuildTincAddresses(t *testing.T) {
 		CandidateAddress{Addr: "bad host\nSubnet = ::/0"},
 		CandidateAddress{Addr: "::"},
 		CandidateAddress{Addr: "224.0.0.1"},
+		CandidateAddress{Addr: "127.0.0.1"},
+		CandidateAddress{Addr: "fe80::1"},
 		CandidateAddress{Addr: "2001:db8::1", Port: 656},
 		CandidateAddress{Addr: "2001:db8::1", Port: 656}, // duplicate
 		CandidateAddress{Addr: "gw-1.example.net."},
@@ -177,7 +184,7 @@ func TestBuildTincAddresses(t *testing.T) {
 		reasons = append(reasons, w.String())
 	}
 	joined := strings.Join(reasons, "\n")
-	for _, want := range []string{"tinc address 0.0.0.0 dropped", "port 70000 dropped", "port -1 dropped", `"bad host\nSubnet = ::/0" dropped`, "tinc address :: dropped", "224.0.0.1 dropped"} {
+	for _, want := range []string{"tinc address 0.0.0.0 dropped", "port 70000 dropped", "port -1 dropped", `"bad host\nSubnet = ::/0" dropped`, "tinc address :: dropped", "224.0.0.1 dropped", "127.0.0.1 dropped: a loopback", "fe80::1 dropped"} {
 		if !strings.Contains(joined, want) {
 			t.Errorf("warnings lack %q:\n%s", want, joined)
 		}
@@ -190,25 +197,33 @@ func TestBuildTincAddresses(t *testing.T) {
 }
 
 func TestBuildDuplicates(t *testing.T) {
+	_, spkiKey := keys(t)
 	a := node(t, 5)
 	b := node(t, 6)
 	b.Tinc.Name = "node_5" // claims node 5's name
 	c := node(t, 7)
-	d := node(t, 7) // listed twice
-	d.Tinc = &CandidateTinc{Name: "node_7b", PubKey: c.Tinc.PubKey}
-	res := Build(plan, []Candidate{a, b, c, d, node(t, 8)})
-	if res.Testbed.Len() != 1 {
-		t.Fatalf("want only node_8 kept, got %d members; rejected %v", res.Testbed.Len(), res.Rejected)
+	d := node(t, 7) // listed twice, with another key
+	d.Tinc = &CandidateTinc{Name: "node_7", PubKey: spkiKey}
+	e := node(t, 9) // listed twice, identical (pages shifted): kept once
+	h := Candidate{Kind: addressing.KindHost, ID: 8, MgmtAddr: "fdf5:5351:1dfd:0:2000::8", Backend: "tinc",
+		Tinc: &CandidateTinc{Name: "server", PubKey: spkiKey}} // a host posing as the main server
+	res := Build(plan, []Candidate{a, b, c, d, node(t, 8), e, e, h})
+	var kept []string
+	for m := range res.Testbed.All() {
+		kept = append(kept, m.TincName)
+	}
+	if diff := cmp.Diff([]string{"node_5", "node_8", "node_9"}, kept); diff != "" {
+		t.Errorf("kept (-want +got):\n%s", diff)
 	}
 	var got []string
 	for _, p := range res.Rejected {
 		got = append(got, p.String())
 	}
 	want := []string{
-		"node 5 (node_5): tinc name node_5 is also claimed by node 6 (node_5)",
-		"node 6 (node_5): tinc name node_5 is also claimed by node 5 (node_5)",
-		"node 7 (node_7): listed twice by the registry (also as node_7b)",
-		"node 7 (node_7b): listed twice by the registry (also as node_7)",
+		`node 6 (node_5): tinc name "node_5" is not node 6's: want node_6`,
+		"node 7 (node_7): listed twice by the registry, with different content",
+		"node 7 (node_7): listed twice by the registry, with different content",
+		`host 8 (server): tinc name "server" is not host 8's: want host_8`,
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("rejections (-want +got):\n%s", diff)
@@ -276,6 +291,9 @@ func TestNormalizePublicKey(t *testing.T) {
 		out, err := NormalizePublicKey(in)
 		if err != nil {
 			t.Fatalf("NormalizePublicKey: %v", err)
+		}
+		if out != k && out != s {
+			t.Errorf("not canonical: %q", out)
 		}
 		if strings.Contains(out, "\r") || strings.HasPrefix(out, "\n") || !strings.HasSuffix(out, "-----\n") || strings.HasSuffix(out, "\n\n") {
 			t.Errorf("not normalized: %q", out)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"github.com/confine-project/mgmtnet/mesh"
 	"net/netip"
 	"strings"
 )
@@ -129,16 +130,5 @@ func family(a netip.Addr) string {
 
 // ValidName reports whether s is a valid tinc name: not empty, and only ASCII
 // letters, digits and "_". Such a name is also a safe file name in a hosts
-// directory (no "/", no ".", no leading "-").
-func ValidName(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !isLetter(c) && !('0' <= c && c <= '9') && c != '_' {
-			return false
-		}
-	}
-	return true
-}
+// directory (no "/", no ".", no leading "-"). It is mesh.ValidTincName.
+func ValidName(s string) bool { return mesh.ValidTincName(s) }

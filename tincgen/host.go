@@ -138,6 +138,39 @@ type Host struct {
 	Options []Option
 }
 
+// Validate reports whether h can be rendered as a host file that means
+// what h says: no value may hold a line break or a "#" (which would start a
+// new line or a comment), an Address host and an Option key must be single
+// words, ports must not be 0, Subnets must be masked prefixes, and the
+// public key must be one PEM block and nothing else.
+func (h Host) Validate() error {
+	for _, a := range h.Addresses {
+		if a.Host == "" || strings.ContainsAny(a.Host, " \t\r\n#=") {
+			return fmt.Errorf("address %q: not a single host name or IP address", a.Host)
+		}
+		if a.Port == 0 {
+			return fmt.Errorf("address %s: port 0", a.Host)
+		}
+	}
+	for _, s := range h.Subnets {
+		if !s.Prefix.IsValid() || s.Prefix.Masked() != s.Prefix {
+			return fmt.Errorf("subnet %s: not a masked prefix", s.Prefix)
+		}
+	}
+	for _, o := range h.Options {
+		if !validKey(o.Key) || strings.ContainsAny(o.Value, "\r\n#") {
+			return fmt.Errorf("option %q = %q: not a single key = value line", o.Key, o.Value)
+		}
+	}
+	if h.PublicKey != "" {
+		block, rest := pem.Decode([]byte(h.PublicKey))
+		if block == nil || !strings.HasPrefix(h.PublicKey, "-----BEGIN ") || strings.TrimSpace(string(rest)) != "" {
+			return fmt.Errorf("public key: not exactly one PEM block")
+		}
+	}
+	return nil
+}
+
 // RenderHost returns the host file h in the controller's format: the Address
 // lines, the Subnet lines, the Options, then, if there is a key, one empty line
 // and the PEM public key ending in exactly one "\n". Its output is deterministic

@@ -1,6 +1,7 @@
 package tincgen
 
 import (
+	"fmt"
 	"slices"
 
 	"github.com/confine-project/mgmtnet/mesh"
@@ -42,11 +43,16 @@ func HostFor(m *mesh.Member, island uint64) Host {
 
 // HostFiles renders the host file of every member of tb, named by tinc
 // name, with island-first address order for the given island (0: registry
-// order).
-func HostFiles(tb *mesh.Testbed, island uint64) Files {
+// order). mesh validated every member, so an invalid host file here is a
+// bug; it is still checked (Host.Validate) and reported rather than written.
+func HostFiles(tb *mesh.Testbed, island uint64) (Files, error) {
 	files := make(Files, tb.Len())
 	for m := range tb.All() {
-		files[m.TincName] = RenderHost(HostFor(m, island))
+		h := HostFor(m, island)
+		if err := h.Validate(); err != nil {
+			return nil, fmt.Errorf("host file of %s: %w", m.Label(), err)
+		}
+		files[m.TincName] = RenderHost(h)
 	}
-	return files
+	return files, nil
 }

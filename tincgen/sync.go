@@ -34,6 +34,11 @@ type SyncOptions struct {
 	// Owned reports which existing files Sync owns and may remove. Nil means
 	// OwnedName.
 	Owned func(name string) bool
+	// BeforeWrite, when set, is called once before the first file is written
+	// or removed, and only when something will be; an error stops the sync
+	// with nothing changed. fetch-hosts records there that a tincd reload
+	// is pending.
+	BeforeWrite func() error
 }
 
 // Report says what Sync did, or would do with DryRun.
@@ -118,6 +123,16 @@ func syncDir(dir string, files Files, opts SyncOptions, hooks *syncHooks) (Repor
 		frac = 0.5
 	}
 
+	if !opts.DryRun {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return Report{}, fmt.Errorf("sync %s: %w", dir, err)
+		}
+		unlock, err := lockDir(dir)
+		if err != nil {
+			return Report{}, err
+		}
+		defer unlock()
+	}
 	entries, err := os.ReadDir(dir)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return Report{}, fmt.Errorf("sync %s: %w", dir, err)
@@ -220,14 +235,14 @@ func syncDir(dir string, files Files, opts SyncOptions, hooks *syncHooks) (Repor
 		return rep, nil
 	}
 
-	if entries == nil {
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return Report{}, fmt.Errorf("sync %s: %w", dir, err)
-		}
-	}
 	for _, name := range temps {
 		if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return Report{}, fmt.Errorf("remove stale temporary file %s: %w", name, err)
+		}
+	}
+	if opts.BeforeWrite != nil && len(write)+len(remove) > 0 {
+		if err := opts.BeforeWrite(); err != nil {
+			return Report{}, fmt.Errorf("sync %s: %w", dir, err)
 		}
 	}
 	// Add before delete: write everything, then remove.
@@ -345,6 +360,28 @@ func writeFull(fd int, b []byte) error {
 		b = b[n:]
 	}
 	return nil
+}
+
+// ErrLocked reports that another process is syncing the same directory.
+var ErrLocked = errors.New("another sync of this directory is running")
+
+// lockDir takes an exclusive flock(2) on the directory itself, so that two
+// syncs (cron and an operator, or fetch-hosts and the gateway daemon) never
+// interleave: the second would remove the first one's temporary files. With
+// the lock held, every ".mgmtnet-*" file is a crashed run's leftover.
+func lockDir(dir string) (unlock func(), err error) {
+	fd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("lock %s: %w", dir, err)
+	}
+	if err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		unix.Close(fd)
+		if err == unix.EWOULDBLOCK {
+			return nil, fmt.Errorf("sync %s: %w", dir, ErrLocked)
+		}
+		return nil, fmt.Errorf("lock %s: %w", dir, err)
+	}
+	return func() { unix.Close(fd) }, nil
 }
 
 // sameContent reports whether the file at path holds exactly want. It

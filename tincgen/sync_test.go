@@ -408,7 +408,7 @@ func TestSyncWriteFailure(t *testing.T) {
 const crashEnv = "TINCGEN_CRASH_DIR"
 
 // crashFiles returns the two versions the crash test syncs between. A has
-// some extra files that B removes. The size keeps a full sync (one fsync per
+// some extra files that B removes. The size keeps a full sync (a flush and a rename per
 // file) near a second on a small ext4 VM, so the test stays under ~20 s.
 func crashFiles(key string) (a, b Files) {
 	const n = 4000
@@ -596,4 +596,23 @@ func BenchmarkSync(b *testing.B) {
 			}
 		}
 	})
+}
+
+func TestSyncLocked(t *testing.T) {
+	dir := t.TempDir()
+	unlock, err := lockDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Sync(dir, Files{"node_1": []byte("Subnet = 10.0.0.0/8\n")}, SyncOptions{})
+	if !errors.Is(err, ErrLocked) {
+		t.Fatalf("Sync while locked: %v, want ErrLocked", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "node_1")); err == nil {
+		t.Error("a locked sync wrote a file")
+	}
+	unlock()
+	if _, err := Sync(dir, Files{"node_1": []byte("Subnet = 10.0.0.0/8\n")}, SyncOptions{}); err != nil {
+		t.Fatalf("Sync after unlock: %v", err)
+	}
 }

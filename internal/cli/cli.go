@@ -52,6 +52,7 @@ func commands() []command {
 		{"plan", "print the addressing plan: one entity, a range, or the reverse of an address", runPlan},
 		{"fetch-hosts", "fetch every tinc member from the registry and write the tinc host files", runFetchHosts},
 		{"registry", "serve a testbed file (or a synthetic testbed) over the CONFINE registry REST API", runRegistry},
+		{"node-boot", "node boot hook: key, tinc.conf, host files, tinc-up/down; starts or reloads tincd", runNodeBoot},
 	}
 }
 

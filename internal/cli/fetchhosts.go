@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -108,6 +109,11 @@ type fetchCache struct {
 	Prefix     string            `json:"prefix"`
 	Validators map[string]string `json:"validators"`
 	Version    string            `json:"version"`
+	// ReloadPending is set before host files are written for a --reload
+	// run and cleared once tincd got its SIGHUP, so that a run killed (or
+	// whose signal failed) between the two still reloads tincd next time,
+	// although the files are then unchanged.
+	ReloadPending bool `json:"reload_pending,omitempty"`
 }
 
 // fetchSummary is the one-line summary, and the --json output.
@@ -150,6 +156,14 @@ func fetchHosts(ctx context.Context, env Env, base string, island uint64, declar
 		cache.Island == island && cache.Prefix == declared.String() && dirExists(absDir) {
 		validators = cache.Validators
 	}
+	pending := cacheErr == nil && cache.HostsDir == absDir && cache.ReloadPending
+	saveCache := func(validators map[string]string, version string, pending bool) {
+		err := saveFetchCache(f.cache, fetchCache{BaseURI: base, HostsDir: absDir, Island: island,
+			Prefix: declared.String(), Validators: validators, Version: version, ReloadPending: pending})
+		if err != nil {
+			env.Logger.Warn("cannot write the fetch-hosts cache; the next run will fetch everything", "file", f.cache, "err", err)
+		}
+	}
 	snap, err := client.Fetch(ctx, validators)
 	if err != nil {
 		return fmt.Errorf("fetch members from %s: %w", base, err)
@@ -158,6 +172,13 @@ func fetchHosts(ctx context.Context, env Env, base string, island uint64, declar
 		Rejected: []string{}, Skipped: []string{}, Warnings: []string{}, Written: []string{}, Removed: []string{}}
 	if snap.NotModified {
 		sum.NotModified, sum.Version = true, cache.Version
+		if f.reload && pending {
+			if err := reloadTincd(absDir, f.pidFile); err != nil {
+				return fmt.Errorf("%w (a reload is still pending from an earlier run)", err)
+			}
+			sum.Reloaded = true
+			saveCache(cache.Validators, cache.Version, false)
+		}
 		sum.Seconds = time.Since(start).Seconds()
 		return printFetchSummary(env, f.json, sum)
 	}
@@ -202,13 +223,36 @@ func fetchHosts(ctx context.Context, env Env, base string, island uint64, declar
 		}
 	}
 
-	files := tincgen.HostFiles(res.Testbed, island)
+	files, err := tincgen.HostFiles(res.Testbed, island)
+	if err != nil {
+		return err
+	}
 	rendered := time.Now()
 	progress.say("comparing and writing %d host files in %s", len(files), absDir)
+	// This host's own host file (tinc.conf's Name) is written when it is
+	// missing (a new gateway gets it from the registry), but never
+	// overwritten or removed: tinc 1.0 cannot reload its own Subnets on a
+	// HUP, and node-boot or the gateway daemon owns it.
 	own := ownTincName(absDir)
+	if want, listed := files[own]; listed {
+		if have, err := os.ReadFile(filepath.Join(absDir, own)); err == nil {
+			delete(files, own)
+			if !bytes.Equal(have, want) {
+				sum.Warnings = append(sum.Warnings, fmt.Sprintf("this host's own host file %s differs from the registry's; left as it is", own))
+			}
+		}
+	}
 	rep, err := tincgen.Sync(absDir, files, tincgen.SyncOptions{
 		Force: f.force, DryRun: f.dryRun,
 		Owned: func(name string) bool { return name != own && tincgen.OwnedName(name) },
+		BeforeWrite: func() error {
+			if !f.reload {
+				return nil
+			}
+			pending = true
+			return saveFetchCache(f.cache, fetchCache{BaseURI: base, HostsDir: absDir, Island: island,
+				Prefix: declared.String(), ReloadPending: true})
+		},
 	})
 	if err != nil {
 		if errors.Is(err, tincgen.ErrMassDeletion) {
@@ -224,17 +268,14 @@ func fetchHosts(ctx context.Context, env Env, base string, island uint64, declar
 	if f.dryRun {
 		io.WriteString(env.Stdout, rep.Diff)
 	} else {
-		if f.reload && rep.Changed() {
+		if f.reload && (rep.Changed() || pending) {
 			if err := reloadTincd(absDir, f.pidFile); err != nil {
+				saveCache(snap.Validators, sum.Version, true)
 				return err
 			}
-			sum.Reloaded = true
+			sum.Reloaded, pending = true, false
 		}
-		err := saveFetchCache(f.cache, fetchCache{BaseURI: base, HostsDir: absDir, Island: island,
-			Prefix: declared.String(), Validators: snap.Validators, Version: sum.Version})
-		if err != nil {
-			env.Logger.Warn("cannot remember the registry's ETags; the next run will fetch everything", "file", f.cache, "err", err)
-		}
+		saveCache(snap.Validators, sum.Version, pending)
 	}
 	sum.Seconds = time.Since(start).Seconds()
 	return printFetchSummary(env, f.json, sum)
@@ -287,6 +328,9 @@ func printFetchSummary(env Env, asJSON bool, s fetchSummary) error {
 	var kinds []string
 	for _, k := range []string{"nodes", "servers", "hosts", "gateways"} {
 		if n := s.Members[k]; n > 0 {
+			if k == "gateways" {
+				k = "legacy gateways"
+			}
 			kinds = append(kinds, strconv.Itoa(n)+" "+k)
 		}
 	}

@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -92,9 +94,16 @@ func TestFetchHosts(t *testing.T) {
 		f.Nodes[2].Tinc.PubKey = pubKeys(t)[1]
 	}
 	srv.SetFile(f)
-	_, errOut, code = run(t, "fetch-hosts", base, "--hosts-dir", hosts, "--island", "1", "--json")
+	out, errOut, code := run(t, "fetch-hosts", base, "--hosts-dir", hosts, "--island", "1", "--json")
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	var one fetchSummary
+	if err := json.Unmarshal([]byte(out), &one); err != nil {
+		t.Fatalf("--json output %q: %v", out, err)
+	}
+	if len(one.Written) != 1 || one.Written[0] != "node_3" || one.Unchanged != 4 || len(one.Removed) != 0 {
+		t.Errorf("one member changed: written %v, unchanged %d, removed %v; want exactly node_3 written", one.Written, one.Unchanged, one.Removed)
 	}
 	st2, _ := os.Stat(filepath.Join(hosts, "node_1"))
 	if !st.ModTime().Equal(st2.ModTime()) {
@@ -108,7 +117,7 @@ func TestFetchHosts(t *testing.T) {
 	f = testbed(t, 4)
 	f.Nodes = f.Nodes[:3]
 	srv.SetFile(f)
-	out, _, _ := run(t, "fetch-hosts", base, "--hosts-dir", hosts, "--island", "1", "--json")
+	out, _, _ = run(t, "fetch-hosts", base, "--hosts-dir", hosts, "--island", "1", "--json")
 	var sum fetchSummary
 	if err := json.Unmarshal([]byte(out), &sum); err != nil {
 		t.Fatalf("--json output %q: %v", out, err)
@@ -204,5 +213,96 @@ func TestFetchHostsErrors(t *testing.T) {
 		if code != tt.code || !strings.Contains(errOut, tt.msg) {
 			t.Errorf("%v: exit %d stderr %q; want exit %d and %q (%s)", tt.args, code, errOut, tt.code, tt.msg, time.Since(start))
 		}
+	}
+}
+
+// fakeTincd starts a process whose name is "tincd" (a copy of sleep) and
+// writes its pid file. SIGHUP ends it, which shows that it got the signal.
+func fakeTincd(t *testing.T) (pidFile string, done chan error) {
+	t.Helper()
+	dir := t.TempDir()
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Skip("sleep not found")
+	}
+	b, err := os.ReadFile(sleep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "tincd")
+	if err := os.WriteFile(bin, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "60")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill() })
+	done = make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	pidFile = filepath.Join(dir, "tinc.pid")
+	os.WriteFile(pidFile, []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o644)
+	return pidFile, done
+}
+
+// A reload that failed (or never happened because the run was killed) is
+// done by the next run, although the files are then unchanged.
+func TestFetchHostsReloadPending(t *testing.T) {
+	_, base := serve(t, testbed(t, 2))
+	netDir := t.TempDir()
+	hosts := filepath.Join(netDir, "hosts")
+	os.WriteFile(filepath.Join(netDir, "tinc.conf"), []byte("Name = server\nStrictSubnets = yes\n"), 0o644)
+	_, errOut, code := run(t, "fetch-hosts", base, "--hosts-dir", hosts, "--reload", "--pidfile", filepath.Join(netDir, "none.pid"))
+	if code != 1 || !strings.Contains(errOut, "reload tincd") {
+		t.Fatalf("reload without tincd: exit %d: %s", code, errOut)
+	}
+	pidFile, done := fakeTincd(t)
+	_, errOut, code = run(t, "fetch-hosts", base, "--hosts-dir", hosts, "--reload", "--pidfile", pidFile)
+	if code != 0 || !strings.Contains(errOut, "unchanged") {
+		t.Fatalf("second run: exit %d: %s", code, errOut)
+	}
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "hangup") {
+			t.Errorf("fake tincd ended with %v, want a SIGHUP", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the pending reload was not done: tincd got no SIGHUP")
+	}
+	// Nothing pending any more: a third run signals nothing.
+	pidFile, done = fakeTincd(t)
+	if _, errOut, code = run(t, "fetch-hosts", base, "--hosts-dir", hosts, "--reload", "--pidfile", pidFile); code != 0 {
+		t.Fatalf("third run: exit %d: %s", code, errOut)
+	}
+	select {
+	case err := <-done:
+		t.Errorf("third run signalled tincd: %v", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+}
+
+// The host's own host file (tinc.conf's Name) is neither overwritten nor
+// removed, even when the registry lists the host.
+func TestFetchHostsOwnFileNotOverwritten(t *testing.T) {
+	_, base := serve(t, testbed(t, 2))
+	netDir := t.TempDir()
+	hosts := filepath.Join(netDir, "hosts")
+	os.MkdirAll(hosts, 0o755)
+	os.WriteFile(filepath.Join(netDir, "tinc.conf"), []byte("Name = node_1\nConnectTo = server\n"), 0o644)
+	mine := []byte("Subnet = fdf5:5351:1dfd:1:0:0:0:0/64\nSubnet = 100.64.0.1\n")
+	os.WriteFile(filepath.Join(hosts, "node_1"), mine, 0o644)
+	if _, errOut, code := run(t, "fetch-hosts", base, "--hosts-dir", hosts); code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	if b, _ := os.ReadFile(filepath.Join(hosts, "node_1")); string(b) != string(mine) {
+		t.Errorf("own host file overwritten:\n%s", b)
+	}
+	// A new gateway without its own host file gets it from the registry.
+	os.Remove(filepath.Join(hosts, "node_1"))
+	if _, errOut, code := run(t, "fetch-hosts", base, "--hosts-dir", hosts, "--full"); code != 0 || !strings.Contains(errOut, "written 1,") {
+		t.Fatalf("exit %d: %s", code, errOut)
+	}
+	if b, _ := os.ReadFile(filepath.Join(hosts, "node_1")); !strings.HasPrefix(string(b), "Subnet = fdf5:5351:1dfd:1:0:0:0:0/64\n\n-----BEGIN") {
+		t.Errorf("missing own host file not written from the registry:\n%s", b)
 	}
 }

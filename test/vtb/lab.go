@@ -34,6 +34,12 @@ import (
 type Lab struct {
 	ID  string // short random id, part of every name
 	Dir string // work directory for configs and logs
+	// Keep makes the lab outlive its creator (make demo KEEP=1): its
+	// namespaces are named "mgmtnet-keep-<lab>-<name>", so that removeStale
+	// leaves them alone, its processes are not killed when the creator
+	// exits, and Close is not expected to be called. Set it before adding
+	// namespaces. TeardownKept removes such a lab.
+	Keep bool
 
 	logf func(format string, args ...any)
 
@@ -111,6 +117,9 @@ type Netns struct {
 // AddNetns creates a namespace with its loopback up.
 func (l *Lab) AddNetns(name string) (*Netns, error) {
 	full := fmt.Sprintf("%s%d-%s-%s", nsPrefix, os.Getpid(), l.ID, name)
+	if l.Keep {
+		full = fmt.Sprintf("%skeep-%s-%s", nsPrefix, l.ID, name)
+	}
 	if out, err := exec.Command("ip", "netns", "add", full).CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("create netns %s: %v: %s", full, err, out)
 	}
@@ -210,7 +219,10 @@ func (l *Lab) Start(n *Netns, name string, args ...string) (*Proc, error) {
 	cmd.Stdout, cmd.Stderr = logFile, logFile
 	// Own process group, so that a Ctrl-C on the demo reaches the harness,
 	// which then stops its processes in order.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if !l.Keep {
+		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	}
 	if err := cmd.Start(); err != nil {
 		logFile.Close()
 		return nil, fmt.Errorf("start %s: %w", name, err)
@@ -291,6 +303,37 @@ func (l *Lab) Close() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// TeardownKept removes every kept lab (see Keep): it kills the processes
+// in their namespaces and deletes the namespaces. It returns the names of
+// the namespaces it removed.
+func TeardownKept() ([]string, error) {
+	entries, err := os.ReadDir("/run/netns")
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	var removed []string
+	var errs []error
+	for _, e := range entries {
+		if !strings.HasPrefix(e.Name(), nsPrefix+"keep-") {
+			continue
+		}
+		killNetnsProcs(e.Name())
+		if out, err := exec.Command("ip", "netns", "del", e.Name()).CombinedOutput(); err != nil {
+			errs = append(errs, fmt.Errorf("delete netns %s: %v: %s", e.Name(), err, out))
+			continue
+		}
+		removed = append(removed, e.Name())
+	}
+	return removed, errors.Join(errs...)
+}
+
+// Namespaces returns the lab's namespaces in creation order.
+func (l *Lab) Namespaces() []*Netns {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]*Netns(nil), l.nss...)
 }
 
 // Logs returns the logs of every process, for a failing test's output.

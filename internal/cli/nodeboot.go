@@ -1,0 +1,151 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"path/filepath"
+	"time"
+
+	"github.com/confine-project/mgmtnet/nodeboot"
+	"github.com/confine-project/mgmtnet/vpn"
+)
+
+const nodeBootSynopsis = `  mgmtnet node-boot [--uci FILE] [--tinc-dir DIR] [--registry URI] [--gateways-dir DIR]
+                    [--ca FILE] [--insecure] [--timeout D] [--no-start] [--dry-run]
+                    [--pidfile FILE] [--tincd PATH] [--json]
+
+The node's boot hook (run once at boot by the OpenWrt init script). From the
+firmware's UCI file (node.id, node.tinc_gateway, registry.base_uri,
+testbed.mgmt_ipv6_prefix48) it:
+  1. generates an RSA key in rsa_key.priv if there is none (never replaces one);
+  2. asks the registry for the gateways; when it does not answer (usual at
+     first boot, before tinc is up) it uses the firmware's gateway files:
+     hosts/<tinc_gateway> as it is, and the files in --gateways-dir;
+  3. writes hosts/node_<id> (its /64 and public key), tinc.conf (Name and one
+     ConnectTo per gateway), tinc-up, tinc-down and the gateways' host files,
+     each only if its bytes differ, atomically; it never deletes anything;
+  4. starts tincd if it is not running; else restarts it when its own host
+     file or name changed, sends one SIGHUP when anything else changed, and
+     leaves it alone when nothing changed.
+Running it again with nothing new writes nothing and signals nothing.
+
+tincd runs as "tincd -n confine" for the default --tinc-dir, else as
+"tincd -c DIR --pidfile=FILE --logfile=DIR/tinc.log".
+
+Exit status: 0 success, 1 error (bad UCI file, no gateway, tincd failed),
+2 usage error.
+
+Examples:
+  mgmtnet node-boot
+  mgmtnet node-boot --dry-run
+  mgmtnet node-boot --uci ./confine --tinc-dir /tmp/tinc --registry http://127.0.0.1:8080/api/ --no-start
+`
+
+type nodeBootFlags struct {
+	uci, tincDir, registry, gatewaysDir, ca, pidFile, tincd string
+	insecure, noStart, dryRun, json                         bool
+	timeout                                                 time.Duration
+}
+
+func runNodeBoot(ctx context.Context, env Env, args []string) error {
+	fs := newFlagSet("node-boot", nodeBootSynopsis, env.Stderr)
+	var f nodeBootFlags
+	fs.StringVar(&f.uci, "uci", nodeboot.DefaultUCIFile, "the firmware's UCI `file`")
+	fs.StringVar(&f.tincDir, "tinc-dir", nodeboot.DefaultTincDir, "tinc `directory` of the net")
+	fs.StringVar(&f.registry, "registry", "", "registry base `URI` (default: the UCI file's registry.base_uri)")
+	fs.StringVar(&f.gatewaysDir, "gateways-dir", nodeboot.DefaultGatewaysDir, "`directory` of the firmware's extra gateway host files")
+	fs.StringVar(&f.ca, "ca", "", "PEM `file` to verify the registry's TLS against (default: the UCI file's registry.cert)")
+	fs.BoolVar(&f.insecure, "insecure", false, "do not verify the registry's TLS certificate")
+	fs.DurationVar(&f.timeout, "timeout", nodeboot.DefaultTimeout, "how long each registry request may wait (2 retries)")
+	fs.BoolVar(&f.noStart, "no-start", false, "never start or signal tincd")
+	fs.BoolVar(&f.dryRun, "dry-run", false, "print what would change (with a diff) and change nothing")
+	fs.StringVar(&f.pidFile, "pidfile", "", "tincd pid `file` (default /var/run/tinc.confine.pid for the default --tinc-dir, else DIR/tinc.pid)")
+	fs.StringVar(&f.tincd, "tincd", vpn.DefaultTincd, "tincd `executable`")
+	fs.BoolVar(&f.json, "json", false, "print a summary as one JSON object instead of one line per action")
+	pos, err := parseInterspersed(fs, args, env.Stdout)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 0 {
+		return usagef("node-boot takes no arguments, got %q", pos)
+	}
+	if f.ca != "" && f.insecure {
+		return usagef("--ca and --insecure exclude each other")
+	}
+	if f.registry != "" {
+		if err := nodeboot.CheckRegistryURI(f.registry); err != nil {
+			return usagef("--registry %q: %v", f.registry, err)
+		}
+	}
+	if f.timeout <= 0 {
+		return usagef("--timeout must be positive")
+	}
+	cfg, err := nodeboot.LoadConfig(f.uci)
+	if err != nil {
+		return err
+	}
+	opts := nodeboot.Options{
+		TincDir: f.tincDir, GatewaysDir: f.gatewaysDir, Registry: f.registry, CAFile: f.ca, Insecure: f.insecure,
+		Timeout: f.timeout, DryRun: f.dryRun, Logger: env.Logger,
+	}
+	if opts.Registry == "" {
+		opts.Registry = cfg.RegistryURI
+	}
+	// The firmware pins the registry's certificate; it applies to the
+	// https URI unless the user chose otherwise.
+	if f.ca == "" && !f.insecure && cfg.RegistryCert != "" && len(opts.Registry) > 8 && opts.Registry[:8] == "https://" {
+		opts.CAFile = cfg.RegistryCert
+	}
+	if !f.noStart {
+		opts.Tincd = newTincd(f)
+	}
+	res, err := nodeboot.Run(ctx, cfg, opts)
+	if res != nil {
+		printNodeBoot(env.Stdout, f.json, res, err)
+	}
+	return err
+}
+
+// newTincd wires the real tincd for the flags.
+func newTincd(f nodeBootFlags) *vpn.Tincd {
+	t := &vpn.Tincd{Binary: f.tincd, PidFile: f.pidFile}
+	if filepath.Clean(f.tincDir) == nodeboot.DefaultTincDir {
+		t.Net = "confine"
+		return t
+	}
+	t.ConfDir = f.tincDir
+	t.LogFile = filepath.Join(f.tincDir, "tinc.log")
+	if t.PidFile == "" {
+		t.PidFile = filepath.Join(f.tincDir, "tinc.pid")
+	}
+	return t
+}
+
+var _ nodeboot.Tincd = (*vpn.Tincd)(nil)
+
+func printNodeBoot(w io.Writer, asJSON bool, res *nodeboot.Result, runErr error) {
+	if asJSON {
+		out := struct {
+			*nodeboot.Result
+			Error string `json:"error,omitempty"`
+		}{Result: res}
+		if runErr != nil {
+			out.Error = runErr.Error()
+		}
+		b, err := json.Marshal(out)
+		if err != nil {
+			fmt.Fprintf(w, "{\"error\":%q}\n", err.Error())
+			return
+		}
+		fmt.Fprintf(w, "%s\n", b)
+		return
+	}
+	for _, l := range res.Lines {
+		fmt.Fprintln(w, l)
+	}
+	if res.Diff != "" {
+		io.WriteString(w, res.Diff)
+	}
+}

@@ -1,0 +1,121 @@
+package nodeboot
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/confine-project/mgmtnet/addressing"
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+)
+
+// firmwareUCI is the firmware's example of confine.md §5.
+const firmwareUCI = `config node node
+    option id '001f'                      # hex, 4 digits
+    option priv_ipv4_prefix24 '192.168.157'
+    option mac_prefix16 '06:ab'
+    option local_ifname 'eth0'
+    option tinc_gateway 'server'
+    option state 'prepared'
+config registry registry
+    option base_uri 'https://[fdf5:5351:1dfd::2]/api/'
+    option cert '/etc/confine/registry-server.crt'
+config testbed testbed
+    option mgmt_ipv6_prefix48 'fdf5:5351:1dfd'
+`
+
+func TestConfigFromUCI(t *testing.T) {
+	tests := []struct {
+		name string
+		in   string
+		want Config
+	}{
+		{"firmware example", firmwareUCI, Config{
+			File: "/etc/config/confine", NodeID: 31, TincGateway: "server",
+			PrivIPv4:    netip.MustParsePrefix("192.168.157.0/24"),
+			MACPrefix16: [2]byte{0x06, 0xab}, HasMACPrefix: true, LocalIfname: "eth0", State: "prepared",
+			RegistryURI: "https://[fdf5:5351:1dfd::2]/api/", RegistryCert: "/etc/confine/registry-server.crt",
+			Prefix: netip.MustParsePrefix("fdf5:5351:1dfd::/48"),
+		}},
+		{"minimal: defaults", "config node node\n option id 00AB\n", Config{
+			File: "/etc/config/confine", NodeID: 0xab, TincGateway: "server", Prefix: addressing.DefaultMgmtPrefix,
+		}},
+		{"anonymous sections, other gateway, other prefix", "config node\n option id 'fff0'\n option tinc_gateway gw_2\n" +
+			"option unknown_thing x\nconfig testbed\n option mgmt_ipv6_prefix48 'fd65:fc41:c50f::/48'\n", Config{
+			File: "/etc/config/confine", NodeID: 0xfff0, TincGateway: "gw_2", Prefix: netip.MustParsePrefix("fd65:fc41:c50f::/48"),
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := ConfigFromUCI("/etc/config/confine", []byte(tt.in))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := cmp.Diff(tt.want, got, cmpopts.EquateComparable(netip.Prefix{})); d != "" {
+				t.Errorf("config (-want +got):\n%s", d)
+			}
+		})
+	}
+}
+
+func TestConfigFromUCIErrors(t *testing.T) {
+	const f = "/etc/config/confine"
+	tests := []struct {
+		name, in, want string
+	}{
+		{"bad id", "config node node\n option id 'zz'\n", f + `:1: node id "zz": want exactly 4 hex digits (e.g. 001f)`},
+		{"decimal id", "# comment\n\nconfig node node\n option id '31'\n", f + `:3: node id "31": want exactly 4 hex digits (e.g. 001f)`},
+		{"id zero", "config node node\n option id '0000'\n", f + `:1: node id "0000": out of range: allowed 0001..fff0`},
+		{"id too large", "config node node\n option id 'fff1'\n", f + `:1: node id "fff1": out of range`},
+		{"missing id", "config node node\n option state x\n", f + `:1: node section has no option id`},
+		{"no node section", "config registry registry\n", f + `: no node section`},
+		{"bad prefix", firmwareUCI[:strings.Index(firmwareUCI, "config testbed")] + "config testbed testbed\n option mgmt_ipv6_prefix48 'fdf5:5351'\n",
+			f + `:11: testbed mgmt_ipv6_prefix48 "fdf5:5351": want an IPv6 /48`},
+		{"ipv4 prefix", "config node node\n option id 001f\nconfig testbed testbed\n option mgmt_ipv6_prefix48 10.0.0.0/8\n",
+			f + `:3: testbed mgmt_ipv6_prefix48 "10.0.0.0/8": want an IPv6 /48`},
+		{"bad base_uri", "config node node\n option id 001f\nconfig registry registry\n option base_uri 'fdf5:5351:1dfd::2/api'\n",
+			f + `:3: registry base_uri "fdf5:5351:1dfd::2/api": `},
+		{"ftp base_uri", "config node node\n option id 001f\nconfig registry registry\n option base_uri 'ftp://x/api/'\n",
+			f + `:3: registry base_uri "ftp://x/api/": want an absolute http:// or https:// URI`},
+		{"bad gateway name", "config node node\n option id 001f\n option tinc_gateway 'gw-2'\n", f + `:1: node tinc_gateway "gw-2": not a tinc name`},
+		{"bad mac", "config node node\n option id 001f\n option mac_prefix16 '6:ab'\n", f + `:1: node mac_prefix16 "6:ab"`},
+		{"bad priv", "config node node\n option id 001f\n option priv_ipv4_prefix24 '192.168.157.0'\n", f + `:1: node priv_ipv4_prefix24 "192.168.157.0"`},
+		{"syntax", "config node node\n option id '001f\n", f + `:2: unterminated single quote`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := ConfigFromUCI(f, []byte(tt.in))
+			if err == nil || !strings.HasPrefix(err.Error(), tt.want) {
+				t.Errorf("error = %v\nwant prefix %s", err, tt.want)
+			}
+		})
+	}
+}
+
+func FuzzConfigFromUCI(f *testing.F) {
+	f.Add(firmwareUCI)
+	f.Add("config node\n option id 0001\nconfig testbed\n option mgmt_ipv6_prefix48 '::'\n")
+	f.Add("config node node\n option id '00ff'\n option tinc_gateway \"a\\\"b\"\nconfig registry r\n option base_uri http://[::1]:8080/api\n")
+	f.Fuzz(func(t *testing.T, s string) {
+		c, err := ConfigFromUCI("fuzz", []byte(s))
+		if err != nil {
+			if !strings.HasPrefix(err.Error(), "fuzz") {
+				t.Errorf("error does not name the file: %v", err)
+			}
+			return
+		}
+		if c.NodeID < addressing.MinNode || c.NodeID > addressing.MaxNode {
+			t.Errorf("accepted node id %d", c.NodeID)
+		}
+		if !c.Prefix.Addr().Is6() || c.Prefix.Bits() != 48 || c.Prefix != c.Prefix.Masked() {
+			t.Errorf("accepted prefix %s", c.Prefix)
+		}
+		if _, err := c.Plan(); err != nil {
+			t.Errorf("accepted config has no plan: %v", err)
+		}
+		if _, err := Plan(c, []byte(placeholderKey), []Gateway{{Name: "gw", Host: []byte("Address = 1.2.3.4\n")}}); c.TincName() != "gw" && err != nil {
+			t.Errorf("accepted config does not plan: %v", err)
+		}
+	})
+}

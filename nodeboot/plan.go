@@ -1,0 +1,189 @@
+package nodeboot
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/confine-project/mgmtnet/addressing"
+	"github.com/confine-project/mgmtnet/mesh"
+	"github.com/confine-project/mgmtnet/tincgen"
+)
+
+// The tinc interface of the management network (confine.md §4): MTU 1400,
+// and the node's address is added with the whole /48 as its prefix.
+const (
+	tincMTU    = 1400
+	tincUpBits = 48
+)
+
+// Names of the files node-boot writes, relative to the tinc directory.
+const (
+	ConfFile     = "tinc.conf"
+	TincUpFile   = "tinc-up"
+	TincDownFile = "tinc-down"
+	HostsDir     = "hosts"
+	KeyFile      = "rsa_key.priv"
+)
+
+// Gateway is a gateway the node connects to: its tinc name and the bytes
+// of its host file.
+type Gateway struct {
+	Name string
+	Host []byte
+}
+
+// File is one file of the tinc directory: its path relative to the
+// directory ("tinc.conf", "hosts/server"), content and mode.
+type File struct {
+	Name string
+	Data []byte
+	Mode fs.FileMode
+}
+
+// Desired is the content node-boot wants in the tinc directory, sorted by
+// name. Files not listed are left alone.
+type Desired struct {
+	Files []File
+}
+
+// Equal reports whether d and o list the same files with the same bytes
+// and modes.
+func (d Desired) Equal(o Desired) bool {
+	return slices.EqualFunc(d.Files, o.Files, func(a, b File) bool {
+		return a.Name == b.Name && a.Mode == b.Mode && bytes.Equal(a.Data, b.Data)
+	})
+}
+
+// Lookup returns the file with the given name.
+func (d Desired) Lookup(name string) (File, bool) {
+	i, ok := slices.BinarySearchFunc(d.Files, name, func(f File, n string) int { return strings.Compare(f.Name, n) })
+	if !ok {
+		return File{}, false
+	}
+	return d.Files[i], true
+}
+
+// ErrNoGateway is returned when the node has no gateway to connect to, so
+// it could not join the management network.
+var ErrNoGateway = errors.New("no gateway to connect to")
+
+// Plan returns the files of a node's tinc directory: its own host file
+// hosts/node_<id> (its /64 and the public key pub, PEM), tinc.conf (Name
+// and one ConnectTo per gateway: cfg.TincGateway first when it is one of
+// them, then the others by name), tinc-up and tinc-down (the node's
+// address P:N::2 with /48, MTU 1400), and hosts/<name> of each gateway with
+// the given bytes. It is pure: the same inputs give the same value.
+func Plan(cfg Config, pub []byte, gateways []Gateway) (Desired, error) {
+	plan, err := cfg.Plan()
+	if err != nil {
+		return Desired{}, err
+	}
+	addr, err := plan.NodeAddr(cfg.NodeID)
+	if err != nil {
+		return Desired{}, err
+	}
+	subnet, err := plan.NodeSubnet(cfg.NodeID)
+	if err != nil {
+		return Desired{}, err
+	}
+	if len(bytes.TrimSpace(pub)) == 0 {
+		return Desired{}, errors.New("plan: no public key")
+	}
+	own := cfg.TincName()
+	if len(gateways) == 0 {
+		return Desired{}, ErrNoGateway
+	}
+	names := make([]string, 0, len(gateways))
+	files := []File{
+		{Name: HostsDir + "/" + own, Mode: 0o644, Data: tincgen.RenderHost(tincgen.Host{
+			Subnets:   []tincgen.Subnet{tincgen.NewSubnet(subnet)},
+			PublicKey: string(pub),
+		})},
+		{Name: TincUpFile, Mode: 0o755, Data: tincgen.RenderTincUp(addr, tincUpBits, tincMTU)},
+		{Name: TincDownFile, Mode: 0o755, Data: tincgen.RenderTincDown(addr, tincUpBits)},
+	}
+	seen := map[string]bool{}
+	for _, g := range gateways {
+		switch {
+		case !tincgen.ValidName(g.Name):
+			return Desired{}, fmt.Errorf("plan: gateway %q: not a tinc name", g.Name)
+		case g.Name == own:
+			return Desired{}, fmt.Errorf("plan: gateway %s is this node", g.Name)
+		case seen[g.Name]:
+			return Desired{}, fmt.Errorf("plan: gateway %s listed twice", g.Name)
+		}
+		seen[g.Name] = true
+		names = append(names, g.Name)
+		files = append(files, File{Name: HostsDir + "/" + g.Name, Mode: 0o644, Data: g.Host})
+	}
+	files = append(files, File{Name: ConfFile, Mode: 0o644, Data: tincgen.RenderConf(tincgen.Conf{
+		Name: own, ConnectTo: connectOrder(names, cfg.TincGateway),
+	})})
+	slices.SortFunc(files, func(a, b File) int { return strings.Compare(a.Name, b.Name) })
+	return Desired{Files: files}, nil
+}
+
+// connectOrder sorts gateway names, with first (the UCI tinc_gateway) in
+// front when it is one of them.
+func connectOrder(names []string, first string) []string {
+	out := slices.Clone(names)
+	slices.SortFunc(out, func(a, b string) int {
+		switch {
+		case a == b:
+			return 0
+		case a == first:
+			return -1
+		case b == first:
+			return 1
+		}
+		return strings.Compare(a, b)
+	})
+	return out
+}
+
+// RegistryGateways picks the node's gateways from what the registry
+// answered: it validates the candidates with mesh.Build (against the
+// prefix mesh.ChoosePrefix picks, with cfg.Prefix as the fallback), keeps
+// the members with tinc addresses except the node itself, and renders
+// their host files with the node's own island's addresses first. island
+// is the island of the registry's node with cfg.NodeID (0 when absent).
+// notes are the rejected candidates and warnings, to report.
+func RegistryGateways(cfg Config, declared netip.Prefix, cands []mesh.Candidate) (gws []Gateway, island uint64, notes []string, err error) {
+	prefix, note := mesh.ChoosePrefix(declared, cfg.Prefix, cands)
+	if note != "" {
+		notes = append(notes, note)
+	}
+	if prefix != cfg.Prefix {
+		notes = append(notes, fmt.Sprintf("the registry's management prefix %s differs from this node's %s (%s testbed mgmt_ipv6_prefix48)", prefix, cfg.Prefix, cfg.File))
+	}
+	plan, err := addressing.New(prefix)
+	if err != nil {
+		return nil, 0, notes, fmt.Errorf("registry management prefix: %w", err)
+	}
+	for i := range cands {
+		if cands[i].Kind == addressing.KindNode && cands[i].ID == uint64(cfg.NodeID) {
+			island = cands[i].Island
+			break
+		}
+	}
+	res := mesh.Build(plan, cands)
+	for _, p := range res.Rejected {
+		notes = append(notes, "rejected "+p.String())
+	}
+	for _, p := range res.Warnings {
+		notes = append(notes, "warning: "+p.String())
+	}
+	own := cfg.TincName()
+	for _, m := range res.Testbed.Gateways() {
+		if m.TincName == own {
+			continue
+		}
+		gws = append(gws, Gateway{Name: m.TincName, Host: tincgen.RenderHost(tincgen.HostFor(m, island))})
+	}
+	return gws, island, notes, nil
+}

@@ -1,0 +1,200 @@
+package nodeboot
+
+import (
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/confine-project/mgmtnet/addressing"
+	"github.com/confine-project/mgmtnet/mesh"
+	"github.com/google/go-cmp/cmp"
+)
+
+var update = flag.Bool("update", false, "rewrite golden files")
+
+func readTestdata(t *testing.T, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("testdata", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func node31(t *testing.T) Config {
+	t.Helper()
+	c, err := ConfigFromUCI("confine", []byte(firmwareUCI))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// dump prints a Desired as text for golden files.
+func dump(d Desired) string {
+	var b strings.Builder
+	for _, f := range d.Files {
+		fmt.Fprintf(&b, "==> %s (%#o) <==\n%s", f.Name, f.Mode, f.Data)
+	}
+	return b.String()
+}
+
+func golden(t *testing.T, name, got string) {
+	t.Helper()
+	path := filepath.Join("testdata", name)
+	if *update {
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run with -update to create it)", err)
+	}
+	if d := cmp.Diff(string(want), got); d != "" {
+		t.Errorf("%s (-want +got):\n%s", path, d)
+	}
+}
+
+// registryCandidates is a registry answer: the main server with two
+// addresses in two islands, node 31 (this node) in island 2, node 32, and a
+// host without a key.
+func registryCandidates(t *testing.T) []mesh.Candidate {
+	gw, node := string(readTestdata(t, "gw.pub")), string(readTestdata(t, "node.pub"))
+	return []mesh.Candidate{
+		{Kind: addressing.KindServer, ID: 2, Name: "main", MgmtAddr: "fdf5:5351:1dfd::2", Backend: "tinc",
+			Tinc: &mesh.CandidateTinc{Name: "server", PubKey: gw, Addresses: []mesh.CandidateAddress{
+				{Addr: "gw.example.net", Port: 655, Island: 1}, {Addr: "10.241.0.254", Port: 655, Island: 2}}}},
+		{Kind: addressing.KindHost, ID: 7, Name: "laptop", MgmtAddr: "fdf5:5351:1dfd:0:2000::7", Backend: "tinc"},
+		{Kind: addressing.KindNode, ID: 31, Name: "n31", Island: 2, MgmtAddr: "fdf5:5351:1dfd:1f::2", Backend: "tinc",
+			Tinc: &mesh.CandidateTinc{Name: "node_31", PubKey: node}},
+		{Kind: addressing.KindNode, ID: 32, Name: "n32", Island: 1, MgmtAddr: "fdf5:5351:1dfd:20::2", Backend: "tinc",
+			Tinc: &mesh.CandidateTinc{Name: "node_32", PubKey: node}},
+	}
+}
+
+func TestPlanRegistry(t *testing.T) {
+	cfg := node31(t)
+	gws, island, notes, err := RegistryGateways(cfg, netip.MustParsePrefix("fdf5:5351:1dfd::/48"), registryCandidates(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if island != 2 || len(notes) != 0 {
+		t.Errorf("island %d, notes %q; want 2 and none", island, notes)
+	}
+	d, err := Plan(cfg, readTestdata(t, "node.pub"), gws)
+	if err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "plan-registry.golden", dump(d))
+	again, _ := Plan(cfg, readTestdata(t, "node.pub"), gws)
+	if !d.Equal(again) {
+		t.Error("Plan is not deterministic")
+	}
+}
+
+func TestPlanFirmware(t *testing.T) {
+	cfg := node31(t)
+	gws, notes, err := FirmwareGateways(cfg, "testdata/firmware/tinc", "testdata/firmware/gateways")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantNotes := []string{`skipped gateway file testdata/firmware/gateways/broken: not a tinc host file: line 2: invalid subnet "not-a-subnet": ParseAddr("not-a-subnet"): unable to parse IP`, `skipped gateway file testdata/firmware/gateways/server_9: no Address line`}
+	if d := cmp.Diff(wantNotes, notes); d != "" {
+		t.Errorf("notes (-want +got):\n%s", d)
+	}
+	d, err := Plan(cfg, readTestdata(t, "node.pub"), gws)
+	if err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "plan-firmware.golden", dump(d))
+	// hosts/server is kept byte for byte (not the gateways-dir copy).
+	server, _ := d.Lookup("hosts/server")
+	if d := cmp.Diff(string(readTestdata(t, "firmware/tinc/hosts/server")), string(server.Data)); d != "" {
+		t.Errorf("hosts/server not kept as it is (-want +got):\n%s", d)
+	}
+}
+
+func TestPlanConnectOrder(t *testing.T) {
+	host := []byte("Address = 192.0.2.1\n")
+	tests := []struct {
+		name, first string
+		gws         []string
+		want        string
+	}{
+		{"tinc_gateway first", "server_9", []string{"server", "server_9", "host_3"}, "Name = node_31\nConnectTo = server_9\nConnectTo = host_3\nConnectTo = server\n"},
+		{"tinc_gateway absent: sorted", "server", []string{"server_9", "host_3"}, "Name = node_31\nConnectTo = host_3\nConnectTo = server_9\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := node31(t)
+			cfg.TincGateway = tt.first
+			var gws []Gateway
+			for _, n := range tt.gws {
+				gws = append(gws, Gateway{Name: n, Host: host})
+			}
+			d, err := Plan(cfg, readTestdata(t, "node.pub"), gws)
+			if err != nil {
+				t.Fatal(err)
+			}
+			conf, _ := d.Lookup("tinc.conf")
+			if diff := cmp.Diff(tt.want, string(conf.Data)); diff != "" {
+				t.Errorf("tinc.conf (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestPlanErrors(t *testing.T) {
+	host := []byte("Address = 192.0.2.1\n")
+	pub := readTestdata(t, "node.pub")
+	tests := []struct {
+		name string
+		pub  []byte
+		gws  []Gateway
+		want string
+	}{
+		{"no gateway", pub, nil, "no gateway to connect to"},
+		{"no key", nil, []Gateway{{"server", host}}, "plan: no public key"},
+		{"gateway is the node", pub, []Gateway{{"node_31", host}}, "plan: gateway node_31 is this node"},
+		{"twice", pub, []Gateway{{"server", host}, {"server", host}}, "plan: gateway server listed twice"},
+		{"bad name", pub, []Gateway{{"../etc", host}}, `plan: gateway "../etc": not a tinc name`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := Plan(node31(t), tt.pub, tt.gws)
+			if err == nil || err.Error() != tt.want {
+				t.Errorf("error = %v, want %s", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestUnifiedDiff(t *testing.T) {
+	a := "Name = node_31\nConnectTo = server\n"
+	b := "Name = node_31\nConnectTo = server\nConnectTo = server_5\n"
+	want := "--- a/tinc.conf\n+++ b/tinc.conf\n@@ -1,2 +1,3 @@\n Name = node_31\n ConnectTo = server\n+ConnectTo = server_5\n"
+	if d := cmp.Diff(want, unifiedDiff("a/tinc.conf", "b/tinc.conf", []byte(a), []byte(b))); d != "" {
+		t.Errorf("diff (-want +got):\n%s", d)
+	}
+	if got := unifiedDiff("x", "y", []byte(a), []byte(a)); got != "" {
+		t.Errorf("diff of equal files: %q", got)
+	}
+	want = "--- /dev/null\n+++ b/x\n@@ -0,0 +1 @@\n+new\n"
+	if d := cmp.Diff(want, unifiedDiff("/dev/null", "b/x", nil, []byte("new\n"))); d != "" {
+		t.Errorf("diff of a new file (-want +got):\n%s", d)
+	}
+}
+
+func TestUnifiedDiffChange(t *testing.T) {
+	a := "1\n2\n3\n4\n5\n6\n7\n8\n9\n10\n11\n12\n"
+	b := "1\n2\nthree\n4\n5\n6\n7\n8\n9\n10\n11\ntwelve\n"
+	want := "--- a\n+++ b\n@@ -1,6 +1,6 @@\n 1\n 2\n-3\n+three\n 4\n 5\n 6\n@@ -9,4 +9,4 @@\n 9\n 10\n 11\n-12\n+twelve\n"
+	if d := cmp.Diff(want, unifiedDiff("a", "b", []byte(a), []byte(b))); d != "" {
+		t.Errorf("diff (-want +got):\n%s", d)
+	}
+}

@@ -1,0 +1,362 @@
+package nodeboot
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net/http/httptest"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/confine-project/mgmtnet/addressing"
+	"github.com/confine-project/mgmtnet/mesh/registry"
+	"github.com/confine-project/mgmtnet/vpn"
+	"github.com/google/go-cmp/cmp"
+)
+
+// fakeTincd is a strict fake of Tincd: it records every call, keeps a
+// running pid, and fails the test on a call that the real tincd would
+// refuse (start while running, signal while not running).
+type fakeTincd struct {
+	t       *testing.T
+	pid     int
+	nextPid int
+	calls   []string
+}
+
+var _ Tincd = (*fakeTincd)(nil)
+
+func newFakeTincd(t *testing.T) *fakeTincd { return &fakeTincd{t: t, nextPid: 100} }
+
+func (f *fakeTincd) Running() (int, error) {
+	f.calls = append(f.calls, "Running")
+	if f.pid == 0 {
+		return 0, fmt.Errorf("fake: %w", vpn.ErrNotRunning)
+	}
+	return f.pid, nil
+}
+
+func (f *fakeTincd) Start(context.Context) (int, error) {
+	f.calls = append(f.calls, "Start")
+	if f.pid != 0 {
+		f.t.Errorf("fake tincd: Start while running (pid %d)", f.pid)
+		return 0, errors.New("already running")
+	}
+	f.pid, f.nextPid = f.nextPid, f.nextPid+1
+	return f.pid, nil
+}
+
+func (f *fakeTincd) Reload() error {
+	f.calls = append(f.calls, "Reload")
+	if f.pid == 0 {
+		f.t.Errorf("fake tincd: Reload while not running")
+		return vpn.ErrNotRunning
+	}
+	return nil
+}
+
+func (f *fakeTincd) Restart(context.Context) (int, error) {
+	f.calls = append(f.calls, "Restart")
+	if f.pid == 0 {
+		f.t.Errorf("fake tincd: Restart while not running")
+		return 0, vpn.ErrNotRunning
+	}
+	f.pid, f.nextPid = f.nextPid, f.nextPid+1
+	return f.pid, nil
+}
+
+// take returns the calls since the last take.
+func (f *fakeTincd) take() []string {
+	c := f.calls
+	f.calls = nil
+	return c
+}
+
+// String prints the fake's state.
+func (f *fakeTincd) String() string { return fmt.Sprintf("pid=%d calls=%v", f.pid, f.calls) }
+
+// testRegistry is the registry of registryCandidates as a testbed file.
+func testRegistry(t *testing.T) *registry.File {
+	gw, node := string(readTestdata(t, "gw.pub")), string(readTestdata(t, "node.pub"))
+	return &registry.File{MgmtPrefix: addressing.DefaultMgmtPrefix,
+		Islands: []registry.FileIsland{{ID: 1, Name: "one"}, {ID: 2, Name: "two"}},
+		Servers: []registry.FileMember{{ID: 2, Name: "main", Tinc: &registry.FileTinc{Name: "server", PubKey: gw,
+			Addresses: []registry.FileAddress{{Addr: "gw.example.net", Port: 655, Island: 1}, {Addr: "10.241.0.254", Port: 655, Island: 2}}}}},
+		Nodes: []registry.FileMember{
+			{ID: 31, Name: "n31", Island: 2, Tinc: &registry.FileTinc{Name: "node_31", PubKey: node}},
+			{ID: 32, Name: "n32", Island: 1, Tinc: &registry.FileTinc{Name: "node_32", PubKey: node}},
+		},
+	}
+}
+
+func serveRegistry(t *testing.T, f *registry.File) (*registry.Server, string) {
+	t.Helper()
+	s := registry.NewServer(f, nil)
+	ts := httptest.NewServer(s)
+	t.Cleanup(ts.Close)
+	return s, ts.URL + "/api/"
+}
+
+// snapshot describes a directory tree: names, modes, mtimes and bytes.
+func snapshot(t *testing.T, dir string) string {
+	t.Helper()
+	var b strings.Builder
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		st, err := os.Lstat(path)
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, path)
+		fmt.Fprintf(&b, "%s %v %d", rel, st.Mode(), st.ModTime().UnixNano())
+		if !d.IsDir() {
+			c, _ := os.ReadFile(path)
+			fmt.Fprintf(&b, " %q", c)
+		}
+		b.WriteByte('\n')
+		return nil
+	})
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		t.Fatal(err)
+	}
+	return b.String()
+}
+
+func testOptions(dir, reg string, tincd Tincd) Options {
+	return Options{TincDir: dir, Registry: reg, GatewaysDir: filepath.Join(dir, "no-such-dir"),
+		Timeout: 2 * time.Second, Retries: -1, KeyBits: 1024, Tincd: tincd}
+}
+
+type step struct {
+	name      string
+	before    func(t *testing.T)
+	written   []string
+	calls     []string
+	generated bool
+	line      string // the start of a line the report must have
+}
+
+func TestRunRegistry(t *testing.T) {
+	srv, base := serveRegistry(t, testRegistry(t))
+	dir := t.TempDir()
+	tincd := newFakeTincd(t)
+	cfg := node31(t)
+	keyPath := filepath.Join(dir, KeyFile)
+	var key []byte
+	all := []string{"hosts/node_31", "hosts/server", "tinc-down", "tinc-up", "tinc.conf"}
+	steps := []step{
+		{name: "first boot", written: all, calls: []string{"Running", "Start"}, generated: true, line: "started tincd (pid 100)"},
+		{name: "again: nothing", calls: []string{"Running"}, line: "nothing changed; tincd (pid 100) left alone"},
+		{name: "gateway changed in the registry", before: func(t *testing.T) {
+			f := testRegistry(t)
+			f.Servers[0].Tinc.Addresses[1].Addr = "10.241.0.253"
+			srv.SetFile(f)
+		}, written: []string{"hosts/server"}, calls: []string{"Running", "Reload"}, line: "sent SIGHUP to tincd (pid 100)"},
+		{name: "own subnet changed", before: func(t *testing.T) {
+			cfg.Prefix = mustPrefix(t, "fd65:fc41:c50f::/48")
+		}, written: []string{"hosts/node_31", "tinc-down", "tinc-up"}, calls: []string{"Running", "Restart"}, line: "restarted tincd (pid 101, was 100)"},
+		{name: "key deleted", before: func(t *testing.T) {
+			if err := os.Remove(keyPath); err != nil {
+				t.Fatal(err)
+			}
+			key = nil
+		}, written: []string{"hosts/node_31"}, calls: []string{"Running", "Restart"}, generated: true, line: "generated a new RSA key in " + keyPath},
+		{name: "tincd died", before: func(t *testing.T) { tincd.pid = 0 }, calls: []string{"Running", "Start"}, line: "started tincd (pid 103)"},
+	}
+	for _, s := range steps {
+		t.Run(s.name, func(t *testing.T) {
+			if s.before != nil {
+				s.before(t)
+			}
+			res, err := Run(t.Context(), cfg, testOptions(dir, base, tincd))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := cmp.Diff(s.written, res.Written, cmpNilEmpty); d != "" {
+				t.Errorf("written (-want +got):\n%s", d)
+			}
+			if d := cmp.Diff(s.calls, tincd.take()); d != "" {
+				t.Errorf("tincd calls (-want +got):\n%s", d)
+			}
+			if res.KeyGenerated != s.generated {
+				t.Errorf("key generated = %v, want %v", res.KeyGenerated, s.generated)
+			}
+			if !slices.ContainsFunc(res.Lines, func(l string) bool { return strings.HasPrefix(l, s.line) }) {
+				t.Errorf("no line %q in:\n%s", s.line, strings.Join(res.Lines, "\n"))
+			}
+			if res.Source != SourceRegistry || res.Island != 2 {
+				t.Errorf("source %s island %d, want registry, 2", res.Source, res.Island)
+			}
+			st, err := os.Stat(keyPath)
+			if err != nil || st.Mode().Perm() != 0o600 {
+				t.Fatalf("key file: %v, mode %v", err, st.Mode())
+			}
+			b, _ := os.ReadFile(keyPath)
+			if key != nil && !bytes.Equal(key, b) {
+				t.Error("the existing key was overwritten")
+			}
+			key = b
+			pub, _, _ := EnsureKey(dir, 1024, nil, true)
+			own, _ := os.ReadFile(filepath.Join(dir, "hosts/node_31"))
+			if !bytes.Contains(own, pub) {
+				t.Error("hosts/node_31 does not hold the key's public half")
+			}
+		})
+	}
+}
+
+var cmpNilEmpty = cmp.Transformer("nilEmpty", func(s []string) []string {
+	if len(s) == 0 {
+		return nil
+	}
+	return s
+})
+
+func mustPrefix(t *testing.T, s string) netip.Prefix {
+	t.Helper()
+	p, err := addressing.ParsePrefix48(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestRunFirmwareFallback(t *testing.T) {
+	dir := t.TempDir()
+	hosts := filepath.Join(dir, "hosts")
+	os.MkdirAll(hosts, 0o755)
+	server := readTestdata(t, "firmware/tinc/hosts/server")
+	os.WriteFile(filepath.Join(hosts, "server"), server, 0o644)
+	os.WriteFile(filepath.Join(hosts, "README"), []byte("not ours\n"), 0o644)
+	tincd := newFakeTincd(t)
+	opts := testOptions(dir, "http://127.0.0.1:1/api/", tincd)
+	opts.GatewaysDir = "testdata/firmware/gateways"
+	res, err := Run(t.Context(), node31(t), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{
+		"generated a new RSA key in " + filepath.Join(dir, KeyFile),
+		`skipped gateway file testdata/firmware/gateways/broken: not a tinc host file: line 2: invalid subnet "not-a-subnet": ParseAddr("not-a-subnet"): unable to parse IP`,
+		"skipped gateway file testdata/firmware/gateways/server_9: no Address line",
+		"registry http://127.0.0.1:1/api/ unreachable (connect: connection refused); using the firmware's gateway files: server, server_5",
+		"wrote hosts/node_31", "wrote hosts/server_5", "wrote tinc-down", "wrote tinc-up", "wrote tinc.conf",
+		"unchanged: hosts/server",
+		"started tincd (pid 100)",
+	}
+	if d := cmp.Diff(want, res.Lines); d != "" {
+		t.Errorf("lines (-want +got):\n%s", d)
+	}
+	if res.Source != SourceFirmware || res.RegistryError != "unreachable (connect: connection refused)" {
+		t.Errorf("source %q, registry error %q", res.Source, res.RegistryError)
+	}
+	if d := cmp.Diff([]string{"server", "server_5"}, res.Gateways); d != "" {
+		t.Errorf("gateways (-want +got):\n%s", d)
+	}
+	if b, _ := os.ReadFile(filepath.Join(hosts, "README")); string(b) != "not ours\n" {
+		t.Error("README was touched")
+	}
+	if d := cmp.Diff([]string{"Running", "Start"}, tincd.take()); d != "" {
+		t.Errorf("tincd calls (-want +got):\n%s", d)
+	}
+}
+
+func TestRunErrors(t *testing.T) {
+	t.Run("no gateway", func(t *testing.T) {
+		dir := t.TempDir()
+		tincd := newFakeTincd(t)
+		_, err := Run(t.Context(), node31(t), testOptions(dir, "", tincd))
+		if !errors.Is(err, ErrNoGateway) || !strings.Contains(err.Error(), "no registry configured, and the firmware shipped no gateway file") {
+			t.Errorf("error = %v", err)
+		}
+		if len(tincd.calls) != 0 {
+			t.Errorf("tincd touched: %v", tincd)
+		}
+	})
+	t.Run("corrupt key is left alone", func(t *testing.T) {
+		dir := t.TempDir()
+		bad := []byte("-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----\n")
+		os.WriteFile(filepath.Join(dir, KeyFile), bad, 0o600)
+		before := snapshot(t, dir)
+		_, err := Run(t.Context(), node31(t), testOptions(dir, "", newFakeTincd(t)))
+		if err == nil || !strings.Contains(err.Error(), "is not a usable RSA private key (left as it is") {
+			t.Errorf("error = %v", err)
+		}
+		if after := snapshot(t, dir); after != before {
+			t.Errorf("directory changed:\n%s\n%s", before, after)
+		}
+	})
+	t.Run("existing key is used", func(t *testing.T) {
+		dir := t.TempDir()
+		priv := readTestdata(t, "node.priv")
+		os.WriteFile(filepath.Join(dir, KeyFile), priv, 0o600)
+		_, base := serveRegistry(t, testRegistry(t))
+		res, err := Run(t.Context(), node31(t), testOptions(dir, base, nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		own, _ := os.ReadFile(filepath.Join(dir, "hosts/node_31"))
+		if res.KeyGenerated || !bytes.Contains(own, readTestdata(t, "node.pub")) {
+			t.Errorf("generated %v; own host file:\n%s", res.KeyGenerated, own)
+		}
+		if b, _ := os.ReadFile(filepath.Join(dir, KeyFile)); !bytes.Equal(b, priv) {
+			t.Error("key changed")
+		}
+		if res.Tincd != TincdUntouched || res.Lines[len(res.Lines)-1] != "tincd not touched (--no-start)" {
+			t.Errorf("tincd %q, lines %q", res.Tincd, res.Lines)
+		}
+	})
+}
+
+func TestRunDryRun(t *testing.T) {
+	srv, base := serveRegistry(t, testRegistry(t))
+	for _, tt := range []struct {
+		name    string
+		prepare func(t *testing.T, dir string, tincd *fakeTincd)
+		line    string
+	}{
+		{"fresh", func(*testing.T, string, *fakeTincd) {}, "would start tincd (not running)"},
+		{"changed", func(t *testing.T, dir string, tincd *fakeTincd) {
+			if _, err := Run(t.Context(), node31(t), testOptions(dir, base, tincd)); err != nil {
+				t.Fatal(err)
+			}
+			tincd.take()
+			f := testRegistry(t)
+			f.Servers[0].Tinc.Addresses[0].Port = 656
+			srv.SetFile(f)
+			os.Chmod(filepath.Join(dir, "tinc-up"), 0o644)
+		}, "would send SIGHUP to tincd (pid 100)"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			tincd := newFakeTincd(t)
+			tt.prepare(t, dir, tincd)
+			before := snapshot(t, dir)
+			opts := testOptions(dir, base, tincd)
+			opts.DryRun = true
+			res, err := Run(t.Context(), node31(t), opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if after := snapshot(t, dir); after != before {
+				t.Errorf("dry run changed the directory:\nbefore:\n%s\nafter:\n%s", before, after)
+			}
+			if d := cmp.Diff([]string{"Running"}, tincd.take()); d != "" {
+				t.Errorf("tincd calls (-want +got):\n%s", d)
+			}
+			if !slices.Contains(res.Lines, tt.line) || res.Diff == "" {
+				t.Errorf("lines:\n%s\ndiff:\n%s", strings.Join(res.Lines, "\n"), res.Diff)
+			}
+			t.Logf("lines:\n%s\ndiff:\n%s", strings.Join(res.Lines, "\n"), res.Diff)
+		})
+	}
+}

@@ -1,0 +1,246 @@
+// Command demo brings up a whole virtual CONFINE testbed on this machine
+// and shows the management network working: the addressing plan, a
+// registry, a server with tinc addresses in two islands, three nodes that
+// join by running "mgmtnet node-boot" as their boot script, slivers behind
+// them, pings over the overlay, and the tinc links. "make demo" runs it.
+//
+// It tears everything down on exit or Ctrl-C; with -keep (make demo KEEP=1)
+// it leaves the testbed up and says how to enter it and how to remove it
+// ("make demo-down", which runs this command with -down).
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/confine-project/mgmtnet/test/vtb"
+)
+
+func main() {
+	bin := flag.String("mgmtnet", "bin/mgmtnet", "the mgmtnet binary")
+	keep := flag.Bool("keep", false, "leave the testbed up when done")
+	down := flag.Bool("down", false, "remove a testbed left up by -keep, and exit")
+	dir := flag.String("dir", "", "work directory (default: a new one under /tmp)")
+	flag.Parse()
+	if *down {
+		removed, err := vtb.TeardownKept()
+		for _, n := range removed {
+			fmt.Println("removed namespace", n)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "demo-down:", err)
+			os.Exit(1)
+		}
+		if len(removed) == 0 {
+			fmt.Println("no demo testbed is up")
+		}
+		return
+	}
+	abs, err := filepath.Abs(*bin)
+	if err != nil {
+		fail(err)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, abs, *keep, *dir); err != nil {
+		if ctx.Err() != nil {
+			fmt.Println("\ninterrupted; the testbed has been torn down")
+			os.Exit(130)
+		}
+		fail(err)
+	}
+}
+
+func fail(err error) {
+	fmt.Fprintf(os.Stderr, "\ndemo: %v\n", err)
+	os.Exit(1)
+}
+
+var (
+	bold, plain = "", ""
+	showLog     bool // print the harness's log lines (during boot)
+)
+
+func step(format string, args ...any) {
+	fmt.Printf("\n%s== %s%s\n", bold, fmt.Sprintf(format, args...), plain)
+}
+
+func say(format string, args ...any) { fmt.Printf(format+"\n", args...) }
+
+func show(out string) {
+	out = strings.TrimRight(out, "\n")
+	if out != "" {
+		fmt.Println("   " + strings.ReplaceAll(out, "\n", "\n   "))
+	}
+}
+
+func run(ctx context.Context, bin string, keep bool, dir string) (err error) {
+	if fi, err := os.Stdout.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
+		bold, plain = "\033[1m", "\033[0m"
+	}
+	start := time.Now()
+	if dir == "" {
+		if dir, err = os.MkdirTemp("", "mgmtnet-demo-"); err != nil {
+			return err
+		}
+	}
+	lab, err := vtb.New(dir, func(format string, args ...any) {
+		if showLog {
+			say(format, args...)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	lab.Keep = keep
+	defer func() {
+		if keep && err == nil {
+			return
+		}
+		lab.Close()
+		if err == nil {
+			os.RemoveAll(dir)
+		}
+	}()
+
+	spec := vtb.DefaultSpec(bin)
+	step("A CONFINE management network is one IPv6 /48 carried by a tinc VPN")
+	say("This demo uses the virtual testbed's prefix fd65:fc41:c50f::/48. Every member's address,")
+	say("the tinc Subnet it announces and its tinc name follow from its id:")
+	out, err := runCmd(ctx, bin, "plan", "testbed", "--prefix", "fd65:fc41:c50f::/48", "--servers", "2", "--nodes", "1-2,0x1f")
+	if err != nil {
+		return err
+	}
+	show(out)
+
+	step("Building the testbed in network namespaces (nothing leaves this machine)")
+	tb, err := vtb.Build(ctx, lab, spec)
+	if err != nil {
+		return err
+	}
+	say("- a community network with two islands: bridges for 10.241.1.0/24 and 10.241.2.0/24")
+	say("- the server (id 2, tinc name \"server\"), a gateway with a tinc address in each island:")
+	say("  10.241.1.1 and 10.241.2.1; its tinc runs with StrictSubnets = yes")
+	for _, n := range tb.Nodes {
+		say("- %s in island %d at %s, management address %s; slivers:", n.TincName, n.Spec.Island, n.CNAddr, n.Addr)
+		for _, s := range n.Slivers {
+			say("    slice %d: management %s, private %s", s.Slice, s.MgmtAddr, s.PrivAddr)
+		}
+	}
+	say("Every node's slivers use the same private range, 192.168.157.0/25, as in the field.")
+
+	step("Booting: each node runs \"mgmtnet node-boot\", as its OpenWrt init script does")
+	say("First boot, before the registry knows the nodes: node-boot makes a key, writes tinc.conf,")
+	say("tinc-up/down and the node's host file, and falls back to the gateway file the firmware")
+	say("shipped. The node administrators then register the keys; the registry starts;")
+	say("\"mgmtnet fetch-hosts\" writes the server's hosts directory; tincd starts on the server;")
+	say("and each node runs node-boot again: now the registry answers, so the gateway's host")
+	say("file comes from it (island-first address order) and tincd starts.")
+	showLog = true
+	err = tb.Boot(ctx)
+	showLog = false
+	if err != nil {
+		return err
+	}
+	n1, n2, n3 := tb.Nodes[0], tb.Nodes[1], tb.Nodes[2]
+	out, err = tb.NodeBoot(ctx, n3, "--dry-run")
+	if err != nil {
+		return err
+	}
+	say("\nWhat node-boot on %s does now (a --dry-run, nothing to change):", n3.TincName)
+	show(out)
+	b, _ := os.ReadFile(filepath.Join(n3.TincDir, "tinc.conf"))
+	say("\n%s's tinc.conf:", n3.TincName)
+	show(string(b))
+	b, _ = os.ReadFile(filepath.Join(n3.TincDir, "hosts", "server"))
+	say("\nThe server's host file on %s (island 2: its island's address first):", n3.TincName)
+	show(strings.SplitN(string(b), "\n-----BEGIN", 2)[0])
+
+	step("The overlay works: ping6 between members over tinc")
+	pings := []struct {
+		from *vtb.Netns
+		name string
+		to   string
+		what string
+	}{
+		{n1.NS, n1.TincName, tb.Server.Addr.String(), "the server (P::2)"},
+		{n1.NS, n1.TincName, n2.Addr.String(), n2.TincName + ", same island"},
+		{n1.NS, n1.TincName, n3.Addr.String(), n3.TincName + ", the other island: only the server joins them"},
+		{tb.Server.NS, "server", n3.Addr.String(), n3.TincName},
+	}
+	for _, p := range pings {
+		if err := vtb.WaitFor(ctx, 20*time.Second, 200*time.Millisecond, func() error { return p.from.Ping6(ctx, p.to) }); err != nil {
+			return fmt.Errorf("ping6 from %s to %s: %w", p.name, p.to, err)
+		}
+		out, _ := p.from.Run(ctx, "ping", "-6", "-n", "-c", "1", "-W", "2", p.to)
+		say("%s -> %s (%s): %s", p.name, p.to, p.what, pingTime(out))
+	}
+
+	step("A sliver's management address, reached from the server")
+	s := n3.Slivers[0]
+	if err := vtb.WaitFor(ctx, 10*time.Second, 200*time.Millisecond, func() error { return tb.Server.NS.Ping6(ctx, s.MgmtAddr.String()) }); err != nil {
+		return fmt.Errorf("server to sliver %s: %w", s.MgmtAddr, err)
+	}
+	out, _ = tb.Server.NS.Run(ctx, "ping", "-6", "-n", "-c", "1", "-W", "2", s.MgmtAddr.String())
+	say("server -> slice %d on %s at %s: %s", s.Slice, n3.TincName, s.MgmtAddr, pingTime(out))
+	out, _ = runCmd(ctx, bin, "plan", "reverse", s.MgmtAddr.String(), "--prefix", tb.Plan.Mgmt().String())
+	say("and the plan says what that address is:")
+	show(out)
+
+	step("The tinc links, from the server's own log")
+	act, _ := vtb.ConnectionEvents(tb.Server.Tincd.TincLog())
+	var peers []string
+	for p := range act {
+		peers = append(peers, p)
+	}
+	sort.Strings(peers)
+	for _, l := range strings.Split(tb.Server.Tincd.TincLog(), "\n") {
+		if strings.Contains(l, ") activated") {
+			say("   %s", strings.TrimSpace(l[strings.Index(l, "Connection with"):]))
+		}
+	}
+	say("%d nodes are connected to the server: %s", len(peers), strings.Join(peers, ", "))
+
+	step("node-boot is idempotent: a second run writes nothing and signals nothing")
+	out, err = tb.NodeBoot(ctx, n1)
+	if err != nil {
+		return err
+	}
+	show(out)
+
+	step("Done in %s", time.Since(start).Round(100*time.Millisecond))
+	if keep {
+		say("The testbed stays up. Enter a namespace with:")
+		for _, ns := range lab.Namespaces() {
+			say("   ip netns exec %s bash", ns.Full)
+		}
+		say("Files and logs: %s", dir)
+		say("Tear it down with: make demo-down")
+		return nil
+	}
+	say("Tearing the testbed down (make demo KEEP=1 leaves it up).")
+	return nil
+}
+
+func runCmd(ctx context.Context, bin string, args ...string) (string, error) {
+	tb := &vtb.Testbed{Spec: vtb.Spec{Mgmtnet: bin}}
+	return tb.Mgmtnet(ctx, nil, args...)
+}
+
+// pingTime extracts "time=0.123 ms" from ping's output.
+func pingTime(out string) string {
+	for _, f := range strings.Fields(out) {
+		if strings.HasPrefix(f, "time=") {
+			return "reply in " + strings.TrimPrefix(f, "time=") + " ms"
+		}
+	}
+	return "reply"
+}

@@ -1,0 +1,462 @@
+package vtb
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/confine-project/mgmtnet/addressing"
+	"github.com/confine-project/mgmtnet/mesh/registry"
+	"github.com/confine-project/mgmtnet/tincgen"
+)
+
+// The virtual testbed's community network: island I is 10.241.I.0/24 on
+// bridge br-I in the "cn" namespace; the server has .1 in every island and
+// node N has .(10+N) in its own. These addresses exist only inside the
+// lab's namespaces.
+const registryPort = 8080
+
+// NodeSpec is one node of a virtual testbed.
+type NodeSpec struct {
+	ID      uint16
+	Island  uint64 // 1 or 2
+	Slivers int    // sliver namespaces (slices 1..Slivers, containers 1..Slivers)
+}
+
+// Spec describes a virtual testbed.
+type Spec struct {
+	Prefix  netip.Prefix // the management /48; default VCT's fd65:fc41:c50f::/48
+	Islands int          // default 2
+	Nodes   []NodeSpec
+	// Mgmtnet is the mgmtnet binary the testbed runs.
+	Mgmtnet string
+}
+
+// DefaultSpec is the demo's testbed: two islands, a server in both, three
+// nodes with two slivers each.
+func DefaultSpec(mgmtnet string) Spec {
+	return Spec{Mgmtnet: mgmtnet, Islands: 2, Nodes: []NodeSpec{
+		{ID: 1, Island: 1, Slivers: 2}, {ID: 2, Island: 1, Slivers: 2}, {ID: 0x1f, Island: 2, Slivers: 2},
+	}}
+}
+
+// Server is the testbed's server and gateway: tinc name "server", id 2.
+type Server struct {
+	NS       *Netns
+	TincDir  string
+	Addr     netip.Addr
+	Tincd    *Tincd
+	Registry *Proc
+	pub      []byte
+}
+
+// Node is a node of the virtual testbed.
+type Node struct {
+	Spec     NodeSpec
+	NS       *Netns
+	Dir      string // the node's root: etc/config/confine, etc/tinc/confine, ...
+	TincDir  string
+	UCI      string
+	Addr     netip.Addr
+	CNAddr   netip.Addr // community network address
+	Slivers  []*Sliver
+	TincName string
+}
+
+// PidFile returns the node's tincd pid file (node-boot's default for a
+// non-default tinc dir).
+func (n *Node) PidFile() string { return filepath.Join(n.TincDir, "tinc.pid") }
+
+// TincLog returns the node's tincd log.
+func (n *Node) TincLog() string {
+	b, _ := os.ReadFile(filepath.Join(n.TincDir, "tinc.log"))
+	return string(b)
+}
+
+// Sliver is a sliver namespace on a node: a management address in the
+// node's /64 and a private IPv4 address in 192.168.157.0/25.
+type Sliver struct {
+	NS        *Netns
+	Slice     uint64
+	Container uint8
+	MgmtAddr  netip.Addr
+	PrivAddr  netip.Addr
+}
+
+// Testbed is a running virtual testbed.
+type Testbed struct {
+	Lab      *Lab
+	Spec     Spec
+	Plan     addressing.Plan
+	CN       *Netns
+	Server   *Server
+	Nodes    []*Node
+	File     *registry.File
+	FilePath string
+	// RegistryURL is the registry's base URI as nodes of island 1 reach it.
+	RegistryURL string
+}
+
+// IslandRegistryURL returns the registry's base URI through island i.
+func IslandRegistryURL(i uint64) string {
+	return fmt.Sprintf("http://10.241.%d.1:%d/api/", i, registryPort)
+}
+
+// Mgmtnet runs the mgmtnet binary in namespace n (nil: the caller's).
+func (tb *Testbed) Mgmtnet(ctx context.Context, n *Netns, args ...string) (string, error) {
+	if n == nil {
+		out, err := exec.CommandContext(ctx, tb.Spec.Mgmtnet, args...).CombinedOutput()
+		if err != nil {
+			return string(out), fmt.Errorf("mgmtnet %s: %w: %s", strings.Join(args, " "), err, out)
+		}
+		return string(out), nil
+	}
+	return n.Run(ctx, append([]string{tb.Spec.Mgmtnet}, args...)...)
+}
+
+// NodeBoot runs "mgmtnet node-boot" on a node, as its boot script would.
+func (tb *Testbed) NodeBoot(ctx context.Context, n *Node, extra ...string) (string, error) {
+	args := append([]string{"node-boot", "--uci", n.UCI, "--tinc-dir", n.TincDir,
+		"--gateways-dir", filepath.Join(n.Dir, "etc/confine/tinc-gateways")}, extra...)
+	return tb.Mgmtnet(ctx, n.NS, args...)
+}
+
+// Build creates the network of a virtual testbed: the community network,
+// the server with its tinc directory, the nodes with their slivers and
+// firmware files. Nothing runs yet; Boot starts it.
+func Build(ctx context.Context, lab *Lab, spec Spec) (*Testbed, error) {
+	if !spec.Prefix.IsValid() {
+		spec.Prefix = netip.MustParsePrefix("fd65:fc41:c50f::/48")
+	}
+	if spec.Islands == 0 {
+		spec.Islands = 2
+	}
+	plan, err := addressing.New(spec.Prefix)
+	if err != nil {
+		return nil, err
+	}
+	tb := &Testbed{Lab: lab, Spec: spec, Plan: plan, RegistryURL: IslandRegistryURL(1)}
+	if tb.CN, err = lab.AddNetns("cn"); err != nil {
+		return nil, err
+	}
+	for i := 1; i <= spec.Islands; i++ {
+		if err := tb.CN.Bridge(fmt.Sprintf("br-%d", i)); err != nil {
+			return nil, err
+		}
+	}
+	lab.Logf("community network: %d islands, 10.241.<island>.0/24, one bridge each", spec.Islands)
+
+	// The server: one address in every island, tinc with StrictSubnets.
+	srv := &Server{TincDir: filepath.Join(lab.Dir, "server", "tinc")}
+	srv.Addr, _ = plan.ServerAddr(addressing.MainServerID)
+	if srv.NS, err = lab.AddNetns("server"); err != nil {
+		return nil, err
+	}
+	var srvAddrs []registry.FileAddress
+	for i := 1; i <= spec.Islands; i++ {
+		ifName := fmt.Sprintf("eth%d", i)
+		addr := fmt.Sprintf("10.241.%d.1", i)
+		if err := attachAs(srv.NS, ifName, fmt.Sprintf("s-%d", i), tb.CN, fmt.Sprintf("br-%d", i), addr+"/24"); err != nil {
+			return nil, err
+		}
+		srvAddrs = append(srvAddrs, registry.FileAddress{Addr: addr, Port: 655, Island: uint64(i)})
+	}
+	priv, pub, err := tincgen.GenerateKey(nil, tincgen.DefaultKeyBits)
+	if err != nil {
+		return nil, err
+	}
+	srv.pub = pub
+	if err := writeFiles(srv.TincDir, map[string][]byte{
+		"rsa_key.priv": priv,
+		"tinc.conf":    tincgen.RenderConf(tincgen.Conf{Name: "server", Port: 655, StrictSubnets: true}),
+		"tinc-up":      tincgen.RenderTincUp(srv.Addr, 48, 1400),
+		"tinc-down":    tincgen.RenderTincDown(srv.Addr, 48),
+	}); err != nil {
+		return nil, err
+	}
+	tb.Server = srv
+	tb.File = &registry.File{MgmtPrefix: plan.Mgmt()}
+	for i := 1; i <= spec.Islands; i++ {
+		tb.File.Islands = append(tb.File.Islands, registry.FileIsland{ID: uint64(i), Name: fmt.Sprintf("island-%d", i)})
+	}
+	tb.File.Servers = []registry.FileMember{{ID: addressing.MainServerID, Name: "server", Island: 1,
+		Tinc: &registry.FileTinc{Name: "server", PubKey: string(pub), Addresses: srvAddrs}}}
+	// The gateway file the node firmware ships: the server's host file as
+	// the controller renders it (registry order of addresses).
+	fwGateway := tincgen.RenderHost(tincgen.Host{
+		Addresses: func() (a []tincgen.Address) {
+			for _, x := range srvAddrs {
+				a = append(a, tincgen.Address{Host: x.Addr, Port: uint16(x.Port)})
+			}
+			return a
+		}(),
+		Subnets:   []tincgen.Subnet{tincgen.NewSubnet(netip.PrefixFrom(srv.Addr, 128))},
+		PublicKey: string(pub),
+	})
+
+	for _, ns := range spec.Nodes {
+		n, err := tb.buildNode(ctx, ns, fwGateway)
+		if err != nil {
+			return nil, err
+		}
+		tb.Nodes = append(tb.Nodes, n)
+	}
+	return tb, nil
+}
+
+// attachAs is Attach with an explicit name for the bridge-side end.
+func attachAs(n *Netns, ifName, peer string, br *Netns, bridge string, addrs ...string) error {
+	if err := Connect(br, peer, n, ifName); err != nil {
+		return err
+	}
+	if err := br.MustRun("ip", "link", "set", peer, "master", bridge); err != nil {
+		return err
+	}
+	for _, a := range addrs {
+		if err := n.MustRun("ip", "addr", "add", a, "dev", ifName); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func writeFiles(dir string, files map[string][]byte) error {
+	if err := os.MkdirAll(filepath.Join(dir, "hosts"), 0o755); err != nil {
+		return err
+	}
+	for name, b := range files {
+		mode := os.FileMode(0o644)
+		switch name {
+		case "rsa_key.priv":
+			mode = 0o600
+		case "tinc-up", "tinc-down":
+			mode = 0o755
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), b, mode); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// buildNode creates a node's namespace, its links, its slivers and the
+// files its firmware ships (UCI config, the default gateway's host file).
+func (tb *Testbed) buildNode(ctx context.Context, spec NodeSpec, fwGateway []byte) (*Node, error) {
+	lab, plan := tb.Lab, tb.Plan
+	name := fmt.Sprintf("node-%d", spec.ID)
+	n := &Node{Spec: spec, Dir: filepath.Join(lab.Dir, name)}
+	n.TincDir = filepath.Join(n.Dir, "etc/tinc/confine")
+	n.UCI = filepath.Join(n.Dir, "etc/config/confine")
+	n.Addr, _ = plan.NodeAddr(spec.ID)
+	n.TincName, _ = addressing.TincName(addressing.KindNode, uint64(spec.ID))
+	n.CNAddr = netip.AddrFrom4([4]byte{10, 241, byte(spec.Island), byte(10 + spec.ID%200)})
+	var err error
+	if n.NS, err = lab.AddNetns(name); err != nil {
+		return nil, err
+	}
+	if err := attachAs(n.NS, "eth0", fmt.Sprintf("n-%d", spec.ID), tb.CN, fmt.Sprintf("br-%d", spec.Island), n.CNAddr.String()+"/24"); err != nil {
+		return nil, err
+	}
+	// br-local carries the node /64 (slivers' management interfaces);
+	// br-internal the slivers' private IPv4 network (confine.md §5).
+	sub, _ := plan.NodeSubnet(spec.ID)
+	for _, cmd := range [][]string{
+		{"ip", "link", "add", "br-local", "type", "bridge"},
+		{"ip", "link", "set", "br-local", "up"},
+		{"ip", "-6", "addr", "add", n.Addr.String() + "/64", "dev", "br-local", "nodad"},
+		{"ip", "link", "add", "br-internal", "type", "bridge"},
+		{"ip", "link", "set", "br-internal", "up"},
+		{"ip", "addr", "add", plan.NodePrivateIPv4().String(), "dev", "br-internal"},
+		{"sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"},
+		{"sysctl", "-qw", "net.ipv4.ip_forward=1"},
+	} {
+		if err := n.NS.MustRun(cmd...); err != nil {
+			return nil, err
+		}
+	}
+	for i := 1; i <= spec.Slivers; i++ {
+		s := &Sliver{Slice: uint64(i), Container: uint8(i)}
+		s.MgmtAddr, _ = plan.SliverAddr(addressing.SpaceMgmt, spec.ID, s.Slice, 1)
+		s.PrivAddr, _ = plan.SliverIPv4(s.Container)
+		if s.NS, err = lab.AddNetns(fmt.Sprintf("%s-sliver-%d", name, i)); err != nil {
+			return nil, err
+		}
+		if err := attachAs(s.NS, "mgmt0", fmt.Sprintf("m%d-%d", spec.ID, i), n.NS, "br-local"); err != nil {
+			return nil, err
+		}
+		if err := attachAs(s.NS, "priv0", fmt.Sprintf("p%d-%d", spec.ID, i), n.NS, "br-internal"); err != nil {
+			return nil, err
+		}
+		for _, cmd := range [][]string{
+			{"ip", "-6", "addr", "add", s.MgmtAddr.String() + "/64", "dev", "mgmt0", "nodad"},
+			{"ip", "-6", "route", "add", "default", "via", n.Addr.String(), "dev", "mgmt0"},
+			{"ip", "addr", "add", netip.PrefixFrom(s.PrivAddr, 25).String(), "dev", "priv0"},
+			{"ip", "route", "add", "default", "via", plan.NodePrivateIPv4().Addr().String(), "dev", "priv0"},
+		} {
+			if err := s.NS.MustRun(cmd...); err != nil {
+				return nil, err
+			}
+		}
+		n.Slivers = append(n.Slivers, s)
+	}
+	_ = sub
+	// The firmware's files.
+	uci := fmt.Sprintf(`config node node
+	option id '%s'
+	option priv_ipv4_prefix24 '192.168.157'
+	option mac_prefix16 '06:ab'
+	option local_ifname 'eth0'
+	option tinc_gateway 'server'
+	option state 'prepared'
+config registry registry
+	option base_uri '%s'
+config testbed testbed
+	option mgmt_ipv6_prefix48 '%s'
+`, addressing.FormatFirmwareNodeID(spec.ID), IslandRegistryURL(spec.Island), strings.TrimSuffix(plan.Mgmt().Addr().String(), "::"))
+	if err := os.MkdirAll(filepath.Dir(n.UCI), 0o755); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(n.UCI, []byte(uci), 0o644); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Join(n.Dir, "etc/confine/tinc-gateways"), 0o755); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Join(n.TincDir, "hosts"), 0o755); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(n.TincDir, "hosts", "server"), fwGateway, 0o644); err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
+// WriteRegistry writes the testbed file the registry serves (it re-reads
+// it within a second).
+func (tb *Testbed) WriteRegistry() error {
+	b, err := json.MarshalIndent(tb.File, "", "  ")
+	if err != nil {
+		return err
+	}
+	if tb.FilePath == "" {
+		tb.FilePath = filepath.Join(tb.Lab.Dir, "testbed.json")
+	}
+	tmp := tb.FilePath + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, tb.FilePath)
+}
+
+// RegisterNode puts a node and its current public key into the registry
+// file (as a node's administrator does after the first boot).
+func (tb *Testbed) RegisterNode(n *Node) error {
+	h, err := os.ReadFile(filepath.Join(n.TincDir, "hosts", n.TincName))
+	if err != nil {
+		return fmt.Errorf("register %s: %w", n.TincName, err)
+	}
+	host, err := tincgen.ParseHost(h)
+	if err != nil {
+		return fmt.Errorf("register %s: %w", n.TincName, err)
+	}
+	m := registry.FileMember{ID: uint64(n.Spec.ID), Name: fmt.Sprintf("node-%d", n.Spec.ID), Island: n.Spec.Island,
+		Tinc: &registry.FileTinc{Name: n.TincName, PubKey: host.PublicKey}}
+	for i := range tb.File.Nodes {
+		if tb.File.Nodes[i].ID == m.ID {
+			tb.File.Nodes[i] = m
+			return tb.WriteRegistry()
+		}
+	}
+	tb.File.Nodes = append(tb.File.Nodes, m)
+	return tb.WriteRegistry()
+}
+
+// StartRegistry starts "mgmtnet registry serve" in the server's namespace,
+// on every address, port 8080.
+func (tb *Testbed) StartRegistry(ctx context.Context) error {
+	if err := tb.WriteRegistry(); err != nil {
+		return err
+	}
+	p, err := tb.Lab.Start(tb.Server.NS, "registry", tb.Spec.Mgmtnet, "registry", "serve",
+		"--testbed", tb.FilePath, "--listen", fmt.Sprintf(":%d", registryPort))
+	if err != nil {
+		return err
+	}
+	tb.Server.Registry = p
+	return WaitFor(ctx, 10*time.Second, 50*time.Millisecond, func() error {
+		_, err := tb.Server.NS.Run(ctx, "curl", "-sf", "-o", "/dev/null", fmt.Sprintf("http://127.0.0.1:%d/api/", registryPort))
+		return err
+	})
+}
+
+// SyncServer runs fetch-hosts for the server's hosts directory, with
+// --reload when its tincd runs.
+func (tb *Testbed) SyncServer(ctx context.Context) (string, error) {
+	args := []string{"fetch-hosts", "http://127.0.0.1:8080/api/", "--hosts-dir", filepath.Join(tb.Server.TincDir, "hosts"), "--full"}
+	if tb.Server.Tincd != nil {
+		args = append(args, "--reload", "--pidfile", tb.Server.Tincd.PidFile())
+	}
+	return tb.Mgmtnet(ctx, tb.Server.NS, args...)
+}
+
+// Boot brings the testbed up the way a real one comes up:
+//  1. every node runs node-boot once without starting tincd (its first boot:
+//     a key is generated, the firmware's gateway file is used);
+//  2. the nodes' keys are registered, the registry starts, the server's
+//     hosts directory is written by fetch-hosts and its tincd starts;
+//  3. every node runs node-boot again: the registry answers now, the
+//     gateways' host files come from it, tincd starts;
+//  4. it waits until every node reaches the server over the overlay.
+func (tb *Testbed) Boot(ctx context.Context) error {
+	lab := tb.Lab
+	for _, n := range tb.Nodes {
+		out, err := tb.NodeBoot(ctx, n, "--no-start", "--timeout", "1s")
+		if err != nil {
+			return err
+		}
+		lab.Logf("%s first boot (no registry yet):\n%s", n.TincName, indent(out))
+		if err := tb.RegisterNode(n); err != nil {
+			return err
+		}
+	}
+	if err := tb.StartRegistry(ctx); err != nil {
+		return err
+	}
+	lab.Logf("registry: %s (serving %s)", tb.RegistryURL, tb.FilePath)
+	out, err := tb.SyncServer(ctx)
+	if err != nil {
+		return err
+	}
+	lab.Logf("server: %s", strings.TrimSpace(out))
+	if tb.Server.Tincd, err = lab.StartTincd(tb.Server.NS, "server", tb.Server.TincDir); err != nil {
+		return err
+	}
+	for _, n := range tb.Nodes {
+		out, err := tb.NodeBoot(ctx, n)
+		if err != nil {
+			return err
+		}
+		lab.Logf("%s boot:\n%s", n.TincName, indent(out))
+	}
+	for _, n := range tb.Nodes {
+		err := WaitFor(ctx, 30*time.Second, 200*time.Millisecond, func() error { return n.NS.Ping6(ctx, tb.Server.Addr.String()) })
+		if err != nil {
+			return fmt.Errorf("%s does not reach the server over the overlay: %w", n.TincName, err)
+		}
+	}
+	return nil
+}
+
+func indent(s string) string {
+	s = strings.TrimRight(s, "\n")
+	if s == "" {
+		return "    (no output)"
+	}
+	return "    " + strings.ReplaceAll(s, "\n", "\n    ")
+}

@@ -1,0 +1,73 @@
+package vpn
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestTincdArgs(t *testing.T) {
+	tests := []struct {
+		name string
+		t    Tincd
+		want []string
+	}{
+		{"net", Tincd{Net: "confine"}, []string{"-n", "confine"}},
+		{"net, default pid file", Tincd{Net: "confine", PidFile: "/var/run/tinc.confine.pid"}, []string{"-n", "confine"}},
+		{"net, own pid file", Tincd{Net: "confine", PidFile: "/run/x.pid"}, []string{"-n", "confine", "--pidfile=/run/x.pid"}},
+		{"dir", Tincd{ConfDir: "/tmp/t", PidFile: "/tmp/t/tinc.pid", LogFile: "/tmp/t/tinc.log"},
+			[]string{"-c", "/tmp/t", "--pidfile=/tmp/t/tinc.pid", "--logfile=/tmp/t/tinc.log"}},
+	}
+	for _, tt := range tests {
+		if d := cmp.Diff(tt.want, tt.t.Args()); d != "" {
+			t.Errorf("%s (-want +got):\n%s", tt.name, d)
+		}
+	}
+}
+
+func TestTincdRunning(t *testing.T) {
+	dir := t.TempDir()
+	pf := filepath.Join(dir, "tinc.pid")
+	td := &Tincd{ConfDir: dir, PidFile: pf}
+	for _, tt := range []struct {
+		name    string
+		content string // "" for no file
+		notRun  bool
+	}{
+		{"no pid file", "", true},
+		{"empty after a power cut", "\n", true},
+		{"garbage", "xyz\n", true},
+		{"our own pid is not tincd", strconv.Itoa(os.Getpid()) + "\n", true},
+		{"pid 1 is refused: an error, not \"not running\"", "1\n", false},
+	} {
+		os.Remove(pf)
+		if tt.content != "" {
+			os.WriteFile(pf, []byte(tt.content), 0o644)
+		}
+		_, err := td.Running()
+		if err == nil || errors.Is(err, ErrNotRunning) != tt.notRun {
+			t.Errorf("%s: err = %v, want not-running %v", tt.name, err, tt.notRun)
+		}
+	}
+}
+
+func TestTincdStartFails(t *testing.T) {
+	dir := t.TempDir()
+	td := &Tincd{Binary: "/bin/sh", ConfDir: dir, PidFile: filepath.Join(dir, "tinc.pid")}
+	// "sh -c DIR ..." fails (no such command) and prints why.
+	_, err := td.Start(t.Context())
+	if err == nil || !strings.Contains(err.Error(), "exit status") {
+		t.Errorf("err = %v", err)
+	}
+	if err := td.Reload(); !errors.Is(err, ErrNotRunning) {
+		t.Errorf("Reload: %v", err)
+	}
+	if _, err := td.Restart(t.Context()); !errors.Is(err, ErrNotRunning) {
+		t.Errorf("Restart: %v", err)
+	}
+}
