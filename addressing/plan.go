@@ -20,21 +20,34 @@ import (
 	"net/netip"
 )
 
-// Defaults of the plan (confine.md §2, design.md "Internet egress").
+// The defaults of the plan (confine.md §2, design.md "Internet egress"),
+// unexported so that nobody can change them: read them with the functions
+// below.
 var (
-	// DefaultMgmtPrefix is Community-Lab's management /48.
-	DefaultMgmtPrefix = netip.MustParsePrefix("fdf5:5351:1dfd::/48")
-	// DefaultDebugPrefix holds slivers' debug interfaces.
-	DefaultDebugPrefix = netip.MustParsePrefix("fd5f:eee5:e6ad::/48")
-	// DefaultPrivatePrefix holds slivers' node-local private IPv6 addresses.
-	DefaultPrivatePrefix = netip.MustParsePrefix("fdbd:e804:6aa9::/48")
-	// DefaultPrivateIPv4 is the node-local /24 of slivers' private IPv4
-	// addresses; the same on every node.
-	DefaultPrivateIPv4 = netip.MustParsePrefix("192.168.157.0/24")
-	// DefaultEgressPrefix is where node egress addresses live: node N is
-	// 100.64.(N>>8).(N&255), inside RFC 6598 shared address space.
-	DefaultEgressPrefix = netip.MustParsePrefix("100.64.0.0/16")
+	defaultMgmt     = netip.MustParsePrefix("fdf5:5351:1dfd::/48")
+	defaultDebug    = netip.MustParsePrefix("fd5f:eee5:e6ad::/48")
+	defaultPrivate  = netip.MustParsePrefix("fdbd:e804:6aa9::/48")
+	defaultPrivIPv4 = netip.MustParsePrefix("192.168.157.0/24")
+	defaultEgress   = netip.MustParsePrefix("100.64.0.0/16")
 )
+
+// DefaultMgmtPrefix returns Community-Lab's management /48.
+func DefaultMgmtPrefix() netip.Prefix { return defaultMgmt }
+
+// DefaultDebugPrefix returns the /48 of slivers' debug interfaces.
+func DefaultDebugPrefix() netip.Prefix { return defaultDebug }
+
+// DefaultPrivatePrefix returns the /48 of slivers' node-local private IPv6
+// addresses.
+func DefaultPrivatePrefix() netip.Prefix { return defaultPrivate }
+
+// DefaultPrivateIPv4 returns the node-local /24 of slivers' private IPv4
+// addresses; the same on every node.
+func DefaultPrivateIPv4() netip.Prefix { return defaultPrivIPv4 }
+
+// DefaultEgressPrefix returns where node egress addresses live: node N is
+// 100.64.(N>>8).(N&255), inside RFC 6598 shared address space.
+func DefaultEgressPrefix() netip.Prefix { return defaultEgress }
 
 // Kind is what an address or a tinc member is.
 type Kind uint8
@@ -167,19 +180,19 @@ func check48(what string, p netip.Prefix) error {
 // and what is allowed.
 func NewFromConfig(c Config) (Plan, error) {
 	if !c.Mgmt.IsValid() {
-		c.Mgmt = DefaultMgmtPrefix
+		c.Mgmt = defaultMgmt
 	}
 	if !c.Debug.IsValid() {
-		c.Debug = DefaultDebugPrefix
+		c.Debug = defaultDebug
 	}
 	if !c.Private.IsValid() {
-		c.Private = DefaultPrivatePrefix
+		c.Private = defaultPrivate
 	}
 	if !c.PrivateIPv4.IsValid() {
-		c.PrivateIPv4 = DefaultPrivateIPv4
+		c.PrivateIPv4 = defaultPrivIPv4
 	}
 	if !c.Egress.IsValid() {
-		c.Egress = DefaultEgressPrefix
+		c.Egress = defaultEgress
 	}
 	var errs []error
 	for _, x := range []struct {

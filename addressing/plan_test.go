@@ -259,7 +259,7 @@ func TestPlanValidation(t *testing.T) {
 		{"mgmt /64", Config{Mgmt: netip.MustParsePrefix("fdf5:5351:1dfd::/64")}, "length /64; want a /48"},
 		{"mgmt ipv4", Config{Mgmt: netip.MustParsePrefix("10.0.0.0/8")}, "not an IPv6 prefix"},
 		{"mgmt host bits", Config{Mgmt: netip.MustParsePrefix("fdf5:5351:1dfd:1::/48")}, "did you mean fdf5:5351:1dfd::/48"},
-		{"same as debug", Config{Mgmt: DefaultDebugPrefix}, "three different /48s"},
+		{"same as debug", Config{Mgmt: DefaultDebugPrefix()}, "three different /48s"},
 		{"priv ipv4 /16", Config{PrivateIPv4: netip.MustParsePrefix("192.168.0.0/16")}, "want a masked IPv4 /24"},
 		{"egress /17", Config{Egress: netip.MustParsePrefix("100.64.0.0/17")}, "to hold every node id up to 0xfff0"},
 		{"egress ipv6", Config{Egress: netip.MustParsePrefix("2001:db8::/32")}, "egress IPv4 prefix 2001:db8::/32"},
@@ -272,7 +272,7 @@ func TestPlanValidation(t *testing.T) {
 	}
 	for _, s := range []string{"fdf5:5351:1dfd::/48", "fdf5:5351:1dfd::", "fdf5:5351:1dfd", "FDF5:5351:1DFD"} {
 		p, err := ParsePrefix48(s)
-		if err != nil || p != DefaultMgmtPrefix {
+		if err != nil || p != DefaultMgmtPrefix() {
 			t.Errorf("ParsePrefix48(%q) = %v, %v", s, p, err)
 		}
 	}
@@ -384,7 +384,7 @@ func TestPTR(t *testing.T) {
 	if back, err := ParsePTRName("31.0.64.100.in-addr.arpa"); err != nil || back.String() != "100.64.0.31" {
 		t.Errorf("ParsePTRName v4 = %v, %v", back, err)
 	}
-	z, err := ReverseZone(DefaultMgmtPrefix)
+	z, err := ReverseZone(DefaultMgmtPrefix())
 	if err != nil || z != "d.f.d.1.1.5.3.5.5.f.d.f.ip6.arpa." {
 		t.Errorf("ReverseZone = %q, %v", z, err)
 	}

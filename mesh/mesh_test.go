@@ -335,7 +335,7 @@ func FuzzBuild(f *testing.F) {
 
 func TestChoosePrefix(t *testing.T) {
 	vct := netip.MustParsePrefix("fd65:fc41:c50f::/48")
-	clab := addressing.DefaultMgmtPrefix
+	clab := addressing.DefaultMgmtPrefix()
 	cands := []Candidate{node(t, 1), node(t, 2), node(t, 3)} // in clab
 	if p, note := ChoosePrefix(clab, vct, cands); p != clab || note != "" {
 		t.Errorf("agreeing prefix: %s %q", p, note)

@@ -99,7 +99,7 @@ func ConfigFromUCI(name string, data []byte) (Config, error) {
 	if err != nil {
 		return Config{}, err
 	}
-	c := Config{File: name, TincGateway: DefaultTincGateway, Prefix: addressing.DefaultMgmtPrefix}
+	c := Config{File: name, TincGateway: DefaultTincGateway, Prefix: addressing.DefaultMgmtPrefix()}
 	bad := func(s *uci.Section, format string, args ...any) error {
 		return fmt.Errorf("%s:%d: %s", name, s.Line, fmt.Sprintf(format, args...))
 	}

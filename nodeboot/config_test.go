@@ -39,7 +39,7 @@ func TestConfigFromUCI(t *testing.T) {
 			Prefix: netip.MustParsePrefix("fdf5:5351:1dfd::/48"),
 		}},
 		{"minimal: defaults", "config node node\n option id 00AB\n", Config{
-			File: "/etc/config/confine", NodeID: 0xab, TincGateway: "server", Prefix: addressing.DefaultMgmtPrefix,
+			File: "/etc/config/confine", NodeID: 0xab, TincGateway: "server", Prefix: addressing.DefaultMgmtPrefix(),
 		}},
 		{"anonymous sections, other gateway, other prefix", "config node\n option id 'fff0'\n option tinc_gateway gw_2\n" +
 			"option unknown_thing x\nconfig testbed\n option mgmt_ipv6_prefix48 'fd65:fc41:c50f::/48'\n", Config{

@@ -85,7 +85,7 @@ func (f *fakeTincd) String() string { return fmt.Sprintf("pid=%d calls=%v", f.pi
 // testRegistry is the registry of registryCandidates as a testbed file.
 func testRegistry(t *testing.T) *registry.File {
 	gw, node := string(readTestdata(t, "gw.pub")), string(readTestdata(t, "node.pub"))
-	return &registry.File{MgmtPrefix: addressing.DefaultMgmtPrefix,
+	return &registry.File{MgmtPrefix: addressing.DefaultMgmtPrefix(),
 		Islands: []registry.FileIsland{{ID: 1, Name: "one"}, {ID: 2, Name: "two"}},
 		Servers: []registry.FileMember{{ID: 2, Name: "main", Tinc: &registry.FileTinc{Name: "server", PubKey: gw,
 			Addresses: []registry.FileAddress{{Addr: "gw.example.net", Port: 655, Island: 1}, {Addr: "10.241.0.254", Port: 655, Island: 2}}}}},

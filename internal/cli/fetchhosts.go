@@ -142,7 +142,10 @@ func fetchHosts(ctx context.Context, env Env, base string, island uint64, declar
 		Progress: progress.update,
 	})
 	if err != nil {
-		return usageError{err}
+		if errors.Is(err, registry.ErrBadURI) {
+			return usageError{err}
+		}
+		return fmt.Errorf("registry client: %w", err)
 	}
 	absDir, err := filepath.Abs(f.hostsDir)
 	if err != nil {
@@ -183,7 +186,7 @@ func fetchHosts(ctx context.Context, env Env, base string, island uint64, declar
 		return printFetchSummary(env, f.json, sum)
 	}
 
-	prefix, note := mesh.ChoosePrefix(snap.Prefix, addressing.DefaultMgmtPrefix, snap.Candidates)
+	prefix, note := mesh.ChoosePrefix(snap.Prefix, addressing.DefaultMgmtPrefix(), snap.Candidates)
 	if declared.IsValid() {
 		prefix, note = declared, ""
 	}

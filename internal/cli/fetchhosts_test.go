@@ -38,7 +38,7 @@ func pubKeys(t *testing.T) []string {
 func testbed(t *testing.T, nodes int) *registry.File {
 	t.Helper()
 	k := pubKeys(t)
-	f := &registry.File{MgmtPrefix: addressing.DefaultMgmtPrefix,
+	f := &registry.File{MgmtPrefix: addressing.DefaultMgmtPrefix(),
 		Islands: []registry.FileIsland{{ID: 1, Name: "one"}, {ID: 2, Name: "two"}},
 		Servers: []registry.FileMember{{ID: 2, Name: "main", Tinc: &registry.FileTinc{Name: "server", PubKey: k[0],
 			Addresses: []registry.FileAddress{{Addr: "gw.example.net", Port: 655, Island: 1}, {Addr: "10.241.0.254", Port: 655, Island: 2}}}}},
@@ -161,7 +161,7 @@ func TestFetchHostsRejectsAndGuards(t *testing.T) {
 	}
 
 	// An empty registry would remove every file: refused, nothing changes.
-	srv.SetFile(&registry.File{MgmtPrefix: addressing.DefaultMgmtPrefix})
+	srv.SetFile(&registry.File{MgmtPrefix: addressing.DefaultMgmtPrefix()})
 	_, errOut, code = run(t, "fetch-hosts", base, "--hosts-dir", hosts)
 	if code != 1 || !strings.Contains(errOut, "would remove 3 of 3 owned host files") || !strings.Contains(errOut, "--force") {
 		t.Fatalf("mass deletion: exit %d: %s", code, errOut)

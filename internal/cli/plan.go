@@ -44,11 +44,11 @@ type planFlags struct {
 }
 
 func (f *planFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&f.prefix, "prefix", addressing.DefaultMgmtPrefix.String(), "management `/48` (Community-Lab's by default; VCT used fd65:fc41:c50f::/48)")
-	fs.StringVar(&f.debug, "debug-prefix", addressing.DefaultDebugPrefix.String(), "slivers' debug `/48`")
-	fs.StringVar(&f.private, "private-prefix", addressing.DefaultPrivatePrefix.String(), "slivers' node-local private `/48`")
-	fs.StringVar(&f.privIPv4, "private-ipv4", addressing.DefaultPrivateIPv4.String(), "slivers' node-local private IPv4 `/24`")
-	fs.StringVar(&f.egress, "egress-prefix", addressing.DefaultEgressPrefix.String(), "node egress IPv4 `prefix` (/16 or shorter)")
+	fs.StringVar(&f.prefix, "prefix", addressing.DefaultMgmtPrefix().String(), "management `/48` (Community-Lab's by default; VCT used fd65:fc41:c50f::/48)")
+	fs.StringVar(&f.debug, "debug-prefix", addressing.DefaultDebugPrefix().String(), "slivers' debug `/48`")
+	fs.StringVar(&f.private, "private-prefix", addressing.DefaultPrivatePrefix().String(), "slivers' node-local private `/48`")
+	fs.StringVar(&f.privIPv4, "private-ipv4", addressing.DefaultPrivateIPv4().String(), "slivers' node-local private IPv4 `/24`")
+	fs.StringVar(&f.egress, "egress-prefix", addressing.DefaultEgressPrefix().String(), "node egress IPv4 `prefix` (/16 or shorter)")
 	fs.StringVar(&f.zone, "zone", "", "DNS `zone` to qualify dns_name with (e.g. mgmt.community-lab.net); relative names when empty")
 	fs.BoolVar(&f.json, "json", false, "print one JSON object per entity, one per line")
 	fs.StringVar(&f.node, "node", "", "sliver: node `ID`")

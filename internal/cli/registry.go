@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"sync"
 	"syscall"
 	"time"
@@ -111,24 +110,10 @@ func registrySynth(env Env, spec registry.SyntheticSpec, out string) error {
 		_, err := env.Stdout.Write(b)
 		return err
 	}
-	// Write a temporary file beside out and rename it, so a server
-	// watching out never reads half a file.
-	tmp, err := os.CreateTemp(filepath.Dir(out), "."+filepath.Base(out)+".*")
-	if err != nil {
-		return fmt.Errorf("write testbed file: %w", err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write testbed file %s: %w", out, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write testbed file %s: %w", out, err)
-	}
-	if err := os.Rename(tmp.Name(), out); err != nil {
-		return fmt.Errorf("write testbed file: %w", err)
-	}
-	return nil
+	// Through a synced temporary file renamed into place (fetchhosts.go):
+	// a server watching out never reads half a file, and the mode is 0644
+	// rather than CreateTemp's 0600.
+	return writeFileAtomic(out, b, 0o644)
 }
 
 type serveConfig struct {
@@ -160,18 +145,27 @@ func registryServe(ctx context.Context, env Env, c serveConfig) error {
 	if c.testbed != "" {
 		rl := newReloader(srv, c.testbed, log)
 		handler = rl
+		// The SIGHUP goroutine ends when registryServe returns, however
+		// it returns, and registryServe waits for it: a reload it runs
+		// does not outlive the server.
 		hup := make(chan os.Signal, 1)
 		signal.Notify(hup, syscall.SIGHUP)
-		defer signal.Stop(hup)
-		go func() {
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		wg.Go(func() {
 			for {
 				select {
-				case <-ctx.Done():
+				case <-stop:
 					return
 				case <-hup:
 					rl.check(true)
 				}
 			}
+		})
+		defer func() {
+			signal.Stop(hup)
+			close(stop)
+			wg.Wait()
 		}()
 	}
 
@@ -226,6 +220,10 @@ func registryServe(ctx context.Context, env Env, c serveConfig) error {
 // reloader re-reads the testbed file when its mtime or size changes,
 // checking at most once a second, on requests (and on SIGHUP). A file that
 // does not load keeps the old testbed and is reported once per change.
+//
+// Loading a big file takes a while, so it happens outside the lock, by one
+// goroutine at a time: the request (or SIGHUP) that found the change loads
+// it, and others meanwhile go on with the testbed being served.
 type reloader struct {
 	srv  *registry.Server
 	path string
@@ -233,7 +231,9 @@ type reloader struct {
 
 	mu        sync.Mutex
 	lastCheck time.Time
-	stamp     fileStamp // of the file last loaded or last rejected
+	loading   bool      // a goroutine is in load
+	again     bool      // a SIGHUP came during a load: load once more
+	stamp     fileStamp // of the file last loaded or last rejected; only the loading goroutine touches it
 }
 
 type fileStamp struct {
@@ -255,15 +255,40 @@ func (r *reloader) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 }
 
 // check reloads the file if it changed; force (SIGHUP) skips the rate
-// limit and the change test.
+// limit and the change test. When another goroutine is loading, check
+// returns at once (after asking it, when forced, to load again: the file
+// may have changed after it read it).
 func (r *reloader) check(force bool) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
+	if r.loading {
+		r.again = r.again || force
+		r.mu.Unlock()
+		return
+	}
 	now := time.Now()
 	if !force && now.Sub(r.lastCheck) < time.Second {
+		r.mu.Unlock()
 		return
 	}
 	r.lastCheck = now
+	r.loading = true
+	r.mu.Unlock()
+	for {
+		r.load(force)
+		r.mu.Lock()
+		if !r.again {
+			r.loading = false
+			r.mu.Unlock()
+			return
+		}
+		r.again, force = false, true
+		r.mu.Unlock()
+	}
+}
+
+// load loads the file if it changed, or if force. Only the goroutine that
+// set loading calls it.
+func (r *reloader) load(force bool) {
 	fi, err := os.Stat(r.path)
 	if err != nil {
 		if force {

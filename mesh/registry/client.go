@@ -18,6 +18,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-retryablehttp"
@@ -46,8 +47,15 @@ const (
 	DefaultRetryWaitMin = 500 * time.Millisecond
 	DefaultRetryWaitMax = 10 * time.Second
 	DefaultMaxBodyBytes = 512 << 20
+	DefaultMaxPages     = 100000
+	DefaultFetchTimeout = 15 * time.Minute
 	DefaultUserAgent    = "mgmtnet"
 )
+
+// ErrBadURI is wrapped by the errors of New about the registry's base URI,
+// so that callers can tell a usage error from others (a CA file that does
+// not load, conflicting options).
+var ErrBadURI = errors.New("bad registry base URI")
 
 // Options configure a Client. The zero value is usable: system TLS roots
 // and the defaults above.
@@ -73,9 +81,20 @@ type Options struct {
 	// RetryWaitMin and RetryWaitMax bound the backoff between retries.
 	// Defaults DefaultRetryWaitMin and DefaultRetryWaitMax.
 	RetryWaitMin, RetryWaitMax time.Duration
-	// MaxBodyBytes limits each response body; a larger body is an error
-	// that says so. Default DefaultMaxBodyBytes.
+	// MaxBodyBytes limits the bytes one Fetch reads: every response
+	// together (the base resource, every page of every collection), so
+	// that a paginated answer cannot carry more than an unpaginated one
+	// could. More is an error that says so. Default DefaultMaxBodyBytes.
 	MaxBodyBytes int64
+	// MaxPages limits how many list pages one Fetch reads, over all
+	// collections; more is an error (a registry that paginates forever).
+	// Default DefaultMaxPages.
+	MaxPages int
+	// FetchTimeout bounds one whole Fetch: every request, retry and
+	// backoff wait. Timeout still bounds each stall within it; the
+	// caller's context may end a Fetch sooner. Zero or negative means
+	// DefaultFetchTimeout: a Fetch is never unbounded.
+	FetchTimeout time.Duration
 	// Logger receives debug logs of requests and warnings about failed
 	// attempts. Nil discards.
 	Logger *slog.Logger
@@ -88,11 +107,20 @@ type Options struct {
 }
 
 // Client reads a CONFINE registry. It is safe for concurrent use.
+//
+// It follows redirects and Link targets to other hosts (controllers mix
+// their IP address and name), logging each change of host once, but never
+// from https to anything else: a controller behind a TLS-terminating proxy
+// may render http:// URIs, and following them would fetch tinc keys in
+// clear text, past the pinned CA.
 type Client struct {
 	base *url.URL
 	opts Options
 	log  *slog.Logger
 	http *retryablehttp.Client
+
+	mu        sync.Mutex
+	hostMoves map[[2]string]bool // (from, to) host changes logged
 }
 
 // New returns a client of the registry whose base resource is baseURI
@@ -102,23 +130,23 @@ type Client struct {
 func New(baseURI string, opts Options) (*Client, error) {
 	u, err := url.Parse(baseURI)
 	if err != nil {
-		return nil, fmt.Errorf("registry uri %q: %w", baseURI, err)
+		return nil, fmt.Errorf("%w %q: %w", ErrBadURI, baseURI, err)
 	}
 	if u.Scheme != "http" && u.Scheme != "https" {
-		return nil, fmt.Errorf("registry uri %q: want an absolute http:// or https:// URI", baseURI)
+		return nil, fmt.Errorf("%w %q: want an absolute http:// or https:// URI", ErrBadURI, baseURI)
 	}
 	if u.Host == "" {
-		return nil, fmt.Errorf("registry uri %q: no host", baseURI)
+		return nil, fmt.Errorf("%w %q: no host", ErrBadURI, baseURI)
 	}
 	if u.User != nil {
-		return nil, fmt.Errorf("registry uri %q: credentials in the URI are not supported (reads are anonymous)", baseURI)
+		return nil, fmt.Errorf("%w %q: credentials in the URI are not supported (reads are anonymous)", ErrBadURI, baseURI)
 	}
 	if !strings.HasSuffix(u.Path, "/") {
 		u.Path += "/"
 	}
 	u.Fragment = ""
 	if opts.Insecure && opts.CAFile != "" {
-		return nil, errors.New("registry options: --insecure and a CA file exclude each other")
+		return nil, errors.New("registry options: Options.Insecure and Options.CAFile exclude each other")
 	}
 	if opts.Timeout <= 0 {
 		opts.Timeout = DefaultTimeout
@@ -139,6 +167,12 @@ func New(baseURI string, opts Options) (*Client, error) {
 	}
 	if opts.MaxBodyBytes <= 0 {
 		opts.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if opts.MaxPages <= 0 {
+		opts.MaxPages = DefaultMaxPages
+	}
+	if opts.FetchTimeout <= 0 {
+		opts.FetchTimeout = DefaultFetchTimeout
 	}
 	if opts.UserAgent == "" {
 		opts.UserAgent = DefaultUserAgent
@@ -181,11 +215,11 @@ func New(baseURI string, opts Options) (*Client, error) {
 		MaxIdleConnsPerHost:   4,
 		ForceAttemptHTTP2:     true,
 	}
-	rc := &retryablehttp.Client{
+	c := &Client{base: u, opts: opts, log: log, hostMoves: map[[2]string]bool{}}
+	c.http = &retryablehttp.Client{
 		HTTPClient: &http.Client{
-			Transport: transport,
-			// A registry does not redirect across hosts; the standard
-			// policy (10 redirects) is fine.
+			Transport:     transport,
+			CheckRedirect: c.checkRedirect,
 		},
 		Logger:       leveledLogger{log},
 		RetryWaitMin: opts.RetryWaitMin,
@@ -216,7 +250,44 @@ func New(baseURI string, opts Options) (*Client, error) {
 			return nil, err
 		},
 	}
-	return &Client{base: u, opts: opts, log: log, http: rc}, nil
+	return c, nil
+}
+
+// maxRedirects is the standard library's limit.
+const maxRedirects = 10
+
+// checkRedirect is the http.Client's redirect policy: at most maxRedirects,
+// and never from https to http (see follow). Its errors are permanent:
+// retrying would meet the same redirect.
+func (c *Client) checkRedirect(req *http.Request, via []*http.Request) error {
+	if len(via) >= maxRedirects {
+		return &permanentError{fmt.Errorf("get %s: stopped after %d redirects", via[0].URL, maxRedirects)}
+	}
+	if err := c.follow("redirect", via[len(via)-1].URL, req.URL); err != nil {
+		return &permanentError{fmt.Errorf("get %s: %w", via[0].URL, err)}
+	}
+	return nil
+}
+
+// follow checks a step from one URL to another, by a redirect or a Link
+// target (how names it): a step from https to another scheme is an error;
+// a change of host is allowed and logged, once per pair of hosts.
+func (c *Client) follow(how string, from, to *url.URL) error {
+	if from.Scheme == "https" && to.Scheme != "https" {
+		return fmt.Errorf("refusing to follow %s from %s: https to %s downgrade", to, from, to.Scheme)
+	}
+	if strings.EqualFold(from.Host, to.Host) {
+		return nil
+	}
+	key := [2]string{strings.ToLower(from.Host), strings.ToLower(to.Host)}
+	c.mu.Lock()
+	logged := c.hostMoves[key]
+	c.hostMoves[key] = true
+	c.mu.Unlock()
+	if !logged {
+		c.log.Info("registry continues on another host", "via", how, "from", from.String(), "to", to.String())
+	}
+	return nil
 }
 
 // BaseURI returns the registry's base URI as the client uses it.
@@ -255,14 +326,35 @@ type collection struct {
 	url  string
 }
 
+// fetchState is what one Fetch has used of its limits.
+type fetchState struct {
+	read  int64 // body bytes read, of MaxBodyBytes
+	pages int   // list pages read, of MaxPages
+}
+
+// fetchTimeoutError ends a Fetch that takes longer than FetchTimeout. It
+// is a context.DeadlineExceeded.
+type fetchTimeoutError struct{ d time.Duration }
+
+func (e *fetchTimeoutError) Error() string {
+	return fmt.Sprintf("the fetch took longer than %v (FetchTimeout)", e.d)
+}
+func (e *fetchTimeoutError) Unwrap() error { return context.DeadlineExceeded }
+
 // Fetch reads the base resource and every member collection (servers,
 // hosts, nodes), following pagination. validators, if not nil, maps
 // collection URLs to ETags of an earlier fetch: when every collection is
 // unchanged the result is NotModified; when only some are, the unchanged
 // ones are fetched again in full so that Candidates is always complete.
+//
+// One Fetch reads at most MaxBodyBytes and MaxPages list pages, and ends
+// after FetchTimeout.
 func (c *Client) Fetch(ctx context.Context, validators map[string]string) (*Snapshot, error) {
+	ctx, cancel := context.WithTimeoutCause(ctx, c.opts.FetchTimeout, &fetchTimeoutError{c.opts.FetchTimeout})
+	defer cancel()
+	st := &fetchState{}
 	baseURL := c.base.String()
-	page, err := c.get(ctx, baseURL, "")
+	page, err := c.get(ctx, st, baseURL, "")
 	if err != nil {
 		return nil, err
 	}
@@ -283,26 +375,24 @@ func (c *Client) Fetch(ctx context.Context, validators map[string]string) (*Snap
 			snap.Prefix = p
 		}
 	}
-	cols, v0 := c.discover(baseURL, page.header)
+	cols, v0, err := c.discover(page)
+	if err != nil {
+		return nil, err
+	}
 	if v0 {
 		snap.Dialect = DialectV0
 	}
 	c.log.Debug("registry collections", "base", baseURL, "servers", cols[0].url, "hosts", cols[1].url, "nodes", cols[2].url, "dialect", snap.Dialect)
 
-	type result struct {
-		elems       []json.RawMessage
-		etag        string
-		notModified bool
-	}
-	results := make([]result, len(cols))
+	results := make([]*collectionResult, len(cols))
 	allNotModified := true
 	for i, col := range cols {
-		elems, etag, nm, err := c.fetchCollection(ctx, col.url, validators[col.url])
+		res, err := c.fetchCollection(ctx, st, col, validators[col.url])
 		if err != nil {
 			return nil, err
 		}
-		results[i] = result{elems, etag, nm}
-		if !nm {
+		results[i] = res
+		if !res.notModified {
 			allNotModified = false
 		}
 	}
@@ -313,19 +403,21 @@ func (c *Client) Fetch(ctx context.Context, validators map[string]string) (*Snap
 		}
 		return snap, nil
 	}
+	n := 0
 	for i, col := range cols {
-		if !results[i].notModified {
-			continue
+		if results[i].notModified {
+			c.log.Debug("collection unchanged but others changed; fetching it again in full", "url", col.url)
+			res, err := c.fetchCollection(ctx, st, col, "")
+			if err != nil {
+				return nil, err
+			}
+			results[i] = res
 		}
-		c.log.Debug("collection unchanged but others changed; fetching it again in full", "url", col.url)
-		elems, etag, _, err := c.fetchCollection(ctx, col.url, "")
-		if err != nil {
-			return nil, err
-		}
-		results[i] = result{elems: elems, etag: etag}
+		n += len(results[i].Candidates)
 	}
+	snap.Candidates = make([]mesh.Candidate, 0, n)
 	for i, col := range cols {
-		d := decodeMembers(col.kind, col.url, results[i].elems)
+		d := &results[i].decoded
 		snap.Candidates = append(snap.Candidates, d.Candidates...)
 		snap.Problems = append(snap.Problems, d.Problems...)
 		if d.V0 {
@@ -340,9 +432,10 @@ func (c *Client) Fetch(ctx context.Context, validators map[string]string) (*Snap
 
 // discover finds the member collections in the base's Link header: the
 // registry relations, else the pre-2015 server relations (v0 reports
-// that), else the fixed paths relative to the base.
-func (c *Client) discover(baseURL string, h http.Header) (cols []collection, v0 bool) {
-	links := parseLinks(c.base, h.Values("Link"))
+// that), else the fixed paths relative to the base. A Link target must
+// pass follow.
+func (c *Client) discover(base *page) (cols []collection, v0 bool, err error) {
+	links := parseLinks(base.url, base.header.Values("Link"))
 	cols = []collection{
 		{kind: addressing.KindServer, rel: "server-list"},
 		{kind: addressing.KindHost, rel: "host-list"},
@@ -350,87 +443,109 @@ func (c *Client) discover(baseURL string, h http.Header) (cols []collection, v0 
 	}
 	fixed := map[string]string{"server-list": "servers/", "host-list": "hosts/", "node-list": "nodes/"}
 	for i := range cols {
+		var target *url.URL
 		if u, ok := links[relPrefixV1+cols[i].rel]; ok {
-			cols[i].url = u
+			target = u
 		} else if u, ok := links[relPrefixV0+cols[i].rel]; ok {
-			cols[i].url = u
+			target = u
 			v0 = true
 		} else {
-			cols[i].url = c.base.ResolveReference(&url.URL{Path: fixed[cols[i].rel]}).String()
+			target = base.url.ResolveReference(&url.URL{Path: fixed[cols[i].rel]})
 		}
+		if err := c.follow("Link rel="+cols[i].rel, base.url, target); err != nil {
+			return nil, false, fmt.Errorf("registry base %s: %w", base.url, err)
+		}
+		cols[i].url = target.String()
 	}
-	return cols, v0
+	return cols, v0, nil
 }
 
-// fetchCollection reads every page of a collection. The ETag is the
-// response's, for an unpaginated collection; none for a paginated one. A
-// 304 reports notModified.
-func (c *Client) fetchCollection(ctx context.Context, colURL, validator string) (elems []json.RawMessage, etag string, notModified bool, err error) {
+// collectionResult is one collection read in full, or a 304.
+type collectionResult struct {
+	decoded
+	etag        string // for an unpaginated collection only
+	notModified bool
+}
+
+// fetchCollection reads and decodes every page of a collection. The ETag
+// is the response's, for an unpaginated collection; none for a paginated
+// one. A 304 to the validator reports notModified.
+func (c *Client) fetchCollection(ctx context.Context, st *fetchState, col collection, validator string) (*collectionResult, error) {
+	md := newMemberDecoder(col.kind, col.url, c.log)
+	res := &collectionResult{}
 	seen := map[string]bool{}
-	next := colURL
+	next := col.url
 	for first := true; next != ""; first = false {
 		if seen[next] {
-			return nil, "", false, fmt.Errorf("get %s: pagination loops back to %s", colURL, next)
+			return nil, fmt.Errorf("get %s: pagination loops back to %s", col.url, next)
 		}
 		seen[next] = true
+		st.pages++
+		if st.pages > c.opts.MaxPages {
+			return nil, fmt.Errorf("get %s: more than %d list pages in one fetch (MaxPages)", next, c.opts.MaxPages)
+		}
 		inm := ""
 		if first {
 			inm = validator
 		}
-		p, err := c.get(ctx, next, inm)
+		p, err := c.get(ctx, st, next, inm)
 		if err != nil {
-			return nil, "", false, err
+			return nil, err
 		}
 		if p.notModified {
-			if !first {
-				return nil, "", false, fmt.Errorf("get %s: 304 Not Modified for a later page without a validator", next)
-			}
-			return nil, validator, true, nil
+			// Only the first page carries a validator: get fails any
+			// other 304.
+			return &collectionResult{etag: validator, notModified: true}, nil
 		}
 		if first {
-			etag = p.header.Get("ETag")
+			res.etag = p.header.Get("ETag")
 		}
-		e, err := decodeList(next, p.body)
-		if err != nil {
-			return nil, "", false, err
+		if err := decodeList(next, p.body, md.add); err != nil {
+			return nil, err
 		}
-		elems = append(elems, e...)
 		if c.opts.Progress != nil {
-			c.opts.Progress(colURL, len(elems))
+			c.opts.Progress(col.url, md.members())
 		}
-		u, err := url.Parse(next)
-		if err != nil {
-			return nil, "", false, fmt.Errorf("get %s: %w", next, err)
+		target, ok := parseLinks(p.url, p.header.Values("Link"))["next"]
+		if !ok {
+			break
 		}
-		next = parseLinks(u, p.header.Values("Link"))["next"]
+		if err := c.follow("Link rel=next", p.url, target); err != nil {
+			return nil, fmt.Errorf("pagination of %s: %w", col.url, err)
+		}
+		next = target.String()
 	}
 	if len(seen) > 1 {
 		// The first page's ETag says nothing about later pages: a member
 		// on page 7 may change while page 1 stays the same. So a
 		// paginated collection gets no validator and is always read in
 		// full.
-		etag = ""
+		res.etag = ""
 	}
-	return elems, etag, false, nil
+	res.decoded = md.decoded
+	return res, nil
 }
 
 // page is one successful response.
 type page struct {
+	url         *url.URL // after redirects
 	header      http.Header
 	body        []byte
 	notModified bool
 }
 
 // permanentError is a failure that retrying cannot fix (a 4xx, a wrong
-// content type, a body over the limit).
+// content type, a body over the limit, a refused redirect).
 type permanentError struct{ err error }
 
 func (p *permanentError) Error() string { return p.err.Error() }
 func (p *permanentError) Unwrap() error { return p.err }
 
 // get fetches one URL with retries and returns its body, read in full
-// within MaxBodyBytes. A body that fails mid-transfer is retried.
-func (c *Client) get(ctx context.Context, target, ifNoneMatch string) (*page, error) {
+// within what is left of MaxBodyBytes, which it charges to st. A body that
+// fails mid-transfer is retried. A 304 is an answer only to a request with
+// ifNoneMatch.
+func (c *Client) get(ctx context.Context, st *fetchState, target, ifNoneMatch string) (*page, error) {
 	req, err := retryablehttp.NewRequestWithContext(ctx, http.MethodGet, target, nil)
 	if err != nil {
 		return nil, fmt.Errorf("get %s: %w", target, err)
@@ -447,8 +562,12 @@ func (c *Client) get(ctx context.Context, target, ifNoneMatch string) (*page, er
 	// success.
 	req.SetResponseHandler(func(resp *http.Response) error {
 		switch {
+		case resp.StatusCode == http.StatusNotModified && ifNoneMatch == "":
+			// Without a validator a 304 says nothing: taking it for
+			// "unchanged" would keep stale keys forever.
+			return &permanentError{fmt.Errorf("get %s: status 304 Not Modified to a request without If-None-Match (a broken proxy or cache?)", target)}
 		case resp.StatusCode == http.StatusNotModified:
-			got = &page{header: resp.Header, notModified: true}
+			got = &page{url: resp.Request.URL, header: resp.Header, notModified: true}
 			return nil
 		case resp.StatusCode < 200 || resp.StatusCode > 299:
 			return &permanentError{statusError(target, resp)}
@@ -456,7 +575,7 @@ func (c *Client) get(ctx context.Context, target, ifNoneMatch string) (*page, er
 		if err := checkJSON(resp.Header.Get("Content-Type")); err != nil {
 			return &permanentError{fmt.Errorf("get %s: %w", target, err)}
 		}
-		body, err := readLimited(resp.Body, c.opts.MaxBodyBytes)
+		body, err := readLimited(resp.Body, resp.ContentLength, c.opts.MaxBodyBytes, st.read)
 		if err != nil {
 			var tooBig *bodyTooLargeError
 			if errors.As(err, &tooBig) {
@@ -464,7 +583,7 @@ func (c *Client) get(ctx context.Context, target, ifNoneMatch string) (*page, er
 			}
 			return fmt.Errorf("get %s: read body: %w", target, err)
 		}
-		got = &page{header: resp.Header, body: body}
+		got = &page{url: resp.Request.URL, header: resp.Header, body: body}
 		return nil
 	})
 	start := time.Now()
@@ -475,7 +594,7 @@ func (c *Client) get(ctx context.Context, target, ifNoneMatch string) (*page, er
 		case errors.As(err, &perm):
 			return nil, perm.err
 		case ctx.Err() != nil:
-			return nil, fmt.Errorf("get %s: %w", target, ctx.Err())
+			return nil, fmt.Errorf("get %s: %w", target, context.Cause(ctx))
 		}
 		return nil, fmt.Errorf("get %s: %w", target, err)
 	}
@@ -484,6 +603,7 @@ func (c *Client) get(ctx context.Context, target, ifNoneMatch string) (*page, er
 		// Retries exhausted on a retryable status: the handler never ran.
 		return nil, fmt.Errorf("%w (after %d attempts)", statusError(target, resp), c.opts.Retries+1)
 	}
+	st.read += int64(len(got.body))
 	c.log.Debug("registry get", "url", target, "status", resp.StatusCode, "bytes", len(got.body), "took", time.Since(start))
 	return got, nil
 }
@@ -525,23 +645,43 @@ func checkJSON(ct string) error {
 	return fmt.Errorf("content type %q is not JSON (a captive portal or proxy?); want application/json", ct)
 }
 
-// bodyTooLargeError is a response body over the limit.
-type bodyTooLargeError struct{ limit int64 }
+// bodyTooLargeError is a response body over what is left of the limit of
+// one fetch.
+type bodyTooLargeError struct{ limit, before int64 }
 
 func (e *bodyTooLargeError) Error() string {
-	return fmt.Sprintf("response body exceeds the limit of %d bytes (MaxBodyBytes)", e.limit)
+	if e.before == 0 {
+		return fmt.Sprintf("response body exceeds the limit of %d bytes (MaxBodyBytes)", e.limit)
+	}
+	return fmt.Sprintf("response body exceeds the limit of %d bytes (MaxBodyBytes) for all responses of one fetch, %d of them read before it", e.limit, e.before)
 }
 
-// readLimited reads r in full, failing once it passes limit bytes. It
-// never buffers more than limit+1 bytes.
-func readLimited(r io.Reader, limit int64) ([]byte, error) {
+// maxPresize bounds the buffer readLimited allocates on the word of a
+// Content-Length alone.
+const maxPresize = 64 << 20
+
+// readLimited reads r in full, failing once it passes limit-before bytes,
+// or at once when size (a Content-Length, -1 for none) does. It never
+// buffers more than limit-before+1 bytes, and reads a body of a known size
+// into one buffer of that size.
+func readLimited(r io.Reader, size, limit, before int64) ([]byte, error) {
+	left := max(limit-before, 0)
+	if size > left {
+		return nil, &bodyTooLargeError{limit, before}
+	}
 	var buf bytes.Buffer
-	n, err := buf.ReadFrom(io.LimitReader(r, limit+1))
+	if size >= 0 {
+		// One spare MinRead so that ReadFrom finds the end without
+		// growing the buffer. A Content-Length is only a claim: past
+		// maxPresize the buffer grows as bytes arrive.
+		buf.Grow(int(min(size, maxPresize)) + bytes.MinRead)
+	}
+	n, err := buf.ReadFrom(io.LimitReader(r, left+1))
 	if err != nil {
 		return nil, err
 	}
-	if n > limit {
-		return nil, &bodyTooLargeError{limit}
+	if n > left {
+		return nil, &bodyTooLargeError{limit, before}
 	}
 	return buf.Bytes(), nil
 }
@@ -599,13 +739,13 @@ func (c *stallConn) Write(b []byte) (int, error) {
 	return c.Conn.Write(b)
 }
 
-// leveledLogger adapts slog to retryablehttp. A failed attempt is a
-// warning, not an error: the caller decides, and logs, whether the fetch
-// as a whole failed.
+// leveledLogger adapts slog to retryablehttp. A failed attempt is only
+// debug information: the caller reports, once, whether the fetch as a whole
+// failed (a node at first boot expects the registry to be unreachable).
 type leveledLogger struct{ l *slog.Logger }
 
-func (l leveledLogger) Error(msg string, kv ...any) { l.l.Warn("registry: "+msg, kv...) }
-func (l leveledLogger) Warn(msg string, kv ...any)  { l.l.Warn("registry: "+msg, kv...) }
+func (l leveledLogger) Error(msg string, kv ...any) { l.l.Debug("registry: "+msg, kv...) }
+func (l leveledLogger) Warn(msg string, kv ...any)  { l.l.Debug("registry: "+msg, kv...) }
 func (l leveledLogger) Info(msg string, kv ...any)  { l.l.Debug("registry: "+msg, kv...) }
 func (l leveledLogger) Debug(msg string, kv ...any) { l.l.Debug("registry: "+msg, kv...) }
 
@@ -614,8 +754,8 @@ var _ retryablehttp.LeveledLogger = leveledLogger{}
 // parseLinks parses RFC 8288 Link header values ("<url>; rel=\"a b\", ...")
 // into a map from relation to absolute URL, resolving relative URLs
 // against base. The first link of a relation wins.
-func parseLinks(base *url.URL, values []string) map[string]string {
-	links := map[string]string{}
+func parseLinks(base *url.URL, values []string) map[string]*url.URL {
+	links := map[string]*url.URL{}
 	for _, v := range values {
 		for len(v) > 0 {
 			v = strings.TrimLeft(v, " \t,")
@@ -658,7 +798,7 @@ func parseLinks(base *url.URL, values []string) map[string]string {
 				val = strings.Trim(strings.TrimSpace(val), "\"")
 				for _, rel := range strings.Fields(val) {
 					if _, dup := links[rel]; !dup {
-						links[rel] = u.String()
+						links[rel] = u
 					}
 				}
 			}

@@ -5,7 +5,9 @@
 // base resource's Link header, follows pagination, revalidates with ETags,
 // retries transient failures (go-retryablehttp) and decodes servers, hosts
 // and nodes leniently into mesh.Candidate values. An element that does not
-// decode becomes a mesh.Problem; the others go on.
+// decode becomes a mesh.Problem; the others go on. It never lets a registry
+// reached over https send it to http, and it bounds each fetch in bytes,
+// pages and time.
 //
 // The Server serves a testbed File (a JSON description of islands,
 // servers, nodes and hosts, or a Synthetic one of any size) read-only over

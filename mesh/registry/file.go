@@ -200,20 +200,24 @@ func (f *File) groups() []group {
 	}
 }
 
-// mgmtAddr is a member's served management address.
-func (f *File) mgmtAddr(kind addressing.Kind, m *FileMember) string {
-	if m.MgmtAddr != "" {
-		return m.MgmtAddr
+// mgmtAddrFunc returns a function of a member's served management
+// address: its mgmt_addr, else the plan's address for its kind and id. It
+// builds the plan once, not per member.
+func (f *File) mgmtAddrFunc() func(addressing.Kind, *FileMember) string {
+	plan, planErr := addressing.New(f.MgmtPrefix)
+	return func(kind addressing.Kind, m *FileMember) string {
+		if m.MgmtAddr != "" {
+			return m.MgmtAddr
+		}
+		if planErr != nil {
+			return ""
+		}
+		a, err := plan.Address(addressing.Entity{Kind: kind, ID: m.ID})
+		if err != nil {
+			return ""
+		}
+		return a.String()
 	}
-	plan, err := addressing.New(f.MgmtPrefix)
-	if err != nil {
-		return ""
-	}
-	a, err := plan.Address(addressing.Entity{Kind: kind, ID: m.ID})
-	if err != nil {
-		return ""
-	}
-	return a.String()
 }
 
 // SyntheticSpec describes a synthetic testbed; see Synthetic.

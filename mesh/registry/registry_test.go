@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -443,6 +444,26 @@ func TestFetchFaults(t *testing.T) {
 			wantErr:      []string{"/api/nodes/", "exceeds the limit of 10485760 bytes"},
 		},
 		{
+			name: "304 to a request without If-None-Match",
+			nodes: func(int32) http.HandlerFunc {
+				return func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNotModified) }
+			},
+			wantAttempts: 1,
+			wantErr:      []string{"/api/nodes/: status 304 Not Modified to a request without If-None-Match"},
+		},
+		{
+			name:         "trailing data",
+			nodes:        func(int32) http.HandlerFunc { return jsonReply("[" + validNode + "] []") },
+			wantAttempts: 1,
+			wantErr:      []string{"decode http://", "/api/nodes/", "data after the array"},
+		},
+		{
+			name:         "null",
+			nodes:        func(int32) http.HandlerFunc { return jsonReply("null") },
+			wantAttempts: 1,
+			wantErr:      []string{"decode http://", "/api/nodes/", "want a JSON array of objects, not null"},
+		},
+		{
 			name: "captive portal",
 			nodes: func(int32) http.HandlerFunc {
 				return func(w http.ResponseWriter, r *http.Request) {
@@ -625,7 +646,11 @@ func TestParseLinks(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if diff := cmp.Diff(tt.want, parseLinks(base, tt.values)); diff != "" {
+			got := map[string]string{}
+			for rel, u := range parseLinks(base, tt.values) {
+				got[rel] = u.String()
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
 				t.Errorf("(-want +got):\n%s", diff)
 			}
 		})
@@ -671,6 +696,19 @@ func TestDecodeMembers(t *testing.T) {
 			wantV0: true,
 		},
 		{
+			name: "exact duplicates are dropped, others kept",
+			kind: addressing.KindHost,
+			json: `[{"id": 1, "name": "a"}, {"id": 1, "name": "a"}, {"id": 1, "name": "b"}, {"id": 1,  "name": "a"}, {"id": "x"}, {"id": "x"}]`,
+			want: []mesh.Candidate{
+				{Kind: addressing.KindHost, ID: 1, Name: "a"},
+				{Kind: addressing.KindHost, ID: 1, Name: "b"},
+				{Kind: addressing.KindHost, ID: 1, Name: "a"}, // not byte-identical: one more space
+			},
+			wantProbs: []mesh.Problem{
+				{Kind: addressing.KindHost, Reason: "undecodable object #4 in SRC: json: cannot unmarshal string into Go struct field wireMember.id of type uint64"},
+			},
+		},
+		{
 			name: "bad elements become problems",
 			kind: addressing.KindNode,
 			json: `[
@@ -693,11 +731,10 @@ func TestDecodeMembers(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			elems, err := decodeList("SRC", []byte(tt.json))
+			d, _, _, err := decodeBody(tt.kind, "SRC", []byte(tt.json))
 			if err != nil {
 				t.Fatal(err)
 			}
-			d := decodeMembers(tt.kind, "SRC", elems)
 			if diff := cmp.Diff(tt.want, d.Candidates); diff != "" {
 				t.Errorf("candidates (-want +got):\n%s", diff)
 			}
@@ -709,6 +746,15 @@ func TestDecodeMembers(t *testing.T) {
 			}
 		})
 	}
+}
+
+// decodeBody decodes a collection's body as the client does.
+func decodeBody(kind addressing.Kind, source string, body []byte) (d decoded, elems, dups int, err error) {
+	md := newMemberDecoder(kind, source, nil)
+	if err := decodeList(source, body, md.add); err != nil {
+		return decoded{}, 0, 0, err
+	}
+	return md.decoded, md.n, md.dups, nil
 }
 
 func FuzzDecodeMembers(f *testing.F) {
@@ -726,13 +772,16 @@ func FuzzDecodeMembers(f *testing.F) {
 	f.Add([]byte(`[{"id": 1, "mgmt_net": {"addr": "a", "backend": "tinc_server", "tinc_server": {"name": "n", "addresses": ["1.2.3.4 655", {"addr": "x", "port": "7"}], "is_active": false}, "tinc_client": {"name": "c"}}}]`))
 	f.Add([]byte(`[{"id": "x"}, null, 3, [], {"island": 4, "properties": {"a": [1]}}]`))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		elems, err := decodeList("fuzz", data)
+		d, elems, dups, err := decodeBody(addressing.KindNode, "fuzz", data)
 		if err != nil {
+			var all []json.RawMessage
+			if json.Unmarshal(data, &all) == nil && all != nil {
+				t.Fatalf("decodeList rejects an array json.Unmarshal takes: %v", err)
+			}
 			return
 		}
-		d := decodeMembers(addressing.KindNode, "fuzz", elems)
-		if len(d.Candidates)+len(d.Problems) != len(elems) {
-			t.Fatalf("%d elements gave %d candidates and %d problems", len(elems), len(d.Candidates), len(d.Problems))
+		if len(d.Candidates)+len(d.Problems)+dups != elems {
+			t.Fatalf("%d elements gave %d candidates, %d problems and %d duplicates", elems, len(d.Candidates), len(d.Problems), dups)
 		}
 		for _, p := range d.Problems {
 			if p.Reason == "" || (p.TincName != "" && !mesh.ValidTincName(p.TincName)) {
@@ -740,4 +789,251 @@ func FuzzDecodeMembers(f *testing.F) {
 			}
 		}
 	})
+}
+
+// syncBuffer is a bytes.Buffer for a slog handler written by several
+// goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// TestFetchRefusesDowngrade: a registry reached over https must not send
+// the client to http, by a redirect or by a Link target: the keys would
+// travel in clear text, past the pinned CA.
+func TestFetchRefusesDowngrade(t *testing.T) {
+	var plainHits atomic.Int32
+	plain := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		plainHits.Add(1)
+		NewServer(loadTestdata(t), nil).ServeHTTP(w, r)
+	}))
+	t.Cleanup(plain.Close)
+	tests := []struct {
+		name  string
+		nodes func(w http.ResponseWriter, r *http.Request) // /api/nodes/ of the TLS server
+		link  func(tlsBase string) string                  // the base's Link header
+	}{
+		{
+			name: "Link to the collection",
+			link: func(string) string {
+				return `<` + plain.URL + `/api/nodes/>; rel="` + relPrefixV1 + `node-list"`
+			},
+		},
+		{
+			name: "redirect",
+			nodes: func(w http.ResponseWriter, r *http.Request) {
+				http.Redirect(w, r, plain.URL+"/api/nodes/", http.StatusFound)
+			},
+		},
+		{
+			name: "next page",
+			nodes: func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", "application/json")
+				w.Header().Set("Link", `<`+plain.URL+`/api/nodes/?page=2>; rel="next"`)
+				io.WriteString(w, "[]")
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			plainHits.Store(0)
+			var nodeHits atomic.Int32
+			mux := http.NewServeMux()
+			var ts *httptest.Server
+			mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", "application/json")
+				if tt.link != nil {
+					w.Header().Set("Link", tt.link(ts.URL+"/api/"))
+				}
+				io.WriteString(w, `{}`)
+			})
+			empty := jsonReply("[]")
+			mux.HandleFunc("/api/servers/", empty)
+			mux.HandleFunc("/api/hosts/", empty)
+			mux.HandleFunc("/api/nodes/", func(w http.ResponseWriter, r *http.Request) {
+				nodeHits.Add(1)
+				if tt.nodes != nil {
+					tt.nodes(w, r)
+					return
+				}
+				empty(w, r)
+			})
+			ts = httptest.NewTLSServer(mux)
+			t.Cleanup(ts.Close)
+			opts := fastOptions()
+			opts.Insecure = true
+			_, err := newClient(t, ts.URL+"/api/", opts).Fetch(context.Background(), nil)
+			if err == nil {
+				t.Fatal("no error")
+			}
+			want := "refusing to follow " + plain.URL + "/api/nodes/"
+			if !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), " from "+ts.URL+"/api/") || !strings.Contains(err.Error(), "https to http downgrade") {
+				t.Errorf("error %q, want one with %q from %s/api/...: https to http downgrade", err, want, ts.URL)
+			}
+			if n := plainHits.Load(); n != 0 {
+				t.Errorf("%d requests over plain http", n)
+			}
+			if n := nodeHits.Load(); n > 1 {
+				t.Errorf("%d requests of /api/nodes/: a refused redirect was retried", n)
+			}
+		})
+	}
+}
+
+// TestFetchFollowsOtherHost: a controller may name itself by address in
+// one place and by name in another. That is followed, and logged once.
+func TestFetchFollowsOtherHost(t *testing.T) {
+	srv := NewServer(smallSynthetic(t, 10, 1, 1), nil)
+	srv.DefaultPerPage = 2
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/api/" {
+			// Name the collections by another host name of this server.
+			rec := httptest.NewRecorder()
+			srv.ServeHTTP(rec, r)
+			for k, v := range rec.Header() {
+				w.Header()[k] = v
+			}
+			w.Header().Set("Link", strings.ReplaceAll(w.Header().Get("Link"), "127.0.0.1", "localhost"))
+			w.WriteHeader(rec.Code)
+			w.Write(rec.Body.Bytes())
+			return
+		}
+		srv.ServeHTTP(w, r)
+	}))
+	t.Cleanup(ts.Close)
+	var logs syncBuffer
+	opts := fastOptions()
+	opts.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	snap, err := newClient(t, ts.URL+"/api/", opts).Fetch(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(snap.Candidates) != 12 {
+		t.Errorf("%d candidates, want 12", len(snap.Candidates))
+	}
+	if n := strings.Count(logs.String(), "registry continues on another host"); n != 1 {
+		t.Errorf("logged the change of host %d times, want once:\n%s", n, logs.String())
+	}
+}
+
+func TestFetchLimits(t *testing.T) {
+	t.Run("MaxBodyBytes is for the whole fetch", func(t *testing.T) {
+		srv := NewServer(smallSynthetic(t, 25, 0, 0), nil)
+		srv.DefaultPerPage = 4
+		base := serve(t, srv)
+		// Each page is under the limit, all pages together are not.
+		rec := httptest.NewRecorder()
+		srv.ServeHTTP(rec, httptest.NewRequest("GET", "/api/nodes/?per_page=25", nil))
+		limit := int64(rec.Body.Len() / 2)
+		opts := fastOptions()
+		opts.MaxBodyBytes = limit
+		_, err := newClient(t, base, opts).Fetch(context.Background(), nil)
+		want := fmt.Sprintf("exceeds the limit of %d bytes (MaxBodyBytes) for all responses of one fetch", limit)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("error %v, want one with %q", err, want)
+		}
+	})
+	t.Run("MaxPages", func(t *testing.T) {
+		var pages atomic.Int32
+		base, _ := faultServer(t, func(w http.ResponseWriter, r *http.Request) {
+			n := pages.Add(1)
+			w.Header().Set("Content-Type", "application/json")
+			w.Header().Set("Link", fmt.Sprintf(`</api/nodes/?page=%d>; rel="next"`, n+1))
+			io.WriteString(w, "[]")
+		})
+		opts := fastOptions()
+		opts.MaxPages = 50
+		_, err := newClient(t, base, opts).Fetch(context.Background(), nil)
+		if err == nil || !strings.Contains(err.Error(), "more than 50 list pages in one fetch (MaxPages)") {
+			t.Errorf("error %v, want one about MaxPages", err)
+		}
+		// servers/ and hosts/ are a page each.
+		if n := pages.Load(); n != 48 {
+			t.Errorf("%d node pages read, want 48", n)
+		}
+	})
+	t.Run("FetchTimeout", func(t *testing.T) {
+		// A body that never ends but never stalls: only FetchTimeout
+		// stops it.
+		base, attempts := faultServer(t, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			io.WriteString(w, "[")
+			for {
+				w.(http.Flusher).Flush()
+				select {
+				case <-r.Context().Done():
+					return
+				case <-time.After(20 * time.Millisecond):
+				}
+				if _, err := io.WriteString(w, " "); err != nil {
+					return
+				}
+			}
+		})
+		opts := fastOptions()
+		opts.Timeout = 5 * time.Second
+		opts.FetchTimeout = 300 * time.Millisecond
+		_, err := newClient(t, base, opts).Fetch(context.Background(), nil)
+		if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "longer than 300ms (FetchTimeout)") {
+			t.Errorf("error %v, want a DeadlineExceeded naming FetchTimeout", err)
+		}
+		if n := attempts.Load(); n != 1 {
+			t.Errorf("%d attempts, want 1", n)
+		}
+	})
+}
+
+// TestFetchDropsExactDuplicates: a member added between two page requests
+// shifts the pages, and the next page repeats an element. The copy is
+// dropped; a different element with the same id is not (mesh.Build rejects
+// both claimants).
+func TestFetchDropsExactDuplicates(t *testing.T) {
+	node := func(id int, name string) string {
+		return fmt.Sprintf(`{"id": %d, "name": %q, "mgmt_net": {"addr": "a", "backend": "tinc"}, "tinc": {"name": "node_%d", "pubkey": "k"}}`, id, name, id)
+	}
+	base, _ := faultServer(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		switch r.URL.Query().Get("page") {
+		case "":
+			w.Header().Set("Link", `</api/nodes/?page=2>; rel="next"`)
+			io.WriteString(w, "["+node(1, "a")+","+node(2, "b")+"]")
+		case "2":
+			io.WriteString(w, "["+node(2, "b")+","+node(3, "c")+","+node(3, "other")+"]")
+		}
+	})
+	snap, err := newClient(t, base, fastOptions()).Fetch(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, c := range snap.Candidates {
+		got = append(got, fmt.Sprintf("%d %s", c.ID, c.Name))
+	}
+	if diff := cmp.Diff([]string{"1 a", "2 b", "3 c", "3 other"}, got); diff != "" {
+		t.Errorf("candidates (-want +got):\n%s", diff)
+	}
+}
+
+func TestNewErrors(t *testing.T) {
+	for _, uri := range []string{"ftp://r.example/api/", "/api/", "http:///api/", "http://u:p@r.example/", "http://[::1/"} {
+		if _, err := New(uri, Options{}); !errors.Is(err, ErrBadURI) {
+			t.Errorf("New(%q): error %v, want ErrBadURI", uri, err)
+		}
+	}
+	_, err := New("https://r.example/api/", Options{Insecure: true, CAFile: "ca.pem"})
+	if err == nil || errors.Is(err, ErrBadURI) || strings.Contains(err.Error(), "--") || !strings.Contains(err.Error(), "Options.Insecure and Options.CAFile exclude each other") {
+		t.Errorf("New with Insecure and CAFile: error %v", err)
+	}
 }

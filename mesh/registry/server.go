@@ -1,10 +1,15 @@
 package registry
 
 import (
+	"bufio"
+	"bytes"
+	cryptorand "crypto/rand"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"slices"
@@ -20,10 +25,6 @@ import (
 // PathPrefix is where Server serves the API: the controller's "/api/".
 const PathPrefix = "/api/"
 
-// maxCachedBases bounds how many distinct base URLs (Host headers) a
-// Server keeps rendered bodies for; others are rendered per request.
-const maxCachedBases = 8
-
 // Server serves a testbed File read-only over the registry REST API, as
 // the controller v1 does (or the pre-2015 controller for dialect "v0"):
 // the base resource at PathPrefix with a Link header naming the
@@ -32,16 +33,20 @@ const maxCachedBases = 8
 // and HEAD are allowed.
 //
 // URIs in the bodies are absolute, built from the request's Host (and
-// https when the request came over TLS). Each collection is serialized
-// once per File and base URL and then served from memory.
+// https when the request came over TLS). Each member is serialized once
+// per File, with a placeholder where the base URL goes, and the base is
+// put in as the body is written. So a request costs the same whatever its
+// Host: any number of Host headers cannot make the server render the
+// testbed again, nor hold a copy per Host.
 type Server struct {
 	// DefaultPerPage, when positive, paginates lists that do not ask for
 	// a page size. The controller's default is 0 (unpaginated); tests set
 	// it to drive clients through several pages. Set it before serving.
 	DefaultPerPage int
 
-	log *slog.Logger
-	cur atomic.Pointer[served]
+	log     *slog.Logger
+	cur     atomic.Pointer[served]
+	renders atomic.Int64 // Files rendered, for tests
 }
 
 // NewServer returns a server of f, which should have passed Validate.
@@ -61,49 +66,98 @@ func (s *Server) SetFile(f *File) {
 	if f == nil {
 		f = &File{}
 	}
-	s.cur.Store(&served{file: f, byBase: map[string]*rendered{}})
+	s.cur.Store(&served{file: f})
 }
 
 // File returns the served testbed. It must not be modified.
 func (s *Server) File() *File { return s.cur.Load().file }
 
-// served is one File with its rendered bodies, per base URL.
+// served is one File with its rendered bodies, made on first use.
 type served struct {
-	file   *File
-	mu     sync.Mutex
-	byBase map[string]*rendered
+	file *File
+	once sync.Once
+	r    *rendered
 }
 
-// rendered holds a File's bodies for one base URL.
+func (s *Server) rendered(sv *served) *rendered {
+	sv.once.Do(func() {
+		s.renders.Add(1)
+		sv.r = render(sv.file)
+	})
+	return sv.r
+}
+
+// rendered holds a File's collections, independent of the base URL.
 type rendered struct {
-	once  sync.Once
-	root  []byte
-	links string
-	lists map[string]*renderedList // by collection name: "nodes"
+	// placeholder stands for the JSON-escaped base URL in the templates.
+	// It is random, so that no string of the File can contain it (the
+	// File is trusted, but a placeholder met in its data would be
+	// replaced too).
+	placeholder []byte
+	lists       map[string]*renderedList // by collection name: "nodes"
 }
 
-// renderedList is one collection: each member's JSON, sorted by id, and
-// the whole unpaginated array.
+// renderedList is one collection: each member's JSON, sorted by id.
 type renderedList struct {
 	resource string // "node"
 	ids      []uint64
-	elems    [][]byte
-	full     []byte
-	fullETag string
+	elems    []template
+	// size and n are the sums over elems, and digest a hash of their
+	// digests: for the unpaginated list.
+	size, n int
+	digest  [16]byte
 }
 
-func (sv *served) get(base string) *rendered {
-	sv.mu.Lock()
-	r, ok := sv.byBase[base]
-	if !ok {
-		r = &rendered{}
-		if len(sv.byBase) < maxCachedBases {
-			sv.byBase[base] = r
+// template is a body with the rendered's placeholder standing, n times,
+// for the base URL.
+type template struct {
+	b []byte
+	n int
+	// digest is a hash of b's parts between placeholders, so that it
+	// stays the same across renders, with their different placeholders:
+	// ETags survive a reload of an unchanged File.
+	digest [16]byte
+}
+
+func newTemplate(b, placeholder []byte) template {
+	t := template{b: b}
+	h := sha256.New()
+	var lb [binary.MaxVarintLen64]byte
+	for rest := b; ; {
+		i := bytes.Index(rest, placeholder)
+		part := rest
+		if i >= 0 {
+			part = rest[:i]
 		}
+		h.Write(binary.AppendUvarint(lb[:0], uint64(len(part))))
+		h.Write(part)
+		if i < 0 {
+			break
+		}
+		t.n++
+		rest = rest[i+len(placeholder):]
 	}
-	sv.mu.Unlock()
-	r.once.Do(func() { r.render(sv.file, base) })
-	return r
+	var sum [sha256.Size]byte
+	t.digest = [16]byte(h.Sum(sum[:0]))
+	return t
+}
+
+// size is the template's length with base in place.
+func (t *template) size(placeholder, base []byte) int {
+	return len(t.b) + t.n*(len(base)-len(placeholder))
+}
+
+// write writes the template with base in place of the placeholder.
+func (t *template) write(w *bufio.Writer, placeholder, base []byte) error {
+	b := t.b
+	for range t.n {
+		i := bytes.Index(b, placeholder)
+		w.Write(b[:i])
+		w.Write(base)
+		b = b[i+len(placeholder):]
+	}
+	_, err := w.Write(b)
+	return err
 }
 
 // Wire shapes the server writes.
@@ -171,32 +225,22 @@ func (f *File) profile(resource string) string {
 	return `application/json; profile="http://confine-project.eu/schema/registry/v1/` + resource + `"`
 }
 
-func (r *rendered) render(f *File, base string) {
-	root := map[string]any{
-		"uri":            base,
-		"testbed_params": map[string]string{"mgmt_ipv6_prefix": f.MgmtPrefix.String()},
-		"confine_params": map[string]string{
-			"debug_ipv6_prefix": addressing.DefaultDebugPrefix.String(),
-			"priv_ipv6_prefix":  addressing.DefaultPrivatePrefix.String(),
-		},
-	}
-	r.root = mustJSON(root)
-	var links []string
-	for _, c := range []string{"node", "server", "host", "island"} {
-		links = append(links, fmt.Sprintf(`<%s%ss/>; rel="%s%s-list"`, base, c, f.relPrefix(), c))
-	}
-	r.links = strings.Join(links, ", ")
-
+// render serializes f's collections, with a placeholder for the base URL.
+func render(f *File) *rendered {
+	var random [16]byte
+	cryptorand.Read(random[:])
+	base := "@base-" + hex.EncodeToString(random[:]) + "@"
+	r := &rendered{placeholder: []byte(base), lists: map[string]*renderedList{}}
+	mgmtAddr := f.mgmtAddrFunc()
 	ref := func(id uint64) *outRef {
 		if id == 0 {
 			return nil
 		}
 		return &outRef{URI: base + "islands/" + strconv.FormatUint(id, 10) + "/", ID: id}
 	}
-	r.lists = map[string]*renderedList{}
 	for _, g := range f.groups() {
 		ms := sortedByID(g.members)
-		l := &renderedList{resource: g.resource, ids: make([]uint64, len(ms)), elems: make([][]byte, len(ms))}
+		l := &renderedList{resource: g.resource, ids: make([]uint64, len(ms)), elems: make([]template, len(ms))}
 		for i := range ms {
 			m := &ms[i]
 			o := outMember{
@@ -216,7 +260,7 @@ func (r *rendered) render(f *File, base string) {
 			if backend == "" {
 				backend = "tinc"
 			}
-			addr := f.mgmtAddr(g.kind, m)
+			addr := mgmtAddr(g.kind, m)
 			var t *outTinc
 			if m.Tinc != nil {
 				t = &outTinc{Name: m.Tinc.Name, PubKey: m.Tinc.PubKey, Addresses: []outAddress{}}
@@ -250,10 +294,9 @@ func (r *rendered) render(f *File, base string) {
 				o.Tinc = mustJSON(t) // "null" for nil
 			}
 			l.ids[i] = m.ID
-			l.elems[i] = mustJSON(o)
+			l.elems[i] = newTemplate(mustJSON(o), r.placeholder)
 		}
-		l.full = joinArray(l.elems)
-		l.fullETag = etagOf(l.full)
+		l.sum()
 		r.lists[g.name] = l
 	}
 	isl := slices.Clone(f.Islands)
@@ -266,14 +309,52 @@ func (r *rendered) render(f *File, base string) {
 		}
 		return 0
 	})
-	l := &renderedList{resource: "island", ids: make([]uint64, len(isl)), elems: make([][]byte, len(isl))}
+	l := &renderedList{resource: "island", ids: make([]uint64, len(isl)), elems: make([]template, len(isl))}
 	for i, is := range isl {
 		l.ids[i] = is.ID
-		l.elems[i] = mustJSON(outIsland{URI: base + "islands/" + strconv.FormatUint(is.ID, 10) + "/", ID: is.ID, Name: is.Name, Description: is.Description})
+		l.elems[i] = newTemplate(mustJSON(outIsland{URI: base + "islands/" + strconv.FormatUint(is.ID, 10) + "/", ID: is.ID, Name: is.Name, Description: is.Description}), r.placeholder)
 	}
-	l.full = joinArray(l.elems)
-	l.fullETag = etagOf(l.full)
+	l.sum()
 	r.lists["islands"] = l
+	return r
+}
+
+// sum sets the list's totals.
+func (l *renderedList) sum() {
+	l.size, l.n = 0, 0
+	for i := range l.elems {
+		l.size += len(l.elems[i].b)
+		l.n += l.elems[i].n
+	}
+	l.digest = digestOf(l.elems)
+}
+
+// digestOf hashes the digests of elems.
+func digestOf(elems []template) [16]byte {
+	h := sha256.New()
+	for i := range elems {
+		h.Write(elems[i].digest[:])
+	}
+	return [16]byte(h.Sum(nil))
+}
+
+// arraySize is the length of elems as a JSON array with base in place.
+func arraySize(elems []template, size, n int, placeholder, base []byte) int {
+	return 2 + max(len(elems)-1, 0) + size + n*(len(base)-len(placeholder))
+}
+
+// writeArray writes elems as a JSON array with base in place.
+func writeArray(w *bufio.Writer, elems []template, placeholder, base []byte) error {
+	w.WriteByte('[')
+	for i := range elems {
+		if i > 0 {
+			w.WriteByte(',')
+		}
+		if err := elems[i].write(w, placeholder, base); err != nil {
+			return err
+		}
+	}
+	return w.WriteByte(']')
 }
 
 // mustJSON encodes values that cannot fail to encode (no channels,
@@ -286,26 +367,20 @@ func mustJSON(v any) []byte {
 	return b
 }
 
-func joinArray(elems [][]byte) []byte {
-	n := 2 + len(elems)
-	for _, e := range elems {
-		n += len(e)
-	}
-	b := make([]byte, 0, n)
-	b = append(b, '[')
-	for i, e := range elems {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = append(b, e...)
-	}
-	return append(b, ']')
-}
-
 // etagOf is a strong ETag: a hash of the body.
 func etagOf(body []byte) string {
 	sum := sha256.Sum256(body)
 	return `"` + hex.EncodeToString(sum[:16]) + `"`
+}
+
+// etagFor is a strong ETag of a templated body: a hash of the base and the
+// templates' digest, which between them fix every byte.
+func etagFor(base []byte, digest [16]byte) string {
+	h := sha256.New()
+	h.Write(binary.AppendUvarint(nil, uint64(len(base))))
+	h.Write(base)
+	h.Write(digest[:])
+	return `"` + hex.EncodeToString(h.Sum(nil)[:16]) + `"`
 }
 
 // ServeHTTP serves the registry API under PathPrefix.
@@ -339,9 +414,12 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) (status, n int) {
 	base := scheme + "://" + host + PathPrefix
 	rest := strings.TrimPrefix(path, PathPrefix)
 	if rest == "" {
-		rd := sv.get(base)
-		w.Header().Set("Link", rd.links)
-		return writeBody(w, r, sv.file.profile("base"), rd.root, etagOf(rd.root))
+		w.Header().Set("Link", sv.file.links(base))
+		root := sv.file.root(base)
+		return writeBody(w, r, sv.file.profile("base"), etagOf(root), len(root), func(bw *bufio.Writer) error {
+			_, err := bw.Write(root)
+			return err
+		})
 	}
 	parts := strings.Split(rest, "/")
 	if parts[len(parts)-1] != "" {
@@ -360,7 +438,11 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) (status, n int) {
 	default:
 		return writeError(w, r, http.StatusNotFound, "Not found.")
 	}
-	l := sv.get(base).lists[parts[0]]
+	rd := s.rendered(sv)
+	l := rd.lists[parts[0]]
+	// The base as it goes into JSON strings.
+	jsonBase := mustJSON(base)
+	jsonBase = jsonBase[1 : len(jsonBase)-1]
 	if len(parts) == 2 {
 		id, err := strconv.ParseUint(parts[1], 10, 64)
 		if err != nil {
@@ -370,12 +452,36 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) (status, n int) {
 		if !ok {
 			return writeError(w, r, http.StatusNotFound, "Not found.")
 		}
-		return writeBody(w, r, sv.file.profile(l.resource), l.elems[i], etagOf(l.elems[i]))
+		t := &l.elems[i]
+		return writeBody(w, r, sv.file.profile(l.resource), etagFor(jsonBase, t.digest), t.size(rd.placeholder, jsonBase), func(bw *bufio.Writer) error {
+			return t.write(bw, rd.placeholder, jsonBase)
+		})
 	}
-	return s.serveList(w, r, sv.file, base+parts[0]+"/", l)
+	return s.serveList(w, r, sv.file, base+parts[0]+"/", rd, l, jsonBase)
 }
 
-func (s *Server) serveList(w http.ResponseWriter, r *http.Request, f *File, listURL string, l *renderedList) (int, int) {
+// links is the base resource's Link header.
+func (f *File) links(base string) string {
+	var links []string
+	for _, c := range []string{"node", "server", "host", "island"} {
+		links = append(links, fmt.Sprintf(`<%s%ss/>; rel="%s%s-list"`, base, c, f.relPrefix(), c))
+	}
+	return strings.Join(links, ", ")
+}
+
+// root is the base resource. It is small enough to render per request.
+func (f *File) root(base string) []byte {
+	return mustJSON(map[string]any{
+		"uri":            base,
+		"testbed_params": map[string]string{"mgmt_ipv6_prefix": f.MgmtPrefix.String()},
+		"confine_params": map[string]string{
+			"debug_ipv6_prefix": addressing.DefaultDebugPrefix().String(),
+			"priv_ipv6_prefix":  addressing.DefaultPrivatePrefix().String(),
+		},
+	})
+}
+
+func (s *Server) serveList(w http.ResponseWriter, r *http.Request, f *File, listURL string, rd *rendered, l *renderedList, jsonBase []byte) (int, int) {
 	ct := f.profile(l.resource + "-list")
 	q := r.URL.Query()
 	perPage := s.DefaultPerPage
@@ -394,36 +500,49 @@ func (s *Server) serveList(w http.ResponseWriter, r *http.Request, f *File, list
 		}
 		page = n
 	}
+	elems, size, n, digest := l.elems, l.size, l.n, l.digest
 	if perPage <= 0 {
 		if page != 1 {
 			return writeError(w, r, http.StatusNotFound, "Invalid page.")
 		}
-		return writeBody(w, r, ct, l.full, l.fullETag)
+	} else {
+		pages := max(1, (len(l.elems)+perPage-1)/perPage)
+		if page > pages {
+			return writeError(w, r, http.StatusNotFound, "Invalid page.")
+		}
+		link := func(p int, rel string) string {
+			return fmt.Sprintf(`<%s?page=%d&per_page=%d>; rel="%s"`, listURL, p, perPage, rel)
+		}
+		links := []string{link(1, "first")}
+		if page > 1 {
+			links = append(links, link(page-1, "prev"))
+		}
+		if page < pages {
+			links = append(links, link(page+1, "next"))
+		}
+		links = append(links, link(pages, "last"))
+		w.Header().Set("Link", strings.Join(links, ", "))
+		lo := (page - 1) * perPage
+		hi := min(lo+perPage, len(l.elems))
+		elems, size, n = l.elems[lo:hi], 0, 0
+		for i := range elems {
+			size += len(elems[i].b)
+			n += elems[i].n
+		}
+		digest = digestOf(elems)
 	}
-	pages := max(1, (len(l.elems)+perPage-1)/perPage)
-	if page > pages {
-		return writeError(w, r, http.StatusNotFound, "Invalid page.")
-	}
-	link := func(p int, rel string) string {
-		return fmt.Sprintf(`<%s?page=%d&per_page=%d>; rel="%s"`, listURL, p, perPage, rel)
-	}
-	links := []string{link(1, "first")}
-	if page > 1 {
-		links = append(links, link(page-1, "prev"))
-	}
-	if page < pages {
-		links = append(links, link(page+1, "next"))
-	}
-	links = append(links, link(pages, "last"))
-	w.Header().Set("Link", strings.Join(links, ", "))
-	lo := (page - 1) * perPage
-	hi := min(lo+perPage, len(l.elems))
-	body := joinArray(l.elems[lo:hi])
-	return writeBody(w, r, ct, body, etagOf(body))
+	return writeBody(w, r, ct, etagFor(jsonBase, digest), arraySize(elems, size, n, rd.placeholder, jsonBase), func(bw *bufio.Writer) error {
+		return writeArray(bw, elems, rd.placeholder, jsonBase)
+	})
 }
 
-// writeBody writes a 200 (or a 304 when If-None-Match matches etag).
-func writeBody(w http.ResponseWriter, r *http.Request, contentType string, body []byte, etag string) (int, int) {
+// maxWriteBuffer bounds the buffer between a body's many small pieces and
+// the connection: large enough that a big list takes few system calls.
+const maxWriteBuffer = 1 << 20
+
+// writeBody writes a 200 (or a 304 when If-None-Match matches etag) with a
+// body of size bytes that write writes.
+func writeBody(w http.ResponseWriter, r *http.Request, contentType, etag string, size int, write func(*bufio.Writer) error) (int, int) {
 	h := w.Header()
 	h.Set("ETag", etag)
 	h.Set("Vary", "Accept")
@@ -432,13 +551,29 @@ func writeBody(w http.ResponseWriter, r *http.Request, contentType string, body 
 		return http.StatusNotModified, 0
 	}
 	h.Set("Content-Type", contentType)
-	h.Set("Content-Length", strconv.Itoa(len(body)))
+	h.Set("Content-Length", strconv.Itoa(size))
 	w.WriteHeader(http.StatusOK)
 	if r.Method == http.MethodHead {
 		return http.StatusOK, 0
 	}
-	n, _ := w.Write(body)
-	return http.StatusOK, n
+	cw := &countingWriter{w: w}
+	bw := bufio.NewWriterSize(cw, min(max(size, 16), maxWriteBuffer))
+	if write(bw) == nil {
+		bw.Flush()
+	}
+	return http.StatusOK, cw.n
+}
+
+// countingWriter counts the bytes written through it.
+type countingWriter struct {
+	w io.Writer
+	n int
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += n
+	return n, err
 }
 
 // etagMatches implements If-None-Match's weak comparison (RFC 9110

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -296,34 +297,47 @@ func TestSynthetic(t *testing.T) {
 	}
 }
 
+// BenchmarkServeNodes serves the largest testbed (65 520 nodes) over
+// real HTTP: a GET of /api/nodes/ read to the end, so MB/s is what a
+// client receives. The File is rendered before the timer starts.
 func BenchmarkServeNodes(b *testing.B) {
 	f, err := Synthetic(SyntheticSpec{Nodes: 65520, Keys: 4, KeyBits: 1024})
 	if err != nil {
 		b.Fatal(err)
 	}
-	srv := NewServer(f, nil)
-	req := httptest.NewRequest("GET", "/api/nodes/", nil)
-	rec := httptest.NewRecorder()
-	srv.ServeHTTP(rec, req) // render once; the benchmark measures serving
-	b.SetBytes(int64(rec.Body.Len()))
+	ts := httptest.NewServer(NewServer(f, nil))
+	b.Cleanup(ts.Close)
+	get := func() int64 {
+		resp, err := ts.Client().Get(ts.URL + "/api/nodes/")
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer resp.Body.Close()
+		n, err := io.Copy(io.Discard, resp.Body)
+		if err != nil || resp.StatusCode != 200 {
+			b.Fatalf("status %d, %d bytes, %v", resp.StatusCode, n, err)
+		}
+		return n
+	}
+	b.SetBytes(get())
 	b.ReportAllocs()
 	for b.Loop() {
-		w := &discardWriter{h: http.Header{}}
-		srv.ServeHTTP(w, req)
-		if w.code != 200 {
-			b.Fatalf("status %d", w.code)
-		}
+		get()
 	}
 }
 
-type discardWriter struct {
-	h    http.Header
-	code int
+// BenchmarkRenderNodes measures rendering the largest testbed: what the
+// first request after a (re)load waits for.
+func BenchmarkRenderNodes(b *testing.B) {
+	f, err := Synthetic(SyntheticSpec{Nodes: 65520, Keys: 4, KeyBits: 1024})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		render(f)
+	}
 }
-
-func (d *discardWriter) Header() http.Header         { return d.h }
-func (d *discardWriter) Write(p []byte) (int, error) { return len(p), nil }
-func (d *discardWriter) WriteHeader(code int)        { d.code = code }
 
 func BenchmarkFetch(b *testing.B) {
 	f, err := Synthetic(SyntheticSpec{Nodes: 10000, Servers: 2, Hosts: 10, Keys: 4, KeyBits: 1024})
@@ -340,5 +354,76 @@ func BenchmarkFetch(b *testing.B) {
 		if len(snap.Candidates) != 10012 {
 			b.Fatalf("%d candidates", len(snap.Candidates))
 		}
+	}
+}
+
+// TestServerManyHosts: every Host gets URIs of its own, but the testbed is
+// rendered once, however many Hosts ask.
+func TestServerManyHosts(t *testing.T) {
+	f := loadTestdata(t)
+	srv := NewServer(f, nil)
+	etags := map[string]bool{}
+	hosts := []string{`a"b\c<d>`} // not a valid Host, but ServeHTTP may be called with anything
+	for i := range 20 {
+		hosts = append(hosts, fmt.Sprintf("host-%d.example:8080", i))
+	}
+	for _, host := range hosts {
+		for _, target := range []string{"/api/nodes/", "/api/nodes/?per_page=1&page=2", "/api/nodes/31/"} {
+			req := httptest.NewRequest("GET", target, nil)
+			req.Host = host
+			rec := httptest.NewRecorder()
+			srv.ServeHTTP(rec, req)
+			if rec.Code != 200 || rec.Header().Get("Content-Length") != fmt.Sprint(rec.Body.Len()) {
+				t.Fatalf("%s %s: status %d, Content-Length %s for %d bytes", host, target, rec.Code, rec.Header().Get("Content-Length"), rec.Body.Len())
+			}
+			var got any
+			if err := json.Unmarshal(rec.Body.Bytes(), &got); err != nil {
+				t.Fatalf("%s %s: %v\n%s", host, target, err, rec.Body)
+			}
+			var uris []string
+			var walk func(v any)
+			walk = func(v any) {
+				switch v := v.(type) {
+				case map[string]any:
+					if u, ok := v["uri"].(string); ok {
+						uris = append(uris, u)
+					}
+					for _, e := range v {
+						walk(e)
+					}
+				case []any:
+					for _, e := range v {
+						walk(e)
+					}
+				}
+			}
+			walk(got)
+			if len(uris) == 0 {
+				t.Fatalf("%s %s: no uri in %s", host, target, rec.Body)
+			}
+			for _, u := range uris {
+				if !strings.HasPrefix(u, "http://"+host+"/api/") {
+					t.Errorf("%s %s: uri %q", host, target, u)
+				}
+			}
+			etag := rec.Header().Get("ETag")
+			if etags[etag] {
+				t.Errorf("%s %s: ETag %s of another body", host, target, etag)
+			}
+			etags[etag] = true
+		}
+	}
+	if n := srv.renders.Load(); n != 1 {
+		t.Errorf("rendered %d times, want once", n)
+	}
+	// The same testbed again: rendered again (lazily), same ETags.
+	_, h := do(srv, "GET", "/api/nodes/")
+	srv.SetFile(loadTestdata(t))
+	_, h2 := do(srv, "GET", "/api/nodes/")
+	if h.Get("ETag") != h2.Get("ETag") {
+		t.Errorf("ETag of an unchanged testbed changed on SetFile: %s -> %s", h.Get("ETag"), h2.Get("ETag"))
+	}
+	if n := srv.renders.Load(); n != 2 {
+		t.Errorf("rendered %d times, want twice", n)
 	}
 }

@@ -2,8 +2,12 @@ package registry
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"strconv"
 	"strings"
 
@@ -211,31 +215,67 @@ type decoded struct {
 	V0         bool // some element had the v0 mgmt_net shape
 }
 
-// decodeMembers decodes each element of a collection on its own: an element
-// that does not decode becomes a mesh.Problem (with the id and tinc name
-// when they can still be read) and the others go on. source names the
-// collection in problem reasons, e.g. its URL.
-func decodeMembers(kind addressing.Kind, source string, elems []json.RawMessage) decoded {
-	var d decoded
-	d.Candidates = make([]mesh.Candidate, 0, len(elems))
-	for i, raw := range elems {
-		var m wireMember
-		err := json.Unmarshal(raw, &m)
-		var c mesh.Candidate
-		if err == nil {
-			c, err = m.candidate(kind)
-		}
-		if err != nil {
-			d.Problems = append(d.Problems, elementProblem(kind, source, i, raw, err))
-			continue
-		}
-		if m.isV0() {
-			d.V0 = true
-		}
-		d.Candidates = append(d.Candidates, c)
-	}
-	return d
+// memberDecoder decodes the elements of one collection, one at a time and
+// each on its own: an element that does not decode becomes a mesh.Problem
+// (with the id and tinc name when they can still be read) and the others
+// go on.
+//
+// An element byte-identical to an earlier one of the collection is
+// dropped: when a member is added or removed between two page requests the
+// offsets shift, and a page may repeat the last element of the one before.
+// Elements that differ but claim the same id or name are kept, for
+// mesh.Build to reject both claimants.
+type memberDecoder struct {
+	kind   addressing.Kind
+	source string // names the collection in problem reasons, e.g. its URL
+	log    *slog.Logger
+	n      int // elements given to add, duplicates included
+	dups   int // exact duplicates dropped
+	// seen holds a digest of each element rather than its bytes, so as
+	// not to keep a second copy of the collection. 128 bits of SHA-256
+	// make a collision, which would drop a member, practically
+	// impossible.
+	seen map[[16]byte]struct{}
+	decoded
 }
+
+func newMemberDecoder(kind addressing.Kind, source string, log *slog.Logger) *memberDecoder {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &memberDecoder{kind: kind, source: source, log: log, seen: map[[16]byte]struct{}{}}
+}
+
+// add decodes the next element. It does not keep raw.
+func (md *memberDecoder) add(raw json.RawMessage) {
+	i := md.n
+	md.n++
+	sum := sha256.Sum256(raw)
+	key := [16]byte(sum[:16])
+	if _, dup := md.seen[key]; dup {
+		md.dups++
+		md.log.Debug("dropping an exact duplicate element (did pagination shift?)", "collection", md.source, "index", i)
+		return
+	}
+	md.seen[key] = struct{}{}
+	var m wireMember
+	err := json.Unmarshal(raw, &m)
+	var c mesh.Candidate
+	if err == nil {
+		c, err = m.candidate(md.kind)
+	}
+	if err != nil {
+		md.Problems = append(md.Problems, elementProblem(md.kind, md.source, i, raw, err))
+		return
+	}
+	if m.isV0() {
+		md.V0 = true
+	}
+	md.Candidates = append(md.Candidates, c)
+}
+
+// members is how many elements have been kept: candidates and problems.
+func (md *memberDecoder) members() int { return len(md.Candidates) + len(md.Problems) }
 
 // elementProblem describes an element that failed to decode, recovering
 // what it can of its identity.
@@ -267,18 +307,60 @@ func elementProblem(kind addressing.Kind, source string, i int, raw json.RawMess
 	return p
 }
 
-// decodeList decodes a JSON array into its elements without decoding them.
-func decodeList(url string, body []byte) ([]json.RawMessage, error) {
-	var elems []json.RawMessage
-	if err := json.Unmarshal(body, &elems); err != nil {
-		return nil, fmt.Errorf("decode %s: want a JSON array of objects: %w", url, describeJSONError(body, err))
+// decodeList decodes the JSON array body element by element and passes
+// each element to add, which must not keep it: the next element reuses its
+// bytes. So the body's elements are never all copied out of it at once.
+func decodeList(url string, body []byte, add func(json.RawMessage)) error {
+	bad := func(err error) error {
+		return fmt.Errorf("decode %s: want a JSON array of objects: %w", url, describeJSONError(body, err))
 	}
-	return elems, nil
+	dec := json.NewDecoder(bytes.NewReader(body))
+	tok, err := dec.Token()
+	if err != nil {
+		return bad(err)
+	}
+	if d, ok := tok.(json.Delim); !ok || d != '[' {
+		return fmt.Errorf("decode %s: want a JSON array of objects, not %s", url, describeToken(tok))
+	}
+	var raw json.RawMessage
+	for dec.More() {
+		if err := dec.Decode(&raw); err != nil {
+			return bad(err)
+		}
+		add(raw)
+	}
+	if _, err := dec.Token(); err != nil { // the closing ']'
+		return bad(err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return fmt.Errorf("decode %s: want a JSON array of objects: data after the array at byte %d", url, dec.InputOffset())
+	}
+	return nil
+}
+
+// describeToken names the kind of a JSON token.
+func describeToken(tok json.Token) string {
+	switch t := tok.(type) {
+	case json.Delim:
+		if t == '{' {
+			return "an object"
+		}
+		return fmt.Sprintf("%q", rune(t))
+	case string:
+		return "a string"
+	case float64, json.Number:
+		return "a number"
+	case bool:
+		return "a boolean"
+	case nil:
+		return "null"
+	}
+	return fmt.Sprintf("%T", tok)
 }
 
 // describeJSONError makes truncated input say so.
 func describeJSONError(body []byte, err error) error {
-	if err != nil && strings.Contains(err.Error(), "unexpected end of JSON input") {
+	if err != nil && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || strings.Contains(err.Error(), "unexpected end of JSON input")) {
 		return fmt.Errorf("truncated JSON after %d bytes: %w", len(body), err)
 	}
 	return err
