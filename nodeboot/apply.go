@@ -4,11 +4,10 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"github.com/confine-project/mgmtnet/tincgen"
 	"io/fs"
-	"maps"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 )
 
@@ -44,7 +43,6 @@ func (r ApplyReport) Changed() bool { return len(r.Written) > 0 }
 func Apply(dir string, d Desired, dryRun bool) (ApplyReport, error) {
 	var rep ApplyReport
 	var diff strings.Builder
-	dirty := map[string]bool{}
 	if !dryRun {
 		if err := os.MkdirAll(filepath.Join(dir, HostsDir), 0o755); err != nil {
 			return rep, fmt.Errorf("create tinc directory: %w", err)
@@ -82,39 +80,15 @@ func Apply(dir string, d Desired, dryRun bool) (ApplyReport, error) {
 			if !exists {
 				from = "/dev/null"
 			}
-			diff.WriteString(unifiedDiff(from, "b/"+f.Name, old, f.Data))
+			diff.WriteString(tincgen.UnifiedDiff(from, "b/"+f.Name, old, f.Data))
 			continue
 		}
-		if err := writeAtomic(path, f.Data, f.Mode.Perm()); err != nil {
-			return rep, err
-		}
-		dirty[filepath.Dir(path)] = true
-	}
-	for _, d := range slices.Sorted(maps.Keys(dirty)) {
-		if err := syncDir(d); err != nil {
+		if err := tincgen.WriteFileAtomic(path, f.Data, f.Mode.Perm()); err != nil {
 			return rep, err
 		}
 	}
 	rep.Diff = diff.String()
 	return rep, nil
-}
-
-// writeAtomic writes path through a synced temporary file in the same
-// directory and a rename. The caller syncs the directory.
-func writeAtomic(path string, b []byte, mode fs.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), tempPrefix+filepath.Base(path)+"-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	name := tmp.Name()
-	defer os.Remove(name) // a no-op after the rename
-	if err := writeSync(tmp, b, mode); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(name, path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
 }
 
 // writeSync writes b to f, sets its mode (CreateTemp makes 0600), syncs

@@ -3,6 +3,7 @@ package nodeboot
 import (
 	"flag"
 	"fmt"
+	"github.com/confine-project/mgmtnet/tincgen"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -178,14 +179,14 @@ func TestUnifiedDiff(t *testing.T) {
 	a := "Name = node_31\nConnectTo = server\n"
 	b := "Name = node_31\nConnectTo = server\nConnectTo = server_5\n"
 	want := "--- a/tinc.conf\n+++ b/tinc.conf\n@@ -1,2 +1,3 @@\n Name = node_31\n ConnectTo = server\n+ConnectTo = server_5\n"
-	if d := cmp.Diff(want, unifiedDiff("a/tinc.conf", "b/tinc.conf", []byte(a), []byte(b))); d != "" {
+	if d := cmp.Diff(want, tincgen.UnifiedDiff("a/tinc.conf", "b/tinc.conf", []byte(a), []byte(b))); d != "" {
 		t.Errorf("diff (-want +got):\n%s", d)
 	}
-	if got := unifiedDiff("x", "y", []byte(a), []byte(a)); got != "" {
+	if got := tincgen.UnifiedDiff("x", "y", []byte(a), []byte(a)); got != "" {
 		t.Errorf("diff of equal files: %q", got)
 	}
 	want = "--- /dev/null\n+++ b/x\n@@ -0,0 +1 @@\n+new\n"
-	if d := cmp.Diff(want, unifiedDiff("/dev/null", "b/x", nil, []byte("new\n"))); d != "" {
+	if d := cmp.Diff(want, tincgen.UnifiedDiff("/dev/null", "b/x", nil, []byte("new\n"))); d != "" {
 		t.Errorf("diff of a new file (-want +got):\n%s", d)
 	}
 }
@@ -194,7 +195,7 @@ func TestUnifiedDiffChange(t *testing.T) {
 	a := "1\n2\n3\n4\n5\n6\n7\n8\n9\n10\n11\n12\n"
 	b := "1\n2\nthree\n4\n5\n6\n7\n8\n9\n10\n11\ntwelve\n"
 	want := "--- a\n+++ b\n@@ -1,6 +1,6 @@\n 1\n 2\n-3\n+three\n 4\n 5\n 6\n@@ -9,4 +9,4 @@\n 9\n 10\n 11\n-12\n+twelve\n"
-	if d := cmp.Diff(want, unifiedDiff("a", "b", []byte(a), []byte(b))); d != "" {
+	if d := cmp.Diff(want, tincgen.UnifiedDiff("a", "b", []byte(a), []byte(b))); d != "" {
 		t.Errorf("diff (-want +got):\n%s", d)
 	}
 }

@@ -161,7 +161,7 @@ func Run(ctx context.Context, cfg Config, opts Options) (*Result, error) {
 			res.Gateways = append(res.Gateways, conf.ConnectTo...)
 		}
 	}
-	oldName := confName(filepath.Join(opts.TincDir, ConfFile))
+	oldName := tincgen.ConfName(filepath.Join(opts.TincDir, ConfFile))
 	rep, err := Apply(opts.TincDir, desired, opts.DryRun)
 	res.Written = append(res.Written, rep.Written...)
 	res.Chmod = append(res.Chmod, rep.Chmod...)
@@ -308,19 +308,6 @@ func failure(err error) string {
 		return fmt.Sprintf("unreachable (%v)", opErr.Err)
 	}
 	return fmt.Sprintf("failed (%v)", err)
-}
-
-// confName returns the Name in a tinc.conf, or "" when it cannot be read.
-func confName(path string) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return ""
-	}
-	c, err := tincgen.ParseConf(b)
-	if err != nil {
-		return ""
-	}
-	return c.Name
 }
 
 // tincd starts tincd when it is not running, else restarts it (restart) or

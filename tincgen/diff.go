@@ -29,6 +29,13 @@ type diffOp struct {
 // unifiedDiff returns a unified diff from a to b for the file name, with
 // "--- a/name" and "+++ b/name" headers, or "" when a and b are equal.
 func unifiedDiff(name string, a, b []byte) string {
+	return UnifiedDiff("a/"+name, "b/"+name, a, b)
+}
+
+// UnifiedDiff returns a unified diff (3 lines of context) from a to b,
+// with "--- from" and "+++ to" headers, or "" when a and b are equal. It is
+// meant for small files such as host files and tinc.conf.
+func UnifiedDiff(from, to string, a, b []byte) string {
 	ops := diffLines(splitLines(string(a)), splitLines(string(b)))
 	var out strings.Builder
 	wroteHeader := false
@@ -49,7 +56,7 @@ func unifiedDiff(name string, a, b []byte) string {
 		}
 		stop := min(len(ops), end+diffContext)
 		if !wroteHeader {
-			fmt.Fprintf(&out, "--- a/%s\n+++ b/%s\n", name, name)
+			fmt.Fprintf(&out, "--- %s\n+++ %s\n", from, to)
 			wroteHeader = true
 		}
 		// Line numbers (1-based) of the hunk's first line in a and b.

@@ -236,7 +236,7 @@ func fetchHosts(ctx context.Context, env Env, base string, island uint64, declar
 	// missing (a new gateway gets it from the registry), but never
 	// overwritten or removed: tinc 1.0 cannot reload its own Subnets on a
 	// HUP, and node-boot or the gateway daemon owns it.
-	own := ownTincName(absDir)
+	own := tincgen.ConfName(filepath.Join(filepath.Dir(absDir), "tinc.conf"))
 	if want, listed := files[own]; listed {
 		if have, err := os.ReadFile(filepath.Join(absDir, own)); err == nil {
 			delete(files, own)
@@ -282,20 +282,6 @@ func fetchHosts(ctx context.Context, env Env, base string, island uint64, declar
 	}
 	sum.Seconds = time.Since(start).Seconds()
 	return printFetchSummary(env, f.json, sum)
-}
-
-// ownTincName returns the Name in the tinc.conf beside the hosts directory,
-// or "" when there is none: our own host file is never removed.
-func ownTincName(hostsDir string) string {
-	b, err := os.ReadFile(filepath.Join(filepath.Dir(hostsDir), "tinc.conf"))
-	if err != nil {
-		return ""
-	}
-	c, err := tincgen.ParseConf(b)
-	if err != nil {
-		return ""
-	}
-	return c.Name
 }
 
 // reloadTincd checks tinc.conf (tincd exits on SIGHUP when it cannot read
@@ -371,41 +357,7 @@ func saveFetchCache(path string, c fetchCache) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(path, append(b, '\n'), 0o644)
-}
-
-// writeFileAtomic writes a file through a synced temporary file and a
-// rename, so a crash leaves the old or the new file.
-func writeFileAtomic(path string, b []byte, mode os.FileMode) error {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, ".tmp-"+filepath.Base(path)+"-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
-	}
-	return nil
+	return tincgen.WriteFileAtomic(path, append(b, '\n'), 0o644)
 }
 
 func dirExists(p string) bool {

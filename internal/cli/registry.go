@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/confine-project/mgmtnet/mesh/registry"
+	"github.com/confine-project/mgmtnet/tincgen"
 )
 
 const registrySynopsis = `  mgmtnet registry serve (--testbed FILE | --synthetic SPEC) [--listen ADDR]
@@ -113,7 +114,7 @@ func registrySynth(env Env, spec registry.SyntheticSpec, out string) error {
 	// Through a synced temporary file renamed into place (fetchhosts.go):
 	// a server watching out never reads half a file, and the mode is 0644
 	// rather than CreateTemp's 0600.
-	return writeFileAtomic(out, b, 0o644)
+	return tincgen.WriteFileAtomic(out, b, 0o644)
 }
 
 type serveConfig struct {

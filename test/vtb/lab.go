@@ -180,18 +180,7 @@ func Attach(n *Netns, ifName string, br *Netns, bridge string, addrs ...string) 
 	if len(peer) > 15 {
 		peer = peer[:15]
 	}
-	if err := Connect(br, peer, n, ifName); err != nil {
-		return err
-	}
-	if err := br.MustRun("ip", "link", "set", peer, "master", bridge); err != nil {
-		return err
-	}
-	for _, a := range addrs {
-		if err := n.MustRun("ip", "addr", "add", a, "dev", ifName); err != nil {
-			return err
-		}
-	}
-	return nil
+	return attachAs(n, ifName, peer, br, bridge, addrs...)
 }
 
 // Proc is a process the lab started.
