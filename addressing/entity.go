@@ -144,7 +144,7 @@ func (p Plan) Reverse(a netip.Addr) (Entity, error) {
 		}
 		return Entity{}, notOurs(a, "inside the private /48 %s, but not a sliver private address (0:1000:<slice>)", p.private)
 	}
-	return Entity{}, notOurs(a, "outside the management %s, debug %s and private %s /48s", p.mgmt, p.debug, p.private)
+	return Entity{}, notOurs(a, "outside the management (%s), debug (%s) and private (%s) prefixes", p.mgmt, p.debug, p.private)
 }
 
 func (p Plan) reverse4(a netip.Addr) (Entity, error) {
@@ -165,7 +165,7 @@ func (p Plan) reverse4(a netip.Addr) (Entity, error) {
 		}
 		return Entity{}, notOurs(a, "inside the private IPv4 %s, but .%d is not a container (1..125)", p.privIPv4, c)
 	}
-	return Entity{}, notOurs(a, "outside the egress %s and private %s IPv4 prefixes", p.egress, p.privIPv4)
+	return Entity{}, notOurs(a, "outside the egress (%s) and private (%s) IPv4 prefixes", p.egress, p.privIPv4)
 }
 
 // TincSubnet returns the Subnet a member announces in tinc: a node's /64, a
