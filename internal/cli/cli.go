@@ -53,6 +53,8 @@ func commands() []command {
 		{"fetch-hosts", "fetch every tinc member from the registry and write the tinc host files", runFetchHosts},
 		{"registry", "serve a testbed file (or a synthetic testbed) over the CONFINE registry REST API", runRegistry},
 		{"node-boot", "node boot hook: key, tinc.conf, host files, tinc-up/down; starts or reloads tincd", runNodeBoot},
+		{"gateway", "the gateway daemon: keep the tinc directory in sync with the registry, drive tincd", runGateway},
+		{"status", "print what the local gateway daemon knows (text or --json)", runStatus},
 	}
 }
 

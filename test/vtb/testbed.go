@@ -36,6 +36,11 @@ type Spec struct {
 	Nodes   []NodeSpec
 	// Mgmtnet is the mgmtnet binary the testbed runs.
 	Mgmtnet string
+	// GatewayDaemon makes the server run "mgmtnet gateway" (with managed
+	// tincd) instead of fetch-hosts and a tincd of the harness's own.
+	GatewayDaemon bool
+	// PollInterval is the gateway daemon's poll interval (default 2s).
+	PollInterval time.Duration
 }
 
 // DefaultSpec is the demo's testbed: two islands, a server in both, three
@@ -51,9 +56,14 @@ type Server struct {
 	NS       *Netns
 	TincDir  string
 	Addr     netip.Addr
-	Tincd    *Tincd
+	Tincd    *Tincd // the harness's tincd; nil with a gateway daemon
 	Registry *Proc
-	pub      []byte
+	// With Spec.GatewayDaemon: the daemon, its config, state and socket.
+	Gateway       *Proc
+	GatewayConfig string
+	StateDir      string
+	StatusSocket  string
+	pub           []byte
 }
 
 // Node is a node of the virtual testbed.
@@ -429,13 +439,20 @@ func (tb *Testbed) Boot(ctx context.Context) error {
 		return err
 	}
 	lab.Logf("registry: %s (serving %s)", tb.RegistryURL, tb.FilePath)
-	out, err := tb.SyncServer(ctx)
-	if err != nil {
-		return err
-	}
-	lab.Logf("server: %s", strings.TrimSpace(out))
-	if tb.Server.Tincd, err = lab.StartTincd(tb.Server.NS, "server", tb.Server.TincDir); err != nil {
-		return err
+	if tb.Spec.GatewayDaemon {
+		if err := tb.StartGateway(ctx); err != nil {
+			return err
+		}
+		lab.Logf("server: mgmtnet gateway synced and runs tincd")
+	} else {
+		out, err := tb.SyncServer(ctx)
+		if err != nil {
+			return err
+		}
+		lab.Logf("server: %s", strings.TrimSpace(out))
+		if tb.Server.Tincd, err = lab.StartTincd(tb.Server.NS, "server", tb.Server.TincDir); err != nil {
+			return err
+		}
 	}
 	for _, n := range tb.Nodes {
 		out, err := tb.NodeBoot(ctx, n)
@@ -459,4 +476,140 @@ func indent(s string) string {
 		return "    (no output)"
 	}
 	return "    " + strings.ReplaceAll(s, "\n", "\n    ")
+}
+
+// GatewayConfigYAML returns the gateway daemon's configuration for the
+// testbed's server.
+func (tb *Testbed) GatewayConfigYAML() string {
+	poll := tb.Spec.PollInterval
+	if poll == 0 {
+		poll = 2 * time.Second
+	}
+	srv := tb.Server
+	return fmt.Sprintf(`registry:
+  url: http://127.0.0.1:%d/api/
+  timeout: 2s
+identity:
+  tinc_name: server
+island: 1
+tinc:
+  dir: %s
+  net: confine
+  manage: true
+poll:
+  interval: %s
+  full_resync: 1m
+state_dir: %s
+status_socket: %s
+`, registryPort, srv.TincDir, poll, srv.StateDir, srv.StatusSocket)
+}
+
+// StartGateway starts "mgmtnet gateway" in the server's namespace (debug
+// logging, so tincd's own lines are in its log) and waits until its status
+// shows a first sync.
+func (tb *Testbed) StartGateway(ctx context.Context) error {
+	srv := tb.Server
+	dir := filepath.Dir(srv.TincDir)
+	if srv.GatewayConfig == "" {
+		srv.GatewayConfig = filepath.Join(dir, "gateway.yaml")
+		srv.StateDir = filepath.Join(dir, "state")
+		srv.StatusSocket = filepath.Join(dir, "status.sock")
+		if err := os.WriteFile(srv.GatewayConfig, []byte(tb.GatewayConfigYAML()), 0o644); err != nil {
+			return err
+		}
+	}
+	p, err := tb.Lab.Start(srv.NS, "gateway", "env", "MGMTNET_LOG=debug", tb.Spec.Mgmtnet, "gateway", "--config", srv.GatewayConfig)
+	if err != nil {
+		return err
+	}
+	srv.Gateway = p
+	return WaitFor(ctx, 30*time.Second, 100*time.Millisecond, func() error {
+		if p.Exited() {
+			return fmt.Errorf("mgmtnet gateway exited:\n%s", tail(p.Log(), 20))
+		}
+		st, err := tb.GatewayStatus(ctx)
+		if err != nil {
+			return err
+		}
+		if st.LastSync == nil {
+			return fmt.Errorf("gateway has not synced yet")
+		}
+		return nil
+	})
+}
+
+// GatewayStatus is the part of "mgmtnet status --json" the tests read.
+type GatewayStatus struct {
+	Version   string     `json:"version"`
+	LastSync  *time.Time `json:"last_sync"`
+	FromCache bool       `json:"from_cache"`
+	LastError string     `json:"last_error"`
+	Hups      int        `json:"hups"`
+	Restarts  int        `json:"restarts"`
+	Syncs     int        `json:"syncs"`
+	Rejected  []string   `json:"rejected"`
+	Members   map[string]int
+	Files     map[string]int
+	Tincd     struct {
+		Managed bool `json:"managed"`
+		Pid     int  `json:"pid"`
+		Running bool `json:"running"`
+	} `json:"tincd"`
+	Peers []struct {
+		Name      string `json:"name"`
+		Connected bool   `json:"connected"`
+	} `json:"peers"`
+}
+
+// Connected reports whether the gateway's tincd has a connection with peer.
+func (s *GatewayStatus) Connected(peer string) bool {
+	for _, p := range s.Peers {
+		if p.Name == peer {
+			return p.Connected
+		}
+	}
+	return false
+}
+
+// GatewayStatus asks the server's gateway daemon for its status.
+func (tb *Testbed) GatewayStatus(ctx context.Context) (*GatewayStatus, error) {
+	return ReadGatewayStatus(ctx, tb.Spec.Mgmtnet, tb.Server.StatusSocket)
+}
+
+// ReadGatewayStatus runs "mgmtnet status --json" against a socket.
+func ReadGatewayStatus(ctx context.Context, mgmtnet, socket string) (*GatewayStatus, error) {
+	out, err := exec.CommandContext(ctx, mgmtnet, "status", "--socket", socket, "--json").Output()
+	if err != nil {
+		return nil, fmt.Errorf("mgmtnet status: %w", err)
+	}
+	var st GatewayStatus
+	if err := json.Unmarshal(out, &st); err != nil {
+		return nil, fmt.Errorf("mgmtnet status --json: %w: %s", err, out)
+	}
+	return &st, nil
+}
+
+// UnregisterNode removes a node from the registry file.
+func (tb *Testbed) UnregisterNode(id uint16) error {
+	nodes := tb.File.Nodes[:0]
+	for _, m := range tb.File.Nodes {
+		if m.ID != uint64(id) {
+			nodes = append(nodes, m)
+		}
+	}
+	tb.File.Nodes = nodes
+	return tb.WriteRegistry()
+}
+
+// RegisterHost adds a host (a researcher's laptop that is not running) to
+// the registry file: a change that concerns no running member.
+func (tb *Testbed) RegisterHost(id uint64) error {
+	_, pub, err := tincgen.GenerateKey(nil, 1024)
+	if err != nil {
+		return err
+	}
+	name, _ := addressing.TincName(addressing.KindHost, id)
+	tb.File.Hosts = append(tb.File.Hosts, registry.FileMember{ID: id, Name: fmt.Sprintf("laptop-%d", id),
+		Tinc: &registry.FileTinc{Name: name, PubKey: string(pub)}})
+	return tb.WriteRegistry()
 }

@@ -1,0 +1,251 @@
+package gateway
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"path/filepath"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/confine-project/mgmtnet/addressing"
+	"github.com/confine-project/mgmtnet/mesh"
+)
+
+// Config is the gateway daemon's configuration file (YAML, decoded
+// strictly). Keys marked "reload" take effect on SIGHUP or when the file
+// changes; the others need a restart.
+type Config struct {
+	Registry     RegistryConfig `yaml:"registry"` // reload
+	Identity     IdentityConfig `yaml:"identity"` // restart
+	Prefix       string         `yaml:"prefix"`   // reload
+	Island       uint64         `yaml:"island"`   // reload
+	Tinc         TincConfig     `yaml:"tinc"`     // restart
+	Poll         PollConfig     `yaml:"poll"`     // reload
+	Guard        GuardConfig    `yaml:"guard"`    // reload
+	StateDir     string         `yaml:"state_dir"`
+	StatusSocket string         `yaml:"status_socket"`
+	// MetricsListen is the Prometheus endpoint's address; "" disables it.
+	MetricsListen string `yaml:"metrics_listen"`
+}
+
+// RegistryConfig says where the registry is and how to reach it.
+type RegistryConfig struct {
+	URL      string   `yaml:"url"`
+	CA       string   `yaml:"ca"`
+	Insecure bool     `yaml:"insecure"`
+	Timeout  Duration `yaml:"timeout"`
+}
+
+// IdentityConfig names this gateway.
+type IdentityConfig struct {
+	TincName string `yaml:"tinc_name"`
+}
+
+// TincConfig is the tinc net the daemon keeps in sync.
+type TincConfig struct {
+	Dir     string `yaml:"dir"`
+	Net     string `yaml:"net"`
+	Manage  bool   `yaml:"manage"`
+	Tincd   string `yaml:"tincd"`
+	PidFile string `yaml:"pidfile"`
+	LogFile string `yaml:"logfile"`
+}
+
+// PollConfig times the registry polls.
+type PollConfig struct {
+	Interval   Duration `yaml:"interval"`
+	FullResync Duration `yaml:"full_resync"`
+}
+
+// GuardConfig is the mass-deletion guard.
+type GuardConfig struct {
+	MaxRemoveFraction float64 `yaml:"max_remove_fraction"`
+}
+
+// Duration is a time.Duration written as "30s" in YAML.
+type Duration time.Duration
+
+// UnmarshalYAML parses a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return fmt.Errorf("line %d: want a duration such as 30s: %w", n.Line, err)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("line %d: %w", n.Line, err)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalYAML writes the duration as a string.
+func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
+// D returns the time.Duration.
+func (d Duration) D() time.Duration { return time.Duration(d) }
+
+// DefaultConfig returns the configuration with every default set and no
+// registry URL.
+func DefaultConfig() Config {
+	return Config{
+		Registry: RegistryConfig{Timeout: Duration(30 * time.Second)},
+		Identity: IdentityConfig{TincName: "server"},
+		Tinc:     TincConfig{Dir: "/etc/tinc/confine", Net: "confine", Tincd: "tincd"},
+		Poll:     PollConfig{Interval: Duration(60 * time.Second), FullResync: Duration(10 * time.Minute)},
+		Guard:    GuardConfig{MaxRemoveFraction: 0.5},
+		StateDir: "/var/lib/mgmtnet", StatusSocket: "/run/mgmtnet/status.sock",
+	}
+}
+
+// ParseConfig decodes YAML over the defaults. An unknown key is an error
+// naming the key and its line. It does not call Validate.
+func ParseConfig(b []byte) (Config, error) {
+	c := DefaultConfig()
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		return Config{}, err
+	}
+	return c, nil
+}
+
+// LoadConfig reads, decodes and validates the configuration file.
+func LoadConfig(path string) (Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("read config: %w", err)
+	}
+	c, err := ParseConfig(b)
+	if err != nil {
+		return Config{}, fmt.Errorf("config %s: %w", path, err)
+	}
+	if err := c.Validate(); err != nil {
+		return Config{}, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Validate checks every key and reports the first problem, naming the key.
+func (c Config) Validate() error {
+	if c.Registry.URL == "" {
+		return errors.New("registry.url is required")
+	}
+	u, err := url.Parse(c.Registry.URL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("registry.url %q: want an absolute http or https URI", c.Registry.URL)
+	}
+	if c.Registry.CA != "" && c.Registry.Insecure {
+		return errors.New("registry.ca and registry.insecure exclude each other")
+	}
+	if c.Registry.Timeout.D() <= 0 {
+		return fmt.Errorf("registry.timeout %s: must be positive", c.Registry.Timeout.D())
+	}
+	if !mesh.ValidTincName(c.Identity.TincName) {
+		return fmt.Errorf("identity.tinc_name %q: want a tinc name ([A-Za-z0-9_]+)", c.Identity.TincName)
+	}
+	if c.Prefix != "" {
+		p, err := addressing.ParsePrefix48(c.Prefix)
+		if err != nil {
+			return fmt.Errorf("prefix: %w", err)
+		}
+		if _, err := addressing.New(p); err != nil {
+			return fmt.Errorf("prefix: %w", err)
+		}
+	}
+	if c.Tinc.Dir == "" || !filepath.IsAbs(c.Tinc.Dir) {
+		return fmt.Errorf("tinc.dir %q: want an absolute directory", c.Tinc.Dir)
+	}
+	if !mesh.ValidTincName(c.Tinc.Net) {
+		return fmt.Errorf("tinc.net %q: want a net name ([A-Za-z0-9_]+)", c.Tinc.Net)
+	}
+	if c.Tinc.Manage && c.Tinc.Tincd == "" {
+		return errors.New("tinc.tincd: required when tinc.manage is true")
+	}
+	if c.Poll.Interval.D() < time.Second {
+		return fmt.Errorf("poll.interval %s: must be at least 1s", c.Poll.Interval.D())
+	}
+	if c.Poll.FullResync.D() < c.Poll.Interval.D() {
+		return fmt.Errorf("poll.full_resync %s: must be at least poll.interval (%s)", c.Poll.FullResync.D(), c.Poll.Interval.D())
+	}
+	if f := c.Guard.MaxRemoveFraction; !(f > 0 && f <= 1) {
+		return fmt.Errorf("guard.max_remove_fraction %v: want a fraction in (0, 1]", f)
+	}
+	if c.StateDir == "" || !filepath.IsAbs(c.StateDir) {
+		return fmt.Errorf("state_dir %q: want an absolute directory", c.StateDir)
+	}
+	if c.StatusSocket == "" || !filepath.IsAbs(c.StatusSocket) {
+		return fmt.Errorf("status_socket %q: want an absolute path", c.StatusSocket)
+	}
+	if c.MetricsListen != "" {
+		if _, _, err := net.SplitHostPort(c.MetricsListen); err != nil {
+			return fmt.Errorf("metrics_listen %q: want host:port: %w", c.MetricsListen, err)
+		}
+	}
+	return nil
+}
+
+// PidFile returns the tincd pid file: tinc.pidfile, else <dir>/tinc.pid
+// when managed, else tinc 1.0's default for the net.
+func (c Config) PidFile() string {
+	switch {
+	case c.Tinc.PidFile != "":
+		return c.Tinc.PidFile
+	case c.Tinc.Manage:
+		return filepath.Join(c.Tinc.Dir, "tinc.pid")
+	}
+	return "/var/run/tinc." + c.Tinc.Net + ".pid"
+}
+
+// LogFile returns tinc.logfile (managed mode default <dir>/tinc.log, used
+// only when tincd is not ours: managed tincd logs to our pipe).
+func (c Config) LogFile() string {
+	if c.Tinc.LogFile == "" && c.Tinc.Manage {
+		return filepath.Join(c.Tinc.Dir, "tinc.log")
+	}
+	return c.Tinc.LogFile
+}
+
+// HostsDir returns <tinc.dir>/hosts.
+func (c Config) HostsDir() string { return filepath.Join(c.Tinc.Dir, "hosts") }
+
+// SnapshotFile returns <state_dir>/snapshot.json.
+func (c Config) SnapshotFile() string { return filepath.Join(c.StateDir, "snapshot.json") }
+
+// declaredPrefix returns the prefix override, if any.
+func (c Config) declaredPrefix() netip.Prefix {
+	if c.Prefix == "" {
+		return netip.Prefix{}
+	}
+	p, _ := addressing.ParsePrefix48(c.Prefix)
+	return p
+}
+
+// restartOnly returns the keys that differ between c and n and need a
+// restart to apply.
+func (c Config) restartOnly(n Config) []string {
+	var keys []string
+	if c.Identity != n.Identity {
+		keys = append(keys, "identity")
+	}
+	if c.Tinc != n.Tinc {
+		keys = append(keys, "tinc")
+	}
+	if c.StateDir != n.StateDir {
+		keys = append(keys, "state_dir")
+	}
+	if c.StatusSocket != n.StatusSocket {
+		keys = append(keys, "status_socket")
+	}
+	if c.MetricsListen != n.MetricsListen {
+		keys = append(keys, "metrics_listen")
+	}
+	return keys
+}

@@ -1,0 +1,708 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	sddaemon "github.com/coreos/go-systemd/v22/daemon"
+	"github.com/fsnotify/fsnotify"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/confine-project/mgmtnet/addressing"
+	"github.com/confine-project/mgmtnet/mesh"
+	"github.com/confine-project/mgmtnet/mesh/registry"
+	"github.com/confine-project/mgmtnet/tincgen"
+)
+
+// Event is what the daemon's loop just did; Options.OnEvent receives it
+// (tests wait on these instead of sleeping).
+type Event string
+
+// Events reported to Options.OnEvent.
+const (
+	EventSynced       Event = "synced"        // a reconcile succeeded
+	EventSyncFailed   Event = "sync-failed"   // a reconcile failed
+	EventRepaired     Event = "repaired"      // host files checked after a file event
+	EventReloaded     Event = "reloaded"      // the config was reloaded
+	EventReloadFailed Event = "reload-failed" // the new config is invalid; the old one runs
+	EventTincdStarted Event = "tincd-started" // tincd (re)started after an exit
+)
+
+// Options are the daemon's collaborators. Nil ones get the real thing.
+type Options struct {
+	// ConfigPath is the config file, watched and re-read on reload.
+	ConfigPath string
+	Logger     *slog.Logger
+	// Tincd defaults to NewManagedTincd or NewUnmanagedTincd by config.
+	Tincd Tincd
+	// Link defaults to NetlinkLink (managed mode only).
+	Link Link
+	// Notify sends an sd_notify state; default the real one.
+	Notify func(state string)
+	// Reload requests a config reload (wire SIGHUP here).
+	Reload <-chan os.Signal
+	// OnEvent, if set, is called from the daemon's goroutine.
+	OnEvent func(Event)
+}
+
+// Daemon is the gateway daemon. Run owns its state; other goroutines
+// reach it only through Status and Poll.
+type Daemon struct {
+	cfg    Config
+	opts   Options
+	log    *slog.Logger
+	tincd  Tincd
+	link   Link
+	client *registry.Client
+	m      *metrics
+
+	statusReq chan chan Status
+	pollReq   chan chan Status
+
+	// Owned by the loop.
+	tb          *mesh.Testbed
+	cands       []mesh.Candidate
+	prefix      netip.Prefix
+	validators  map[string]string
+	rejected    []string
+	lastSync    time.Time
+	fromCache   bool
+	files       FileCounts
+	hups        int
+	restarts    int
+	syncs       int
+	lastErr     string
+	regErr      string
+	configErr   string
+	peers       peers
+	ready       bool
+	fullDue     bool
+	restartWait time.Duration
+}
+
+// New returns a daemon for a validated cfg.
+func New(cfg Config, opts Options) (*Daemon, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Notify == nil {
+		opts.Notify = func(s string) { sddaemon.SdNotify(false, s) }
+	}
+	d := &Daemon{cfg: cfg, opts: opts, log: opts.Logger, tincd: opts.Tincd, link: opts.Link, m: newMetrics(),
+		statusReq: make(chan chan Status), pollReq: make(chan chan Status), peers: peers{}}
+	if d.tincd == nil {
+		if cfg.Tinc.Manage {
+			d.tincd = NewManagedTincd(cfg.Tinc.Tincd, cfg.Tinc.Dir, cfg.PidFile())
+		} else {
+			d.tincd = NewUnmanagedTincd(cfg.PidFile())
+		}
+	}
+	if d.link == nil {
+		d.link = NetlinkLink{}
+	}
+	if err := d.newClient(); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+func (d *Daemon) newClient() error {
+	c, err := registry.New(d.cfg.Registry.URL, registry.Options{CAFile: d.cfg.Registry.CA, Insecure: d.cfg.Registry.Insecure,
+		Timeout: d.cfg.Registry.Timeout.D(), Logger: d.log})
+	if err != nil {
+		return fmt.Errorf("registry client: %w", err)
+	}
+	d.client = c
+	return nil
+}
+
+// Status asks the loop for its status.
+func (d *Daemon) Status(ctx context.Context) (Status, error) {
+	return d.ask(ctx, d.statusReq)
+}
+
+// Poll asks the loop to reconcile now and returns the status after.
+func (d *Daemon) Poll(ctx context.Context) (Status, error) {
+	return d.ask(ctx, d.pollReq)
+}
+
+func (d *Daemon) ask(ctx context.Context, ch chan chan Status) (Status, error) {
+	r := make(chan Status, 1)
+	select {
+	case ch <- r:
+	case <-ctx.Done():
+		return Status{}, ctx.Err()
+	}
+	select {
+	case s := <-r:
+		return s, nil
+	case <-ctx.Done():
+		return Status{}, ctx.Err()
+	}
+}
+
+func (d *Daemon) event(e Event) {
+	if d.opts.OnEvent != nil {
+		d.opts.OnEvent(e)
+	}
+}
+
+// Once reconciles once (reloading tincd if something changed) and saves
+// the snapshot.
+func (d *Daemon) Once(ctx context.Context) error {
+	return d.reconcile(ctx, true)
+}
+
+// Check fetches once and writes the unified diff of what a reconcile would
+// change to w. It changes nothing.
+func (d *Daemon) Check(ctx context.Context, w io.Writer) (changed bool, err error) {
+	snap, err := d.client.Fetch(ctx, nil)
+	if err != nil {
+		return false, fmt.Errorf("fetch members from %s: %w", d.cfg.Registry.URL, err)
+	}
+	res, _, err := d.build(snap.Prefix, snap.Candidates)
+	if err != nil {
+		return false, err
+	}
+	for _, p := range snap.Problems {
+		fmt.Fprintf(w, "# rejected %s\n", p)
+	}
+	for _, p := range res.Rejected {
+		fmt.Fprintf(w, "# rejected %s\n", p)
+	}
+	files, own, err := d.desired(res.Testbed)
+	if err != nil {
+		return false, err
+	}
+	rep, err := tincgen.Sync(d.cfg.HostsDir(), files, d.syncOptions(own, true))
+	if err != nil && !errors.Is(err, tincgen.ErrMassDeletion) {
+		return false, err
+	}
+	io.WriteString(w, rep.Diff)
+	return rep.Changed(), err
+}
+
+// build validates candidates against the configured or chosen prefix.
+func (d *Daemon) build(regPrefix netip.Prefix, cands []mesh.Candidate) (mesh.Result, netip.Prefix, error) {
+	prefix, note := mesh.ChoosePrefix(regPrefix, addressing.DefaultMgmtPrefix(), cands)
+	if p := d.cfg.declaredPrefix(); p.IsValid() {
+		prefix, note = p, ""
+	}
+	if note != "" {
+		d.log.Warn(note)
+	}
+	plan, err := addressing.New(prefix)
+	if err != nil {
+		return mesh.Result{}, prefix, fmt.Errorf("management prefix %s: %w", prefix, err)
+	}
+	return mesh.Build(plan, cands), prefix, nil
+}
+
+// desired renders the host files of tb, this gateway's own included: the
+// daemon owns the tinc directory, and the registry says which Subnets this
+// gateway may announce (a change of them restarts tincd, since tinc 1.0
+// cannot reload its own Subnets on a HUP). The own file is never removed,
+// even when the registry stops listing this gateway. (fetch-hosts, a
+// one-shot tool on machines it does not own, writes it only when missing.)
+func (d *Daemon) desired(tb *mesh.Testbed) (tincgen.Files, string, error) {
+	files, err := tincgen.HostFiles(tb, d.cfg.Island)
+	if err != nil {
+		return nil, "", fmt.Errorf("render host files: %w", err)
+	}
+	return files, d.cfg.Identity.TincName, nil
+}
+
+func (d *Daemon) syncOptions(own string, dry bool) tincgen.SyncOptions {
+	return tincgen.SyncOptions{DryRun: dry, MaxRemoveFraction: d.cfg.Guard.MaxRemoveFraction,
+		Owned: func(name string) bool { return name != own && tincgen.OwnedName(name) }}
+}
+
+// reconcile fetches and applies. full compares every file even on 304.
+func (d *Daemon) reconcile(ctx context.Context, full bool) error {
+	full = full || d.fullDue
+	d.syncs++
+	d.m.syncs.Inc()
+	err := d.reconcile1(ctx, full)
+	if err != nil {
+		d.lastErr = err.Error()
+		d.m.syncErrors.Inc()
+		d.log.Error("reconcile failed; keeping the last good state", "err", err)
+		d.event(EventSyncFailed)
+	} else {
+		d.lastErr = ""
+		d.fullDue = false
+		d.event(EventSynced)
+	}
+	d.notifyStatus()
+	return err
+}
+
+func (d *Daemon) reconcile1(ctx context.Context, full bool) error {
+	snap, err := d.client.Fetch(ctx, d.validators)
+	if err != nil {
+		d.regErr = err.Error()
+		return fmt.Errorf("fetch members from %s: %w", d.cfg.Registry.URL, err)
+	}
+	d.regErr = ""
+	if snap.NotModified {
+		if full && d.tb != nil {
+			return d.apply(ctx, d.tb, false)
+		}
+		d.lastSync = time.Now()
+		d.m.lastSync.SetToCurrentTime()
+		return nil
+	}
+	res, prefix, err := d.build(snap.Prefix, snap.Candidates)
+	if err != nil {
+		return err
+	}
+	var rejected []string
+	for _, p := range snap.Problems {
+		rejected = append(rejected, p.String())
+	}
+	for _, p := range res.Rejected {
+		rejected = append(rejected, p.String())
+	}
+	if err := d.apply(ctx, res.Testbed, false); err != nil {
+		if errors.Is(err, tincgen.ErrMassDeletion) {
+			return fmt.Errorf("%w: the registry returned %d members (%d rejected); keeping the old snapshot", err, res.Testbed.Len(), len(rejected))
+		}
+		return err
+	}
+	d.cands, d.prefix, d.validators, d.rejected = snap.Candidates, prefix, snap.Validators, rejected
+	d.fromCache = false
+	d.m.snapshotFromCache.Set(0)
+	d.m.rejected.Set(float64(len(rejected)))
+	if err := saveSnapshot(d.cfg.SnapshotFile(), snapshot{Saved: time.Now().UTC(), RegistryURL: d.cfg.Registry.URL,
+		Prefix: prefix.String(), Validators: snap.Validators, Candidates: snap.Candidates}); err != nil {
+		d.log.Warn("cannot save the last-known-good snapshot", "err", err)
+	}
+	return nil
+}
+
+// apply writes tb's host files and reloads or restarts tincd. On success
+// tb becomes the applied snapshot.
+func (d *Daemon) apply(ctx context.Context, tb *mesh.Testbed, repair bool) error {
+	files, own, err := d.desired(tb)
+	if err != nil {
+		return err
+	}
+	rep, err := tincgen.Sync(d.cfg.HostsDir(), files, d.syncOptions(own, false))
+	if err != nil {
+		return fmt.Errorf("sync %s: %w", d.cfg.HostsDir(), err)
+	}
+	d.files.Written += len(rep.Written)
+	d.files.Unchanged += len(rep.Unchanged)
+	d.files.Removed += len(rep.Removed)
+	d.m.written.Add(float64(len(rep.Written)))
+	d.m.unchanged.Add(float64(len(rep.Unchanged)))
+	d.m.removed.Add(float64(len(rep.Removed)))
+	old := d.tb
+	d.tb = tb
+	if !repair {
+		d.lastSync = time.Now()
+		d.m.lastSync.SetToCurrentTime()
+		for k, n := range tb.Count() {
+			d.m.members.WithLabelValues(k.String()).Set(float64(n))
+		}
+	}
+	if len(rep.Written)+len(rep.Removed) > 0 {
+		d.log.Info("host files synced", "written", len(rep.Written), "removed", len(rep.Removed),
+			"unchanged", len(rep.Unchanged), "version", tb.Version())
+	}
+	if old != nil && ownSubnetsChanged(old, tb, own) {
+		d.log.Info("this gateway's own Subnets changed; restarting tincd", "name", own)
+		if err := d.tincd.Restart(ctx); err != nil {
+			return fmt.Errorf("restart tincd: %w", err)
+		}
+		d.restarts++
+		d.m.restarts.Inc()
+		d.configureLink(ctx)
+		return nil
+	}
+	if rep.Changed() && d.tincd.State().Running {
+		return d.reload()
+	}
+	return nil
+}
+
+func ownSubnetsChanged(old, tb *mesh.Testbed, own string) bool {
+	a, okA := old.Lookup(own)
+	b, okB := tb.Lookup(own)
+	if !okA || !okB {
+		return okA != okB && okA // removed: nothing to announce differently until restart
+	}
+	return !slices.Equal(a.Subnets, b.Subnets)
+}
+
+// reload checks tinc.conf (tincd exits on SIGHUP when it cannot read it)
+// and sends one SIGHUP.
+func (d *Daemon) reload() error {
+	conf := filepath.Join(d.cfg.Tinc.Dir, "tinc.conf")
+	b, err := os.ReadFile(conf)
+	if err != nil {
+		return fmt.Errorf("reload tincd: not signalling, tincd would exit: %w", err)
+	}
+	if _, err := tincgen.ParseConf(b); err != nil {
+		return fmt.Errorf("reload tincd: not signalling, tincd would exit: %s: %w", conf, err)
+	}
+	if err := d.tincd.Reload(); err != nil {
+		return err
+	}
+	d.hups++
+	d.m.tincdHUP()
+	return nil
+}
+
+func (m *metrics) tincdHUP() { m.hups.Inc() }
+
+// configureLink sets up the tun link in managed mode, once tincd runs.
+func (d *Daemon) configureLink(ctx context.Context) {
+	if !d.cfg.Tinc.Manage || d.tb == nil {
+		return
+	}
+	me, ok := d.tb.Lookup(d.cfg.Identity.TincName)
+	if !ok {
+		d.log.Warn("not configuring the tun link: this gateway is not in the snapshot", "name", d.cfg.Identity.TincName)
+		return
+	}
+	name := "tun0"
+	if b, err := os.ReadFile(filepath.Join(d.cfg.Tinc.Dir, "tinc.conf")); err == nil {
+		if c, err := tincgen.ParseConf(b); err == nil {
+			for _, o := range c.Options {
+				if o.Key == "Interface" && o.Value != "" {
+					name = o.Value
+				}
+			}
+		}
+	}
+	addr := netip.PrefixFrom(me.Addr, d.tb.Plan().Mgmt().Bits())
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := d.link.Configure(cctx, name, addr, 1400); err != nil {
+		d.log.Error("configure the tun link", "link", name, "err", err)
+	}
+}
+
+// loadCache applies the last-known-good snapshot from disk.
+func (d *Daemon) loadCache(ctx context.Context) error {
+	s, err := loadSnapshot(d.cfg.SnapshotFile())
+	if err != nil {
+		return err
+	}
+	p, _ := netip.ParsePrefix(s.Prefix)
+	res, prefix, err := d.build(p, s.Candidates)
+	if err != nil {
+		return err
+	}
+	if err := d.apply(ctx, res.Testbed, false); err != nil {
+		return err
+	}
+	d.cands, d.prefix, d.validators = s.Candidates, prefix, s.Validators
+	d.fromCache = true
+	d.m.snapshotFromCache.Set(1)
+	d.log.Warn(fmt.Sprintf("registry unreachable; running on the last-known-good snapshot of %s", s.Saved.Format(time.RFC3339)))
+	return nil
+}
+
+func (d *Daemon) notifyStatus() {
+	v := ""
+	if d.tb != nil {
+		v = d.tb.Version()
+	}
+	msg := "STATUS=synced version " + v
+	if d.lastErr != "" {
+		msg = "STATUS=error: " + d.lastErr
+	}
+	d.opts.Notify(msg)
+}
+
+func (d *Daemon) markReady() {
+	if !d.ready && d.tb != nil {
+		d.ready = true
+		d.opts.Notify("READY=1")
+	}
+}
+
+// status builds the Status; called by the loop.
+func (d *Daemon) status() Status {
+	s := Status{FromCache: d.fromCache, Rejected: append([]string{}, d.rejected...), Files: d.files,
+		Hups: d.hups, Restarts: d.restarts, Syncs: d.syncs, LastError: d.lastErr, ConfigError: d.configErr,
+		Registry: RegistryStatus{URL: d.cfg.Registry.URL, ETags: map[string]string{}, LastError: d.regErr},
+		Tincd:    d.tincd.State(), Peers: d.peers.list()}
+	if s.LastError == "" {
+		s.LastError = d.configErr
+	}
+	for k, v := range d.validators {
+		s.Registry.ETags[k] = v
+	}
+	if d.tb != nil {
+		s.Version = d.tb.Version()
+		c := d.tb.Count()
+		s.Members = MemberCounts{Nodes: c[addressing.KindNode], Servers: c[addressing.KindServer] + c[addressing.KindGateway],
+			Hosts: c[addressing.KindHost]}
+	}
+	if !d.lastSync.IsZero() {
+		t := d.lastSync.UTC().Truncate(time.Second)
+		age := time.Since(d.lastSync).Seconds()
+		s.LastSync, s.SyncAgeSeconds = &t, &age
+	}
+	if !d.cfg.Tinc.Manage && d.cfg.Tinc.LogFile != "" {
+		s.Peers = peersFromLog(d.cfg.Tinc.LogFile, 1<<20).list()
+	}
+	return s
+}
+
+// reloadConfig re-reads the config file. An invalid one keeps the old
+// config and is logged once.
+func (d *Daemon) reloadConfig(ctx context.Context) {
+	if d.opts.ConfigPath == "" {
+		return
+	}
+	n, err := LoadConfig(d.opts.ConfigPath)
+	if err != nil {
+		msg := "reload config: " + err.Error() + "; the old config keeps running"
+		if msg != d.configErr {
+			d.log.Error("invalid config; the old config keeps running", "err", err)
+		}
+		d.configErr = msg
+		d.event(EventReloadFailed)
+		return
+	}
+	d.configErr = ""
+	if keys := d.cfg.restartOnly(n); len(keys) > 0 {
+		d.log.Warn("config changes that need a restart are not applied", "keys", keys)
+		n.Identity, n.Tinc, n.StateDir, n.StatusSocket, n.MetricsListen =
+			d.cfg.Identity, d.cfg.Tinc, d.cfg.StateDir, d.cfg.StatusSocket, d.cfg.MetricsListen
+	}
+	refetch := n.Registry != d.cfg.Registry || n.Prefix != d.cfg.Prefix || n.Island != d.cfg.Island
+	if n == d.cfg {
+		d.event(EventReloaded)
+		return
+	}
+	old := d.cfg
+	d.cfg = n
+	if n.Registry != old.Registry {
+		if err := d.newClient(); err != nil {
+			d.cfg = old
+			d.configErr = "reload config: " + err.Error()
+			d.log.Error("invalid config; the old config keeps running", "err", err)
+			d.event(EventReloadFailed)
+			return
+		}
+	}
+	d.log.Info("config reloaded", "file", d.opts.ConfigPath)
+	if refetch {
+		d.validators = nil
+		d.reconcile(ctx, true)
+	}
+	d.event(EventReloaded)
+}
+
+func jitter(d time.Duration) time.Duration {
+	return time.Duration(float64(d) * (0.9 + 0.2*rand.Float64()))
+}
+
+// Run runs the daemon until ctx ends, then stops a managed tincd and
+// returns nil.
+func (d *Daemon) Run(ctx context.Context) error {
+	hosts := d.cfg.HostsDir()
+	if err := os.MkdirAll(hosts, 0o755); err != nil {
+		return fmt.Errorf("hosts directory: %w", err)
+	}
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return fmt.Errorf("watch files: %w", err)
+	}
+	defer w.Close()
+	if err := w.Add(hosts); err != nil {
+		return fmt.Errorf("watch %s: %w", hosts, err)
+	}
+	var confDir, confBase string
+	if d.opts.ConfigPath != "" {
+		abs, _ := filepath.Abs(d.opts.ConfigPath)
+		confDir, confBase = filepath.Dir(abs), filepath.Base(abs)
+		if err := w.Add(confDir); err != nil {
+			d.log.Warn("cannot watch the config file; reload with SIGHUP", "err", err)
+		}
+	}
+	stopStatus, err := d.serveStatus(ctx, d.cfg.StatusSocket)
+	if err != nil {
+		return err
+	}
+	defer stopStatus()
+	if d.cfg.MetricsListen != "" {
+		ln, err := net.Listen("tcp", d.cfg.MetricsListen)
+		if err != nil {
+			return fmt.Errorf("metrics: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(d.m.reg, promhttp.HandlerOpts{}))
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go srv.Serve(ln)
+		defer srv.Close()
+	}
+
+	// First sync, or the cache.
+	backoff := time.Second
+	next := jitter(d.cfg.Poll.Interval.D())
+	if err := d.reconcile(ctx, true); err != nil && d.tb == nil {
+		if cerr := d.loadCache(ctx); cerr != nil {
+			d.log.Error("no snapshot to fall back on", "err", cerr)
+		}
+	}
+	if d.lastErr != "" {
+		next = backoff
+	}
+	if d.tb != nil && d.cfg.Tinc.Manage {
+		d.startTincd(ctx)
+	}
+	d.markReady()
+
+	poll := time.NewTimer(next)
+	defer poll.Stop()
+	full := time.NewTicker(d.cfg.Poll.FullResync.D())
+	defer full.Stop()
+	var watchdog <-chan time.Time
+	if iv, err := sddaemon.SdWatchdogEnabled(false); err == nil && iv > 0 {
+		t := time.NewTicker(iv / 2)
+		defer t.Stop()
+		watchdog = t.C
+	}
+	var restartC <-chan time.Time
+	var repairC, reloadC <-chan time.Time
+	const debounce = 200 * time.Millisecond
+
+	resetPoll := func() {
+		if d.lastErr != "" || d.regErr != "" {
+			backoff = min(backoff*2, d.cfg.Poll.Interval.D())
+			poll.Reset(backoff)
+		} else {
+			backoff = time.Second
+			poll.Reset(jitter(d.cfg.Poll.Interval.D()))
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			err := d.tincd.Stop(sctx)
+			cancel()
+			if err != nil {
+				d.log.Error("stop tincd", "err", err)
+			}
+			return nil
+		case <-poll.C:
+			d.reconcile(ctx, false)
+			if d.tb != nil {
+				d.markReady()
+			}
+			resetPoll()
+		case <-full.C:
+			d.fullDue = true
+			d.reconcile(ctx, true)
+			resetPoll()
+		case r := <-d.pollReq:
+			d.reconcile(ctx, false)
+			d.markReady()
+			resetPoll()
+			r <- d.status()
+		case r := <-d.statusReq:
+			r <- d.status()
+		case <-d.opts.Reload:
+			d.reloadConfig(ctx)
+		case ev, ok := <-w.Events:
+			if !ok {
+				return errors.New("file watcher closed")
+			}
+			dir, base := filepath.Dir(ev.Name), filepath.Base(ev.Name)
+			switch {
+			case dir == confDir && base == confBase:
+				reloadC = time.After(debounce)
+			case filepath.Clean(dir) == filepath.Clean(hosts) && tincgen.ValidName(base):
+				repairC = time.After(debounce)
+			}
+		case err := <-w.Errors:
+			d.log.Warn("file watcher", "err", err)
+			repairC = time.After(debounce)
+		case <-reloadC:
+			reloadC = nil
+			d.reloadConfig(ctx)
+		case <-repairC:
+			repairC = nil
+			if d.tb != nil {
+				if err := d.apply(ctx, d.tb, true); err != nil {
+					d.lastErr = err.Error()
+					d.log.Error("repair host files", "err", err)
+				}
+			}
+			d.event(EventRepaired)
+		case ev := <-d.tincd.Events():
+			if ev.Exited {
+				d.restartWait = min(max(d.restartWait*2, time.Second), 30*time.Second)
+				d.log.Error("tincd exited; restarting it", "err", ev.Err, "in", d.restartWait)
+				d.peers = peers{}
+				d.m.peersConnected.Set(0)
+				restartC = time.After(d.restartWait)
+				continue
+			}
+			d.log.Debug("tincd", "line", ev.Line)
+			if d.peers.line(ev.Line) {
+				d.m.peersConnected.Set(float64(d.peers.connected()))
+			}
+		case <-restartC:
+			restartC = nil
+			if d.startTincd(ctx) {
+				d.restarts++
+				d.m.restarts.Inc()
+				d.event(EventTincdStarted)
+			} else {
+				d.restartWait = min(d.restartWait*2, 30*time.Second)
+				restartC = time.After(d.restartWait)
+			}
+		case <-watchdog:
+			d.opts.Notify("WATCHDOG=1")
+		}
+	}
+}
+
+// startTincd starts a managed tincd and configures its link.
+func (d *Daemon) startTincd(ctx context.Context) bool {
+	if err := d.tincd.Start(ctx); err != nil {
+		d.lastErr = err.Error()
+		d.log.Error("start tincd", "err", err)
+		return false
+	}
+	d.configureLink(ctx)
+	return true
+}
+
+// Cleanup removes what the daemon owns: the snapshot and the status
+// socket, and stops a managed tincd. It never deletes host files.
+func Cleanup(ctx context.Context, cfg Config, log *slog.Logger) error {
+	var errs []error
+	for _, p := range []string{cfg.SnapshotFile(), cfg.StatusSocket} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("cleanup: %w", err))
+		}
+	}
+	if cfg.Tinc.Manage {
+		// tincd is a child of the daemon; a daemon that is gone left
+		// it to init. Stop it through its pid file.
+		if err := stopByPidFile(ctx, cfg.PidFile()); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}

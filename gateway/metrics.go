@@ -1,0 +1,40 @@
+package gateway
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the daemon's Prometheus metrics, in a registry of its own.
+type metrics struct {
+	reg                               *prometheus.Registry
+	syncs, syncErrors                 prometheus.Counter
+	lastSync                          prometheus.Gauge
+	members                           *prometheus.GaugeVec
+	rejected                          prometheus.Gauge
+	written, unchanged, removed       prometheus.Counter
+	hups, restarts                    prometheus.Counter
+	peersConnected, snapshotFromCache prometheus.Gauge
+}
+
+func newMetrics() *metrics {
+	m := &metrics{
+		reg:        prometheus.NewRegistry(),
+		syncs:      prometheus.NewCounter(prometheus.CounterOpts{Name: "mgmtnet_sync_total", Help: "Reconciles with the registry."}),
+		syncErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "mgmtnet_sync_errors_total", Help: "Reconciles that failed."}),
+		lastSync:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "mgmtnet_last_sync_timestamp_seconds", Help: "Unix time of the last successful reconcile."}),
+		members:    prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "mgmtnet_members", Help: "Members of the applied snapshot, by kind."}, []string{"kind"}),
+		rejected:   prometheus.NewGauge(prometheus.GaugeOpts{Name: "mgmtnet_rejected_members", Help: "Members of the registry rejected by validation."}),
+		written:    prometheus.NewCounter(prometheus.CounterOpts{Name: "mgmtnet_files_written_total", Help: "Host files written."}),
+		unchanged:  prometheus.NewCounter(prometheus.CounterOpts{Name: "mgmtnet_files_unchanged_total", Help: "Host files compared and found unchanged."}),
+		removed:    prometheus.NewCounter(prometheus.CounterOpts{Name: "mgmtnet_files_removed_total", Help: "Host files removed."}),
+		hups:       prometheus.NewCounter(prometheus.CounterOpts{Name: "mgmtnet_tincd_hups_total", Help: "SIGHUPs sent to tincd."}),
+		restarts:   prometheus.NewCounter(prometheus.CounterOpts{Name: "mgmtnet_tincd_restarts_total", Help: "tincd restarts."}),
+		peersConnected: prometheus.NewGauge(prometheus.GaugeOpts{Name: "mgmtnet_tinc_peers_connected",
+			Help: "tinc peers connected, from tincd's log."}),
+		snapshotFromCache: prometheus.NewGauge(prometheus.GaugeOpts{Name: "mgmtnet_snapshot_from_cache",
+			Help: "1 while running on the last-known-good snapshot from disk."}),
+	}
+	m.reg.MustRegister(m.syncs, m.syncErrors, m.lastSync, m.members, m.rejected, m.written, m.unchanged,
+		m.removed, m.hups, m.restarts, m.peersConnected, m.snapshotFromCache)
+	return m
+}

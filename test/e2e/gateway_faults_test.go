@@ -1,0 +1,502 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/confine-project/mgmtnet/addressing"
+	"github.com/confine-project/mgmtnet/mesh/registry"
+	"github.com/confine-project/mgmtnet/test/vtb"
+	"github.com/confine-project/mgmtnet/tincgen"
+)
+
+// faultyRegistry serves a registry file, or a fault.
+type faultyRegistry struct {
+	srv  *registry.Server
+	mode atomic.Value // "ok", "500", "garbage", "empty", "hang"
+	ts   *httptest.Server
+}
+
+func newFaultyRegistry(t *testing.T, f *registry.File) *faultyRegistry {
+	r := &faultyRegistry{srv: registry.NewServer(f, nil)}
+	r.mode.Store("ok")
+	empty := registry.NewServer(&registry.File{MgmtPrefix: f.MgmtPrefix}, nil)
+	r.ts = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		switch r.mode.Load().(string) {
+		case "500":
+			http.Error(w, "internal error", http.StatusInternalServerError)
+		case "garbage":
+			w.Header().Set("Content-Type", "application/json")
+			w.Write([]byte(`[{"id": 1, "mgmt_net": {{{ not json`))
+		case "empty":
+			empty.ServeHTTP(w, req)
+		case "hang":
+			select {
+			case <-req.Context().Done():
+			case <-time.After(30 * time.Second):
+			}
+		default:
+			r.srv.ServeHTTP(w, req)
+		}
+	}))
+	t.Cleanup(r.ts.Close)
+	return r
+}
+
+func (r *faultyRegistry) url() string { return r.ts.URL + "/api/" }
+
+// synthetic returns a registry file with n nodes and the main server.
+func synthetic(t *testing.T, n int) *registry.File {
+	t.Helper()
+	f, err := registry.Synthetic(registry.SyntheticSpec{Nodes: n, Servers: 1, Keys: 3, KeyBits: 1024,
+		Prefix: addressing.DefaultMgmtPrefix()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// grow returns a copy of f with nodes up to n, new ones reusing node 1's
+// key, so that no existing member changes.
+func grow(f *registry.File, n int) *registry.File {
+	g := *f
+	g.Nodes = append([]registry.FileMember(nil), f.Nodes...)
+	for id := len(f.Nodes) + 1; id <= n; id++ {
+		name, _ := addressing.TincName(addressing.KindNode, uint64(id))
+		g.Nodes = append(g.Nodes, registry.FileMember{ID: uint64(id), Name: name,
+			Tinc: &registry.FileTinc{Name: name, PubKey: f.Nodes[0].Tinc.PubKey}})
+	}
+	return &g
+}
+
+// fakeTincdProc starts a process named "tincd" that ignores SIGHUP (a copy
+// of sleep, started through a shell that ignores HUP: ignored signals stay
+// ignored across exec) and returns its pid file.
+func fakeTincdProc(t *testing.T, dir string) string {
+	t.Helper()
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(sleep)
+	bin := filepath.Join(dir, "tincd")
+	if err := os.WriteFile(bin, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("sh", "-c", `trap "" HUP; exec "$0" 3600`, bin)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	pidFile := filepath.Join(dir, "tinc.pid")
+	os.WriteFile(pidFile, []byte(fmt.Sprintf("%d\n", cmd.Process.Pid)), 0o644)
+	return pidFile
+}
+
+// gatewayProc is a "mgmtnet gateway" the test started.
+type gatewayProc struct {
+	cmd    *exec.Cmd
+	log    *syncBuffer
+	socket string
+	done   chan struct{}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func startGateway(t *testing.T, config, socket string) *gatewayProc {
+	t.Helper()
+	g := &gatewayProc{log: &syncBuffer{}, socket: socket, done: make(chan struct{})}
+	g.cmd = exec.Command(mgmtnetBin, "gateway", "--config", config)
+	g.cmd.Stdout, g.cmd.Stderr = g.log, g.log
+	g.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := g.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { g.cmd.Wait(); close(g.done) }()
+	t.Cleanup(func() {
+		g.stop()
+		if t.Failed() {
+			t.Logf("gateway log:\n%s", g.log.String())
+		}
+	})
+	return g
+}
+
+func (g *gatewayProc) stop() {
+	select {
+	case <-g.done:
+		return
+	default:
+	}
+	g.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-g.done:
+	case <-time.After(10 * time.Second):
+		g.cmd.Process.Kill()
+		<-g.done
+	}
+}
+
+func (g *gatewayProc) kill9() {
+	g.cmd.Process.Kill()
+	<-g.done
+}
+
+func (g *gatewayProc) status(ctx context.Context) (*vtb.GatewayStatus, error) {
+	select {
+	case <-g.done:
+		return nil, fmt.Errorf("mgmtnet gateway exited: %v\n%s", g.cmd.ProcessState, g.log.String())
+	default:
+	}
+	return vtb.ReadGatewayStatus(ctx, mgmtnetBin, g.socket)
+}
+
+// waitStatus waits until cond accepts the daemon's status.
+func (g *gatewayProc) waitStatus(t *testing.T, what string, timeout time.Duration, cond func(*vtb.GatewayStatus) error) *vtb.GatewayStatus {
+	t.Helper()
+	var last *vtb.GatewayStatus
+	err := vtb.WaitFor(context.Background(), timeout, 50*time.Millisecond, func() error {
+		st, err := g.status(context.Background())
+		if err != nil {
+			return err
+		}
+		last = st
+		return cond(st)
+	})
+	if err != nil {
+		t.Fatalf("%s: %v (last status %+v)", what, err, last)
+	}
+	return last
+}
+
+// checkHostsDir: every host file parses; it returns their bytes.
+func checkHostsDir(t *testing.T, dir string) map[string][]byte {
+	t.Helper()
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := map[string][]byte{}
+	for _, e := range entries {
+		if !tincgen.OwnedName(e.Name()) {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tincgen.ParseHost(b); err != nil || len(b) == 0 {
+			t.Fatalf("host file %s is corrupt: %v\n%s", e.Name(), err, b)
+		}
+		files[e.Name()] = b
+	}
+	return files
+}
+
+func sameFiles(t *testing.T, what string, a, b map[string][]byte) {
+	t.Helper()
+	if len(a) != len(b) {
+		t.Fatalf("%s: %d host files before, %d after", what, len(a), len(b))
+	}
+	for name, x := range a {
+		if !bytes.Equal(x, b[name]) {
+			t.Fatalf("%s: host file %s changed", what, name)
+		}
+	}
+}
+
+type gwSetup struct {
+	netDir, hosts, state, socket, config string
+}
+
+func newGwSetup(t *testing.T, url, pidFile string, extra string) gwSetup {
+	t.Helper()
+	dir := t.TempDir()
+	s := gwSetup{netDir: filepath.Join(dir, "tinc"), state: filepath.Join(dir, "state"), socket: filepath.Join(dir, "status.sock")}
+	s.hosts = filepath.Join(s.netDir, "hosts")
+	os.MkdirAll(s.hosts, 0o755)
+	os.WriteFile(filepath.Join(s.netDir, "tinc.conf"), []byte("Name = server\nPort = 655\nStrictSubnets = yes\n"), 0o644)
+	s.config = filepath.Join(dir, "gateway.yaml")
+	s.write(t, url, pidFile, extra)
+	return s
+}
+
+func (s gwSetup) write(t *testing.T, url, pidFile, extra string) {
+	t.Helper()
+	cfg := fmt.Sprintf(`registry:
+  url: %s
+  timeout: 1s
+identity:
+  tinc_name: server
+tinc:
+  dir: %s
+  manage: false
+  pidfile: %s
+poll:
+  interval: 1s
+  full_resync: 1h
+state_dir: %s
+status_socket: %s
+%s`, url, s.netDir, pidFile, s.state, s.socket, extra)
+	if err := tincgen.WriteFileAtomic(s.config, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestGatewayFaults: the daemon (unmanaged tincd) against a registry that
+// fails in every way, a bad config reload, hand-edited and deleted host
+// files, and a start with the registry down. After each fault nothing is
+// lost and the daemon recovers.
+func TestGatewayFaults(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test: skipped with -short")
+	}
+	f := synthetic(t, 20)
+	reg := newFaultyRegistry(t, f)
+	pidFile := fakeTincdProc(t, t.TempDir())
+	s := newGwSetup(t, reg.url(), pidFile, "")
+	g := startGateway(t, s.config, s.socket)
+	st := g.waitStatus(t, "first sync", 30*time.Second, func(st *vtb.GatewayStatus) error {
+		if st.LastSync == nil || st.Members["nodes"] != 20 {
+			return fmt.Errorf("not synced")
+		}
+		return nil
+	})
+	if st.FromCache || st.LastError != "" || st.Hups != 1 {
+		t.Errorf("after the first sync: from_cache %v, last_error %q, hups %d; want false, \"\", 1", st.FromCache, st.LastError, st.Hups)
+	}
+	good := checkHostsDir(t, s.hosts)
+	if len(good) != 21 {
+		t.Fatalf("%d host files, want 21", len(good))
+	}
+
+	// The registry fails; meanwhile it gained a node.
+	f2 := grow(f, 21)
+	for _, fault := range []struct{ mode, want string }{
+		{"500", "500"},
+		{"garbage", "decode"},
+		{"empty", "remove"},
+		{"hang", "timeout"},
+	} {
+		t.Run("registry "+fault.mode, func(t *testing.T) {
+			reg.mode.Store(fault.mode)
+			// Retries with backoff make a failing poll take a while.
+			g.waitStatus(t, fault.mode, 90*time.Second, func(st *vtb.GatewayStatus) error {
+				if !strings.Contains(strings.ToLower(st.LastError), fault.want) {
+					return fmt.Errorf("last_error %q does not mention %q", st.LastError, fault.want)
+				}
+				return nil
+			})
+			sameFiles(t, fault.mode, good, checkHostsDir(t, s.hosts))
+		})
+	}
+	reg.srv.SetFile(f2)
+	reg.mode.Store("ok")
+	g.waitStatus(t, "recovery", 90*time.Second, func(st *vtb.GatewayStatus) error {
+		if st.LastError != "" || st.Members["nodes"] != 21 {
+			return fmt.Errorf("not recovered: last_error %q, nodes %d", st.LastError, st.Members["nodes"])
+		}
+		return nil
+	})
+	good = checkHostsDir(t, s.hosts)
+	if len(good) != 22 {
+		t.Fatalf("after recovery: %d host files, want 22", len(good))
+	}
+
+	t.Run("invalid config reload", func(t *testing.T) {
+		s.write(t, reg.url(), pidFile, "bogus_key: 1\n")
+		g.waitStatus(t, "bad reload", 20*time.Second, func(st *vtb.GatewayStatus) error {
+			if !strings.Contains(st.LastError, "bogus_key") {
+				return fmt.Errorf("last_error %q does not name the bad key", st.LastError)
+			}
+			return nil
+		})
+		// Still running on the old config: it still syncs.
+		before, _ := g.status(context.Background())
+		g.waitStatus(t, "still polling", 20*time.Second, func(st *vtb.GatewayStatus) error {
+			if st.Syncs <= before.Syncs {
+				return fmt.Errorf("no sync since the bad reload")
+			}
+			return nil
+		})
+		s.write(t, reg.url(), pidFile, "")
+		g.waitStatus(t, "good reload", 20*time.Second, func(st *vtb.GatewayStatus) error {
+			if st.LastError != "" {
+				return fmt.Errorf("last_error %q after a good config", st.LastError)
+			}
+			return nil
+		})
+	})
+
+	t.Run("host file edited and deleted by hand", func(t *testing.T) {
+		os.WriteFile(filepath.Join(s.hosts, "node_3"), []byte("Subnet = ::/0\n"), 0o644)
+		os.Remove(filepath.Join(s.hosts, "node_4"))
+		err := vtb.WaitFor(context.Background(), 10*time.Second, 50*time.Millisecond, func() error {
+			for _, n := range []string{"node_3", "node_4"} {
+				b, err := os.ReadFile(filepath.Join(s.hosts, n))
+				if err != nil || !bytes.Equal(b, good[n]) {
+					return fmt.Errorf("%s not repaired", n)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("registry down at start", func(t *testing.T) {
+		g.stop()
+		reg.ts.Close() // connection refused from now on
+		os.Remove(filepath.Join(s.hosts, "node_5"))
+		g2 := startGateway(t, s.config, s.socket)
+		st := g2.waitStatus(t, "start from cache", 20*time.Second, func(st *vtb.GatewayStatus) error {
+			if !st.FromCache || st.Members["nodes"] != 21 {
+				return fmt.Errorf("from_cache %v, nodes %d", st.FromCache, st.Members["nodes"])
+			}
+			return nil
+		})
+		if st.LastError == "" {
+			t.Error("registry down, but last_error is empty")
+		}
+		sameFiles(t, "start from cache", good, checkHostsDir(t, s.hosts))
+		if !strings.Contains(g2.log.String(), "last-known-good") {
+			t.Errorf("the log does not say it runs on the last-known-good snapshot:\n%s", g2.log.String())
+		}
+	})
+}
+
+// TestGatewayKilledMidSync: kill -9 the daemon during a large first sync,
+// start it again: every file is whole, and it converges.
+func TestGatewayKilledMidSync(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test: skipped with -short")
+	}
+	const n = 8000
+	f := synthetic(t, n)
+	reg := newFaultyRegistry(t, f)
+	pidFile := fakeTincdProc(t, t.TempDir())
+	s := newGwSetup(t, reg.url(), pidFile, "")
+	g := startGateway(t, s.config, s.socket)
+	// Kill it as soon as the sync has started writing.
+	err := vtb.WaitFor(context.Background(), 60*time.Second, 5*time.Millisecond, func() error {
+		entries, _ := os.ReadDir(s.hosts)
+		if len(entries) < 2 {
+			return fmt.Errorf("no files yet")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.kill9()
+	entries, _ := os.ReadDir(s.hosts)
+	t.Logf("killed with %d entries in the hosts directory", len(entries))
+	checkHostsDir(t, s.hosts) // whatever is there is whole
+	g2 := startGateway(t, s.config, s.socket)
+	g2.waitStatus(t, "converged", 120*time.Second, func(st *vtb.GatewayStatus) error {
+		if st.LastSync == nil || st.LastError != "" || st.Members["nodes"] != n {
+			return fmt.Errorf("not converged: %q", st.LastError)
+		}
+		return nil
+	})
+	files := checkHostsDir(t, s.hosts)
+	if len(files) != n+1 {
+		t.Fatalf("%d host files after convergence, want %d", len(files), n+1)
+	}
+	left, _ := filepath.Glob(filepath.Join(s.hosts, ".mgmtnet-*"))
+	if len(left) != 0 {
+		t.Errorf("temporary files left: %v", left)
+	}
+}
+
+// TestGatewayDiskFull: the hosts directory is on a small tmpfs; when it is
+// full the sync fails and says so, no file is corrupt, and once there is
+// room again the daemon catches up.
+func TestGatewayDiskFull(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test: skipped with -short")
+	}
+	if os.Geteuid() != 0 {
+		if os.Getenv(vtb.RequireEnv) != "" {
+			t.Fatal("disk-full test needs root (to mount a tmpfs)")
+		}
+		t.Skip("disk-full test needs root (to mount a tmpfs)")
+	}
+	f := synthetic(t, 100)
+	reg := newFaultyRegistry(t, f)
+	pidFile := fakeTincdProc(t, t.TempDir())
+	s := newGwSetup(t, reg.url(), pidFile, "")
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=1m", "mgmtnet-test", s.netDir).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", s.netDir).Run() })
+	os.MkdirAll(s.hosts, 0o755)
+	os.WriteFile(filepath.Join(s.netDir, "tinc.conf"), []byte("Name = server\nStrictSubnets = yes\n"), 0o644)
+	g := startGateway(t, s.config, s.socket)
+	g.waitStatus(t, "first sync", 30*time.Second, func(st *vtb.GatewayStatus) error {
+		if st.LastSync == nil || st.Members["nodes"] != 100 {
+			return fmt.Errorf("not synced")
+		}
+		return nil
+	})
+	good := checkHostsDir(t, s.hosts)
+	// Fill the file system.
+	filler := filepath.Join(s.netDir, "filler")
+	fill, err := os.Create(filler)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := make([]byte, 4096)
+	for {
+		if _, err := fill.Write(chunk); err != nil {
+			break
+		}
+	}
+	fill.Close()
+	reg.srv.SetFile(grow(f, 150))
+	g.waitStatus(t, "disk full reported", 20*time.Second, func(st *vtb.GatewayStatus) error {
+		if !strings.Contains(strings.ToLower(st.LastError), "no space") {
+			return fmt.Errorf("last_error %q does not say the disk is full", st.LastError)
+		}
+		return nil
+	})
+	sameFiles(t, "disk full", good, checkHostsDir(t, s.hosts))
+	os.Remove(filler)
+	g.waitStatus(t, "recovery", 20*time.Second, func(st *vtb.GatewayStatus) error {
+		if st.LastError != "" || st.Members["nodes"] != 150 {
+			return fmt.Errorf("not recovered: %q", st.LastError)
+		}
+		return nil
+	})
+	if files := checkHostsDir(t, s.hosts); len(files) != 151 {
+		t.Fatalf("%d host files after recovery, want 151", len(files))
+	}
+}
