@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"time"
 
@@ -72,7 +74,6 @@ type Daemon struct {
 
 	// Owned by the loop.
 	tb          *mesh.Testbed
-	cands       []mesh.Candidate
 	prefix      netip.Prefix
 	validators  map[string]string
 	rejected    []string
@@ -89,6 +90,7 @@ type Daemon struct {
 	ready       bool
 	fullDue     bool
 	restartWait time.Duration
+	touched     bool // apply wrote or removed host files (see takeTouched)
 }
 
 // New returns a daemon for a validated cfg.
@@ -280,7 +282,7 @@ func (d *Daemon) reconcile1(ctx context.Context, full bool) error {
 		}
 		return err
 	}
-	d.cands, d.prefix, d.validators, d.rejected = snap.Candidates, prefix, snap.Validators, rejected
+	d.prefix, d.validators, d.rejected = prefix, snap.Validators, rejected
 	d.fromCache = false
 	d.m.snapshotFromCache.Set(0)
 	d.m.rejected.Set(float64(len(rejected)))
@@ -288,6 +290,11 @@ func (d *Daemon) reconcile1(ctx context.Context, full bool) error {
 		Prefix: prefix.String(), Validators: snap.Validators, Candidates: snap.Candidates}); err != nil {
 		d.log.Warn("cannot save the last-known-good snapshot", "err", err)
 	}
+	// A changed snapshot went through the whole registry answer, the
+	// decoded candidates and the rendered files; none of it is live any
+	// more. Hand the memory back now rather than keep the peak resident for
+	// months (the gateway's RSS target is for 66 000 members).
+	debug.FreeOSMemory()
 	return nil
 }
 
@@ -301,6 +308,9 @@ func (d *Daemon) apply(ctx context.Context, tb *mesh.Testbed, repair bool) error
 	rep, err := tincgen.Sync(d.cfg.HostsDir(), files, d.syncOptions(own, false))
 	if err != nil {
 		return fmt.Errorf("sync %s: %w", d.cfg.HostsDir(), err)
+	}
+	if rep.Changed() {
+		d.touched = true
 	}
 	d.files.Written += len(rep.Written)
 	d.files.Unchanged += len(rep.Unchanged)
@@ -409,7 +419,7 @@ func (d *Daemon) loadCache(ctx context.Context) error {
 	if err := d.apply(ctx, res.Testbed, false); err != nil {
 		return err
 	}
-	d.cands, d.prefix, d.validators = s.Candidates, prefix, s.Validators
+	d.prefix, d.validators = prefix, s.Validators
 	d.fromCache = true
 	d.m.snapshotFromCache.Set(1)
 	d.log.Warn(fmt.Sprintf("registry unreachable; running on the last-known-good snapshot of %s", s.Saved.Format(time.RFC3339)))
@@ -554,6 +564,31 @@ func (d *Daemon) Run(ctx context.Context) error {
 		defer srv.Close()
 	}
 
+	var repairC, reloadC <-chan time.Time
+	const debounce = 200 * time.Millisecond
+	// suspect collects the host files that file events named since the last
+	// repair. Our own writes make events too: after each sync they are
+	// drained (ignoreOwnEvents), and a repair compares only the named files
+	// (tampered) before it rewrites anything.
+	suspect := map[string]bool{}
+	ignoreOwnEvents := func() {
+		quiet := time.NewTimer(100 * time.Millisecond)
+		defer quiet.Stop()
+		for {
+			select {
+			case ev, ok := <-w.Events:
+				if !ok {
+					return
+				}
+				if filepath.Dir(ev.Name) == confDir && filepath.Base(ev.Name) == confBase {
+					reloadC = time.After(debounce)
+				}
+				quiet.Reset(100 * time.Millisecond)
+			case <-quiet.C:
+				return
+			}
+		}
+	}
 	// First sync, or the cache.
 	backoff := time.Second
 	next := jitter(d.cfg.Poll.Interval.D())
@@ -564,6 +599,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	if d.lastErr != "" {
 		next = backoff
+	}
+	if d.takeTouched() {
+		ignoreOwnEvents()
 	}
 	if d.tb != nil && d.cfg.Tinc.Manage {
 		d.startTincd(ctx)
@@ -581,8 +619,6 @@ func (d *Daemon) Run(ctx context.Context) error {
 		watchdog = t.C
 	}
 	var restartC <-chan time.Time
-	var repairC, reloadC <-chan time.Time
-	const debounce = 200 * time.Millisecond
 
 	resetPoll := func() {
 		if d.lastErr != "" || d.regErr != "" {
@@ -605,6 +641,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 			return nil
 		case <-poll.C:
 			d.reconcile(ctx, false)
+			if d.takeTouched() {
+				ignoreOwnEvents()
+			}
 			if d.tb != nil {
 				d.markReady()
 			}
@@ -612,9 +651,15 @@ func (d *Daemon) Run(ctx context.Context) error {
 		case <-full.C:
 			d.fullDue = true
 			d.reconcile(ctx, true)
+			if d.takeTouched() {
+				ignoreOwnEvents()
+			}
 			resetPoll()
 		case r := <-d.pollReq:
 			d.reconcile(ctx, false)
+			if d.takeTouched() {
+				ignoreOwnEvents()
+			}
 			d.markReady()
 			resetPoll()
 			r <- d.status()
@@ -631,20 +676,28 @@ func (d *Daemon) Run(ctx context.Context) error {
 			case dir == confDir && base == confBase:
 				reloadC = time.After(debounce)
 			case filepath.Clean(dir) == filepath.Clean(hosts) && tincgen.ValidName(base):
+				suspect[base] = true
 				repairC = time.After(debounce)
 			}
 		case err := <-w.Errors:
-			d.log.Warn("file watcher", "err", err)
-			repairC = time.After(debounce)
+			// Events may have been lost (a queue overflow while we wrote
+			// 66 000 files, say): compare every file at the next poll.
+			d.log.Warn("file watcher; every host file will be compared at the next poll", "err", err)
+			d.fullDue = true
 		case <-reloadC:
 			reloadC = nil
 			d.reloadConfig(ctx)
 		case <-repairC:
 			repairC = nil
-			if d.tb != nil {
+			names := suspect
+			suspect = map[string]bool{}
+			if d.tb != nil && d.tampered(names) {
 				if err := d.apply(ctx, d.tb, true); err != nil {
 					d.lastErr = err.Error()
 					d.log.Error("repair host files", "err", err)
+				}
+				if d.takeTouched() {
+					ignoreOwnEvents()
 				}
 			}
 			d.event(EventRepaired)
@@ -705,4 +758,41 @@ func Cleanup(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// takeTouched reports, and forgets, whether host files were written or
+// removed since the last call: the loop then ignores the file events that
+// its own writes caused.
+func (d *Daemon) takeTouched() bool {
+	t := d.touched
+	d.touched = false
+	return t
+}
+
+// tampered reports whether any of the named host files differs from what
+// the applied snapshot says it must be (present with these bytes, or, for
+// a file we own that is not in the snapshot, absent). Only then does a
+// repair rewrite anything; events caused by our own writes find nothing.
+func (d *Daemon) tampered(names map[string]bool) bool {
+	if len(names) > 1000 {
+		return true // many events at once: let apply compare everything
+	}
+	for name := range names {
+		b, err := os.ReadFile(filepath.Join(d.cfg.HostsDir(), name))
+		m, listed := d.tb.Lookup(name)
+		if !listed {
+			if err == nil && tincgen.OwnedName(name) && name != d.cfg.Identity.TincName {
+				return true // a stale file of ours appeared
+			}
+			continue
+		}
+		if err != nil {
+			return true // deleted (or unreadable)
+		}
+		want := tincgen.RenderHost(tincgen.HostFor(m, d.cfg.Island))
+		if !bytes.Equal(b, want) {
+			return true
+		}
+	}
+	return false
 }

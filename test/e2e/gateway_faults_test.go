@@ -500,3 +500,81 @@ func TestGatewayDiskFull(t *testing.T) {
 		t.Fatalf("%d host files after recovery, want 151", len(files))
 	}
 }
+
+// TestGatewayModes: --check prints what would change and changes nothing;
+// --once reconciles once and exits; the metrics endpoint serves the
+// counters; --cleanup removes the snapshot and socket and keeps host files.
+func TestGatewayModes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test: skipped with -short")
+	}
+	f := synthetic(t, 5)
+	reg := newFaultyRegistry(t, f)
+	pidFile := fakeTincdProc(t, t.TempDir())
+	port, err := vtb.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics := fmt.Sprintf("127.0.0.1:%d", port)
+	s := newGwSetup(t, reg.url(), pidFile, "metrics_listen: "+metrics+"\n")
+	run := func(args ...string) (string, int) {
+		cmd := exec.Command(mgmtnetBin, append([]string{"gateway", "--config", s.config}, args...)...)
+		out, err := cmd.CombinedOutput()
+		code := 0
+		if ee, ok := err.(*exec.ExitError); ok {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		return string(out), code
+	}
+	out, code := run("--check")
+	if code != 1 || !strings.Contains(out, "+++ b/node_1") {
+		t.Fatalf("--check on an empty directory: exit %d, want 1 and a diff:\n%s", code, out)
+	}
+	if entries, _ := os.ReadDir(s.hosts); len(entries) != 0 {
+		t.Fatalf("--check wrote %d files", len(entries))
+	}
+	if out, code = run("--once"); code != 0 {
+		t.Fatalf("--once: exit %d:\n%s", code, out)
+	}
+	if files := checkHostsDir(t, s.hosts); len(files) != 6 {
+		t.Fatalf("--once wrote %d host files, want 6", len(files))
+	}
+	if _, err := os.Stat(filepath.Join(s.state, "snapshot.json")); err != nil {
+		t.Fatalf("--once saved no snapshot: %v", err)
+	}
+	if out, code = run("--check"); code != 0 {
+		t.Fatalf("--check after --once: exit %d, want 0 (nothing to change):\n%s", code, out)
+	}
+
+	g := startGateway(t, s.config, s.socket)
+	g.waitStatus(t, "synced", 30*time.Second, func(st *vtb.GatewayStatus) error {
+		if st.LastSync == nil {
+			return fmt.Errorf("not synced")
+		}
+		return nil
+	})
+	resp, err := http.Get("http://" + metrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := new(bytes.Buffer)
+	body.ReadFrom(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{"mgmtnet_sync_total", `mgmtnet_members{kind="node"} 5`, "mgmtnet_tincd_hups_total", "mgmtnet_last_sync_timestamp_seconds", "mgmtnet_snapshot_from_cache 0"} {
+		if !strings.Contains(body.String(), want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+	g.stop()
+	if out, code = run("--cleanup"); code != 0 {
+		t.Fatalf("--cleanup: exit %d:\n%s", code, out)
+	}
+	if _, err := os.Stat(filepath.Join(s.state, "snapshot.json")); err == nil {
+		t.Error("--cleanup left the snapshot")
+	}
+	if files := checkHostsDir(t, s.hosts); len(files) != 6 {
+		t.Errorf("--cleanup removed host files: %d left", len(files))
+	}
+}

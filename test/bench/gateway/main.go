@@ -1,0 +1,231 @@
+// Command gateway benchmarks "mgmtnet gateway" against a loopback registry
+// ("mgmtnet registry serve") with a large synthetic testbed: the daemon's
+// resident memory once it has synced, its CPU time per idle poll (every
+// collection answers 304), and the time from a registry change to tincd's
+// SIGHUP. tincd is a stand-in process named "tincd" that ignores SIGHUP
+// (the daemon runs unmanaged and only signals it), so no tun device is
+// needed. "make bench" runs it.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/confine-project/mgmtnet/mesh/registry"
+	"github.com/confine-project/mgmtnet/test/vtb"
+)
+
+func main() {
+	bin := flag.String("mgmtnet", "bin/mgmtnet", "mgmtnet binary to measure")
+	nodes := flag.Int("nodes", 65520, "nodes in the testbed (+ -hosts hosts, 10 servers)")
+	hosts := flag.Int("hosts", 1000, "hosts in the testbed")
+	idle := flag.Duration("idle", 20*time.Second, "how long to measure idle polls")
+	changes := flag.Int("changes", 5, "registry changes to time")
+	flag.Parse()
+	if err := run(*bin, *nodes, *hosts, *idle, *changes); err != nil {
+		fmt.Fprintf(os.Stderr, "bench gateway: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// procKB reads a "VmRSS:"-style field of /proc/<pid>/status in KiB.
+func procKB(pid int, field string) int64 {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, field+":") {
+			f := strings.Fields(l)
+			if len(f) >= 2 {
+				v, _ := strconv.ParseInt(f[1], 10, 64)
+				return v
+			}
+		}
+	}
+	return -1
+}
+
+// cpuTime returns the process's user+system CPU time.
+func cpuTime(pid int) time.Duration {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(s[i+2:])
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * time.Second / 100 // USER_HZ is 100 on Linux
+}
+
+func writeFile(path string, f *registry.File) error {
+	b, err := json.Marshal(f)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(path+".tmp", b, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(path+".tmp", path)
+}
+
+func run(bin string, nodes, hosts int, idle time.Duration, changes int) error {
+	dir, err := os.MkdirTemp("", "mgmtnet-bench-gateway-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	f, err := registry.Synthetic(registry.SyntheticSpec{Nodes: nodes, Hosts: hosts, Servers: 10, Keys: 16, KeyBits: 2048})
+	if err != nil {
+		return err
+	}
+	tbPath := filepath.Join(dir, "testbed.json")
+	if err := writeFile(tbPath, f); err != nil {
+		return err
+	}
+	port, err := freePort()
+	if err != nil {
+		return err
+	}
+	listen := fmt.Sprintf("127.0.0.1:%d", port)
+	reg := exec.Command(bin, "registry", "serve", "--testbed", tbPath, "--listen", listen)
+	if err := reg.Start(); err != nil {
+		return err
+	}
+	defer func() { reg.Process.Signal(syscall.SIGTERM); reg.Wait() }()
+
+	// A stand-in tincd: a process named tincd that ignores SIGHUP.
+	sleep, err := exec.LookPath("sleep")
+	if err != nil {
+		return err
+	}
+	b, _ := os.ReadFile(sleep)
+	fake := filepath.Join(dir, "tincd")
+	if err := os.WriteFile(fake, b, 0o755); err != nil {
+		return err
+	}
+	tincd := exec.Command("sh", "-c", `trap "" HUP; exec "$0" 3600`, fake)
+	if err := tincd.Start(); err != nil {
+		return err
+	}
+	defer func() { tincd.Process.Kill(); tincd.Wait() }()
+	netDir := filepath.Join(dir, "tinc")
+	os.MkdirAll(filepath.Join(netDir, "hosts"), 0o755)
+	os.WriteFile(filepath.Join(netDir, "tinc.conf"), []byte("Name = server\nStrictSubnets = yes\n"), 0o644)
+	pidFile := filepath.Join(dir, "tinc.pid")
+	os.WriteFile(pidFile, []byte(strconv.Itoa(tincd.Process.Pid)+"\n"), 0o644)
+	socket := filepath.Join(dir, "status.sock")
+	const poll = time.Second
+	cfg := fmt.Sprintf(`registry:
+  url: http://%s/api/
+identity:
+  tinc_name: server
+tinc:
+  dir: %s
+  pidfile: %s
+poll:
+  interval: %s
+  full_resync: 1h
+state_dir: %s
+status_socket: %s
+`, listen, netDir, pidFile, poll, filepath.Join(dir, "state"), socket)
+	cfgPath := filepath.Join(dir, "gateway.yaml")
+	os.WriteFile(cfgPath, []byte(cfg), 0o644)
+
+	ctx := context.Background()
+	start := time.Now()
+	gw := exec.Command(bin, "gateway", "--config", cfgPath)
+	if err := gw.Start(); err != nil {
+		return err
+	}
+	defer func() { gw.Process.Signal(syscall.SIGTERM); gw.Wait() }()
+	pid := gw.Process.Pid
+	status := func() (*vtb.GatewayStatus, error) { return vtb.ReadGatewayStatus(ctx, bin, socket) }
+	err = vtb.WaitFor(ctx, 10*time.Minute, 100*time.Millisecond, func() error {
+		st, err := status()
+		if err != nil {
+			return err
+		}
+		if st.LastSync == nil {
+			return fmt.Errorf("not synced")
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	firstSync := time.Since(start)
+	time.Sleep(3 * time.Second)
+	members := nodes + hosts + 10
+	fmt.Printf("# gateway daemon benchmark, %s: %d members from a loopback registry, poll interval %s\n",
+		time.Now().UTC().Format("2006-01-02"), members, poll)
+	fmt.Printf("first sync (cold, %d host files)    %10s\n", members, firstSync.Round(time.Millisecond))
+	fmt.Printf("RSS after the first sync             %8.1f MB (peak %0.1f MB)\n", float64(procKB(pid, "VmRSS"))/1024, float64(procKB(pid, "VmHWM"))/1024)
+
+	st0, _ := status()
+	c0, t0 := cpuTime(pid), time.Now()
+	time.Sleep(idle)
+	st1, _ := status()
+	c1, t1 := cpuTime(pid), time.Now()
+	polls := int(t1.Sub(t0) / poll)
+	if st0 != nil && st1 != nil && st1.Syncs > st0.Syncs {
+		polls = st1.Syncs - st0.Syncs
+	}
+	fmt.Printf("CPU per idle poll (304)              %10s (%s over %d polls)\n", ((c1-c0)/time.Duration(max(polls, 1))).Round(100*time.Microsecond), (c1 - c0).Round(10*time.Millisecond), polls)
+	fmt.Printf("RSS while idle                       %8.1f MB\n", float64(procKB(pid, "VmRSS"))/1024)
+
+	var lat []time.Duration
+	for i := 0; i < changes; i++ {
+		before, err := status()
+		if err != nil {
+			return err
+		}
+		f.Nodes[i].Tinc.PubKey, f.Nodes[i+changes].Tinc.PubKey = f.Nodes[i+changes].Tinc.PubKey, f.Nodes[i].Tinc.PubKey
+		time.Sleep(1100 * time.Millisecond) // the registry re-reads its file at most once a second
+		t := time.Now()
+		if err := writeFile(tbPath, f); err != nil {
+			return err
+		}
+		err = vtb.WaitFor(ctx, time.Minute, 10*time.Millisecond, func() error {
+			st, err := status()
+			if err != nil {
+				return err
+			}
+			if st.Hups <= before.Hups {
+				return fmt.Errorf("no HUP yet")
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		lat = append(lat, time.Since(t))
+	}
+	slices.Sort(lat)
+	fmt.Printf("registry change -> SIGHUP            median %s, max %s over %d changes (includes waiting for the next poll: up to %s)\n",
+		lat[len(lat)/2].Round(time.Millisecond), lat[len(lat)-1].Round(time.Millisecond), len(lat), poll)
+	fmt.Printf("RSS at the end                       %8.1f MB (peak %0.1f MB)\n", float64(procKB(pid, "VmRSS"))/1024, float64(procKB(pid, "VmHWM"))/1024)
+	return nil
+}
