@@ -193,7 +193,7 @@ status_socket: %s
 	if st0 != nil && st1 != nil && st1.Syncs > st0.Syncs {
 		polls = st1.Syncs - st0.Syncs
 	}
-	fmt.Printf("CPU per idle poll (304)              %10s (%s over %d polls)\n", ((c1-c0)/time.Duration(max(polls, 1))).Round(100*time.Microsecond), (c1 - c0).Round(10*time.Millisecond), polls)
+	fmt.Printf("CPU per idle poll (304)              %10s (%s over %d polls)\n", ((c1 - c0) / time.Duration(max(polls, 1))).Round(100*time.Microsecond), (c1 - c0).Round(10*time.Millisecond), polls)
 	fmt.Printf("RSS while idle                       %8.1f MB\n", float64(procKB(pid, "VmRSS"))/1024)
 
 	var lat []time.Duration
