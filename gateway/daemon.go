@@ -91,6 +91,7 @@ type Daemon struct {
 	fullDue     bool
 	restartWait time.Duration
 	touched     bool // apply wrote or removed host files (see takeTouched)
+	incremental bool // the next apply may sync only what changed since d.tb
 }
 
 // New returns a daemon for a validated cfg.
@@ -276,6 +277,7 @@ func (d *Daemon) reconcile1(ctx context.Context, full bool) error {
 	for _, p := range res.Rejected {
 		rejected = append(rejected, p.String())
 	}
+	d.incremental = !full
 	if err := d.apply(ctx, res.Testbed, false); err != nil {
 		if errors.Is(err, tincgen.ErrMassDeletion) {
 			return fmt.Errorf("%w: the registry returned %d members (%d rejected); keeping the old snapshot", err, res.Testbed.Len(), len(rejected))
@@ -305,7 +307,21 @@ func (d *Daemon) apply(ctx context.Context, tb *mesh.Testbed, repair bool) error
 	if err != nil {
 		return err
 	}
-	rep, err := tincgen.Sync(d.cfg.HostsDir(), files, d.syncOptions(own, false))
+	opts := d.syncOptions(own, false)
+	if d.incremental && d.tb != nil && !repair {
+		// Only the members that changed since the applied snapshot: their
+		// files are compared and written, the others are not even read. The
+		// periodic full resync and the repairs compare everything.
+		ch := mesh.Diff(d.tb, tb)
+		opts.Only = map[string]bool{}
+		for _, l := range [][]string{ch.Added, ch.Changed, ch.Removed} {
+			for _, n := range l {
+				opts.Only[n] = true
+			}
+		}
+	}
+	d.incremental = false
+	rep, err := tincgen.Sync(d.cfg.HostsDir(), files, opts)
 	if err != nil {
 		return fmt.Errorf("sync %s: %w", d.cfg.HostsDir(), err)
 	}

@@ -34,6 +34,13 @@ type SyncOptions struct {
 	// Owned reports which existing files Sync owns and may remove. Nil means
 	// OwnedName.
 	Owned func(name string) bool
+	// Only, when not nil, limits the sync to these names: those in files are
+	// compared and written when they differ, those not in files are removed
+	// when owned, and every other file is neither read nor removed. A caller
+	// that knows what changed (the gateway daemon, from the snapshot diff)
+	// so avoids reading 66 000 unchanged files. The mass-deletion guard
+	// still counts against all existing owned files.
+	Only map[string]bool
 	// BeforeWrite, when set, is called once before the first file is written
 	// or removed, and only when something will be; an error stops the sync
 	// with nothing changed. fetch-hosts records there that a tincd reload
@@ -149,10 +156,13 @@ func syncDir(dir string, files Files, opts SyncOptions, hooks *syncHooks) (Repor
 			temps = append(temps, name)
 		case owned(name):
 			existingOwned++
-			if _, ok := files[name]; !ok {
+			if _, ok := files[name]; !ok && (opts.Only == nil || opts.Only[name]) {
 				remove = append(remove, name)
 			}
 		}
+	}
+	if opts.Only != nil {
+		names = slices.DeleteFunc(names, func(n string) bool { return !opts.Only[n] })
 	}
 	// ReadDir sorts by name, so remove is sorted.
 

@@ -616,3 +616,29 @@ func TestSyncLocked(t *testing.T) {
 		t.Fatalf("Sync after unlock: %v", err)
 	}
 }
+
+func TestSyncOnly(t *testing.T) {
+	dir := t.TempDir()
+	for _, n := range []string{"node_1", "node_2", "node_3", "node_4"} {
+		os.WriteFile(filepath.Join(dir, n), []byte("Subnet = 10.0.0.0/8\n"), 0o644)
+	}
+	files := Files{
+		"node_1": []byte("Subnet = 10.0.0.1\n"), // changed, in Only: written
+		"node_2": []byte("Subnet = 10.0.0.2\n"), // changed, not in Only: left alone
+		"node_4": []byte("Subnet = 10.0.0.0/8\n"),
+	}
+	// node_3 is gone from files and in Only: removed.
+	rep, err := Sync(dir, files, SyncOptions{Only: map[string]bool{"node_1": true, "node_3": true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(rep.Written, []string{"node_1"}) || !slices.Equal(rep.Removed, []string{"node_3"}) || len(rep.Unchanged) != 0 {
+		t.Errorf("report %+v", rep)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "node_2")); string(b) != "Subnet = 10.0.0.0/8\n" {
+		t.Errorf("node_2 outside Only was written: %q", b)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "node_4")); err != nil {
+		t.Error("node_4 outside Only was removed")
+	}
+}
