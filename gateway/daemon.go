@@ -92,6 +92,7 @@ type Daemon struct {
 	restartWait time.Duration
 	touched     bool // apply wrote or removed host files (see takeTouched)
 	incremental bool // the next apply may sync only what changed since d.tb
+	keys        *mesh.KeyCache
 }
 
 // New returns a daemon for a validated cfg.
@@ -209,7 +210,10 @@ func (d *Daemon) build(regPrefix netip.Prefix, cands []mesh.Candidate) (mesh.Res
 	if err != nil {
 		return mesh.Result{}, prefix, fmt.Errorf("management prefix %s: %w", prefix, err)
 	}
-	return mesh.Build(plan, cands), prefix, nil
+	if d.keys == nil {
+		d.keys = mesh.NewKeyCache()
+	}
+	return mesh.BuildWith(plan, cands, d.keys), prefix, nil
 }
 
 // desired renders the host files of tb, this gateway's own included: the

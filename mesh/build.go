@@ -60,11 +60,47 @@ type Result struct {
 // as a whole: an empty testbed is a valid result (the caller's mass-deletion
 // guard decides what to do with it).
 func Build(plan addressing.Plan, cands []Candidate) Result {
+	return BuildWith(plan, cands, nil)
+}
+
+// KeyCache remembers the public keys that passed NormalizePublicKey, so
+// that a daemon rebuilding a snapshot of 66 000 members after a one-member
+// change parses only the keys it has not seen (an RSA key parse is most of
+// Build's time). It is not safe for concurrent use; the zero value is not
+// usable: make one with NewKeyCache.
+type KeyCache struct {
+	m, next map[string]string
+}
+
+// NewKeyCache returns an empty cache.
+func NewKeyCache() *KeyCache { return &KeyCache{m: map[string]string{}, next: map[string]string{}} }
+
+func (k *KeyCache) normalize(raw string) (string, error) {
+	if n, ok := k.m[raw]; ok {
+		k.next[raw] = n
+		return n, nil
+	}
+	n, err := NormalizePublicKey(raw)
+	if err == nil {
+		k.next[raw] = n
+	}
+	return n, err
+}
+
+// rotate keeps only the keys used by the last Build, so the cache never
+// holds more than one snapshot's keys.
+func (k *KeyCache) rotate() { k.m, k.next = k.next, map[string]string{} }
+
+// BuildWith is Build with a key cache (nil: none).
+func BuildWith(plan addressing.Plan, cands []Candidate, keys *KeyCache) Result {
+	if keys != nil {
+		defer keys.rotate()
+	}
 	var res Result
 	members := make([]Member, 0, len(cands))
 	for i := range cands {
 		c := &cands[i]
-		m, skip, err := validate(plan, c)
+		m, skip, err := validate(plan, c, keys)
 		if err != nil {
 			p := Problem{Kind: c.Kind, ID: c.ID, Reason: err.Error()}
 			if c.Tinc != nil && ValidTincName(c.Tinc.Name) {
@@ -98,7 +134,7 @@ type validated struct {
 
 // validate checks one candidate. skip reports a deliberate skip (no key,
 // native backend) rather than a rejection.
-func validate(plan addressing.Plan, c *Candidate) (v validated, skip bool, err error) {
+func validate(plan addressing.Plan, c *Candidate, keys *KeyCache) (v validated, skip bool, err error) {
 	switch c.Kind {
 	case addressing.KindNode:
 		if err := addressing.CheckNode(c.ID); err != nil {
@@ -163,7 +199,11 @@ func validate(plan addressing.Plan, c *Candidate) (v validated, skip bool, err e
 	}
 	m.Subnets = []netip.Prefix{sub}
 
-	key, err := NormalizePublicKey(c.Tinc.PubKey)
+	normalize := NormalizePublicKey
+	if keys != nil {
+		normalize = keys.normalize
+	}
+	key, err := normalize(c.Tinc.PubKey)
 	if err != nil {
 		return v, false, err
 	}
