@@ -49,12 +49,15 @@ fuzz:
 
 # bench: the Go benchmarks (-count=$(BENCHCOUNT), compare with benchstat),
 # then fetch-hosts against a loopback registry at $(BENCH_NODES) nodes, the
-# median of $(BENCH_RUNS) runs per figure next to the curl + cp -r baseline.
+# median of $(BENCH_RUNS) runs per figure next to the curl + cp -r baseline,
+# then the gateway daemon with 66 530 members (RSS, CPU per idle poll,
+# registry change to SIGHUP).
 BENCH_NODES ?= 1000,10000,65520
 BENCH_RUNS  ?= 5
 bench: deps build
 	$(GO) test -run='^$$' -bench=. -benchmem -count=$(BENCHCOUNT) ./... | tee bench.txt
 	$(GO) run ./test/bench/fetchhosts -mgmtnet $(BIN) -nodes $(BENCH_NODES) -runs $(BENCH_RUNS) 2>/dev/null | tee -a bench.txt
+	$(GO) run ./test/bench/gateway -mgmtnet $(BIN) -nodes 65520 2>/dev/null | tee -a bench.txt
 
 # demo: a whole virtual testbed in network namespaces (root). KEEP=1 leaves
 # it up; "make demo-down" removes it.
