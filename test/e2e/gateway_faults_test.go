@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -548,6 +549,14 @@ func TestGatewayModes(t *testing.T) {
 		t.Fatalf("--check after --once: exit %d, want 0 (nothing to change):\n%s", code, out)
 	}
 
+	// sd_notify: a NOTIFY_SOCKET of our own receives READY=1 and STATUS=.
+	notifyPath := filepath.Join(t.TempDir(), "notify.sock")
+	notify, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: notifyPath, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer notify.Close()
+	t.Setenv("NOTIFY_SOCKET", notifyPath)
 	g := startGateway(t, s.config, s.socket)
 	g.waitStatus(t, "synced", 30*time.Second, func(st *vtb.GatewayStatus) error {
 		if st.LastSync == nil {
@@ -555,6 +564,19 @@ func TestGatewayModes(t *testing.T) {
 		}
 		return nil
 	})
+	var notes []string
+	notify.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for !strings.Contains(strings.Join(notes, "\n"), "READY=1") {
+		buf := make([]byte, 4096)
+		n, _, err := notify.ReadFromUnix(buf)
+		if err != nil {
+			t.Fatalf("sd_notify: no READY=1 (got %q): %v", notes, err)
+		}
+		notes = append(notes, string(buf[:n]))
+	}
+	if !strings.Contains(strings.Join(notes, "\n"), "STATUS=") {
+		t.Errorf("sd_notify: READY=1 but no STATUS= line: %q", notes)
+	}
 	resp, err := http.Get("http://" + metrics + "/metrics")
 	if err != nil {
 		t.Fatal(err)
