@@ -350,18 +350,24 @@ config testbed testbed
 // WriteRegistry writes the testbed file the registry serves (it re-reads
 // it within a second).
 func (tb *Testbed) WriteRegistry() error {
-	b, err := json.MarshalIndent(tb.File, "", "  ")
-	if err != nil {
-		return err
-	}
 	if tb.FilePath == "" {
 		tb.FilePath = filepath.Join(tb.Lab.Dir, "testbed.json")
 	}
-	tmp := tb.FilePath + ".tmp"
+	return WriteTestbedFile(tb.FilePath, tb.File)
+}
+
+// WriteTestbedFile writes a registry testbed file through a temporary file
+// and a rename, so that "mgmtnet registry serve" never reads half of it.
+func WriteTestbedFile(path string, f *registry.File) error {
+	b, err := json.MarshalIndent(f, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
 	if err := os.WriteFile(tmp, b, 0o644); err != nil {
 		return err
 	}
-	return os.Rename(tmp, tb.FilePath)
+	return os.Rename(tmp, path)
 }
 
 // RegisterNode puts a node and its current public key into the registry

@@ -9,7 +9,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"net"
@@ -23,6 +22,7 @@ import (
 	"time"
 
 	"github.com/confine-project/mgmtnet/mesh/registry"
+	"github.com/confine-project/mgmtnet/test/vtb"
 )
 
 func main() {
@@ -89,15 +89,6 @@ func measure(name string, args ...string) (sample, string, error) {
 	return sample{wall, rss}, out.String(), nil
 }
 
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
 func run(bin, sizes string, hosts, servers, runs int, work string) error {
 	if work == "" {
 		d, err := os.MkdirTemp("", "mgmtnet-bench-")
@@ -130,10 +121,10 @@ func benchSize(bin string, nodes, hosts, servers, runs int, dir string) error {
 		return err
 	}
 	tbPath := filepath.Join(dir, "testbed.json")
-	if err := writeFile(tbPath, f); err != nil {
+	if err := vtb.WriteTestbedFile(tbPath, f); err != nil {
 		return err
 	}
-	port, err := freePort()
+	port, err := vtb.FreePort()
 	if err != nil {
 		return err
 	}
@@ -180,7 +171,7 @@ func benchSize(bin string, nodes, hosts, servers, runs int, dir string) error {
 		warm = append(warm, s)
 		// One member changed: node 1 gets another key.
 		f.Nodes[0].Tinc.PubKey, f.Nodes[1].Tinc.PubKey = f.Nodes[1].Tinc.PubKey, f.Nodes[0].Tinc.PubKey
-		if err := writeFile(tbPath, f); err != nil {
+		if err := vtb.WriteTestbedFile(tbPath, f); err != nil {
 			return err
 		}
 		time.Sleep(1100 * time.Millisecond) // the server notices file changes once a second
@@ -222,16 +213,4 @@ func benchSize(bin string, nodes, hosts, servers, runs int, dir string) error {
 	row("fetch-hosts one changed", median(changed))
 	fmt.Printf("%-7d %-26s %10.2fx\n", nodes, "cold / (curl + cp -r)", float64(median(cold).wall)/float64(base2))
 	return nil
-}
-
-func writeFile(path string, f *registry.File) error {
-	b, err := json.Marshal(f)
-	if err != nil {
-		return err
-	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }

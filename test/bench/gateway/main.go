@@ -9,10 +9,8 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -37,15 +35,6 @@ func main() {
 		fmt.Fprintf(os.Stderr, "bench gateway: %v\n", err)
 		os.Exit(1)
 	}
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // procKB reads a "VmRSS:"-style field of /proc/<pid>/status in KiB.
@@ -80,17 +69,6 @@ func cpuTime(pid int) time.Duration {
 	return time.Duration(ut+st) * time.Second / 100 // USER_HZ is 100 on Linux
 }
 
-func writeFile(path string, f *registry.File) error {
-	b, err := json.Marshal(f)
-	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(path+".tmp", b, 0o644); err != nil {
-		return err
-	}
-	return os.Rename(path+".tmp", path)
-}
-
 func run(bin string, nodes, hosts int, idle time.Duration, changes int) error {
 	dir, err := os.MkdirTemp("", "mgmtnet-bench-gateway-")
 	if err != nil {
@@ -102,10 +80,10 @@ func run(bin string, nodes, hosts int, idle time.Duration, changes int) error {
 		return err
 	}
 	tbPath := filepath.Join(dir, "testbed.json")
-	if err := writeFile(tbPath, f); err != nil {
+	if err := vtb.WriteTestbedFile(tbPath, f); err != nil {
 		return err
 	}
-	port, err := freePort()
+	port, err := vtb.FreePort()
 	if err != nil {
 		return err
 	}
@@ -205,7 +183,7 @@ status_socket: %s
 		f.Nodes[i].Tinc.PubKey, f.Nodes[i+changes].Tinc.PubKey = f.Nodes[i+changes].Tinc.PubKey, f.Nodes[i].Tinc.PubKey
 		time.Sleep(1100 * time.Millisecond) // the registry re-reads its file at most once a second
 		t := time.Now()
-		if err := writeFile(tbPath, f); err != nil {
+		if err := vtb.WriteTestbedFile(tbPath, f); err != nil {
 			return err
 		}
 		err = vtb.WaitFor(ctx, time.Minute, 10*time.Millisecond, func() error {
