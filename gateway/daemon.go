@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	sddaemon "github.com/coreos/go-systemd/v22/daemon"
@@ -93,6 +94,11 @@ type Daemon struct {
 	touched     bool // apply wrote or removed host files (see takeTouched)
 	incremental bool // the next apply may sync only what changed since d.tb
 	keys        *mesh.KeyCache
+	// hupPending and restartPending survive a failed signal: the files are
+	// written, so the next reconcile must still deliver it (a revoked
+	// member must not keep its access because one SIGHUP failed).
+	hupPending, restartPending bool
+	published                  atomic.Pointer[Status]
 }
 
 // New returns a daemon for a validated cfg.
@@ -122,8 +128,12 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 }
 
 func (d *Daemon) newClient() error {
+	// One fetch, retries included, must end well before systemd's
+	// watchdog (WatchdogSec=120) would kill the daemon: the loop that sends
+	// WATCHDOG=1 waits for it.
+	fetchTimeout := min(max(3*d.cfg.Registry.Timeout.D(), 30*time.Second), 90*time.Second)
 	c, err := registry.New(d.cfg.Registry.URL, registry.Options{CAFile: d.cfg.Registry.CA, Insecure: d.cfg.Registry.Insecure,
-		Timeout: d.cfg.Registry.Timeout.D(), Logger: d.log})
+		Timeout: d.cfg.Registry.Timeout.D(), FetchTimeout: fetchTimeout, Logger: d.log})
 	if err != nil {
 		return fmt.Errorf("registry client: %w", err)
 	}
@@ -131,9 +141,24 @@ func (d *Daemon) newClient() error {
 	return nil
 }
 
-// Status asks the loop for its status.
+// Status returns the status the loop last published. It never waits for
+// the loop, so a slow registry fetch does not stall "mgmtnet status".
 func (d *Daemon) Status(ctx context.Context) (Status, error) {
+	if p := d.published.Load(); p != nil {
+		s := *p
+		if s.LastSync != nil {
+			age := time.Since(*s.LastSync).Seconds()
+			s.SyncAgeSeconds = &age
+		}
+		return s, nil
+	}
 	return d.ask(ctx, d.statusReq)
+}
+
+// publish stores a copy of the status for Status; called by the loop.
+func (d *Daemon) publish() {
+	s := d.status()
+	d.published.Store(&s)
 }
 
 // Poll asks the loop to reconcile now and returns the status after.
@@ -263,12 +288,16 @@ func (d *Daemon) reconcile1(ctx context.Context, full bool) error {
 	}
 	d.regErr = ""
 	if snap.NotModified {
+		// The registry confirmed what we run on, also when that came from
+		// the cache.
+		d.fromCache = false
+		d.m.snapshotFromCache.Set(0)
 		if full && d.tb != nil {
 			return d.apply(ctx, d.tb, false)
 		}
 		d.lastSync = time.Now()
 		d.m.lastSync.SetToCurrentTime()
-		return nil
+		return d.signalPending(ctx)
 	}
 	res, prefix, err := d.build(snap.Prefix, snap.Candidates)
 	if err != nil {
@@ -353,17 +382,45 @@ func (d *Daemon) apply(ctx context.Context, tb *mesh.Testbed, repair bool) error
 	}
 	if old != nil && ownSubnetsChanged(old, tb, own) {
 		d.log.Info("this gateway's own Subnets changed; restarting tincd", "name", own)
-		if err := d.tincd.Restart(ctx); err != nil {
+		d.restartPending = true
+	}
+	if rep.Changed() {
+		d.hupPending = true
+	}
+	return d.signalPending(ctx)
+}
+
+// signalPending delivers a restart or SIGHUP that host file changes call
+// for, also one that failed before. A tincd that does not run needs none:
+// it reads the files when it starts.
+func (d *Daemon) signalPending(ctx context.Context) error {
+	if !d.restartPending && !d.hupPending {
+		return nil
+	}
+	if !d.tincd.State().Running {
+		d.restartPending, d.hupPending = false, false
+		return nil
+	}
+	if d.restartPending {
+		err := d.tincd.Restart(ctx)
+		if errors.Is(err, ErrUnmanaged) {
+			d.restartPending = false
+			return fmt.Errorf("this gateway's own Subnets changed: restart tincd to apply them (tinc 1.0 does not reload its own Subnets; mgmtnet does not manage this tincd)")
+		}
+		if err != nil {
 			return fmt.Errorf("restart tincd: %w", err)
 		}
+		d.restartPending, d.hupPending = false, false
 		d.restarts++
 		d.m.restarts.Inc()
+		d.peers = peers{}
 		d.configureLink(ctx)
 		return nil
 	}
-	if rep.Changed() && d.tincd.State().Running {
-		return d.reload()
+	if err := d.reload(); err != nil {
+		return err
 	}
+	d.hupPending = false
 	return nil
 }
 
@@ -371,7 +428,10 @@ func ownSubnetsChanged(old, tb *mesh.Testbed, own string) bool {
 	a, okA := old.Lookup(own)
 	b, okB := tb.Lookup(own)
 	if !okA || !okB {
-		return okA != okB && okA // removed: nothing to announce differently until restart
+		// Appearing in the registry gives this gateway Subnets to announce
+		// (a restart); disappearing keeps its own file (never removed), so
+		// nothing changes for tincd.
+		return okB && !okA
 	}
 	return !slices.Equal(a.Subnets, b.Subnets)
 }
@@ -650,6 +710,15 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 	}
 	for {
+		if d.cfg.Tinc.Manage && d.tb != nil && restartC == nil && !d.tincd.State().Running {
+			if d.startTincd(ctx) {
+				d.event(EventTincdStarted)
+			} else {
+				d.restartWait = min(max(d.restartWait*2, time.Second), 30*time.Second)
+				restartC = time.After(d.restartWait)
+			}
+		}
+		d.publish()
 		select {
 		case <-ctx.Done():
 			sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -714,6 +783,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 			if d.tb != nil && d.tampered(names) {
 				if err := d.apply(ctx, d.tb, true); err != nil {
 					d.lastErr = err.Error()
+					d.fullDue = true // compare everything at the next poll
 					d.log.Error("repair host files", "err", err)
 				}
 				if d.takeTouched() {
@@ -736,6 +806,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 			}
 		case <-restartC:
 			restartC = nil
+			if d.tincd.State().Running {
+				d.restartWait = 0 // restarted meanwhile (own Subnets changed)
+				continue
+			}
 			if d.startTincd(ctx) {
 				d.restarts++
 				d.m.restarts.Inc()

@@ -2,9 +2,11 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -24,6 +26,8 @@ type fakeTincd struct {
 	mu      sync.Mutex
 	running bool
 	calls   []string
+	// failReloads makes the next Reload calls fail.
+	failReloads int
 }
 
 var _ Tincd = (*fakeTincd)(nil)
@@ -43,6 +47,12 @@ func (f *fakeTincd) Reload() error {
 	f.rec("reload")
 	if !f.State().Running {
 		f.t.Errorf("fake tincd: Reload while not running")
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.failReloads > 0 {
+		f.failReloads--
+		return errors.New("fake tincd: reload failed")
 	}
 	return nil
 }
@@ -240,9 +250,11 @@ func TestDaemonSync(t *testing.T) {
 	}
 
 	// Own Subnets changed: restart.
+	// (A new management prefix changes every member's Subnets, this
+	// gateway's own included; a tinc name stays bound to its kind and id.)
 	f3 := testFile(t, 3)
 	f3.Nodes[1].Tinc.PubKey = f2.Nodes[1].Tinc.PubKey
-	f3.Servers[0].ID = 3
+	f3.MgmtPrefix = netip.MustParsePrefix("fd65:fc41:c50f::/48")
 	r.srv.SetFile(f3)
 	s = r.poll()
 	if got := r.tincd.take(); got != "restart" || s.Restarts != 1 {
@@ -329,5 +341,35 @@ func TestDaemonStartsFromCache(t *testing.T) {
 	}
 	if _, err := os.Stat(r.hostFile("node_2")); err != nil {
 		t.Errorf("cache not applied: %v", err)
+	}
+}
+
+// A SIGHUP that failed is sent again at the next poll, although the files
+// are then unchanged: a revoked member must not keep its access.
+func TestDaemonRetriesFailedReload(t *testing.T) {
+	f := testFile(t, 3)
+	r := newRig(t, f)
+	r.start()
+	r.wait(EventSynced)
+	r.tincd.take()
+	f2 := testFile(t, 2) // node_3 revoked
+	r.srv.SetFile(f2)
+	r.tincd.mu.Lock()
+	r.tincd.failReloads = 1
+	r.tincd.mu.Unlock()
+	s := r.poll()
+	if got := r.tincd.take(); got != "reload" || s.LastError == "" {
+		t.Fatalf("failed reload: calls %q, last_error %q", got, s.LastError)
+	}
+	if _, err := os.Stat(r.hostFile("node_3")); err == nil {
+		t.Fatal("revoked node's file still there")
+	}
+	s = r.poll() // 304 now: the pending HUP is delivered
+	if got := r.tincd.take(); got != "reload" || s.LastError != "" {
+		t.Errorf("retry: calls %q, last_error %q; want one reload and no error", got, s.LastError)
+	}
+	s = r.poll()
+	if got := r.tincd.take(); got != "" {
+		t.Errorf("after the retry: calls %q, want none", got)
 	}
 }
