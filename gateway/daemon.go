@@ -57,6 +57,10 @@ type Options struct {
 	Reload <-chan os.Signal
 	// OnEvent, if set, is called from the daemon's goroutine.
 	OnEvent func(Event)
+	// Force lets a sync remove more than guard.max_remove_fraction of the
+	// host files (an operator's deliberate bulk decommission, with --once
+	// --force). The daemon itself never forces.
+	Force bool
 }
 
 // Daemon is the gateway daemon. Run owns its state; other goroutines
@@ -256,7 +260,7 @@ func (d *Daemon) desired(tb *mesh.Testbed) (tincgen.Files, string, error) {
 }
 
 func (d *Daemon) syncOptions(own string, dry bool) tincgen.SyncOptions {
-	return tincgen.SyncOptions{DryRun: dry, MaxRemoveFraction: d.cfg.Guard.MaxRemoveFraction,
+	return tincgen.SyncOptions{DryRun: dry, MaxRemoveFraction: d.cfg.Guard.MaxRemoveFraction, Force: d.opts.Force,
 		Owned: func(name string) bool { return name != own && tincgen.OwnedName(name) }}
 }
 

@@ -90,7 +90,14 @@ func (f *Foreground) Start() (*Process, error) {
 	}()
 	go func() {
 		err := cmd.Wait()
-		<-lines
+		// A descendant of a tinc-up or host-up script may keep the pipe
+		// open: give the reader a moment, then close it so Stop never hangs.
+		select {
+		case <-lines:
+		case <-time.After(2 * time.Second):
+			r.Close()
+			<-lines
+		}
 		if err != nil {
 			p.err = fmt.Errorf("tincd (pid %d) exited: %w", cmd.Process.Pid, err)
 		} else {

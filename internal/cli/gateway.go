@@ -12,7 +12,7 @@ import (
 	"github.com/confine-project/mgmtnet/tincgen"
 )
 
-const gatewaySynopsis = `  mgmtnet gateway --config FILE [--once] [--check] [--cleanup]
+const gatewaySynopsis = `  mgmtnet gateway --config FILE [--once [--force]] [--check] [--cleanup]
 
 The gateway daemon: keeps the tinc directory in sync with the registry
 (polling with ETags, repairing host files changed by hand at once), reloads
@@ -23,7 +23,9 @@ file reloads the config; SIGTERM stops it (and a managed tincd).
 
   --check    validate the config, fetch once and print the diff of what
              would change; exit 0 when nothing would, 1 otherwise
-  --once     reconcile once (SIGHUP tincd if something changed) and exit
+  --once     reconcile once (SIGHUP tincd if something changed) and exit;
+             with --force, also when it removes more host files than the
+             mass-deletion guard allows (a deliberate bulk removal)
   --cleanup  remove what the daemon owns (state_dir/snapshot.json, the
              status socket) and stop a managed tincd. Host files are NOT
              deleted.
@@ -34,11 +36,12 @@ Exit status: 0 success, 1 error, 2 usage error.
 func runGateway(ctx context.Context, env Env, args []string) error {
 	fs := newFlagSet("gateway", gatewaySynopsis, env.Stderr)
 	var path string
-	var once, check, cleanup bool
+	var once, check, cleanup, force bool
 	fs.StringVar(&path, "config", "/etc/mgmtnet/gateway.yaml", "config `file` (YAML)")
 	fs.BoolVar(&once, "once", false, "reconcile once and exit")
 	fs.BoolVar(&check, "check", false, "print what would change and exit")
 	fs.BoolVar(&cleanup, "cleanup", false, "remove the snapshot and status socket, stop a managed tincd; keeps host files")
+	fs.BoolVar(&force, "force", false, "with --once: allow removing more than guard.max_remove_fraction of the host files")
 	pos, err := parseInterspersed(fs, args, env.Stdout)
 	if err != nil {
 		return err
@@ -55,6 +58,9 @@ func runGateway(ctx context.Context, env Env, args []string) error {
 	if n > 1 {
 		return usagef("--once, --check and --cleanup exclude each other")
 	}
+	if force && !once {
+		return usagef("--force goes with --once: the daemon never forces a mass deletion")
+	}
 	cfg, err := gateway.LoadConfig(path)
 	if err != nil {
 		return err
@@ -62,7 +68,7 @@ func runGateway(ctx context.Context, env Env, args []string) error {
 	if cleanup {
 		return gateway.Cleanup(ctx, cfg, env.Logger)
 	}
-	opts := gateway.Options{ConfigPath: path, Logger: env.Logger}
+	opts := gateway.Options{ConfigPath: path, Logger: env.Logger, Force: force}
 	if once || check || cleanup {
 		opts.Notify = func(string) {}
 	} else {

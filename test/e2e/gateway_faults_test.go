@@ -599,4 +599,19 @@ func TestGatewayModes(t *testing.T) {
 	if files := checkHostsDir(t, s.hosts); len(files) != 6 {
 		t.Errorf("--cleanup removed host files: %d left", len(files))
 	}
+
+	// A deliberate bulk removal: refused by the guard, allowed by --once
+	// --force.
+	small := *f
+	small.Nodes = f.Nodes[:1]
+	reg.srv.SetFile(&small)
+	if out, code = run("--once"); code != 1 || !strings.Contains(out, "would remove") {
+		t.Fatalf("--once removing 4 of 6: exit %d, want 1 and the guard's message:\n%s", code, out)
+	}
+	if out, code = run("--once", "--force"); code != 0 {
+		t.Fatalf("--once --force: exit %d:\n%s", code, out)
+	}
+	if files := checkHostsDir(t, s.hosts); len(files) != 2 {
+		t.Errorf("--once --force left %d host files, want 2", len(files))
+	}
 }
