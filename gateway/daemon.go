@@ -91,7 +91,7 @@ type Daemon struct {
 	lastErr     string
 	regErr      string
 	configErr   string
-	peers       peers
+	peerLog     string // unmanaged tincd's log file, read for peers; fixed at New
 	ready       bool
 	fullDue     bool
 	restartWait time.Duration
@@ -114,7 +114,10 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 		opts.Notify = func(s string) { sddaemon.SdNotify(false, s) }
 	}
 	d := &Daemon{cfg: cfg, opts: opts, log: opts.Logger, tincd: opts.Tincd, link: opts.Link, m: newMetrics(),
-		statusReq: make(chan chan Status), pollReq: make(chan chan Status), peers: peers{}}
+		statusReq: make(chan chan Status), pollReq: make(chan chan Status)}
+	if !cfg.Tinc.Manage {
+		d.peerLog = cfg.Tinc.LogFile
+	}
 	if d.tincd == nil {
 		if cfg.Tinc.Manage {
 			d.tincd = NewManagedTincd(cfg.Tinc.Tincd, cfg.Tinc.Dir, cfg.PidFile())
@@ -150,6 +153,7 @@ func (d *Daemon) newClient() error {
 func (d *Daemon) Status(ctx context.Context) (Status, error) {
 	if p := d.published.Load(); p != nil {
 		s := *p
+		s.Peers = d.livePeers()
 		if s.LastSync != nil {
 			age := time.Since(*s.LastSync).Seconds()
 			s.SyncAgeSeconds = &age
@@ -163,6 +167,13 @@ func (d *Daemon) Status(ctx context.Context) (Status, error) {
 func (d *Daemon) publish() {
 	s := d.status()
 	d.published.Store(&s)
+	n := 0
+	for _, p := range d.tincd.Peers() {
+		if p.Connected {
+			n++
+		}
+	}
+	d.m.peersConnected.Set(float64(n))
 }
 
 // Poll asks the loop to reconcile now and returns the status after.
@@ -417,7 +428,6 @@ func (d *Daemon) signalPending(ctx context.Context) error {
 		d.restartPending, d.hupPending = false, false
 		d.restarts++
 		d.m.restarts.Inc()
-		d.peers = peers{}
 		d.configureLink(ctx)
 		return nil
 	}
@@ -534,7 +544,7 @@ func (d *Daemon) status() Status {
 	s := Status{FromCache: d.fromCache, Rejected: append([]string{}, d.rejected...), Files: d.files,
 		Hups: d.hups, Restarts: d.restarts, Syncs: d.syncs, LastError: d.lastErr, ConfigError: d.configErr,
 		Registry: RegistryStatus{URL: d.cfg.Registry.URL, ETags: map[string]string{}, LastError: d.regErr},
-		Tincd:    d.tincd.State(), Peers: d.peers.list()}
+		Tincd:    d.tincd.State()}
 	if s.LastError == "" {
 		s.LastError = d.configErr
 	}
@@ -552,10 +562,21 @@ func (d *Daemon) status() Status {
 		age := time.Since(d.lastSync).Seconds()
 		s.LastSync, s.SyncAgeSeconds = &t, &age
 	}
-	if !d.cfg.Tinc.Manage && d.cfg.Tinc.LogFile != "" {
-		s.Peers = peersFromLog(d.cfg.Tinc.LogFile, 1<<20).list()
-	}
 	return s
+}
+
+// livePeers returns tincd's peers now: from the managed tincd's log lines,
+// or from the tail of an unmanaged tincd's log file (tinc.logfile). It is
+// called outside the loop, at each status request, so it reads only
+// fields that never change after New.
+func (d *Daemon) livePeers() []Peer {
+	if p := d.tincd.Peers(); p != nil {
+		return p
+	}
+	if d.peerLog != "" {
+		return peersFromLog(d.peerLog, 1<<20).list()
+	}
+	return []Peer{}
 }
 
 // reloadConfig re-reads the config file. An invalid one keeps the old
@@ -799,15 +820,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 			if ev.Exited {
 				d.restartWait = min(max(d.restartWait*2, time.Second), 30*time.Second)
 				d.log.Error("tincd exited; restarting it", "err", ev.Err, "in", d.restartWait)
-				d.peers = peers{}
-				d.m.peersConnected.Set(0)
 				restartC = time.After(d.restartWait)
 				continue
 			}
 			d.log.Debug("tincd", "line", ev.Line)
-			if d.peers.line(ev.Line) {
-				d.m.peersConnected.Set(float64(d.peers.connected()))
-			}
+
 		case <-restartC:
 			restartC = nil
 			if d.tincd.State().Running {

@@ -69,6 +69,7 @@ func (f *fakeTincd) State() TincdState {
 	return TincdState{Pid: 100, Running: f.running}
 }
 func (f *fakeTincd) Events() <-chan TincdEvent { return nil }
+func (f *fakeTincd) Peers() []Peer             { return nil }
 
 // take returns and clears the calls, as sorted-free text.
 func (f *fakeTincd) take() string {

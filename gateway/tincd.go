@@ -29,8 +29,12 @@ type Tincd interface {
 	// State reports whether tincd runs.
 	State() TincdState
 	// Events delivers tincd's log lines and unexpected exits; nil when
-	// there are none (unmanaged).
+	// there are none (unmanaged). Log lines may be dropped when the loop is
+	// busy (tincd must never block on its log); exits never are.
 	Events() <-chan TincdEvent
+	// Peers returns the meta connections tincd's log reported, or nil when
+	// this Tincd cannot know (unmanaged).
+	Peers() []Peer
 }
 
 // TincdState is what status reports about tincd.
@@ -58,6 +62,11 @@ type managedTincd struct {
 	fg     vpn.Foreground
 	events chan TincdEvent
 
+	// peers is updated from every log line in the reader goroutine, so a
+	// connection event is never lost even when Events drops lines.
+	pmu   sync.Mutex
+	peers peers
+
 	mu   sync.Mutex
 	proc *vpn.Process
 }
@@ -67,8 +76,11 @@ var _ Tincd = (*managedTincd)(nil)
 // NewManagedTincd returns a Tincd that runs "tincd -c dir -D
 // --pidfile=pidFile" itself.
 func NewManagedTincd(binary, dir, pidFile string) Tincd {
-	m := &managedTincd{events: make(chan TincdEvent, 4096)}
+	m := &managedTincd{events: make(chan TincdEvent, 4096), peers: peers{}}
 	m.fg = vpn.Foreground{Binary: binary, ConfDir: dir, PidFile: pidFile, Line: func(l string) {
+		m.pmu.Lock()
+		m.peers.line(l)
+		m.pmu.Unlock()
 		select {
 		case m.events <- TincdEvent{Line: l}:
 		default: // never block tincd on its log; the loop is busy
@@ -87,6 +99,9 @@ func (m *managedTincd) Start(context.Context) error {
 	if err != nil {
 		return err
 	}
+	m.pmu.Lock()
+	m.peers = peers{} // a new tincd has no connections yet
+	m.pmu.Unlock()
 	m.proc = p
 	go func() {
 		<-p.Done()
@@ -168,6 +183,14 @@ func (u *unmanagedTincd) State() TincdState {
 }
 
 func (u *unmanagedTincd) Events() <-chan TincdEvent { return nil }
+func (u *unmanagedTincd) Peers() []Peer             { return nil }
+
+// Peers returns the peers tincd's log reported since it started.
+func (m *managedTincd) Peers() []Peer {
+	m.pmu.Lock()
+	defer m.pmu.Unlock()
+	return m.peers.list()
+}
 
 // Link configures the tun link tincd created.
 type Link interface {
