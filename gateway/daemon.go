@@ -78,26 +78,27 @@ type Daemon struct {
 	pollReq   chan chan Status
 
 	// Owned by the loop.
-	tb          *mesh.Testbed
-	prefix      netip.Prefix
-	validators  map[string]string
-	rejected    []string
-	lastSync    time.Time
-	fromCache   bool
-	files       FileCounts
-	hups        int
-	restarts    int
-	syncs       int
-	lastErr     string
-	regErr      string
-	configErr   string
-	peerLog     string // unmanaged tincd's log file, read for peers; fixed at New
-	ready       bool
-	fullDue     bool
-	restartWait time.Duration
-	touched     bool // apply wrote or removed host files (see takeTouched)
-	incremental bool // the next apply may sync only what changed since d.tb
-	keys        *mesh.KeyCache
+	tb           *mesh.Testbed
+	prefix       netip.Prefix
+	validators   map[string]string
+	rejected     []string
+	lastSync     time.Time
+	fromCache    bool
+	files        FileCounts
+	hups         int
+	restarts     int
+	syncs        int
+	lastErr      string
+	regErr       string
+	configErr    string
+	peerLog      string // unmanaged tincd's log file, read for peers; fixed at New
+	ready        bool
+	fullDue      bool
+	restartWait  time.Duration
+	tincdStarted time.Time // when startTincd last succeeded
+	touched      bool      // apply wrote or removed host files (see takeTouched)
+	incremental  bool      // the next apply may sync only what changed since d.tb
+	keys         *mesh.KeyCache
 	// hupPending and restartPending survive a failed signal: the files are
 	// written, so the next reconcile must still deliver it (a revoked
 	// member must not keep its access because one SIGHUP failed).
@@ -514,6 +515,11 @@ func (d *Daemon) loadCache(ctx context.Context) error {
 		return err
 	}
 	d.prefix, d.validators = prefix, s.Validators
+	d.rejected = d.rejected[:0]
+	for _, p := range res.Rejected {
+		d.rejected = append(d.rejected, p.String())
+	}
+	d.m.rejected.Set(float64(len(d.rejected)))
 	d.fromCache = true
 	d.m.snapshotFromCache.Set(1)
 	d.log.Warn(fmt.Sprintf("registry unreachable; running on the last-known-good snapshot of %s", s.Saved.Format(time.RFC3339)))
@@ -818,6 +824,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 			d.event(EventRepaired)
 		case ev := <-d.tincd.Events():
 			if ev.Exited {
+				if time.Since(d.tincdStarted) > time.Minute {
+					d.restartWait = 0 // it ran well for a while: not a crash loop
+				}
 				d.restartWait = min(max(d.restartWait*2, time.Second), 30*time.Second)
 				d.log.Error("tincd exited; restarting it", "err", ev.Err, "in", d.restartWait)
 				restartC = time.After(d.restartWait)
@@ -852,6 +861,7 @@ func (d *Daemon) startTincd(ctx context.Context) bool {
 		d.log.Error("start tincd", "err", err)
 		return false
 	}
+	d.tincdStarted = time.Now()
 	d.configureLink(ctx)
 	return true
 }
