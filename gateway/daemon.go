@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -281,7 +282,16 @@ func (d *Daemon) reconcile(ctx context.Context, full bool) error {
 	full = full || d.fullDue
 	d.syncs++
 	d.m.syncs.Inc()
+	fetched := d.validators
 	err := d.reconcile1(ctx, full)
+	if full || !maps.Equal(fetched, d.validators) {
+		// A changed snapshot, or a full comparison, went through the whole
+		// registry answer, the decoded candidates, the rendered files or
+		// every file on disk; none of it is live any more. Hand the memory
+		// back now rather than keep the peak resident for months (the
+		// gateway's RSS target is for 66 000 members).
+		debug.FreeOSMemory()
+	}
 	if err != nil {
 		d.lastErr = err.Error()
 		d.m.syncErrors.Inc()
@@ -341,11 +351,6 @@ func (d *Daemon) reconcile1(ctx context.Context, full bool) error {
 		Prefix: prefix.String(), Validators: snap.Validators, Candidates: snap.Candidates}); err != nil {
 		d.log.Warn("cannot save the last-known-good snapshot", "err", err)
 	}
-	// A changed snapshot went through the whole registry answer, the
-	// decoded candidates and the rendered files; none of it is live any
-	// more. Hand the memory back now rather than keep the peak resident for
-	// months (the gateway's RSS target is for 66 000 members).
-	debug.FreeOSMemory()
 	return nil
 }
 

@@ -77,11 +77,20 @@ func NewKeyCache() *KeyCache { return &KeyCache{m: map[string]string{}, next: ma
 
 func (k *KeyCache) normalize(raw string) (string, error) {
 	if n, ok := k.m[raw]; ok {
-		k.next[raw] = n
+		if n == raw {
+			k.next[n] = n // key by the string already kept, not this new copy
+		} else {
+			k.next[raw] = n
+		}
 		return n, nil
 	}
 	n, err := NormalizePublicKey(raw)
 	if err == nil {
+		if n == raw {
+			// Keep one copy: the member, the map key and the value then share
+			// the registry's string (keys are most of a snapshot's memory).
+			n = raw
+		}
 		k.next[raw] = n
 	}
 	return n, err

@@ -204,6 +204,7 @@ status_socket: %s
 	slices.Sort(lat)
 	fmt.Printf("registry change -> SIGHUP            median %s, max %s over %d changes (includes waiting for the next poll: up to %s)\n",
 		lat[len(lat)/2].Round(time.Millisecond), lat[len(lat)-1].Round(time.Millisecond), len(lat), poll)
-	fmt.Printf("RSS at the end                       %8.1f MB (peak %0.1f MB)\n", float64(procKB(pid, "VmRSS"))/1024, float64(procKB(pid, "VmHWM"))/1024)
+	time.Sleep(5 * time.Second) // let the last sync finish (the snapshot is saved after the HUP)
+	fmt.Printf("RSS 5 s after the last change        %8.1f MB (peak %0.1f MB)\n", float64(procKB(pid, "VmRSS"))/1024, float64(procKB(pid, "VmHWM"))/1024)
 	return nil
 }
