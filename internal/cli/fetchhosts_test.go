@@ -4,9 +4,7 @@ import (
 	"encoding/json"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -14,6 +12,7 @@ import (
 
 	"github.com/confine-project/mgmtnet/addressing"
 	"github.com/confine-project/mgmtnet/mesh/registry"
+	"github.com/confine-project/mgmtnet/test/vtb"
 )
 
 var (
@@ -216,33 +215,18 @@ func TestFetchHostsErrors(t *testing.T) {
 	}
 }
 
-// fakeTincd starts a process whose name is "tincd" (a copy of sleep) and
-// writes its pid file. SIGHUP ends it, which shows that it got the signal.
+// fakeTincd starts a vtb.FakeTincd that a SIGHUP ends, which shows that
+// it got the signal.
 func fakeTincd(t *testing.T) (pidFile string, done chan error) {
 	t.Helper()
-	dir := t.TempDir()
-	sleep, err := exec.LookPath("sleep")
-	if err != nil {
-		t.Skip("sleep not found")
-	}
-	b, err := os.ReadFile(sleep)
+	f, err := vtb.StartFakeTincd(t.TempDir(), false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	bin := filepath.Join(dir, "tincd")
-	if err := os.WriteFile(bin, b, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, "60")
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill() })
+	t.Cleanup(func() { f.Cmd.Process.Kill() })
 	done = make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	pidFile = filepath.Join(dir, "tinc.pid")
-	os.WriteFile(pidFile, []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o644)
-	return pidFile, done
+	go func() { done <- f.Cmd.Wait() }()
+	return f.PidFile, done
 }
 
 // A reload that failed (or never happened because the run was killed) is

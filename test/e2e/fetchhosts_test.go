@@ -208,16 +208,22 @@ func TestFetchHostsTinc(t *testing.T) {
 	tb.Nodes = append(tb.Nodes, registry.FileMember{ID: 3, Name: "node-3", Tinc: &registry.FileTinc{Name: "node_3", PubKey: string(pub3)}})
 	writeJSON(t, tbPath, tb)
 	hosts := filepath.Join(srv.dir, "hosts")
-	err = vtb.WaitFor(ctx, 10*time.Second, 300*time.Millisecond, func() error {
-		_, stderr := runMgmtnet(t, "fetch-hosts", base, "--hosts-dir", hosts, "--island", "1", "--reload", "--pidfile", srvTinc.PidFile())
-		if !strings.Contains(stderr, "written 1, unchanged 2, removed 0; tincd reloaded") {
-			return fmt.Errorf("fetch-hosts: %s", stderr)
+	// syncOne runs fetch-hosts --reload until the registry's change shows:
+	// one file written, the rest unchanged, one HUP.
+	syncOne := func() {
+		t.Helper()
+		err := vtb.WaitFor(ctx, 10*time.Second, 300*time.Millisecond, func() error {
+			_, stderr := runMgmtnet(t, "fetch-hosts", base, "--hosts-dir", hosts, "--island", "1", "--reload", "--pidfile", srvTinc.PidFile())
+			if !strings.Contains(stderr, "written 1, unchanged 2, removed 0; tincd reloaded") {
+				return fmt.Errorf("fetch-hosts: %s", stderr)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
 		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
 	}
+	syncOne()
 	// Let tincd process the HUP, then check traffic and the log.
 	err = vtb.WaitFor(ctx, 10*time.Second, 100*time.Millisecond, func() error {
 		if !strings.Contains(srvTinc.TincLog(), "Got HUP signal") {
@@ -248,16 +254,7 @@ func TestFetchHostsTinc(t *testing.T) {
 	tb.Nodes[1].Tinc.PubKey = string(pub2)
 	writeJSON(t, tbPath, tb)
 	hupsBefore := strings.Count(srvTinc.TincLog(), "Got HUP signal")
-	err = vtb.WaitFor(ctx, 10*time.Second, 300*time.Millisecond, func() error {
-		_, stderr := runMgmtnet(t, "fetch-hosts", base, "--hosts-dir", hosts, "--island", "1", "--reload", "--pidfile", srvTinc.PidFile())
-		if !strings.Contains(stderr, "written 1, unchanged 2, removed 0; tincd reloaded") {
-			return fmt.Errorf("fetch-hosts: %s", stderr)
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	syncOne()
 	err = vtb.WaitFor(ctx, 10*time.Second, 100*time.Millisecond, func() error {
 		_, c := vtb.ConnectionEvents(srvTinc.TincLog())
 		if strings.Count(srvTinc.TincLog(), "Got HUP signal") <= hupsBefore || c["node_2"] <= closed["node_2"] {

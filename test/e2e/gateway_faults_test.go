@@ -82,28 +82,16 @@ func grow(f *registry.File, n int) *registry.File {
 	return &g
 }
 
-// fakeTincdProc starts a process named "tincd" that ignores SIGHUP (a copy
-// of sleep, started through a shell that ignores HUP: ignored signals stay
-// ignored across exec) and returns its pid file.
+// fakeTincdProc starts a vtb.FakeTincd that ignores SIGHUP and returns
+// its pid file.
 func fakeTincdProc(t *testing.T, dir string) string {
 	t.Helper()
-	sleep, err := exec.LookPath("sleep")
+	f, err := vtb.StartFakeTincd(dir, true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, _ := os.ReadFile(sleep)
-	bin := filepath.Join(dir, "tincd")
-	if err := os.WriteFile(bin, b, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("sh", "-c", `trap "" HUP; exec "$0" 3600`, bin)
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	pidFile := filepath.Join(dir, "tinc.pid")
-	os.WriteFile(pidFile, []byte(fmt.Sprintf("%d\n", cmd.Process.Pid)), 0o644)
-	return pidFile
+	t.Cleanup(f.Stop)
+	return f.PidFile
 }
 
 // gatewayProc is a "mgmtnet gateway" the test started.

@@ -95,25 +95,15 @@ func run(bin string, nodes, hosts int, idle time.Duration, changes int) error {
 	defer func() { reg.Process.Signal(syscall.SIGTERM); reg.Wait() }()
 
 	// A stand-in tincd: a process named tincd that ignores SIGHUP.
-	sleep, err := exec.LookPath("sleep")
+	tincd, err := vtb.StartFakeTincd(dir, true)
 	if err != nil {
 		return err
 	}
-	b, _ := os.ReadFile(sleep)
-	fake := filepath.Join(dir, "tincd")
-	if err := os.WriteFile(fake, b, 0o755); err != nil {
-		return err
-	}
-	tincd := exec.Command("sh", "-c", `trap "" HUP; exec "$0" 3600`, fake)
-	if err := tincd.Start(); err != nil {
-		return err
-	}
-	defer func() { tincd.Process.Kill(); tincd.Wait() }()
+	defer tincd.Stop()
 	netDir := filepath.Join(dir, "tinc")
 	os.MkdirAll(filepath.Join(netDir, "hosts"), 0o755)
 	os.WriteFile(filepath.Join(netDir, "tinc.conf"), []byte("Name = server\nStrictSubnets = yes\n"), 0o644)
-	pidFile := filepath.Join(dir, "tinc.pid")
-	os.WriteFile(pidFile, []byte(strconv.Itoa(tincd.Process.Pid)+"\n"), 0o644)
+	pidFile := tincd.PidFile
 	socket := filepath.Join(dir, "status.sock")
 	const poll = time.Second
 	cfg := fmt.Sprintf(`registry:
