@@ -339,7 +339,15 @@ func faultServer(t *testing.T, nodes http.HandlerFunc) (base string, attempts *a
 		attempts.Add(1)
 		nodes(w, r)
 	})
-	b = serve(t, mux)
+	// No keep-alives: net/http's transport silently replays a GET that
+	// failed on a reused connection, and that replay would reach the
+	// handler as an extra attempt the client never made. On a fresh
+	// connection every request the handler sees is one of ours.
+	ts := httptest.NewUnstartedServer(mux)
+	ts.Config.SetKeepAlivesEnabled(false)
+	ts.Start()
+	t.Cleanup(ts.Close)
+	b = ts.URL + PathPrefix
 	return b, attempts
 }
 
