@@ -235,6 +235,10 @@ func validate(plan addressing.Plan, c *Candidate, keys *KeyCache) (v validated, 
 			m.Properties[k] = val
 		}
 	}
+	var w string
+	if m.Egress, w = egressOf(c.Kind, c.Properties); w != "" {
+		v.warnings = append(v.warnings, w)
+	}
 	return v, false, nil
 }
 

@@ -45,6 +45,9 @@ type Member struct {
 	Addresses  []TincAddress  // public tinc addresses; non-empty for gateways
 	Island     uint64         // the member's island; 0 for none
 	Properties map[string]string
+	// Egress is the member's offer of Internet egress, from its
+	// EgressProperty.
+	Egress Egress
 }
 
 // IsGateway reports whether others can connect to the member: it has tinc
@@ -65,7 +68,7 @@ func label(kind addressing.Kind, id uint64, tincName string) string {
 // Equal reports whether two members are the same in every field.
 func (m *Member) Equal(o *Member) bool {
 	if m.Kind != o.Kind || m.ID != o.ID || m.Name != o.Name || m.TincName != o.TincName ||
-		m.Addr != o.Addr || m.PubKey != o.PubKey || m.Island != o.Island ||
+		m.Addr != o.Addr || m.PubKey != o.PubKey || m.Island != o.Island || m.Egress != o.Egress ||
 		len(m.Properties) != len(o.Properties) ||
 		!slices.Equal(m.Subnets, o.Subnets) || !slices.Equal(m.Addresses, o.Addresses) {
 		return false

@@ -2,8 +2,10 @@ package tincgen
 
 import (
 	"fmt"
+	"net/netip"
 	"slices"
 
+	"github.com/confine-project/mgmtnet/addressing"
 	"github.com/confine-project/mgmtnet/mesh"
 )
 
@@ -38,21 +40,81 @@ func HostFor(m *mesh.Member, island uint64) Host {
 	for _, p := range m.Subnets {
 		h.Subnets = append(h.Subnets, NewSubnet(p))
 	}
+	if m.Egress.Offered {
+		h.Subnets = append(h.Subnets, Subnet{Prefix: EgressDefault, Weight: m.Egress.Weight})
+	}
 	return h
 }
 
 // HostFiles renders the host file of every member of tb, named by tinc
 // name, with island-first address order for the given island (0: registry
-// order). mesh validated every member, so an invalid host file here is a
-// bug; it is still checked (Host.Validate) and reported rather than written.
+// order) and the members' own egress offers (see HostFilesWith).
 func HostFiles(tb *mesh.Testbed, island uint64) (Files, error) {
+	return HostFilesWith(tb, HostOptions{Island: island})
+}
+
+// EgressDefault is the Subnet a gateway that offers Internet egress
+// announces (with its weight): every IPv4 destination.
+var EgressDefault = netip.PrefixFrom(netip.IPv4Unspecified(), 0)
+
+// HostOptions adjust the host files HostFilesWith renders.
+type HostOptions struct {
+	// Island puts the gateways' addresses in this island first (0:
+	// registry order).
+	Island uint64
+	// Egress overrides members' egress offers by tinc name: a gateway's
+	// local configuration, or its withdrawal while its upstream is down.
+	Egress map[string]mesh.Egress
+}
+
+// HostFilesWith renders the host file of every member of tb, named by tinc
+// name. A member that offers egress (its registry property, or o.Egress)
+// carries Subnet = 0.0.0.0/0#weight, and while any member offers egress
+// every node carries its egress /32 (addressing.EgressIPv4), so that
+// gateways running StrictSubnets accept both (design.md). Without egress
+// the files are the controller's, byte for byte. mesh validated every
+// member, so an invalid host file here is a bug; it is still checked
+// (Host.Validate) and reported rather than written.
+func HostFilesWith(tb *mesh.Testbed, o HostOptions) (Files, error) {
+	nodeEgress := OffersEgress(tb, o.Egress)
+	plan := tb.Plan()
 	files := make(Files, tb.Len())
 	for m := range tb.All() {
-		h := HostFor(m, island)
+		mm := m
+		if e, ok := o.Egress[m.TincName]; ok && e != m.Egress {
+			c := *m
+			c.Egress = e
+			mm = &c
+		}
+		h := HostFor(mm, o.Island)
+		if nodeEgress && m.Kind == addressing.KindNode {
+			a, err := plan.EgressIPv4(uint16(m.ID))
+			if err != nil {
+				return nil, fmt.Errorf("host file of %s: %w", m.Label(), err)
+			}
+			h.Subnets = append(h.Subnets, NewSubnet(netip.PrefixFrom(a, 32)))
+		}
 		if err := h.Validate(); err != nil {
 			return nil, fmt.Errorf("host file of %s: %w", m.Label(), err)
 		}
 		files[m.TincName] = RenderHost(h)
 	}
 	return files, nil
+}
+
+// OffersEgress reports whether the testbed has egress: a member of tb
+// offers it, or an override is given at all. An override that withdraws
+// an offer (a gateway whose upstream is down) still counts, so that a
+// withdrawal changes the gateway's own file only and never rewrites every
+// node's.
+func OffersEgress(tb *mesh.Testbed, override map[string]mesh.Egress) bool {
+	if len(override) > 0 {
+		return true
+	}
+	for m := range tb.All() {
+		if m.Egress.Offered {
+			return true
+		}
+	}
+	return false
 }

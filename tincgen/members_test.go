@@ -92,3 +92,101 @@ func FuzzHostOfMember(f *testing.F) {
 		}
 	})
 }
+
+func TestHostFilesEgress(t *testing.T) {
+	key, err := os.ReadFile("testdata/rsa_public_key.pem")
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan := addressing.Default()
+	cands := func(egress string) []mesh.Candidate {
+		srv := mesh.Candidate{Kind: addressing.KindServer, ID: 2, MgmtAddr: "fdf5:5351:1dfd::2", Backend: "tinc",
+			Tinc: &mesh.CandidateTinc{Name: "server", PubKey: string(key), Addresses: []mesh.CandidateAddress{{Addr: "10.241.1.1", Port: 655}}}}
+		if egress != "" {
+			srv.Properties = map[string]string{mesh.EgressProperty: egress}
+		}
+		return []mesh.Candidate{srv,
+			{Kind: addressing.KindNode, ID: 0x1f, MgmtAddr: "fdf5:5351:1dfd:1f::2", Backend: "tinc",
+				Tinc: &mesh.CandidateTinc{Name: "node_31", PubKey: string(key)}},
+			{Kind: addressing.KindNode, ID: 0x1234, MgmtAddr: "fdf5:5351:1dfd:1234::2", Backend: "tinc",
+				Tinc: &mesh.CandidateTinc{Name: "node_4660", PubKey: string(key)}},
+			{Kind: addressing.KindHost, ID: 7, MgmtAddr: "fdf5:5351:1dfd:0:2000::7", Backend: "tinc",
+				Tinc: &mesh.CandidateTinc{Name: "host_7", PubKey: string(key)}},
+		}
+	}
+	subnets := func(files Files) map[string][]string {
+		out := map[string][]string{}
+		for name, b := range files {
+			h, err := ParseHost(b)
+			if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			for _, s := range h.Subnets {
+				out[name] = append(out[name], s.String())
+			}
+		}
+		return out
+	}
+	render := func(egress string, o HostOptions) Files {
+		t.Helper()
+		res := mesh.Build(plan, cands(egress))
+		if len(res.Rejected)+len(res.Warnings) != 0 {
+			t.Fatalf("rejected %v, warnings %v", res.Rejected, res.Warnings)
+		}
+		files, err := HostFilesWith(res.Testbed, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return files
+	}
+	without := map[string][]string{
+		"server":    {"fdf5:5351:1dfd:0:0:0:0:2"},
+		"node_31":   {"fdf5:5351:1dfd:1f:0:0:0:0/64"},
+		"node_4660": {"fdf5:5351:1dfd:1234:0:0:0:0/64"},
+		"host_7":    {"fdf5:5351:1dfd:0:2000:0:0:7"},
+	}
+	with := func(gw string) map[string][]string {
+		w := map[string][]string{
+			"server":    {"fdf5:5351:1dfd:0:0:0:0:2"},
+			"node_31":   {"fdf5:5351:1dfd:1f:0:0:0:0/64", "100.64.0.31"},
+			"node_4660": {"fdf5:5351:1dfd:1234:0:0:0:0/64", "100.64.18.52"},
+			"host_7":    {"fdf5:5351:1dfd:0:2000:0:0:7"},
+		}
+		if gw != "" {
+			w["server"] = append(w["server"], gw)
+		}
+		return w
+	}
+	tests := []struct {
+		name   string
+		egress string
+		opts   HostOptions
+		want   map[string][]string
+	}{
+		{name: "no egress anywhere: the controller's files", want: without},
+		{name: "registry offer", egress: "weight=20", want: with("0.0.0.0/0#20")},
+		{name: "registry offer off", egress: "off", want: without},
+		{name: "local config offers", opts: HostOptions{Egress: map[string]mesh.Egress{"server": {Offered: true, Weight: 5}}}, want: with("0.0.0.0/0#5")},
+		{name: "local config overrides the registry's weight", egress: "weight=20",
+			opts: HostOptions{Egress: map[string]mesh.Egress{"server": {Offered: true, Weight: 5}}}, want: with("0.0.0.0/0#5")},
+		// A withdrawn offer drops the gateway's 0.0.0.0/0 but keeps the
+		// nodes' /32s: a withdrawal must touch one file, not every node's.
+		{name: "withdrawn", egress: "weight=20", opts: HostOptions{Egress: map[string]mesh.Egress{"server": {}}}, want: with("")},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if diff := cmp.Diff(tt.want, subnets(render(tt.egress, tt.opts))); diff != "" {
+				t.Errorf("subnets (-want +got):\n%s", diff)
+			}
+		})
+	}
+	// Without egress, HostFilesWith is HostFiles is the controller's
+	// golden file.
+	golden, err := os.ReadFile("testdata/node.host")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := render("", HostOptions{})["node_31"]; string(got) != string(golden) {
+		t.Errorf("node_31 without egress:\n%s\nwant the golden\n%s", got, golden)
+	}
+}
