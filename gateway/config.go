@@ -10,6 +10,8 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"reflect"
+	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -32,7 +34,43 @@ type Config struct {
 	StateDir     string         `yaml:"state_dir"`
 	StatusSocket string         `yaml:"status_socket"`
 	// MetricsListen is the Prometheus endpoint's address; "" disables it.
-	MetricsListen string `yaml:"metrics_listen"`
+	MetricsListen string       `yaml:"metrics_listen"`
+	Egress        EgressConfig `yaml:"egress"` // reload
+}
+
+// EgressConfig is this gateway's offer of Internet egress to the slivers
+// (design.md): it announces 0.0.0.0/0 into the mesh while its upstream is
+// healthy and masquerades the egress prefix to its WAN interface.
+type EgressConfig struct {
+	// Enabled offers egress from this gateway, whatever the registry says.
+	// Without it, the gateway offers egress when its registry member has
+	// the mgmtnet.egress property; the kernel rules need WAN either way.
+	Enabled bool `yaml:"enabled"`
+	// Weight is the tinc weight of the 0.0.0.0/0 Subnet (lower is
+	// preferred); 0 means the registry's, else 10.
+	Weight int `yaml:"weight"`
+	// WAN is the upstream interface the egress prefix is masqueraded to.
+	WAN string `yaml:"wan"`
+	// Prefix is the egress IPv4 prefix nodes SNAT to, default
+	// 100.64.0.0/16; it must hold every node id.
+	Prefix string      `yaml:"prefix"`
+	Probe  ProbeConfig `yaml:"probe"`
+}
+
+// ProbeConfig is the upstream health probe.
+type ProbeConfig struct {
+	// Method is tcp (connect to host:port), http (GET a URL) or icmp
+	// (echo to an IPv4 address).
+	Method  string   `yaml:"method"`
+	Targets []string `yaml:"targets"`
+	// Interval between probe rounds, Timeout per target.
+	Interval Duration `yaml:"interval"`
+	Timeout  Duration `yaml:"timeout"`
+	// Failures is how many failed rounds in a row withdraw the offer.
+	Failures int `yaml:"failures"`
+	// HoldDown is how long the probes must succeed without a break before
+	// a withdrawn offer is announced again.
+	HoldDown Duration `yaml:"hold_down"`
 }
 
 // RegistryConfig says where the registry is and how to reach it.
@@ -102,6 +140,8 @@ func DefaultConfig() Config {
 		Poll:     PollConfig{Interval: Duration(60 * time.Second), FullResync: Duration(10 * time.Minute)},
 		Guard:    GuardConfig{MaxRemoveFraction: 0.5},
 		StateDir: "/var/lib/mgmtnet", StatusSocket: "/run/mgmtnet/status.sock",
+		Egress: EgressConfig{Probe: ProbeConfig{Method: ProbeTCP, Interval: Duration(2 * time.Second),
+			Timeout: Duration(time.Second), Failures: 2, HoldDown: Duration(30 * time.Second)}},
 	}
 }
 
@@ -189,7 +229,85 @@ func (c Config) Validate() error {
 			return fmt.Errorf("metrics_listen %q: want host:port: %w", c.MetricsListen, err)
 		}
 	}
+	return c.Egress.validate()
+}
+
+func (e EgressConfig) validate() error {
+	if e.Weight < 0 || e.Weight > mesh.MaxEgressWeight {
+		return fmt.Errorf("egress.weight %d: want 0..%d", e.Weight, mesh.MaxEgressWeight)
+	}
+	if e.Prefix != "" {
+		p, err := netip.ParsePrefix(e.Prefix)
+		if err != nil {
+			return fmt.Errorf("egress.prefix: %w", err)
+		}
+		if _, err := addressing.NewFromConfig(addressing.Config{Egress: p}); err != nil {
+			return fmt.Errorf("egress.prefix: %w", err)
+		}
+	}
+	if e.WAN != "" && (len(e.WAN) > 15 || strings.ContainsAny(e.WAN, "/ \t\n")) {
+		return fmt.Errorf("egress.wan %q: not an interface name", e.WAN)
+	}
+	if e.Enabled && e.WAN == "" {
+		return errors.New("egress.wan: required when egress.enabled is true (the interface to masquerade to)")
+	}
+	p := e.Probe
+	switch p.Method {
+	case ProbeTCP, ProbeHTTP, ProbeICMP:
+	default:
+		return fmt.Errorf("egress.probe.method %q: want tcp, http or icmp", p.Method)
+	}
+	if e.Enabled && len(p.Targets) == 0 {
+		return errors.New("egress.probe.targets: at least one target is required when egress is enabled (an unprobed gateway would announce egress it may not have)")
+	}
+	for _, t := range p.Targets {
+		if err := checkProbeTarget(p.Method, t); err != nil {
+			return fmt.Errorf("egress.probe.targets: %w", err)
+		}
+	}
+	if p.Interval.D() < 100*time.Millisecond {
+		return fmt.Errorf("egress.probe.interval %s: must be at least 100ms", p.Interval.D())
+	}
+	if p.Timeout.D() <= 0 || p.Timeout.D() > p.Interval.D() {
+		return fmt.Errorf("egress.probe.timeout %s: must be positive and at most egress.probe.interval (%s)", p.Timeout.D(), p.Interval.D())
+	}
+	if p.Failures < 1 {
+		return fmt.Errorf("egress.probe.failures %d: must be at least 1", p.Failures)
+	}
+	if p.HoldDown.D() < 0 {
+		return fmt.Errorf("egress.probe.hold_down %s: must not be negative", p.HoldDown.D())
+	}
 	return nil
+}
+
+func checkProbeTarget(method, t string) error {
+	switch method {
+	case ProbeTCP:
+		if _, port, err := net.SplitHostPort(t); err != nil || port == "" {
+			return fmt.Errorf("%q: want host:port for tcp", t)
+		}
+	case ProbeHTTP:
+		u, err := url.Parse(t)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return fmt.Errorf("%q: want an http or https URL", t)
+		}
+	case ProbeICMP:
+		if a, err := netip.ParseAddr(t); err != nil || !a.Is4() {
+			return fmt.Errorf("%q: want an IPv4 address for icmp", t)
+		}
+	}
+	return nil
+}
+
+// equal reports whether two configurations are the same in every key.
+func (c Config) equal(o Config) bool { return reflect.DeepEqual(c, o) }
+
+// egressPrefix returns egress.prefix, or the default.
+func (c Config) egressPrefix() netip.Prefix {
+	if p, err := netip.ParsePrefix(c.Egress.Prefix); err == nil {
+		return p.Masked()
+	}
+	return addressing.DefaultEgressPrefix()
 }
 
 // PidFile returns the tincd pid file: tinc.pidfile, else <dir>/tinc.pid

@@ -613,7 +613,7 @@ func (d *Daemon) reloadConfig(ctx context.Context) {
 			d.cfg.Identity, d.cfg.Tinc, d.cfg.StateDir, d.cfg.StatusSocket, d.cfg.MetricsListen
 	}
 	refetch := n.Registry != d.cfg.Registry || n.Prefix != d.cfg.Prefix || n.Island != d.cfg.Island
-	if n == d.cfg {
+	if n.equal(d.cfg) {
 		d.event(EventReloaded)
 		return
 	}
