@@ -182,13 +182,13 @@ const (
 //   - withdrawn: any failure restarts the hold-down; announced again once
 //     the probes have succeeded without a break for holdDown.
 type health struct {
-	state       EgressState
-	failures    int // consecutive failures to withdraw
-	holdDown    time.Duration
-	consecutive int       // current run of failures
+	state        EgressState
+	failures     int // consecutive failures to withdraw
+	holdDown     time.Duration
+	consecutive  int       // current run of failures
 	healthySince time.Time // start of the current run of successes (withdrawn)
-	last        ProbeResult
-	changed     time.Time
+	last         ProbeResult
+	changed      time.Time
 }
 
 func newHealth(failures int, holdDown time.Duration) *health {
