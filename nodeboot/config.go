@@ -65,6 +65,31 @@ type Config struct {
 	// Prefix is testbed.mgmt_ipv6_prefix48, default Community-Lab's
 	// fdf5:5351:1dfd::/48.
 	Prefix netip.Prefix
+	// Egress is mgmtnet.egress: whether the slivers' Internet traffic
+	// goes through the testbed's egress gateways (EgressAuto, the
+	// default: when the registry lists a gateway that offers egress).
+	Egress EgressMode
+	// EgressPrefix is mgmtnet.egress_prefix (default 100.64.0.0/16).
+	EgressPrefix netip.Prefix
+	// Community is mgmtnet.community: destinations that stay on the
+	// community network, never through the VPN (default RFC 1918).
+	Community []netip.Prefix
+}
+
+// EgressMode is the node's egress setting.
+type EgressMode string
+
+// The egress modes.
+const (
+	EgressAuto EgressMode = "auto"
+	EgressOn   EgressMode = "on"
+	EgressOff  EgressMode = "off"
+)
+
+// DefaultCommunity are the community network's ranges by default: RFC 1918.
+func DefaultCommunity() []netip.Prefix {
+	return []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("172.16.0.0/12"),
+		netip.MustParsePrefix("192.168.0.0/16")}
 }
 
 // TincName returns the node's tinc name, "node_<decimal id>".
@@ -74,7 +99,7 @@ func nodeName(id uint16) string { return fmt.Sprintf("node_%d", id) }
 
 // Plan returns the addressing plan of the node's testbed.
 func (c Config) Plan() (addressing.Plan, error) {
-	return addressing.NewFromConfig(addressing.Config{Mgmt: c.Prefix, PrivateIPv4: c.PrivIPv4})
+	return addressing.NewFromConfig(addressing.Config{Mgmt: c.Prefix, PrivateIPv4: c.PrivIPv4, Egress: c.EgressPrefix})
 }
 
 // LoadConfig reads and validates a UCI file (see ConfigFromUCI).
@@ -99,7 +124,8 @@ func ConfigFromUCI(name string, data []byte) (Config, error) {
 	if err != nil {
 		return Config{}, err
 	}
-	c := Config{File: name, TincGateway: DefaultTincGateway, Prefix: addressing.DefaultMgmtPrefix()}
+	c := Config{File: name, TincGateway: DefaultTincGateway, Prefix: addressing.DefaultMgmtPrefix(),
+		Egress: EgressAuto, EgressPrefix: addressing.DefaultEgressPrefix(), Community: DefaultCommunity()}
 	bad := func(s *uci.Section, format string, args ...any) error {
 		return fmt.Errorf("%s:%d: %s", name, s.Line, fmt.Sprintf(format, args...))
 	}
@@ -167,6 +193,40 @@ func ConfigFromUCI(name string, data []byte) (Config, error) {
 				return Config{}, bad(tb, "testbed mgmt_ipv6_prefix48 %q: want an IPv6 /48 (e.g. fdf5:5351:1dfd)", v)
 			}
 			c.Prefix = p
+		}
+	}
+	if m := f.Section("mgmtnet"); m != nil {
+		if v, ok := m.Get("egress"); ok {
+			switch strings.ToLower(v) {
+			case "auto", "":
+				c.Egress = EgressAuto
+			case "on", "1", "yes", "true":
+				c.Egress = EgressOn
+			case "off", "0", "no", "false":
+				c.Egress = EgressOff
+			default:
+				return Config{}, bad(m, "mgmtnet egress %q: want auto, on or off", v)
+			}
+		}
+		if v, ok := m.Get("egress_prefix"); ok {
+			p, err := netip.ParsePrefix(v)
+			if err == nil {
+				_, err = addressing.NewFromConfig(addressing.Config{Egress: p})
+			}
+			if err != nil {
+				return Config{}, bad(m, "mgmtnet egress_prefix %q: %v", v, err)
+			}
+			c.EgressPrefix = p.Masked()
+		}
+		if l := m.Lists["community"]; len(l) > 0 {
+			c.Community = nil
+			for _, v := range l {
+				p, err := netip.ParsePrefix(v)
+				if err != nil || !p.Addr().Is4() {
+					return Config{}, bad(m, "mgmtnet community %q: want an IPv4 prefix (e.g. 10.0.0.0/8)", v)
+				}
+				c.Community = append(c.Community, p.Masked())
+			}
 		}
 	}
 	if _, err := c.Plan(); err != nil {

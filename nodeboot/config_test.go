@@ -46,8 +46,21 @@ func TestConfigFromUCI(t *testing.T) {
 			File: "/etc/config/confine", NodeID: 0xfff0, TincGateway: "gw_2", Prefix: netip.MustParsePrefix("fd65:fc41:c50f::/48"),
 		}},
 	}
+	tests = append(tests, struct {
+		name string
+		in   string
+		want Config
+	}{"egress options", "config node node\n option id 001f\nconfig mgmtnet mgmtnet\n option egress on\n" +
+		" option egress_prefix 100.65.0.0/16\n list community 10.0.0.0/8\n list community 172.16.0.0/12\n", Config{
+		File: "/etc/config/confine", NodeID: 31, TincGateway: "server", Prefix: addressing.DefaultMgmtPrefix(),
+		Egress: EgressOn, EgressPrefix: netip.MustParsePrefix("100.65.0.0/16"),
+		Community: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("172.16.0.0/12")},
+	}})
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			if tt.want.Egress == "" {
+				tt.want.Egress, tt.want.EgressPrefix, tt.want.Community = EgressAuto, addressing.DefaultEgressPrefix(), DefaultCommunity()
+			}
 			got, err := ConfigFromUCI("/etc/config/confine", []byte(tt.in))
 			if err != nil {
 				t.Fatal(err)
@@ -70,6 +83,9 @@ func TestConfigFromUCIErrors(t *testing.T) {
 		{"id too large", "config node node\n option id 'fff1'\n", f + `:1: node id "fff1": out of range`},
 		{"missing id", "config node node\n option state x\n", f + `:1: node section has no option id`},
 		{"no node section", "config registry registry\n", f + `: no node section`},
+		{"bad egress", "config node node\n option id 001f\nconfig mgmtnet m\n option egress maybe\n", f + `:3: mgmtnet egress "maybe": want auto, on or off`},
+		{"small egress prefix", "config node node\n option id 001f\nconfig mgmtnet m\n option egress_prefix 100.64.0.0/24\n", f + `:3: mgmtnet egress_prefix "100.64.0.0/24"`},
+		{"bad community", "config node node\n option id 001f\nconfig mgmtnet m\n list community fd00::/8\n", f + `:3: mgmtnet community "fd00::/8": want an IPv4 prefix`},
 		{"bad prefix", firmwareUCI[:strings.Index(firmwareUCI, "config testbed")] + "config testbed testbed\n option mgmt_ipv6_prefix48 'fdf5:5351'\n",
 			f + `:11: testbed mgmt_ipv6_prefix48 "fdf5:5351": want an IPv6 /48`},
 		{"ipv4 prefix", "config node node\n option id 001f\nconfig testbed testbed\n option mgmt_ipv6_prefix48 10.0.0.0/8\n",

@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/confine-project/mgmtnet/tincgen"
 )
@@ -40,7 +41,8 @@ func FirmwareGateways(cfg Config, tincDir, gatewaysDir string) (gws []Gateway, n
 			return nil
 		}
 		seen[name] = true
-		gws = append(gws, Gateway{Name: name, Host: b})
+		egress := slices.ContainsFunc(h.Subnets, func(s tincgen.Subnet) bool { return s.Prefix == tincgen.EgressDefault })
+		gws = append(gws, Gateway{Name: name, Host: b, Egress: egress})
 		return nil
 	}
 	if !seen[cfg.TincGateway] {

@@ -160,10 +160,10 @@ func TestPlanErrors(t *testing.T) {
 		want string
 	}{
 		{"no gateway", pub, nil, "no gateway to connect to"},
-		{"no key", nil, []Gateway{{"server", host}}, "plan: no public key"},
-		{"gateway is the node", pub, []Gateway{{"node_31", host}}, "plan: gateway node_31 is this node"},
-		{"twice", pub, []Gateway{{"server", host}, {"server", host}}, "plan: gateway server listed twice"},
-		{"bad name", pub, []Gateway{{"../etc", host}}, `plan: gateway "../etc": not a tinc name`},
+		{"no key", nil, []Gateway{{Name: "server", Host: host}}, "plan: no public key"},
+		{"gateway is the node", pub, []Gateway{{Name: "node_31", Host: host}}, "plan: gateway node_31 is this node"},
+		{"twice", pub, []Gateway{{Name: "server", Host: host}, {Name: "server", Host: host}}, "plan: gateway server listed twice"},
+		{"bad name", pub, []Gateway{{Name: "../etc", Host: host}}, `plan: gateway "../etc": not a tinc name`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -59,6 +59,9 @@ type Options struct {
 	// Logger receives warnings (rejected registry members, skipped
 	// files) and debug logs. Nil discards.
 	Logger *slog.Logger
+	// Egress applies the slivers' egress routing (NewEgressApplier); nil
+	// leaves the kernel alone (tests, --no-start).
+	Egress EgressApplier
 }
 
 // Gateway sources of a Result.
@@ -83,6 +86,7 @@ type Result struct {
 	Subnet       string `json:"subnet"`
 	TincDir      string `json:"tinc_dir"`
 	KeyGenerated bool   `json:"key_generated"`
+	Egress       bool   `json:"egress"`
 	// Registry is the base URI used ("" for none); RegistryError why it
 	// was not used. Source is SourceRegistry or SourceFirmware.
 	Registry      string   `json:"registry,omitempty"`
@@ -152,7 +156,16 @@ func Run(ctx context.Context, cfg Config, opts Options) (*Result, error) {
 	}
 
 	// 3. Plan and apply.
-	desired, err := Plan(cfg, pub, gws)
+	egressOn, why := wantEgress(cfg, gws)
+	res.Egress = egressOn
+	if egressOn {
+		res.say("egress on (%s)", why)
+	}
+	egress, err := nodeEgress(cfg, egressOn)
+	if err != nil {
+		return res, err
+	}
+	desired, err := PlanWith(cfg, pub, gws, PlanOptions{Egress: egressOn, EgressUp: egressUp()})
 	if err != nil {
 		return res, err
 	}
@@ -162,6 +175,7 @@ func Run(ctx context.Context, cfg Config, opts Options) (*Result, error) {
 		}
 	}
 	oldName := tincgen.ConfName(filepath.Join(opts.TincDir, ConfFile))
+	oldConf, _ := os.ReadFile(filepath.Join(opts.TincDir, ConfFile))
 	rep, err := Apply(opts.TincDir, desired, opts.DryRun)
 	res.Written = append(res.Written, rep.Written...)
 	res.Chmod = append(res.Chmod, rep.Chmod...)
@@ -189,8 +203,12 @@ func Run(ctx context.Context, cfg Config, opts Options) (*Result, error) {
 	}
 
 	// 4. tincd.
-	restart := slices.Contains(rep.Written, HostsDir+"/"+cfg.TincName()) || oldName != cfg.TincName()
-	return res, tincd(ctx, opts, res, rep.Changed(), restart)
+	restart := slices.Contains(rep.Written, HostsDir+"/"+cfg.TincName()) || oldName != cfg.TincName() ||
+		slices.Contains(rep.Written, ConfFile) && interfaceChanged(oldConf, desired)
+	if err := tincd(ctx, opts, res, rep.Changed(), restart); err != nil {
+		return res, err
+	}
+	return res, applyEgress(ctx, opts, res, egress)
 }
 
 // gateways returns the node's gateways: the registry's when it answers and

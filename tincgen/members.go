@@ -65,6 +65,9 @@ type HostOptions struct {
 	// Egress overrides members' egress offers by tinc name: a gateway's
 	// local configuration, or its withdrawal while its upstream is down.
 	Egress map[string]mesh.Egress
+	// Extra are Subnets added to members' files by tinc name (a gateway's
+	// DNS service address).
+	Extra map[string][]Subnet
 }
 
 // HostFilesWith renders the host file of every member of tb, named by tinc
@@ -77,29 +80,43 @@ type HostOptions struct {
 // (Host.Validate) and reported rather than written.
 func HostFilesWith(tb *mesh.Testbed, o HostOptions) (Files, error) {
 	nodeEgress := OffersEgress(tb, o.Egress)
-	plan := tb.Plan()
 	files := make(Files, tb.Len())
 	for m := range tb.All() {
-		mm := m
-		if e, ok := o.Egress[m.TincName]; ok && e != m.Egress {
-			c := *m
-			c.Egress = e
-			mm = &c
+		b, err := renderMember(tb.Plan(), m, o, nodeEgress)
+		if err != nil {
+			return nil, err
 		}
-		h := HostFor(mm, o.Island)
-		if nodeEgress && m.Kind == addressing.KindNode {
-			a, err := plan.EgressIPv4(uint16(m.ID))
-			if err != nil {
-				return nil, fmt.Errorf("host file of %s: %w", m.Label(), err)
-			}
-			h.Subnets = append(h.Subnets, NewSubnet(netip.PrefixFrom(a, 32)))
-		}
-		if err := h.Validate(); err != nil {
-			return nil, fmt.Errorf("host file of %s: %w", m.Label(), err)
-		}
-		files[m.TincName] = RenderHost(h)
+		files[m.TincName] = b
 	}
 	return files, nil
+}
+
+// MemberFile renders the host file of one member exactly as HostFilesWith
+// does, given what OffersEgress says of its testbed: to compare a file on
+// disk without rendering them all.
+func MemberFile(plan addressing.Plan, m *mesh.Member, o HostOptions, nodeEgress bool) ([]byte, error) {
+	return renderMember(plan, m, o, nodeEgress)
+}
+
+func renderMember(plan addressing.Plan, m *mesh.Member, o HostOptions, nodeEgress bool) ([]byte, error) {
+	if e, ok := o.Egress[m.TincName]; ok && e != m.Egress {
+		c := *m
+		c.Egress = e
+		m = &c
+	}
+	h := HostFor(m, o.Island)
+	h.Subnets = append(h.Subnets, o.Extra[m.TincName]...)
+	if nodeEgress && m.Kind == addressing.KindNode {
+		a, err := plan.EgressIPv4(uint16(m.ID))
+		if err != nil {
+			return nil, fmt.Errorf("host file of %s: %w", m.Label(), err)
+		}
+		h.Subnets = append(h.Subnets, NewSubnet(netip.PrefixFrom(a, 32)))
+	}
+	if err := h.Validate(); err != nil {
+		return nil, fmt.Errorf("host file of %s: %w", m.Label(), err)
+	}
+	return RenderHost(h), nil
 }
 
 // OffersEgress reports whether the testbed has egress: a member of tb

@@ -100,6 +100,14 @@ func runNodeBoot(ctx context.Context, env Env, args []string) error {
 	}
 	if !f.noStart {
 		opts.Tincd = newTincd(f)
+		if !f.dryRun {
+			// The egress routes go with tincd: --no-start touches neither.
+			eg, err := nodeboot.NewEgressApplier(opts.Logger)
+			if err != nil {
+				return fmt.Errorf("egress routing: %w", err)
+			}
+			opts.Egress = eg
+		}
 	}
 	res, err := nodeboot.Run(ctx, cfg, opts)
 	if res != nil {
