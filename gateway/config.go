@@ -36,6 +36,7 @@ type Config struct {
 	// MetricsListen is the Prometheus endpoint's address; "" disables it.
 	MetricsListen string       `yaml:"metrics_listen"`
 	Egress        EgressConfig `yaml:"egress"` // reload
+	DNS           DNSConfig    `yaml:"dns"`    // reload
 }
 
 // EgressConfig is this gateway's offer of Internet egress to the slivers
@@ -229,7 +230,10 @@ func (c Config) Validate() error {
 			return fmt.Errorf("metrics_listen %q: want host:port: %w", c.MetricsListen, err)
 		}
 	}
-	return c.Egress.validate()
+	if err := c.Egress.validate(); err != nil {
+		return err
+	}
+	return c.DNS.validate()
 }
 
 func (e EgressConfig) validate() error {

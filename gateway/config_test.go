@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 )
 
 func TestParseConfigDefaults(t *testing.T) {
@@ -91,7 +92,7 @@ func TestExampleConfig(t *testing.T) {
 	}
 	want := DefaultConfig()
 	want.Registry.URL = "https://[fdf5:5351:1dfd::2]/api/"
-	if d := cmp.Diff(want, c); d != "" {
+	if d := cmp.Diff(want, c, cmpopts.EquateEmpty()); d != "" {
 		t.Errorf("example differs from the defaults (-want +got):\n%s", d)
 	}
 }

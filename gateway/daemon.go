@@ -14,8 +14,10 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"runtime/debug"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -25,6 +27,7 @@ import (
 
 	"github.com/confine-project/mgmtnet/addressing"
 	"github.com/confine-project/mgmtnet/mesh"
+	mdns "github.com/confine-project/mgmtnet/mesh/dns"
 	"github.com/confine-project/mgmtnet/mesh/registry"
 	"github.com/confine-project/mgmtnet/tincgen"
 )
@@ -35,12 +38,13 @@ type Event string
 
 // Events reported to Options.OnEvent.
 const (
-	EventSynced       Event = "synced"        // a reconcile succeeded
-	EventSyncFailed   Event = "sync-failed"   // a reconcile failed
-	EventRepaired     Event = "repaired"      // host files checked after a file event
-	EventReloaded     Event = "reloaded"      // the config was reloaded
-	EventReloadFailed Event = "reload-failed" // the new config is invalid; the old one runs
-	EventTincdStarted Event = "tincd-started" // tincd (re)started after an exit
+	EventSynced        Event = "synced"         // a reconcile succeeded
+	EventSyncFailed    Event = "sync-failed"    // a reconcile failed
+	EventRepaired      Event = "repaired"       // host files checked after a file event
+	EventReloaded      Event = "reloaded"       // the config was reloaded
+	EventReloadFailed  Event = "reload-failed"  // the new config is invalid; the old one runs
+	EventTincdStarted  Event = "tincd-started"  // tincd (re)started after an exit
+	EventEgressChanged Event = "egress-changed" // egress announced or withdrawn
 )
 
 // Options are the daemon's collaborators. Nil ones get the real thing.
@@ -52,6 +56,8 @@ type Options struct {
 	Tincd Tincd
 	// Link defaults to NetlinkLink (managed mode only).
 	Link Link
+	// Egress defaults to NewNftEgress (nftables and netlink).
+	Egress EgressKernel
 	// Notify sends an sd_notify state; default the real one.
 	Notify func(state string)
 	// Reload requests a config reload (wire SIGHUP here).
@@ -105,6 +111,23 @@ type Daemon struct {
 	// member must not keep its access because one SIGHUP failed).
 	hupPending, restartPending bool
 	published                  atomic.Pointer[Status]
+
+	// Egress (egressd.go).
+	health                 *health
+	stopProbes             func()
+	probeC                 chan ProbeResult
+	probesOK, probesFailed int
+	egressCounters         map[string]uint64
+	egressErr              string
+	egress                 EgressKernel
+	egressApplied          bool
+	// ownSubnets are the Subnet lines of this gateway's own host file as
+	// last applied (nil: none applied yet); a change restarts tincd.
+	ownSubnets *string
+	nodeEgress bool // the last applied files carried the nodes' egress /32s
+
+	dns    *mdns.Server // nil when not serving
+	dnsErr string
 }
 
 // New returns a daemon for a validated cfg.
@@ -116,7 +139,8 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 		opts.Notify = func(s string) { sddaemon.SdNotify(false, s) }
 	}
 	d := &Daemon{cfg: cfg, opts: opts, log: opts.Logger, tincd: opts.Tincd, link: opts.Link, m: newMetrics(),
-		statusReq: make(chan chan Status), pollReq: make(chan chan Status)}
+		statusReq: make(chan chan Status), pollReq: make(chan chan Status), probeC: make(chan ProbeResult),
+		egress: opts.Egress}
 	if !cfg.Tinc.Manage {
 		d.peerLog = cfg.Tinc.LogFile
 	}
@@ -129,6 +153,9 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 	}
 	if d.link == nil {
 		d.link = NetlinkLink{}
+	}
+	if d.egress == nil {
+		d.egress = NewNftEgress()
 	}
 	if err := d.newClient(); err != nil {
 		return nil, err
@@ -248,7 +275,7 @@ func (d *Daemon) build(regPrefix netip.Prefix, cands []mesh.Candidate) (mesh.Res
 	if note != "" {
 		d.log.Warn(note)
 	}
-	plan, err := addressing.New(prefix)
+	plan, err := addressing.NewFromConfig(addressing.Config{Mgmt: prefix, Egress: d.cfg.egressPrefix()})
 	if err != nil {
 		return mesh.Result{}, prefix, fmt.Errorf("management prefix %s: %w", prefix, err)
 	}
@@ -265,7 +292,7 @@ func (d *Daemon) build(regPrefix netip.Prefix, cands []mesh.Candidate) (mesh.Res
 // even when the registry stops listing this gateway. (fetch-hosts, a
 // one-shot tool on machines it does not own, writes it only when missing.)
 func (d *Daemon) desired(tb *mesh.Testbed) (tincgen.Files, string, error) {
-	files, err := tincgen.HostFiles(tb, d.cfg.Island)
+	files, err := tincgen.HostFilesWith(tb, d.hostOptions(tb))
 	if err != nil {
 		return nil, "", fmt.Errorf("render host files: %w", err)
 	}
@@ -300,6 +327,7 @@ func (d *Daemon) reconcile(ctx context.Context, full bool) error {
 	} else {
 		d.lastErr = ""
 		d.fullDue = false
+		d.applyEgressKernel(ctx)
 		d.event(EventSynced)
 	}
 	d.notifyStatus()
@@ -362,12 +390,14 @@ func (d *Daemon) apply(ctx context.Context, tb *mesh.Testbed, repair bool) error
 		return err
 	}
 	opts := d.syncOptions(own, false)
-	if d.incremental && d.tb != nil && !repair {
+	nodeEgress := tincgen.OffersEgress(tb, d.hostOptions(tb).Egress)
+	if d.incremental && d.tb != nil && !repair && nodeEgress == d.nodeEgress {
 		// Only the members that changed since the applied snapshot: their
 		// files are compared and written, the others are not even read. The
 		// periodic full resync and the repairs compare everything.
 		ch := mesh.Diff(d.tb, tb)
-		opts.Only = map[string]bool{}
+		// This gateway's own file also depends on its egress announcement.
+		opts.Only = map[string]bool{own: true}
 		for _, l := range [][]string{ch.Added, ch.Changed, ch.Removed} {
 			for _, n := range l {
 				opts.Only[n] = true
@@ -388,8 +418,9 @@ func (d *Daemon) apply(ctx context.Context, tb *mesh.Testbed, repair bool) error
 	d.m.written.Add(float64(len(rep.Written)))
 	d.m.unchanged.Add(float64(len(rep.Unchanged)))
 	d.m.removed.Add(float64(len(rep.Removed)))
-	old := d.tb
 	d.tb = tb
+	d.nodeEgress = nodeEgress
+	d.dnsSetTestbed(tb)
 	if !repair {
 		d.lastSync = time.Now()
 		d.m.lastSync.SetToCurrentTime()
@@ -401,9 +432,18 @@ func (d *Daemon) apply(ctx context.Context, tb *mesh.Testbed, repair bool) error
 		d.log.Info("host files synced", "written", len(rep.Written), "removed", len(rep.Removed),
 			"unchanged", len(rep.Unchanged), "version", tb.Version())
 	}
-	if old != nil && ownSubnetsChanged(old, tb, own) {
-		d.log.Info("this gateway's own Subnets changed; restarting tincd", "name", own)
-		d.restartPending = true
+	if b, ok := files[own]; ok {
+		subs := subnetLines(b)
+		if d.ownSubnets != nil && *d.ownSubnets != subs {
+			d.log.Info("this gateway's own Subnets changed; restarting tincd", "name", own, "subnets", subs)
+			d.restartPending = true
+		}
+		d.ownSubnets = &subs
+	} else if d.ownSubnets == nil {
+		// Not in the registry (yet): its own file, if any, stays as it
+		// is; appearing later gives it Subnets to announce (a restart).
+		empty := ""
+		d.ownSubnets = &empty
 	}
 	if rep.Changed() {
 		d.hupPending = true
@@ -444,16 +484,19 @@ func (d *Daemon) signalPending(ctx context.Context) error {
 	return nil
 }
 
-func ownSubnetsChanged(old, tb *mesh.Testbed, own string) bool {
-	a, okA := old.Lookup(own)
-	b, okB := tb.Lookup(own)
-	if !okA || !okB {
-		// Appearing in the registry gives this gateway Subnets to announce
-		// (a restart); disappearing keeps its own file (never removed), so
-		// nothing changes for tincd.
-		return okB && !okA
+// subnetLines returns the Subnet lines of a host file, sorted and joined:
+// what tincd announces for its own name.
+func subnetLines(b []byte) string {
+	h, err := tincgen.ParseHost(b)
+	if err != nil {
+		return "unparsable: " + err.Error()
 	}
-	return !slices.Equal(a.Subnets, b.Subnets)
+	var l []string
+	for _, s := range h.Subnets {
+		l = append(l, s.String())
+	}
+	slices.Sort(l)
+	return strings.Join(l, " ")
 }
 
 // reload checks tinc.conf (tincd exits on SIGHUP when it cannot read it)
@@ -487,7 +530,27 @@ func (d *Daemon) configureLink(ctx context.Context) {
 		d.log.Warn("not configuring the tun link: this gateway is not in the snapshot", "name", d.cfg.Identity.TincName)
 		return
 	}
-	name := "tun0"
+	name := d.tincIface()
+	addr := netip.PrefixFrom(me.Addr, d.tb.Plan().Mgmt().Bits())
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := d.link.Configure(cctx, name, addr, 1400); err != nil {
+		d.log.Error("configure the tun link", "link", name, "err", err)
+	}
+	// A restarted tincd made a new link: the egress route went with the
+	// old one.
+	d.applyEgressKernel(ctx)
+}
+
+// tincIface is tincd's interface: tinc.conf's Interface, else "tun0" (the
+// kernel's name for a tincd started with -c and no net name, as the
+// managed one is) when managed, else the net name (tinc 1.0's default for
+// "tincd -n NET").
+func (d *Daemon) tincIface() string {
+	name := d.cfg.Tinc.Net
+	if d.cfg.Tinc.Manage {
+		name = "tun0"
+	}
 	if b, err := os.ReadFile(filepath.Join(d.cfg.Tinc.Dir, "tinc.conf")); err == nil {
 		if c, err := tincgen.ParseConf(b); err == nil {
 			for _, o := range c.Options {
@@ -497,12 +560,7 @@ func (d *Daemon) configureLink(ctx context.Context) {
 			}
 		}
 	}
-	addr := netip.PrefixFrom(me.Addr, d.tb.Plan().Mgmt().Bits())
-	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	if err := d.link.Configure(cctx, name, addr, 1400); err != nil {
-		d.log.Error("configure the tun link", "link", name, "err", err)
-	}
+	return name
 }
 
 // loadCache applies the last-known-good snapshot from disk.
@@ -573,6 +631,8 @@ func (d *Daemon) status() Status {
 		age := time.Since(d.lastSync).Seconds()
 		s.LastSync, s.SyncAgeSeconds = &t, &age
 	}
+	s.Egress = d.egressStatus()
+	s.DNS = d.dnsStatus()
 	return s
 }
 
@@ -612,7 +672,8 @@ func (d *Daemon) reloadConfig(ctx context.Context) {
 		n.Identity, n.Tinc, n.StateDir, n.StatusSocket, n.MetricsListen =
 			d.cfg.Identity, d.cfg.Tinc, d.cfg.StateDir, d.cfg.StatusSocket, d.cfg.MetricsListen
 	}
-	refetch := n.Registry != d.cfg.Registry || n.Prefix != d.cfg.Prefix || n.Island != d.cfg.Island
+	refetch := n.Registry != d.cfg.Registry || n.Prefix != d.cfg.Prefix || n.Island != d.cfg.Island ||
+		n.Egress.Prefix != d.cfg.Egress.Prefix
 	if n.equal(d.cfg) {
 		d.event(EventReloaded)
 		return
@@ -632,6 +693,29 @@ func (d *Daemon) reloadConfig(ctx context.Context) {
 	if refetch {
 		d.validators = nil
 		d.reconcile(ctx, true)
+	}
+	if !reflect.DeepEqual(n.DNS, old.DNS) {
+		d.stopDNS()
+		d.dnsErr = ""
+		if err := d.startDNS(ctx); err != nil {
+			d.dnsErr = err.Error()
+			d.log.Error("dns: not serving", "err", err)
+		}
+		if d.tb != nil && !refetch {
+			if err := d.apply(ctx, d.tb, true); err != nil {
+				d.lastErr = err.Error()
+			}
+		}
+	}
+	if !reflect.DeepEqual(n.Egress, old.Egress) {
+		d.startProbes(ctx)
+		if d.tb != nil && !refetch {
+			if err := d.apply(ctx, d.tb, true); err != nil {
+				d.lastErr = err.Error()
+				d.log.Error("apply the new egress config", "err", err)
+			}
+		}
+		d.applyEgressKernel(ctx)
 	}
 	d.event(EventReloaded)
 }
@@ -722,6 +806,18 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if d.tb != nil && d.cfg.Tinc.Manage {
 		d.startTincd(ctx)
 	}
+	d.startProbes(ctx)
+	defer func() {
+		if d.stopProbes != nil {
+			d.stopProbes()
+		}
+	}()
+	// The DNS server binds its own sockets: a bind error ends the daemon
+	// at start, where the operator sees it, rather than later.
+	if err := d.startDNS(ctx); err != nil {
+		return fmt.Errorf("dns: %w", err)
+	}
+	defer d.stopDNS()
 	d.markReady()
 
 	poll := time.NewTimer(next)
@@ -789,7 +885,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 			resetPoll()
 			r <- d.status()
 		case r := <-d.statusReq:
+			d.readEgressCounters(ctx)
 			r <- d.status()
+		case r := <-d.probeC:
+			d.observeProbe(ctx, r)
+			if d.takeTouched() {
+				ignoreOwnEvents()
+			}
 		case <-d.opts.Reload:
 			d.reloadConfig(ctx)
 		case ev, ok := <-w.Events:
@@ -887,6 +989,11 @@ func Cleanup(ctx context.Context, cfg Config, log *slog.Logger) error {
 			errs = append(errs, err)
 		}
 	}
+	// Every nftables rule and route of ours, whether egress is configured
+	// now or was before.
+	if err := NewNftEgress().Apply(ctx, EgressRules{}); err != nil {
+		errs = append(errs, fmt.Errorf("cleanup egress rules: %w", err))
+	}
 	return errors.Join(errs...)
 }
 
@@ -919,8 +1026,8 @@ func (d *Daemon) tampered(names map[string]bool) bool {
 		if err != nil {
 			return true // deleted (or unreadable)
 		}
-		want := tincgen.RenderHost(tincgen.HostFor(m, d.cfg.Island))
-		if !bytes.Equal(b, want) {
+		want, werr := tincgen.MemberFile(d.tb.Plan(), m, d.hostOptions(d.tb), d.nodeEgress)
+		if werr != nil || !bytes.Equal(b, want) {
 			return true
 		}
 	}

@@ -14,6 +14,9 @@ type metrics struct {
 	written, unchanged, removed       prometheus.Counter
 	hups, restarts                    prometheus.Counter
 	peersConnected, snapshotFromCache prometheus.Gauge
+	probes                            *prometheus.CounterVec
+	egressAnnounced                   prometheus.Gauge
+	egressPackets                     *prometheus.GaugeVec
 }
 
 func newMetrics() *metrics {
@@ -33,8 +36,14 @@ func newMetrics() *metrics {
 			Help: "tinc peers connected, from tincd's log."}),
 		snapshotFromCache: prometheus.NewGauge(prometheus.GaugeOpts{Name: "mgmtnet_snapshot_from_cache",
 			Help: "1 while running on the last-known-good snapshot from disk."}),
+		probes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mgmtnet_egress_probes_total",
+			Help: "Upstream health probe rounds, by result (ok, failed)."}, []string{"result"}),
+		egressAnnounced: prometheus.NewGauge(prometheus.GaugeOpts{Name: "mgmtnet_egress_announced",
+			Help: "1 while this gateway announces 0.0.0.0/0 (egress) into the mesh."}),
+		egressPackets: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "mgmtnet_egress_packets",
+			Help: "Packets counted by the egress nftables rules (masqueraded, forwarded, spoofed, wan_initiated)."}, []string{"counter"}),
 	}
-	m.reg.MustRegister(m.syncs, m.syncErrors, m.lastSync, m.members, m.rejected, m.written, m.unchanged,
+	m.reg.MustRegister(m.probes, m.egressAnnounced, m.egressPackets, m.syncs, m.syncErrors, m.lastSync, m.members, m.rejected, m.written, m.unchanged,
 		m.removed, m.hups, m.restarts, m.peersConnected, m.snapshotFromCache)
 	return m
 }

@@ -29,6 +29,8 @@ type Status struct {
 	ConfigError    string         `json:"config_error"`
 	Tincd          TincdState     `json:"tincd"`
 	Peers          []Peer         `json:"peers"`
+	Egress         EgressStatus   `json:"egress"`
+	DNS            DNSStatus      `json:"dns"`
 }
 
 // RegistryStatus is the registry side of Status.

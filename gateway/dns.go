@@ -1,0 +1,231 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/confine-project/mgmtnet/mesh"
+	mdns "github.com/confine-project/mgmtnet/mesh/dns"
+	"github.com/confine-project/mgmtnet/tincgen"
+)
+
+// DNSConfig is the gateway's DNS service for the management network
+// (README "DNS"): mesh/dns answering from the same snapshot that drives
+// tinc, its zone swapped on every applied snapshot.
+type DNSConfig struct {
+	Enabled bool   `yaml:"enabled"`
+	Zone    string `yaml:"zone"` // e.g. mgmt.community-lab.net.
+	// Listen are host:port addresses; default "[::]:53" (the allow-list,
+	// not the socket, decides who gets answers).
+	Listen []string `yaml:"listen"`
+	// ServiceAddress is a well-known management address several gateways
+	// share: each announces it into the mesh (Subnet = <addr>/128#weight,
+	// on its own host file) and holds it on the loopback, so tinc routes a
+	// client to the reachable gateway with the best weight.
+	ServiceAddress string `yaml:"service_address"`
+	ServiceWeight  int    `yaml:"service_weight"` // default 10
+	// Allow, AllowTransfer, Forward, Notify: see mesh/dns.Config.
+	Allow         []string `yaml:"allow"`
+	AllowTransfer []string `yaml:"allow_transfer"`
+	Forward       []string `yaml:"forward"`
+	Notify        []string `yaml:"notify"`
+}
+
+// dnsConfig converts the YAML into mesh/dns's Config, validated.
+func (c DNSConfig) dnsConfig() (mdns.Config, error) {
+	out := mdns.Config{Zone: c.Zone}
+	prefixes := func(key string, l []string) ([]netip.Prefix, error) {
+		var ps []netip.Prefix
+		for _, s := range l {
+			p, err := netip.ParsePrefix(s)
+			if err != nil {
+				a, aerr := netip.ParseAddr(s)
+				if aerr != nil {
+					return nil, fmt.Errorf("dns.%s %q: want a prefix or an address", key, s)
+				}
+				p = netip.PrefixFrom(a, a.BitLen())
+			}
+			ps = append(ps, p)
+		}
+		return ps, nil
+	}
+	servers := func(key string, l []string) ([]netip.AddrPort, error) {
+		var as []netip.AddrPort
+		for _, s := range l {
+			a, err := mdns.ParseServerAddr(s, 53)
+			if err != nil {
+				return nil, fmt.Errorf("dns.%s %q: %w", key, s, err)
+			}
+			as = append(as, a)
+		}
+		return as, nil
+	}
+	var err error
+	if out.Allow, err = prefixes("allow", c.Allow); err != nil {
+		return out, err
+	}
+	if out.AllowTransfer, err = prefixes("allow_transfer", c.AllowTransfer); err != nil {
+		return out, err
+	}
+	if out.Forward, err = servers("forward", c.Forward); err != nil {
+		return out, err
+	}
+	if out.Notify, err = servers("notify", c.Notify); err != nil {
+		return out, err
+	}
+	if a, ok := c.serviceAddr(); ok {
+		out.NS = []mdns.NameServer{{Name: "ns." + strings.TrimSuffix(c.Zone, ".") + ".", Addrs: []netip.Addr{a}}}
+	}
+	if err := out.Validate(); err != nil {
+		return out, fmt.Errorf("dns: %w", err)
+	}
+	return out, nil
+}
+
+func (c DNSConfig) serviceAddr() (netip.Addr, bool) {
+	a, err := netip.ParseAddr(c.ServiceAddress)
+	return a, err == nil
+}
+
+func (c DNSConfig) listen() []string {
+	if len(c.Listen) == 0 {
+		return []string{"[::]:53"}
+	}
+	return c.Listen
+}
+
+func (c DNSConfig) validate() error {
+	if !c.Enabled {
+		return nil
+	}
+	if c.Zone == "" {
+		return errors.New("dns.zone: required when dns.enabled is true (e.g. mgmt.community-lab.net.)")
+	}
+	for _, l := range c.Listen {
+		if _, _, err := net.SplitHostPort(l); err != nil {
+			return fmt.Errorf("dns.listen %q: want host:port: %w", l, err)
+		}
+	}
+	if c.ServiceAddress != "" {
+		a, err := netip.ParseAddr(c.ServiceAddress)
+		if err != nil || !a.Is6() || a.Is4In6() || a.Zone() != "" {
+			return fmt.Errorf("dns.service_address %q: want an IPv6 address in the management /48", c.ServiceAddress)
+		}
+	}
+	if c.ServiceWeight < 0 || c.ServiceWeight > mesh.MaxEgressWeight {
+		return fmt.Errorf("dns.service_weight %d: want 0..%d", c.ServiceWeight, mesh.MaxEgressWeight)
+	}
+	_, err := c.dnsConfig()
+	return err
+}
+
+// serviceSubnet is the Subnet this gateway announces for the DNS service
+// address, if any.
+func (d *Daemon) serviceSubnet() (tincgen.Subnet, bool) {
+	if !d.cfg.DNS.Enabled {
+		return tincgen.Subnet{}, false
+	}
+	a, ok := d.cfg.DNS.serviceAddr()
+	if !ok {
+		return tincgen.Subnet{}, false
+	}
+	w := d.cfg.DNS.ServiceWeight
+	if w == 0 {
+		w = mesh.DefaultEgressWeight
+	}
+	return tincgen.Subnet{Prefix: netip.PrefixFrom(a, 128), Weight: w}, true
+}
+
+// startDNS starts the DNS server when configured and not running, and
+// loads the applied snapshot into it. A bind error is returned (and the
+// daemon goes on without DNS, saying so in its status).
+func (d *Daemon) startDNS(ctx context.Context) error {
+	if !d.cfg.DNS.Enabled {
+		d.stopDNS()
+		return nil
+	}
+	if d.dns != nil {
+		return nil
+	}
+	cfg, err := d.cfg.DNS.dnsConfig()
+	if err != nil {
+		return err
+	}
+	if a, ok := d.cfg.DNS.serviceAddr(); ok {
+		if err := addLoopback(a); err != nil {
+			return fmt.Errorf("dns service address: %w", err)
+		}
+	}
+	srv, err := mdns.New(cfg, mdns.ServerOptions{Listen: d.cfg.DNS.listen(), Logger: d.log.With("part", "dns"), Registerer: d.m.reg})
+	if err != nil {
+		return err
+	}
+	if err := srv.Start(ctx); err != nil {
+		return err
+	}
+	d.dns = srv
+	if d.tb != nil {
+		if err := srv.SetTestbed(d.tb); err != nil {
+			d.log.Error("dns zone", "err", err)
+		}
+	}
+	return nil
+}
+
+// stopDNS stops the DNS server, if it runs.
+func (d *Daemon) stopDNS() {
+	if d.dns == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := d.dns.Shutdown(ctx); err != nil {
+		d.log.Warn("stop dns", "err", err)
+	}
+	d.dns = nil
+}
+
+// dnsSetTestbed swaps the DNS zone for an applied snapshot.
+func (d *Daemon) dnsSetTestbed(tb *mesh.Testbed) {
+	if d.dns == nil {
+		return
+	}
+	if err := d.dns.SetTestbed(tb); err != nil {
+		d.log.Error("dns zone: keeping the old one", "err", err)
+	}
+}
+
+// addLoopback puts a /128 on the loopback interface, so that the DNS
+// server receives what tinc routes to the service address.
+func addLoopback(a netip.Addr) error {
+	lo, err := netlink.LinkByName("lo")
+	if err != nil {
+		return err
+	}
+	ipn := &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(a.BitLen(), a.BitLen())}
+	if err := netlink.AddrReplace(lo, &netlink.Addr{IPNet: ipn}); err != nil {
+		return fmt.Errorf("add %s to lo: %w", a, err)
+	}
+	return nil
+}
+
+// DNSStatus is the DNS part of Status.
+type DNSStatus struct {
+	Enabled bool   `json:"enabled"`
+	Zone    string `json:"zone,omitempty"`
+	Serving bool   `json:"serving"`
+	Service string `json:"service_address,omitempty"`
+	Error   string `json:"error,omitempty"`
+}
+
+func (d *Daemon) dnsStatus() DNSStatus {
+	return DNSStatus{Enabled: d.cfg.DNS.Enabled, Zone: d.cfg.DNS.Zone, Serving: d.dns != nil,
+		Service: d.cfg.DNS.ServiceAddress, Error: d.dnsErr}
+}

@@ -1,0 +1,235 @@
+package gateway
+
+import (
+	"context"
+	"net/netip"
+	"time"
+
+	"github.com/confine-project/mgmtnet/mesh"
+	"github.com/confine-project/mgmtnet/tincgen"
+)
+
+// EgressStatus is the egress part of Status.
+type EgressStatus struct {
+	State     EgressState       `json:"state"`
+	Weight    int               `json:"weight,omitempty"`
+	Source    string            `json:"source,omitempty"` // "config" or "registry"
+	WAN       string            `json:"wan,omitempty"`
+	Prefix    string            `json:"prefix,omitempty"`
+	Since     *time.Time        `json:"since,omitempty"` // last announce/withdraw
+	LastProbe *ProbeResult      `json:"last_probe,omitempty"`
+	Probes    ProbeCounts       `json:"probes"`
+	Counters  map[string]uint64 `json:"counters,omitempty"` // NAT and filter counters (packets)
+	Error     string            `json:"error,omitempty"`
+}
+
+// ProbeCounts are probe rounds since start.
+type ProbeCounts struct {
+	OK     int `json:"ok"`
+	Failed int `json:"failed"`
+}
+
+// egressOffer returns this gateway's egress offer in tb: the local config
+// (egress.enabled, egress.weight) over the registry's mgmtnet.egress
+// property of its own member. ok is false when it offers none.
+func (d *Daemon) egressOffer(tb *mesh.Testbed) (e mesh.Egress, source string, ok bool) {
+	var reg mesh.Egress
+	if tb != nil {
+		if me, found := tb.Lookup(d.cfg.Identity.TincName); found {
+			reg = me.Egress
+		}
+	}
+	switch {
+	case d.cfg.Egress.Enabled:
+		e, source = mesh.Egress{Offered: true, Weight: mesh.DefaultEgressWeight}, "config"
+		if reg.Offered {
+			e.Weight = reg.Weight
+		}
+	case reg.Offered:
+		e, source = reg, "registry"
+	default:
+		return mesh.Egress{}, "", false
+	}
+	if d.cfg.Egress.Weight > 0 {
+		e.Weight = d.cfg.Egress.Weight
+	}
+	return e, source, true
+}
+
+// hostOptions are the options this gateway renders host files with: its
+// island, and its own egress offer as the health probes allow it.
+func (d *Daemon) hostOptions(tb *mesh.Testbed) tincgen.HostOptions {
+	o := tincgen.HostOptions{Island: d.cfg.Island}
+	if s, ok := d.serviceSubnet(); ok {
+		o.Extra = map[string][]tincgen.Subnet{d.cfg.Identity.TincName: {s}}
+	}
+	if e, _, ok := d.egressOffer(tb); ok {
+		e.Offered = d.health != nil && d.health.announced()
+		o.Egress = map[string]mesh.Egress{d.cfg.Identity.TincName: e}
+	}
+	return o
+}
+
+// egressConfigured reports whether this gateway offers egress at all (the
+// probes then decide whether it is announced).
+func (d *Daemon) egressConfigured() bool {
+	_, _, ok := d.egressOffer(d.tb)
+	return ok
+}
+
+// startProbes (re)starts the probe goroutine when egress is configured and
+// stops it when not. Results arrive on d.probeC, read by the loop.
+func (d *Daemon) startProbes(ctx context.Context) {
+	if d.stopProbes != nil {
+		d.stopProbes()
+		d.stopProbes = nil
+	}
+	if !d.egressConfigured() || len(d.cfg.Egress.Probe.Targets) == 0 {
+		if !d.egressConfigured() {
+			d.health = nil
+		} else if d.health == nil || d.health.state == EgressProbing {
+			// Offered (by the registry) without probe targets: nothing
+			// to judge the upstream by, so it is taken as healthy.
+			d.health = newHealth(1, 0)
+			d.health.observe(ProbeResult{At: time.Now(), OK: true, Target: "(no probe targets configured)"})
+		}
+		return
+	}
+	p := d.cfg.Egress.Probe
+	if d.health == nil {
+		d.health = newHealth(p.Failures, p.HoldDown.D())
+	} else {
+		d.health.failures, d.health.holdDown = max(p.Failures, 1), p.HoldDown.D()
+	}
+	pctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	d.stopProbes = func() { cancel(); <-done }
+	pr := newProber(p)
+	go func() {
+		defer close(done)
+		t := time.NewTicker(p.Interval.D())
+		defer t.Stop()
+		for {
+			r := pr.probe(pctx)
+			if pctx.Err() != nil {
+				return
+			}
+			select {
+			case d.probeC <- r:
+			case <-pctx.Done():
+				return
+			}
+			select {
+			case <-t.C:
+			case <-pctx.Done():
+				return
+			}
+		}
+	}()
+}
+
+// observeProbe feeds a probe result to the state machine; a change of the
+// announcement rewrites this gateway's own host file and restarts tincd
+// (tinc 1.0 reads its own Subnets only at start).
+func (d *Daemon) observeProbe(ctx context.Context, r ProbeResult) {
+	if d.health == nil {
+		return
+	}
+	if r.OK {
+		d.probesOK++
+		d.m.probes.WithLabelValues("ok").Inc()
+	} else {
+		d.probesFailed++
+		d.m.probes.WithLabelValues("failed").Inc()
+	}
+	if !d.health.observe(r) {
+		return
+	}
+	announced := d.health.announced()
+	if announced {
+		d.log.Info("upstream healthy: announcing egress", "target", r.Target)
+		d.m.egressAnnounced.Set(1)
+	} else {
+		d.log.Warn("upstream down: withdrawing egress", "failure", r.Failure)
+		d.m.egressAnnounced.Set(0)
+	}
+	if d.tb == nil {
+		return
+	}
+	if err := d.apply(ctx, d.tb, true); err != nil {
+		d.lastErr = err.Error()
+		d.log.Error("apply the egress announcement", "err", err)
+	}
+	d.event(EventEgressChanged)
+}
+
+// egressStatus reports the egress state for Status.
+func (d *Daemon) egressStatus() EgressStatus {
+	e, source, ok := d.egressOffer(d.tb)
+	if !ok {
+		return EgressStatus{State: EgressOff}
+	}
+	st := EgressStatus{State: EgressProbing, Weight: e.Weight, Source: source, WAN: d.cfg.Egress.WAN,
+		Prefix: d.cfg.egressPrefix().String(), Probes: ProbeCounts{OK: d.probesOK, Failed: d.probesFailed},
+		Counters: d.egressCounters, Error: d.egressErr}
+	if h := d.health; h != nil {
+		st.State = h.state
+		if !h.changed.IsZero() {
+			c := h.changed
+			st.Since = &c
+		}
+		if !h.last.At.IsZero() {
+			l := h.last
+			st.LastProbe = &l
+		}
+	}
+	return st
+}
+
+// egressPrefixOf returns the egress prefix of tb's plan (the configured
+// one).
+func egressPrefixOf(tb *mesh.Testbed) netip.Prefix { return tb.Plan().Egress() }
+
+// applyEgressKernel makes the kernel's egress rules match the config:
+// present while egress is configured (also while withdrawn: connections in
+// flight drain), absent otherwise. It also reads the rules' counters.
+func (d *Daemon) applyEgressKernel(ctx context.Context) {
+	var want EgressRules
+	if d.egressConfigured() && d.cfg.Egress.WAN != "" {
+		want = EgressRules{TincIface: d.tincIface(), WAN: d.cfg.Egress.WAN, Prefix: d.cfg.egressPrefix()}
+	}
+	if want.IsZero() && !d.egressApplied {
+		return // nothing of ours was ever set up by this daemon
+	}
+	if !want.IsZero() && d.cfg.Tinc.Manage && !d.tincd.State().Running {
+		return // no tinc link yet: configureLink applies once tincd runs
+	}
+	if err := d.egress.Apply(ctx, want); err != nil {
+		if msg := err.Error(); msg != d.egressErr {
+			d.log.Error("egress rules", "err", err)
+		}
+		d.egressErr = err.Error()
+		return
+	}
+	d.egressApplied = !want.IsZero()
+	d.egressErr = ""
+	if want.IsZero() {
+		d.egressCounters = nil
+		return
+	}
+	d.readEgressCounters(ctx)
+}
+
+// readEgressCounters refreshes the egress rules' counters (status and
+// metrics).
+func (d *Daemon) readEgressCounters(ctx context.Context) {
+	if !d.egressApplied {
+		return
+	}
+	if c, err := d.egress.Counters(ctx); err == nil {
+		d.egressCounters = c
+		for k, v := range c {
+			d.m.egressPackets.WithLabelValues(k).Set(float64(v))
+		}
+	}
+}

@@ -1,0 +1,33 @@
+// Package dns is the authoritative DNS server of the management network
+// (design.md, "DNS for the management network"), built on
+// github.com/miekg/dns.
+//
+// It answers for two zones made from one *mesh.Testbed:
+//
+//   - the forward zone (Config.Zone, e.g. "mgmt.community-lab.net."): AAAA
+//     records for node-<id>, server-<id>, host-<id> and gateway-<id> of the
+//     members present, and for each member's registry name when it is a
+//     usable, unique label; sliver management names slice-<s>.node-<n> and
+//     slice-<s>-iface-<i>.node-<n>, computed from the addressing plan for any
+//     slice of a present node; SOA and NS at the apex;
+//   - the reverse zone of the management /48 under ip6.arpa: PTR records for
+//     every member address and every sliver management address of a present
+//     node, computed with addressing.Plan.Reverse, never from a table of
+//     addresses.
+//
+// Negative answers follow RFC 2308: NXDOMAIN for names that do not exist,
+// NODATA for names that exist without the asked type and for empty
+// non-terminals, both with the zone's SOA in the authority section. Names
+// outside both zones are REFUSED, unless upstream resolvers are configured,
+// in which case recursive queries are forwarded. Clients outside the allowed
+// prefixes are REFUSED: the server is never an open resolver.
+//
+// A Zone is an immutable value with precomputed maps; Server.SetTestbed
+// builds one and swaps it in atomically, so queries never wait for a
+// rebuild. Zone transfers (AXFR, over TCP, to allowed clients) carry the
+// records of members; sliver names are computed and are not transferred.
+//
+// The package does not fetch the registry, write files or pick the
+// addresses it listens on: its caller (mgmtnet dns, the gateway daemon)
+// does.
+package dns

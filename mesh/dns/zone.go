@@ -1,0 +1,662 @@
+package dns
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/confine-project/mgmtnet/addressing"
+	"github.com/confine-project/mgmtnet/mesh"
+)
+
+// SkipReason says why a member's registry name is not served.
+type SkipReason uint8
+
+// The reasons a registry name is skipped.
+const (
+	// SkipInvalid: the name, lower-cased, is not a DNS host label
+	// (letters, digits and inner hyphens, at most 63).
+	SkipInvalid SkipReason = iota + 1
+	// SkipDuplicate: several members have the same name; none gets it.
+	SkipDuplicate
+	// SkipReserved: the name is one the plan gives out (node-7, server-2,
+	// also when no such member exists today) or a name server's.
+	SkipReserved
+)
+
+var skipNames = [...]string{SkipInvalid: "invalid", SkipDuplicate: "duplicate", SkipReserved: "reserved"}
+
+// String returns "invalid", "duplicate" or "reserved".
+func (r SkipReason) String() string {
+	if int(r) < len(skipNames) && skipNames[r] != "" {
+		return skipNames[r]
+	}
+	return fmt.Sprintf("skip(%d)", uint8(r))
+}
+
+// SkippedName is a member's registry name that the zone does not serve.
+// The member still has its plan name (node-31...).
+type SkippedName struct {
+	Member string // the member's tinc name
+	Name   string // the registry name, as received
+	Reason SkipReason
+}
+
+// String describes the skip for a log: `node_31: name "my node": not a
+// DNS label`.
+func (s SkippedName) String() string {
+	var why string
+	switch s.Reason {
+	case SkipInvalid:
+		why = "not a DNS label (letters, digits and inner hyphens, at most 63)"
+	case SkipDuplicate:
+		why = "other members have the same name"
+	case SkipReserved:
+		why = "it is a name of the addressing plan or of a name server"
+	default:
+		why = s.Reason.String()
+	}
+	return fmt.Sprintf("%s: name %q: %s", s.Member, s.Name, why)
+}
+
+// rrset holds the address records of one forward name. Each slice has
+// len == cap, so that a message built on it can never append into the
+// zone's memory.
+type rrset struct {
+	aaaa []dns.RR
+	a    []dns.RR
+}
+
+// member is one testbed member in the zone.
+type member struct {
+	addr netip.Addr
+	fqdn string // its plan name, the target of its PTR record
+	rrset
+}
+
+// apex holds what the apex of one zone answers.
+type apex struct {
+	name   string
+	soa    []dns.RR // the SOA with the zone's TTL, for answers
+	negSOA []dns.RR // the SOA with the negative TTL, for the authority section of NXDOMAIN and NODATA (RFC 2308 §3)
+	ns     []dns.RR
+	glue   []dns.RR // addresses of in-zone name servers: the additional section of NS answers
+}
+
+// Zone is the forward and reverse zone of one testbed: an immutable value
+// whose lookups are map lookups or plan computations, safe for concurrent
+// use. Build one with NewZone.
+type Zone struct {
+	cfg    Config // normalized
+	tb     *mesh.Testbed
+	plan   addressing.Plan
+	serial uint32
+	allow  []netip.Prefix
+	fwd    apex
+	rev    apex
+
+	// names maps each fully qualified, lower-case forward name below the
+	// apex that has records to them: plan names of members, their
+	// registry names, in-zone name servers.
+	names map[string]*rrset
+	// ents are the forward empty non-terminals: names with no records
+	// and names below them (only above deep name server names).
+	ents map[string]struct{}
+	// members, sorted by address: the source of transfers and of the
+	// reverse zone's empty non-terminals.
+	members []member
+	byAddr  map[netip.Addr]int32
+	nodes   nodeSet
+	// nsNames are the in-zone name servers and aliases the registry
+	// names served, sorted: with members, the order of a transfer.
+	nsNames []string
+	aliases []string
+	skipped []SkippedName
+}
+
+// nodeSet is a set of node ids: a bit per possible id.
+type nodeSet [(1 << 16) / 64]uint64
+
+func (s *nodeSet) add(n uint16)      { s[n/64] |= 1 << (n % 64) }
+func (s *nodeSet) has(n uint16) bool { return s[n/64]&(1<<(n%64)) != 0 }
+
+func hdr(name string, t uint16, ttl uint32) dns.RR_Header {
+	return dns.RR_Header{Name: name, Rrtype: t, Class: dns.ClassINET, Ttl: ttl}
+}
+
+// seconds converts a validated duration (whole seconds, at most 2^31-1)
+// to a TTL.
+func seconds(d time.Duration) uint32 { return uint32(d / time.Second) }
+
+// NewZone builds the zones of tb as cfg describes them. It fails only
+// when cfg is invalid or tb is nil.
+func NewZone(cfg Config, tb *mesh.Testbed) (*Zone, error) {
+	if tb == nil {
+		return nil, errors.New("dns zone: no testbed")
+	}
+	cfg, err := cfg.normalized()
+	if err != nil {
+		return nil, err
+	}
+	plan := tb.Plan()
+	revName, err := addressing.ReverseZone(plan.Mgmt())
+	if err != nil {
+		return nil, fmt.Errorf("dns zone: %w", err)
+	}
+	z := &Zone{cfg: cfg, tb: tb, plan: plan, serial: tb.Serial(), names: map[string]*rrset{}}
+	z.allow = cfg.Allow
+	if len(z.allow) == 0 {
+		z.allow = append([]netip.Prefix{plan.Mgmt()}, loopback()...)
+	}
+	ttl := seconds(cfg.TTL)
+	z.fwd = z.newApex(cfg.Zone)
+	z.rev = z.newApex(revName)
+
+	// Name servers inside the zone: their addresses, and the empty
+	// non-terminals between them and the apex.
+	for _, ns := range cfg.NS {
+		if !dns.IsSubDomain(cfg.Zone, ns.Name) {
+			continue
+		}
+		set := &rrset{}
+		for _, a := range ns.Addrs {
+			if a.Is4() || a.Is4In6() {
+				v4 := a.Unmap().As4()
+				set.a = append(set.a, &dns.A{Hdr: hdr(ns.Name, dns.TypeA, ttl), A: net.IP(v4[:])})
+			} else {
+				v6 := a.As16()
+				set.aaaa = append(set.aaaa, &dns.AAAA{Hdr: hdr(ns.Name, dns.TypeAAAA, ttl), AAAA: net.IP(v6[:])})
+			}
+		}
+		set.a, set.aaaa = slices.Clip(set.a), slices.Clip(set.aaaa)
+		z.fwd.glue = append(z.fwd.glue, set.aaaa...)
+		z.fwd.glue = append(z.fwd.glue, set.a...)
+		z.names[ns.Name] = set
+		z.nsNames = append(z.nsNames, ns.Name)
+		for p := parent(ns.Name); p != cfg.Zone; p = parent(p) {
+			if _, ok := z.names[p]; !ok {
+				z.ents = addENT(z.ents, p)
+			}
+		}
+	}
+	z.fwd.glue = slices.Clip(z.fwd.glue)
+	z.rev.glue = z.fwd.glue
+	for p := range z.ents {
+		if _, ok := z.names[p]; ok {
+			delete(z.ents, p) // a name server name above another
+		}
+	}
+
+	z.addMembers(tb, ttl)
+	return z, nil
+}
+
+func addENT(m map[string]struct{}, name string) map[string]struct{} {
+	if m == nil {
+		m = map[string]struct{}{}
+	}
+	m[name] = struct{}{}
+	return m
+}
+
+// parent returns the name one label up ("b.c." for "a.b.c.").
+func parent(name string) string {
+	_, rest, _ := strings.Cut(name, ".")
+	if rest == "" {
+		return "."
+	}
+	return rest
+}
+
+func (z *Zone) newApex(name string) apex {
+	c := z.cfg
+	soa := func(ttl uint32) []dns.RR {
+		return []dns.RR{&dns.SOA{
+			Hdr: hdr(name, dns.TypeSOA, ttl), Ns: c.NS[0].Name, Mbox: c.SOA.Mbox, Serial: z.serial,
+			Refresh: seconds(c.SOA.Refresh), Retry: seconds(c.SOA.Retry), Expire: seconds(c.SOA.Expire), Minttl: seconds(c.SOA.Minimum),
+		}}
+	}
+	a := apex{name: name, soa: soa(seconds(c.TTL)), negSOA: soa(seconds(min(c.TTL, c.SOA.Minimum)))}
+	for _, ns := range c.NS {
+		a.ns = append(a.ns, &dns.NS{Hdr: hdr(name, dns.TypeNS, seconds(c.TTL)), Ns: ns.Name})
+	}
+	a.ns = slices.Clip(a.ns)
+	return a
+}
+
+// addMembers adds an AAAA record for the plan name of every member and,
+// where usable, for its registry name. The records of all members share a
+// few large allocations: a zone of 66 000 members is built in one pass
+// and costs the garbage collector little.
+func (z *Zone) addMembers(tb *mesh.Testbed, ttl uint32) {
+	n := tb.Len()
+	z.members = make([]member, 0, n)
+	z.byAddr = make(map[netip.Addr]int32, n)
+	for m := range tb.All() {
+		label, err := addressing.DNSLabel(addressing.Entity{Kind: m.Kind, ID: m.ID})
+		if err != nil {
+			continue // a validated member always has a name
+		}
+		z.members = append(z.members, member{addr: m.Addr, fqdn: label + "." + z.cfg.Zone})
+		if m.Kind == addressing.KindNode {
+			z.nodes.add(uint16(m.ID))
+		}
+	}
+	slices.SortFunc(z.members, func(a, b member) int { return a.addr.Compare(b.addr) })
+
+	aaaas := make([]dns.AAAA, len(z.members))
+	rrs := make([]dns.RR, len(z.members))
+	ips := make([]byte, 16*len(z.members))
+	for i := range z.members {
+		m := &z.members[i]
+		ip := ips[16*i : 16*i+16 : 16*i+16]
+		b := m.addr.As16()
+		copy(ip, b[:])
+		aaaas[i] = dns.AAAA{Hdr: hdr(m.fqdn, dns.TypeAAAA, ttl), AAAA: net.IP(ip)}
+		rrs[i] = &aaaas[i]
+		m.aaaa = rrs[i : i+1 : i+1]
+		z.byAddr[m.addr] = int32(i)
+		if _, taken := z.names[m.fqdn]; !taken { // a name server's name was refused by Validate
+			z.names[m.fqdn] = &m.rrset
+		}
+	}
+	z.addRegistryNames(tb, ttl)
+}
+
+// addRegistryNames serves each member's registry name, lower-cased, when
+// it is a DNS label that no other member has and that is not reserved.
+func (z *Zone) addRegistryNames(tb *mesh.Testbed, ttl uint32) {
+	type claim struct {
+		m     *mesh.Member
+		label string
+	}
+	claims := map[string][]claim{}
+	for m := range tb.All() {
+		if m.Name == "" {
+			continue
+		}
+		label := strings.ToLower(m.Name)
+		own, _ := addressing.DNSLabel(addressing.Entity{Kind: m.Kind, ID: m.ID})
+		switch {
+		case label == own:
+			// The registry's name is the plan name: nothing to add.
+		case !hostLabel(label):
+			z.skipped = append(z.skipped, SkippedName{Member: m.TincName, Name: m.Name, Reason: SkipInvalid})
+		case planName(label) || z.reserved(label+"."+z.cfg.Zone):
+			z.skipped = append(z.skipped, SkippedName{Member: m.TincName, Name: m.Name, Reason: SkipReserved})
+		default:
+			claims[label] = append(claims[label], claim{m, label})
+		}
+	}
+	var unique []claim
+	for _, cs := range claims {
+		if len(cs) == 1 {
+			unique = append(unique, cs[0])
+			continue
+		}
+		for _, c := range cs {
+			z.skipped = append(z.skipped, SkippedName{Member: c.m.TincName, Name: c.m.Name, Reason: SkipDuplicate})
+		}
+	}
+	slices.SortFunc(unique, func(a, b claim) int { return strings.Compare(a.label, b.label) })
+	sets := make([]rrset, len(unique))
+	aaaas := make([]dns.AAAA, len(unique))
+	rrs := make([]dns.RR, len(unique))
+	for i, c := range unique {
+		fqdn := c.label + "." + z.cfg.Zone
+		mi := z.byAddr[c.m.Addr]
+		aaaas[i] = dns.AAAA{Hdr: hdr(fqdn, dns.TypeAAAA, ttl), AAAA: z.members[mi].aaaa[0].(*dns.AAAA).AAAA}
+		rrs[i] = &aaaas[i]
+		sets[i].aaaa = rrs[i : i+1 : i+1]
+		z.names[fqdn] = &sets[i]
+		z.aliases = append(z.aliases, fqdn)
+	}
+	slices.SortFunc(z.skipped, func(a, b SkippedName) int {
+		return cmp.Or(strings.Compare(a.Member, b.Member), strings.Compare(a.Name, b.Name))
+	})
+}
+
+// reserved reports whether a forward name is taken by a name server or
+// lies on the way to one.
+func (z *Zone) reserved(fqdn string) bool {
+	_, isName := z.names[fqdn]
+	_, isENT := z.ents[fqdn]
+	return isName || isENT
+}
+
+// hostLabel reports whether s is a DNS host label (RFC 1123): 1 to 63
+// lower-case letters, digits and hyphens, not starting or ending with a
+// hyphen.
+func hostLabel(s string) bool {
+	if s == "" || len(s) > 63 || s[0] == '-' || s[len(s)-1] == '-' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// Origin returns the forward zone's name, e.g. "mgmt.community-lab.net.".
+func (z *Zone) Origin() string { return z.fwd.name }
+
+// ReverseOrigin returns the reverse zone's name, the ip6.arpa. name of the
+// management /48.
+func (z *Zone) ReverseOrigin() string { return z.rev.name }
+
+// Serial returns the zones' SOA serial: the testbed's Serial.
+func (z *Zone) Serial() uint32 { return z.serial }
+
+// Testbed returns the snapshot the zone was built from.
+func (z *Zone) Testbed() *mesh.Testbed { return z.tb }
+
+// Len returns the number of forward names with address records: the plan
+// names of the members, the registry names served and in-zone name
+// servers. Sliver names, computed on demand, are not counted.
+func (z *Zone) Len() int { return len(z.names) }
+
+// Skipped returns the registry names not served, and why, sorted by
+// member. The slice must not be modified.
+func (z *Zone) Skipped() []SkippedName { return z.skipped }
+
+// allowed reports whether a client may query the zones.
+func allowed(prefixes []netip.Prefix, client netip.Addr) bool {
+	for _, p := range prefixes {
+		if p.Contains(client) {
+			return true
+		}
+	}
+	return false
+}
+
+// inZone reports whether the lower-case name qname is origin or below
+// it. Names with escapes ("a\.b") take the slow, label-aware path: an
+// escaped dot does not separate labels.
+func inZone(qname, origin string) bool {
+	if len(qname) < len(origin) || !strings.HasSuffix(qname, origin) {
+		return false
+	}
+	if len(qname) == len(origin) {
+		return true
+	}
+	if qname[len(qname)-len(origin)-1] != '.' {
+		return false
+	}
+	if strings.IndexByte(qname, '\\') >= 0 {
+		return dns.IsSubDomain(origin, qname)
+	}
+	return true
+}
+
+// answer is the outcome of a lookup in a zone.
+type answer struct {
+	rcode  int
+	answer []dns.RR
+	ns     []dns.RR
+	extra  []dns.RR
+}
+
+// scratch holds the records a lookup computes (a sliver's AAAA, a PTR),
+// so that they live in the pooled per-query value instead of the heap.
+type scratch struct {
+	aaaa dns.AAAA
+	ip   [16]byte
+	ptr  dns.PTR
+	one  [1]dns.RR
+}
+
+func (s *scratch) aaaaRR(name string, ttl uint32, a netip.Addr) []dns.RR {
+	s.ip = a.As16()
+	s.aaaa = dns.AAAA{Hdr: hdr(name, dns.TypeAAAA, ttl), AAAA: s.ip[:]}
+	s.one[0] = &s.aaaa
+	return s.one[:]
+}
+
+func (s *scratch) ptrRR(name string, ttl uint32, target string) []dns.RR {
+	s.ptr = dns.PTR{Hdr: hdr(name, dns.TypePTR, ttl), Ptr: target}
+	s.one[0] = &s.ptr
+	return s.one[:]
+}
+
+func (a *apex) nodata() answer { return answer{rcode: dns.RcodeSuccess, ns: a.negSOA} }
+func (a *apex) nxdomain() answer {
+	return answer{rcode: dns.RcodeNameError, ns: a.negSOA}
+}
+
+// atApex answers a query for the apex of a zone. ANY gets the SOA alone
+// (RFC 8482 §4.2).
+func (a *apex) atApex(qtype uint16) answer {
+	switch qtype {
+	case dns.TypeSOA, dns.TypeANY:
+		return answer{answer: a.soa}
+	case dns.TypeNS:
+		return answer{answer: a.ns, extra: a.glue}
+	}
+	return a.nodata()
+}
+
+// lookupForward answers qname (lower case, inside the forward zone) for
+// qtype; name is the question's name as asked, the owner of computed
+// records.
+func (z *Zone) lookupForward(s *scratch, name, qname string, qtype uint16) answer {
+	if qname == z.fwd.name {
+		return z.fwd.atApex(qtype)
+	}
+	if set, ok := z.names[qname]; ok {
+		switch {
+		case qtype == dns.TypeAAAA && len(set.aaaa) > 0:
+			return answer{answer: set.aaaa}
+		case qtype == dns.TypeA && len(set.a) > 0:
+			return answer{answer: set.a}
+		case qtype == dns.TypeANY && len(set.aaaa) > 0: // RFC 8482: one RRset
+			return answer{answer: set.aaaa}
+		case qtype == dns.TypeANY && len(set.a) > 0:
+			return answer{answer: set.a}
+		}
+		return z.fwd.nodata()
+	}
+	if _, ok := z.ents[qname]; ok {
+		return z.fwd.nodata()
+	}
+	// A sliver's management name: slice-<s>[-iface-<i>].node-<n>. The
+	// prefix test keeps the plan's parser (and its error values) off the
+	// path of other missing names.
+	rel := qname[:len(qname)-len(z.fwd.name)-1]
+	if strings.HasPrefix(rel, "slice-") {
+		if e, err := addressing.ParseDNSLabel(rel); err == nil && e.Kind == addressing.KindSliver && z.nodes.has(e.Node) {
+			addr, err := z.plan.SliverAddr(addressing.SpaceMgmt, e.Node, e.ID, e.Iface)
+			if err == nil {
+				if qtype == dns.TypeAAAA || qtype == dns.TypeANY {
+					return answer{answer: s.aaaaRR(name, seconds(z.cfg.TTL), addr)}
+				}
+				return z.fwd.nodata()
+			}
+		}
+	}
+	return z.fwd.nxdomain()
+}
+
+// ptrNibbles is the number of nibble labels between the reverse zone of a
+// /48 and a full address: 128-48 bits, 4 bits each.
+const ptrNibbles = (128 - 48) / 4
+
+// lookupReverse answers qname (lower case, inside the reverse zone).
+func (z *Zone) lookupReverse(s *scratch, name, qname string, qtype uint16) answer {
+	if qname == z.rev.name {
+		return z.rev.atApex(qtype)
+	}
+	// rel is "x.y.z." : one hex nibble per label, the least significant
+	// first.
+	rel := qname[:len(qname)-len(z.rev.name)]
+	k := len(rel) / 2
+	if len(rel)%2 != 0 || k > ptrNibbles {
+		return z.rev.nxdomain()
+	}
+	var nibbles [ptrNibbles]byte
+	for i := 0; i < k; i++ {
+		v := hexVal(rel[2*i])
+		if v < 0 || rel[2*i+1] != '.' {
+			return z.rev.nxdomain()
+		}
+		nibbles[k-1-i] = byte(v) // nibbles[0] is the most significant
+	}
+	if k < ptrNibbles {
+		if z.hasBelow(nibbles[:k]) {
+			return z.rev.nodata() // an empty non-terminal
+		}
+		return z.rev.nxdomain()
+	}
+	addr, err := addressing.ParsePTRName(qname)
+	if err != nil {
+		return z.rev.nxdomain()
+	}
+	target, ok := z.ptrTarget(addr)
+	if !ok {
+		return z.rev.nxdomain()
+	}
+	if qtype != dns.TypePTR && qtype != dns.TypeANY {
+		return z.rev.nodata()
+	}
+	return answer{answer: s.ptrRR(name, seconds(z.cfg.TTL), target)}
+}
+
+// ptrTarget returns the name of a member's address, or of the management
+// address of a sliver of a present node, computed from the plan.
+func (z *Zone) ptrTarget(addr netip.Addr) (string, bool) {
+	if i, ok := z.byAddr[addr]; ok {
+		return z.members[i].fqdn, true
+	}
+	e, err := z.plan.Reverse(addr)
+	if err != nil || e.Kind != addressing.KindSliver || e.Space != addressing.SpaceMgmt || !z.nodes.has(e.Node) {
+		return "", false
+	}
+	label, err := addressing.DNSLabel(e)
+	if err != nil {
+		return "", false
+	}
+	return label + "." + z.fwd.name, true
+}
+
+// hasBelow reports whether some PTR name lies below the reverse name made
+// of the /48 and these leading nibbles (fewer than ptrNibbles): whether
+// that name is an empty non-terminal rather than a missing name.
+//
+// A member qualifies when its address falls in the range the nibbles
+// span (a binary search). A sliver of a present node qualifies when the
+// range's lowest address with its last bit set is one: any sliver range
+// has it, since the nibbles then fix the node word and the "10" of the
+// iface word, and leave the slice's last nibble free (a shorter prefix
+// holds the node's own address, a member).
+func (z *Zone) hasBelow(nibbles []byte) bool {
+	lo := z.plan.Mgmt().Addr().As16()
+	hi := lo
+	for i := range ptrNibbles {
+		b := 6 + i/2
+		shift := 4 * (1 - i%2)
+		v := byte(0xf)
+		if i < len(nibbles) {
+			v = nibbles[i]
+			lo[b] |= v << shift
+		}
+		hi[b] |= v << shift
+	}
+	loA, hiA := netip.AddrFrom16(lo), netip.AddrFrom16(hi)
+	i, _ := slices.BinarySearchFunc(z.members, loA, func(m member, a netip.Addr) int { return m.addr.Compare(a) })
+	if i < len(z.members) && z.members[i].addr.Compare(hiA) <= 0 {
+		return true
+	}
+	lo[15] |= 1
+	e, err := z.plan.Reverse(netip.AddrFrom16(lo))
+	return err == nil && e.Kind == addressing.KindSliver && e.Space == addressing.SpaceMgmt && z.nodes.has(e.Node)
+}
+
+func hexVal(c byte) int {
+	switch {
+	case '0' <= c && c <= '9':
+		return int(c - '0')
+	case 'a' <= c && c <= 'f':
+		return int(c-'a') + 10
+	}
+	return -1
+}
+
+// transferChunk is the most uncompressed record bytes put in one AXFR
+// message, well under the 64 KiB a TCP DNS message can carry.
+const transferChunk = 16 << 10
+
+// transfer sends the records of the forward (or reverse) zone to emit in
+// chunks, SOA first and last (RFC 5936). It stops when emit returns
+// false. Sliver names are computed, not stored, and are not transferred.
+func (z *Zone) transfer(reverse bool, emit func([]dns.RR) bool) bool {
+	a := &z.fwd
+	if reverse {
+		a = &z.rev
+	}
+	var chunk []dns.RR
+	size := 0
+	add := func(rr dns.RR) bool {
+		chunk = append(chunk, rr)
+		size += dns.Len(rr)
+		if size < transferChunk {
+			return true
+		}
+		ok := emit(chunk)
+		chunk, size = nil, 0
+		return ok
+	}
+	addAll := func(rrs []dns.RR) bool {
+		for _, rr := range rrs {
+			if !add(rr) {
+				return false
+			}
+		}
+		return true
+	}
+	if !addAll(a.soa) || !addAll(a.ns) {
+		return false
+	}
+	if reverse {
+		ttl := seconds(z.cfg.TTL)
+		for i := range z.members {
+			m := &z.members[i]
+			if !add(&dns.PTR{Hdr: hdr(addressing.PTRName(m.addr), dns.TypePTR, ttl), Ptr: m.fqdn}) {
+				return false
+			}
+		}
+	} else {
+		// Name servers, members (by address), registry names (by name).
+		for _, name := range z.nsNames {
+			set := z.names[name]
+			if !addAll(set.aaaa) || !addAll(set.a) {
+				return false
+			}
+		}
+		for i := range z.members {
+			if !addAll(z.members[i].aaaa) {
+				return false
+			}
+		}
+		for _, name := range z.aliases {
+			if !addAll(z.names[name].aaaa) {
+				return false
+			}
+		}
+	}
+	if !addAll(a.soa) {
+		return false
+	}
+	if len(chunk) > 0 {
+		return emit(chunk)
+	}
+	return true
+}
