@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/confine-project/mgmtnet/addressing"
+	"github.com/confine-project/mgmtnet/mesh"
 	"github.com/confine-project/mgmtnet/mesh/registry"
 	"github.com/confine-project/mgmtnet/tincgen"
 )
@@ -41,6 +42,12 @@ type Spec struct {
 	GatewayDaemon bool
 	// PollInterval is the gateway daemon's poll interval (default 2s).
 	PollInterval time.Duration
+	// Egress adds the pretend Internet (egress.go) and makes the server
+	// an egress gateway (weight 10) with a WAN link to it; it implies
+	// GatewayDaemon. SecondGateway adds server 3 ("server_3", weight 20),
+	// a second egress gateway in both islands.
+	Egress        bool
+	SecondGateway bool
 }
 
 // DefaultSpec is the demo's testbed: two islands, a server in both, three
@@ -51,8 +58,15 @@ func DefaultSpec(mgmtnet string) Spec {
 	}}
 }
 
-// Server is the testbed's server and gateway: tinc name "server", id 2.
+// Server is a server and gateway of the testbed: the main one has tinc
+// name "server" and id 2.
 type Server struct {
+	ID       uint64
+	TincName string
+	// Octet is the last octet of its addresses in every island
+	// (10.241.<island>.<Octet>) and on the WAN (192.0.2.<Octet+1>).
+	Octet    int
+	WAN      netip.Addr // with Spec.Egress
 	NS       *Netns
 	TincDir  string
 	Addr     netip.Addr
@@ -101,11 +115,17 @@ type Sliver struct {
 
 // Testbed is a running virtual testbed.
 type Testbed struct {
-	Lab      *Lab
-	Spec     Spec
-	Plan     addressing.Plan
-	CN       *Netns
-	Server   *Server
+	Lab    *Lab
+	Spec   Spec
+	Plan   addressing.Plan
+	CN     *Netns
+	Server *Server
+	// Gateways are every server: Server first, then server 3 with
+	// Spec.SecondGateway.
+	Gateways []*Server
+	// Inet is the pretend Internet, with Spec.Egress.
+	Inet     *Netns
+	InetHost *Proc
 	Nodes    []*Node
 	File     *registry.File
 	FilePath string
@@ -162,41 +182,28 @@ func Build(ctx context.Context, lab *Lab, spec Spec) (*Testbed, error) {
 	}
 	lab.Logf("community network: %d islands, 10.241.<island>.0/24, one bridge each", spec.Islands)
 
-	// The server: one address in every island, tinc with StrictSubnets.
-	srv := &Server{TincDir: filepath.Join(lab.Dir, "server", "tinc")}
-	srv.Addr, _ = plan.ServerAddr(addressing.MainServerID)
-	if srv.NS, err = lab.AddNetns("server"); err != nil {
-		return nil, err
-	}
-	var srvAddrs []registry.FileAddress
-	for i := 1; i <= spec.Islands; i++ {
-		ifName := fmt.Sprintf("eth%d", i)
-		addr := fmt.Sprintf("10.241.%d.1", i)
-		if err := attachAs(srv.NS, ifName, fmt.Sprintf("s-%d", i), tb.CN, fmt.Sprintf("br-%d", i), addr+"/24"); err != nil {
+	if spec.Egress {
+		tb.Spec.GatewayDaemon = true
+		if err := tb.buildInternet(ctx); err != nil {
 			return nil, err
 		}
-		srvAddrs = append(srvAddrs, registry.FileAddress{Addr: addr, Port: 655, Island: uint64(i)})
 	}
-	priv, pub, err := tincgen.GenerateKey(nil, tincgen.DefaultKeyBits)
-	if err != nil {
-		return nil, err
-	}
-	srv.pub = pub
-	if err := writeFiles(srv.TincDir, map[string][]byte{
-		"rsa_key.priv": priv,
-		"tinc.conf":    tincgen.RenderConf(tincgen.Conf{Name: "server", Port: 655, StrictSubnets: true}),
-		"tinc-up":      tincgen.RenderTincUp(srv.Addr, 48, 1400),
-		"tinc-down":    tincgen.RenderTincDown(srv.Addr, 48),
-	}); err != nil {
-		return nil, err
-	}
-	tb.Server = srv
 	tb.File = &registry.File{MgmtPrefix: plan.Mgmt()}
 	for i := 1; i <= spec.Islands; i++ {
 		tb.File.Islands = append(tb.File.Islands, registry.FileIsland{ID: uint64(i), Name: fmt.Sprintf("island-%d", i)})
 	}
-	tb.File.Servers = []registry.FileMember{{ID: addressing.MainServerID, Name: "server", Island: 1,
-		Tinc: &registry.FileTinc{Name: "server", PubKey: string(pub), Addresses: srvAddrs}}}
+	srv, err := tb.buildServer(ctx, addressing.MainServerID, 1, 10)
+	if err != nil {
+		return nil, err
+	}
+	tb.Server = srv
+	if spec.SecondGateway {
+		if _, err := tb.buildServer(ctx, 3, 3, 20); err != nil {
+			return nil, err
+		}
+	}
+	srvAddrs := tb.File.Servers[0].Tinc.Addresses
+	pub := srv.pub
 	// The gateway file the node firmware ships: the server's host file as
 	// the controller renders it (registry order of addresses).
 	fwGateway := tincgen.RenderHost(tincgen.Host{
@@ -218,6 +225,59 @@ func Build(ctx context.Context, lab *Lab, spec Spec) (*Testbed, error) {
 		tb.Nodes = append(tb.Nodes, n)
 	}
 	return tb, nil
+}
+
+// buildServer creates a server: its namespace with an address in every
+// island, its tinc directory (StrictSubnets, as the main server runs) and
+// its registry entry; with Spec.Egress also its WAN link and its egress
+// offer of the given weight.
+func (tb *Testbed) buildServer(ctx context.Context, id uint64, octet, weight int) (*Server, error) {
+	lab, spec := tb.Lab, tb.Spec
+	name, _ := addressing.TincName(addressing.KindServer, id)
+	srv := &Server{ID: id, TincName: name, Octet: octet}
+	nsName := "server"
+	if id != addressing.MainServerID {
+		nsName = fmt.Sprintf("server-%d", id)
+	}
+	srv.TincDir = filepath.Join(lab.Dir, nsName, "tinc")
+	srv.Addr, _ = tb.Plan.ServerAddr(id)
+	var err error
+	if srv.NS, err = lab.AddNetns(nsName); err != nil {
+		return nil, err
+	}
+	var addrs []registry.FileAddress
+	for i := 1; i <= spec.Islands; i++ {
+		ifName := fmt.Sprintf("eth%d", i)
+		addr := fmt.Sprintf("10.241.%d.%d", i, octet)
+		if err := attachAs(srv.NS, ifName, fmt.Sprintf("s%d-%d", id, i), tb.CN, fmt.Sprintf("br-%d", i), addr+"/24"); err != nil {
+			return nil, err
+		}
+		addrs = append(addrs, registry.FileAddress{Addr: addr, Port: 655, Island: uint64(i)})
+	}
+	priv, pub, err := tincgen.GenerateKey(nil, tincgen.DefaultKeyBits)
+	if err != nil {
+		return nil, err
+	}
+	srv.pub = pub
+	if err := writeFiles(srv.TincDir, map[string][]byte{
+		"rsa_key.priv": priv,
+		"tinc.conf":    tincgen.RenderConf(tincgen.Conf{Name: name, Port: 655, StrictSubnets: true}),
+		"tinc-up":      tincgen.RenderTincUp(srv.Addr, 48, 1400),
+		"tinc-down":    tincgen.RenderTincDown(srv.Addr, 48),
+	}); err != nil {
+		return nil, err
+	}
+	m := registry.FileMember{ID: id, Name: nsName, Island: 1,
+		Tinc: &registry.FileTinc{Name: name, PubKey: string(pub), Addresses: addrs}}
+	if spec.Egress {
+		if err := tb.attachWAN(srv); err != nil {
+			return nil, err
+		}
+		m.Properties = map[string]string{mesh.EgressProperty: fmt.Sprintf("weight=%d", weight)}
+	}
+	tb.File.Servers = append(tb.File.Servers, m)
+	tb.Gateways = append(tb.Gateways, srv)
+	return srv, nil
 }
 
 // attachAs is Attach with an explicit name for the bridge-side end.
@@ -285,6 +345,10 @@ func (tb *Testbed) buildNode(ctx context.Context, spec NodeSpec, fwGateway []byt
 		{"ip", "addr", "add", plan.NodePrivateIPv4().String(), "dev", "br-internal"},
 		{"sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"},
 		{"sysctl", "-qw", "net.ipv4.ip_forward=1"},
+		// The firmware masquerades the slivers' private network to the
+		// community network (confine.md §5).
+		{"nft", "add table ip firmware; add chain ip firmware post { type nat hook postrouting priority srcnat; };" +
+			" add rule ip firmware post oifname eth0 ip saddr " + plan.SliverIPv4Prefix().String() + " masquerade"},
 	} {
 		if err := n.NS.MustRun(cmd...); err != nil {
 			return nil, err
@@ -445,11 +509,18 @@ func (tb *Testbed) Boot(ctx context.Context) error {
 		return err
 	}
 	lab.Logf("registry: %s (serving %s)", tb.RegistryURL, tb.FilePath)
-	if tb.Spec.GatewayDaemon {
-		if err := tb.StartGateway(ctx); err != nil {
+	if tb.Inet != nil {
+		if err := tb.startInetHost(ctx); err != nil {
 			return err
 		}
-		lab.Logf("server: mgmtnet gateway synced and runs tincd")
+	}
+	if tb.Spec.GatewayDaemon {
+		for _, g := range tb.Gateways {
+			if err := tb.StartGatewayOn(ctx, g); err != nil {
+				return err
+			}
+			lab.Logf("%s: mgmtnet gateway synced and runs tincd", g.TincName)
+		}
 	} else {
 		out, err := tb.SyncServer(ctx)
 		if err != nil {
@@ -486,17 +557,25 @@ func indent(s string) string {
 
 // GatewayConfigYAML returns the gateway daemon's configuration for the
 // testbed's server.
-func (tb *Testbed) GatewayConfigYAML() string {
+func (tb *Testbed) GatewayConfigYAML() string { return tb.GatewayConfigYAMLFor(tb.Server) }
+
+// GatewayConfigYAMLFor returns the gateway daemon's configuration for a
+// server: the main one reaches the registry on its own loopback, the
+// others through island 1.
+func (tb *Testbed) GatewayConfigYAMLFor(srv *Server) string {
 	poll := tb.Spec.PollInterval
 	if poll == 0 {
 		poll = 2 * time.Second
 	}
-	srv := tb.Server
+	regHost := "127.0.0.1"
+	if srv != tb.Server {
+		regHost = "10.241.1.1"
+	}
 	return fmt.Sprintf(`registry:
-  url: http://127.0.0.1:%d/api/
+  url: http://%s:%d/api/
   timeout: 2s
 identity:
-  tinc_name: server
+  tinc_name: %s
 island: 1
 tinc:
   dir: %s
@@ -507,24 +586,30 @@ poll:
   full_resync: 1m
 state_dir: %s
 status_socket: %s
-`, registryPort, srv.TincDir, poll, srv.StateDir, srv.StatusSocket)
+`, regHost, registryPort, srv.TincName, srv.TincDir, poll, srv.StateDir, srv.StatusSocket) + tb.egressYAML()
 }
 
 // StartGateway starts "mgmtnet gateway" in the server's namespace (debug
 // logging, so tincd's own lines are in its log) and waits until its status
 // shows a first sync.
-func (tb *Testbed) StartGateway(ctx context.Context) error {
-	srv := tb.Server
+func (tb *Testbed) StartGateway(ctx context.Context) error { return tb.StartGatewayOn(ctx, tb.Server) }
+
+// StartGatewayOn is StartGateway for any server of the testbed.
+func (tb *Testbed) StartGatewayOn(ctx context.Context, srv *Server) error {
 	dir := filepath.Dir(srv.TincDir)
 	if srv.GatewayConfig == "" {
 		srv.GatewayConfig = filepath.Join(dir, "gateway.yaml")
 		srv.StateDir = filepath.Join(dir, "state")
 		srv.StatusSocket = filepath.Join(dir, "status.sock")
-		if err := os.WriteFile(srv.GatewayConfig, []byte(tb.GatewayConfigYAML()), 0o644); err != nil {
+		if err := os.WriteFile(srv.GatewayConfig, []byte(tb.GatewayConfigYAMLFor(srv)), 0o644); err != nil {
 			return err
 		}
 	}
-	p, err := tb.Lab.Start(srv.NS, "gateway", "env", "MGMTNET_LOG=debug", tb.Spec.Mgmtnet, "gateway", "--config", srv.GatewayConfig)
+	logName := "gateway"
+	if srv != tb.Server {
+		logName = "gateway-" + srv.TincName
+	}
+	p, err := tb.Lab.Start(srv.NS, logName, "env", "MGMTNET_LOG=debug", tb.Spec.Mgmtnet, "gateway", "--config", srv.GatewayConfig)
 	if err != nil {
 		return err
 	}
@@ -533,7 +618,7 @@ func (tb *Testbed) StartGateway(ctx context.Context) error {
 		if p.Exited() {
 			return fmt.Errorf("mgmtnet gateway exited:\n%s", tail(p.Log(), 20))
 		}
-		st, err := tb.GatewayStatus(ctx)
+		st, err := ReadGatewayStatus(ctx, tb.Spec.Mgmtnet, srv.StatusSocket)
 		if err != nil {
 			return err
 		}
@@ -565,6 +650,11 @@ type GatewayStatus struct {
 		Name      string `json:"name"`
 		Connected bool   `json:"connected"`
 	} `json:"peers"`
+	Egress struct {
+		State    string            `json:"state"`
+		Weight   int               `json:"weight"`
+		Counters map[string]uint64 `json:"counters"`
+	} `json:"egress"`
 }
 
 // Connected reports whether the gateway's tincd has a connection with peer.
