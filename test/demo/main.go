@@ -112,6 +112,7 @@ func run(ctx context.Context, bin string, keep bool, dir string) (err error) {
 	}()
 
 	spec := vtb.DefaultSpec(bin)
+	spec.Egress = true // the server runs "mgmtnet gateway" and offers Internet egress
 	step("A CONFINE management network is one IPv6 /48 carried by a tinc VPN")
 	say("This demo uses the virtual testbed's prefix fd65:fc41:c50f::/48. Every member's address,")
 	say("the tinc Subnet it announces and its tinc name follow from its id:")
@@ -141,7 +142,7 @@ func run(ctx context.Context, bin string, keep bool, dir string) (err error) {
 	say("First boot, before the registry knows the nodes: node-boot makes a key, writes tinc.conf,")
 	say("tinc-up/down and the node's host file, and falls back to the gateway file the firmware")
 	say("shipped. The node administrators then register the keys; the registry starts;")
-	say("\"mgmtnet fetch-hosts\" writes the server's hosts directory; tincd starts on the server;")
+	say("the server's \"mgmtnet gateway\" daemon writes its hosts directory and starts tincd;")
 	say("and each node runs node-boot again: now the registry answers, so the gateway's host")
 	say("file comes from it (island-first address order) and tincd starts.")
 	showLog = true
@@ -195,16 +196,31 @@ func run(ctx context.Context, bin string, keep bool, dir string) (err error) {
 	say("and the plan says what that address is:")
 	show(out)
 
+	step("Internet egress: a sliver on 192.168.157.x fetches a page from the pretend Internet")
+	s0 := n3.Slivers[0]
+	say("%s's sliver %s asks http://%s/ (a documentation address in the lab's pretend Internet)", n3.TincName, s0.PrivAddr, vtb.InetHostAddr)
+	say("which address it sees; the node routes it into tinc as %s, the gateway masquerades it:", "its egress address")
+	if err := vtb.WaitFor(ctx, 20*time.Second, 200*time.Millisecond, func() error {
+		got, err := s0.NS.Fetch(ctx, vtb.InetURL("/"), 2*time.Second)
+		if err == nil {
+			say("   the Internet host saw %s (the gateway's WAN address is %s)", got, tb.Server.WAN)
+		}
+		return err
+	}); err != nil {
+		return err
+	}
+
 	step("The tinc links, from the server's own log")
-	act, _ := vtb.ConnectionEvents(tb.Server.Tincd.TincLog())
+	tincLog := tb.Server.Gateway.Log()
+	act, _ := vtb.ConnectionEvents(tincLog)
 	var peers []string
 	for p := range act {
 		peers = append(peers, p)
 	}
 	sort.Strings(peers)
-	for _, l := range strings.Split(tb.Server.Tincd.TincLog(), "\n") {
+	for _, l := range strings.Split(tincLog, "\n") {
 		if strings.Contains(l, ") activated") {
-			say("   %s", strings.TrimSpace(l[strings.Index(l, "Connection with"):]))
+			say("   %s", strings.Trim(strings.TrimSpace(l[strings.Index(l, "Connection with"):]), `"`))
 		}
 	}
 	say("%d nodes are connected to the server: %s", len(peers), strings.Join(peers, ", "))
