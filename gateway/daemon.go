@@ -183,6 +183,14 @@ func (d *Daemon) Status(ctx context.Context) (Status, error) {
 	if p := d.published.Load(); p != nil {
 		s := *p
 		s.Peers = d.livePeers()
+		if s.Egress.Counters != nil {
+			// The kernel's counters now, not as of the last poll (the
+			// seam is set once in New; reading counters does not race
+			// with the loop's Apply).
+			if c, err := d.egress.Counters(ctx); err == nil {
+				s.Egress.Counters = c
+			}
+		}
 		if s.LastSync != nil {
 			age := time.Since(*s.LastSync).Seconds()
 			s.SyncAgeSeconds = &age

@@ -14,16 +14,17 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/confine-project/mgmtnet/internal/nft"
+	"github.com/confine-project/mgmtnet/gateway/egress"
 	"github.com/confine-project/mgmtnet/vpn"
 )
 
 // EgressRules is the kernel state of a gateway's egress (design.md): the
 // egress prefix routed into the tinc interface (replies to slivers go back
-// through the mesh) and, in our nftables table, the egress prefix
+// through the mesh) and gateway/egress's nftables table: the egress prefix
 // masqueraded to the WAN, forwarding only from the tinc interface with a
-// source in the prefix (plus replies), spoofed sources and connections
-// started from the WAN dropped and counted. The zero value is nothing: it
+// source in the prefix (plus replies), spoofed sources, connections
+// started from the WAN and traffic between tinc and other interfaces
+// dropped and counted. The zero value is nothing: it
 // removes every rule, route and table of ours (--cleanup).
 type EgressRules struct {
 	TincIface string
@@ -92,63 +93,6 @@ func (r EgressRules) String() string {
 	return fmt.Sprintf("prefix %s via %s, masquerade to %s", r.Prefix, r.TincIface, r.WAN)
 }
 
-// GatewayNFTable is the nftables table (family inet) the gateway owns
-// entirely (style.md: "inet mgmtnet"); the node's is vpn.NodeEgressNFTable.
-const GatewayNFTable = "mgmtnet"
-
-// The named counters of GatewayNFTable, as status and metrics show them.
-const (
-	CounterMasqueraded  = "masqueraded"   // packets masqueraded to the WAN
-	CounterForwarded    = "forwarded"     // new connections forwarded from tinc to the WAN
-	CounterSpoofed      = "spoofed"       // from tinc with a source outside the egress prefix: dropped
-	CounterWANInitiated = "wan_initiated" // from the WAN into tinc, not a reply: dropped
-)
-
-// Table returns the nftables table r asks for (absent for the zero
-// value). It judges IPv4 only (the management network is IPv6 and flows
-// through untouched), and only traffic that involves the tinc interface:
-//
-//	forward (filter, priority filter, policy accept):
-//	  tcp syn in or out of tinc: mss clamped to the route's MTU
-//	  ct state established,related: accept (replies)
-//	  iif tinc, saddr not in the prefix: count "spoofed", drop
-//	  iif tinc, oif WAN, saddr in the prefix: count "forwarded", accept
-//	  iif tinc, any other oif: drop (no relay into other networks)
-//	  iif WAN, oif tinc: count "wan_initiated", drop
-//	postrouting (nat, srcnat):
-//	  oif WAN, saddr in the prefix: count "masqueraded", masquerade
-func (r EgressRules) Table() nft.Table {
-	t := nft.Table{Name: GatewayNFTable}
-	if r.IsZero() {
-		return t
-	}
-	v4 := nft.NFProtoIPv4
-	t.Counters = []string{CounterForwarded, CounterMasqueraded, CounterSpoofed, CounterWANInitiated}
-	t.Chains = []nft.Chain{
-		{
-			Name: "gw_forward",
-			Hook: &nft.Hook{Type: nftables.ChainTypeFilter, Num: *nftables.ChainHookForward, Priority: *nftables.ChainPriorityFilter},
-			Rules: []nft.Rule{
-				nft.NewRule(v4(), nft.IIFName(r.TincIface), nft.TCPSYN(), nft.ClampMSSToRouteMTU()),
-				nft.NewRule(v4(), nft.OIFName(r.TincIface), nft.TCPSYN(), nft.ClampMSSToRouteMTU()),
-				nft.NewRule(v4(), nft.CtEstablishedRelated(), nft.Accept()),
-				nft.NewRule(v4(), nft.IIFName(r.TincIface), nft.SAddrNot(r.Prefix), nft.CounterName(CounterSpoofed), nft.Drop()),
-				nft.NewRule(v4(), nft.IIFName(r.TincIface), nft.OIFName(r.WAN), nft.SAddr(r.Prefix), nft.CounterName(CounterForwarded), nft.Accept()),
-				nft.NewRule(v4(), nft.IIFName(r.TincIface), nft.Drop()),
-				nft.NewRule(v4(), nft.IIFName(r.WAN), nft.OIFName(r.TincIface), nft.CounterName(CounterWANInitiated), nft.Drop()),
-			},
-		},
-		{
-			Name: "gw_postrouting",
-			Hook: &nft.Hook{Type: nftables.ChainTypeNAT, Num: *nftables.ChainHookPostrouting, Priority: *nftables.ChainPriorityNATSource},
-			Rules: []nft.Rule{
-				nft.NewRule(v4(), nft.OIFName(r.WAN), nft.SAddr(r.Prefix), nft.CounterName(CounterMasqueraded), nft.Masquerade()),
-			},
-		},
-	}
-	return t
-}
-
 // route is the route of the egress prefix into tinc (replies to the
 // slivers), marked with vpn.EgressProtocol.
 func (r EgressRules) route(oif int) *netlink.Route {
@@ -156,13 +100,17 @@ func (r EgressRules) route(oif int) *netlink.Route {
 		Protocol: vpn.EgressProtocol, Table: unix.RT_TABLE_MAIN, Scope: netlink.SCOPE_LINK}
 }
 
-// NftEgress is the real EgressKernel: nftables for the table, netlink for
-// the route. It touches only GatewayNFTable and IPv4 routes of protocol
-// vpn.EgressProtocol in the main table.
+// NftEgress is the real EgressKernel: gateway/egress's table for NAT and
+// filtering (nftables table inet mgmtnet), and netlink for the route. It
+// touches only that table and IPv4 routes of protocol vpn.EgressProtocol
+// in the main table.
 type NftEgress struct {
-	nl   *netlink.Handle
-	conn nft.Conn
-	err  error
+	nl    *netlink.Handle
+	rules *egress.Applier
+	// reader has a connection of its own: Status reads the counters
+	// from other goroutines than the loop that applies.
+	reader *egress.Applier
+	err    error
 }
 
 var _ EgressKernel = (*NftEgress)(nil)
@@ -171,10 +119,18 @@ var _ EgressKernel = (*NftEgress)(nil)
 // An error to open netlink is reported by Apply and Counters.
 func NewNftEgress() *NftEgress {
 	e := &NftEgress{}
-	if e.conn, e.err = nftables.New(); e.err != nil {
-		e.err = fmt.Errorf("nftables: %w", e.err)
+	conn, err := nftables.New()
+	if err != nil {
+		e.err = fmt.Errorf("nftables: %w", err)
 		return e
 	}
+	e.rules = egress.NewApplier(conn, nil)
+	rconn, err := nftables.New()
+	if err != nil {
+		e.err = fmt.Errorf("nftables: %w", err)
+		return e
+	}
+	e.reader = egress.NewApplier(rconn, nil)
 	if e.nl, e.err = netlink.NewHandle(); e.err != nil {
 		e.err = fmt.Errorf("netlink: %w", e.err)
 	}
@@ -189,7 +145,7 @@ func (e *NftEgress) Apply(ctx context.Context, want EgressRules) error {
 		return e.err
 	}
 	if want.IsZero() {
-		if _, err := nft.Apply(ctx, e.conn, want.Table()); err != nil {
+		if err := e.rules.Apply(ctx, egress.Gateway{}); err != nil {
 			return err
 		}
 		return e.syncRoutes(nil)
@@ -201,10 +157,7 @@ func (e *NftEgress) Apply(ctx context.Context, want EgressRules) error {
 	if err := e.syncRoutes(want.route(link.Attrs().Index)); err != nil {
 		return err
 	}
-	if _, err := nft.Apply(ctx, e.conn, want.Table()); err != nil {
-		return err
-	}
-	return nil
+	return e.rules.Apply(ctx, egress.Gateway{TincIface: want.TincIface, WANIface: want.WAN, EgressPrefix: want.Prefix, Enabled: true})
 }
 
 // syncRoutes makes our IPv4 routes in the main table exactly want (nil:
@@ -242,13 +195,5 @@ func (e *NftEgress) Counters(ctx context.Context) (map[string]uint64, error) {
 	if e.err != nil {
 		return nil, e.err
 	}
-	cs, err := nft.ReadCounters(ctx, e.conn, GatewayNFTable)
-	if err != nil {
-		return nil, err
-	}
-	out := make(map[string]uint64, len(cs))
-	for k, c := range cs {
-		out[k] = c.Packets
-	}
-	return out, nil
+	return e.reader.Counters(ctx)
 }

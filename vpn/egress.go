@@ -82,8 +82,11 @@ func DefaultCommunity() []netip.Prefix {
 // asks for nothing: applying it removes every rule, route and table of
 // node egress (--cleanup).
 //
-// TCP MSS clamping is always on while egress is: SYNs in and out of the
-// tinc interface get an MSS that fits the route's MTU (tinc's is 1400).
+// TCP MSS clamping is always on while egress is: a SYN leaving by the
+// tinc interface gets an MSS that fits its MTU (1400), so an Internet host
+// never sends what tinc cannot carry. SYN-ACKs coming back are clamped by
+// the gateway, on their way into tinc; the node's rule for SYNs arriving
+// from tinc only lowers them to the MTU of the route on to the sliver.
 type NodeEgress struct {
 	// TincIface is the tinc (tun) interface, e.g. "confine".
 	TincIface string
@@ -363,7 +366,8 @@ func NewNodeEgressApplier(nl EgressNetlink, conn nft.Conn, log *slog.Logger) *No
 	return &NodeEgressApplier{nl: nl, nft: conn, log: log}
 }
 
-// Apply makes the kernel match want: it observes the rules, routes and
+// Apply makes the kernel match want (calls must not overlap: one
+// goroutine owns the node's egress). It observes the rules, routes and
 // table of ours, and changes only what differs, so applying the same value
 // twice changes nothing. It adds before it deletes, in an order that keeps
 // one promise at every instant: every source our rules route into tinc is

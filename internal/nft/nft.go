@@ -69,8 +69,10 @@ type Table struct {
 	Chains   []Chain
 
 	// others are the named objects other than counters that Observe
-	// found; a desired Table never has any.
+	// found, and flags the table's flags (e.g. dormant); a desired Table
+	// has neither.
 	others []*nftables.NamedObj
+	flags  uint32
 }
 
 // Chain is one chain of a Table, with its rules in order.
@@ -115,15 +117,9 @@ const keyType userdata.Type = 0xc0
 // NFT_USERDATA_MAXLEN, less the TLV header) allows.
 const maxKey = 254
 
-// ruleKey returns the user data that identifies r.
-func ruleKey(text string) []byte {
-	if len(text) > maxKey {
-		// Cannot happen with our rules (interface names are at most 15
-		// bytes); refuse rather than store a truncated, ambiguous key.
-		panic(fmt.Sprintf("nft: rule text longer than %d bytes: %q", maxKey, text))
-	}
-	return userdata.Append(nil, keyType, []byte(text))
-}
+// ruleKey returns the user data that identifies a rule by its text (at
+// most maxKey bytes: Table.Validate checks).
+func ruleKey(text string) []byte { return userdata.Append(nil, keyType, []byte(text)) }
 
 // keyOf returns the canonical text stored in a rule's user data, or "" for
 // a rule we did not write.
@@ -190,10 +186,11 @@ func Observe(ctx context.Context, c Conn, name string) (t Table, ok bool, err er
 	if err != nil {
 		return Table{}, false, fmt.Errorf("list nftables tables: %w", err)
 	}
-	if !slices.ContainsFunc(tables, func(x *nftables.Table) bool { return x.Name == name }) {
+	i := slices.IndexFunc(tables, func(x *nftables.Table) bool { return x.Name == name })
+	if i < 0 {
 		return Table{Name: name}, false, nil
 	}
-	t = Table{Name: name}
+	t = Table{Name: name, flags: tables[i].Flags}
 	nt := t.nft()
 	chains, err := c.ListChainsOfTableFamily(Family)
 	if err != nil {
@@ -280,8 +277,8 @@ func Apply(ctx context.Context, c Conn, want Table) (changed bool, err error) {
 		return false, err
 	}
 
-	// AddTable creates the table, or (on an existing one) resets its
-	// flags, e.g. dormant, to ours.
+	// AddTable creates the table, or (on an existing one) clears its
+	// flags: a dormant table would not judge any packet.
 	c.AddTable(nt)
 	haveChains := map[string]Chain{}
 	if exists {
@@ -355,7 +352,7 @@ func sameHook(a, b *Hook) bool {
 func same(have, want Table) bool {
 	wc := slices.Clone(want.Counters)
 	slices.Sort(wc)
-	if len(have.others) > 0 || !slices.Equal(have.Counters, wc) || len(have.Chains) != len(want.Chains) {
+	if have.flags != 0 || len(have.others) > 0 || !slices.Equal(have.Counters, wc) || len(have.Chains) != len(want.Chains) {
 		return false
 	}
 	for _, hc := range have.Chains {

@@ -420,3 +420,30 @@ func TestFakeStrict(t *testing.T) {
 		}
 	}
 }
+
+// A table someone made dormant judges no packet: Apply wakes it.
+func TestApplyWakesDormantTable(t *testing.T) {
+	ns := nfttest.New(t)
+	if _, err := nft.Apply(t.Context(), ns.NFT, sample()); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := ns.Run(t, "nft", "add", "table", "inet", testTable, "{ flags dormant; }"); !ok {
+		t.Skip("nft(8) is not installed")
+	}
+	changed, err := nft.Apply(t.Context(), ns.NFT, sample())
+	if err != nil || !changed {
+		t.Fatalf("Apply on a dormant table = %v, %v; want a change", changed, err)
+	}
+	tables, err := ns.NFT.ListTablesOfFamily(nft.Family)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tb := range tables {
+		if tb.Name == testTable && tb.Flags != 0 {
+			t.Errorf("table flags %#x after Apply, want 0", tb.Flags)
+		}
+	}
+	if changed, err := nft.Apply(t.Context(), ns.NFT, sample()); err != nil || changed {
+		t.Errorf("Apply again = %v, %v; want no change", changed, err)
+	}
+}

@@ -171,8 +171,8 @@ func TestEgress(t *testing.T) {
 		t.Errorf("a spoofed ping got an answer")
 	}
 	after = egressCounters(t, tb, gw)
-	if after["spoofed"] <= before["spoofed"] {
-		t.Errorf("spoofed counter: %v -> %v, want it to count the spoofed pings", before["spoofed"], after["spoofed"])
+	if after["spoofed"] < before["spoofed"]+3 {
+		t.Errorf("spoofed counter: %v -> %v, want 3 more (the spoofed pings)", before["spoofed"], after["spoofed"])
 	}
 	if after["masqueraded"] == 0 || after["forwarded"] == 0 {
 		t.Errorf("the egress counters do not show the slivers' traffic: %v", after)

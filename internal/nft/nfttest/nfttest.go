@@ -173,6 +173,60 @@ func (n *NS) AddVeth(t testing.TB, name string) netlink.Link {
 	return n.up(t, name)
 }
 
+// TunLink joins two namespaces with a tun interface in each, name in n
+// and peerName in peer, both with mtu and up, and copies every packet one
+// of them sends out of the other: a point-to-point link that behaves as
+// tinc in router mode between two members does (no link layer, no ARP).
+// It lasts as long as the test.
+func (n *NS) TunLink(t testing.TB, name string, peer *NS, peerName string, mtu int) {
+	t.Helper()
+	a := n.openTun(t, name, mtu)
+	b := peer.openTun(t, peerName, mtu)
+	pump := func(from, to *os.File) {
+		buf := make([]byte, 1<<16)
+		for {
+			k, err := from.Read(buf)
+			if err != nil {
+				return // closed when the test ends
+			}
+			to.Write(buf[:k]) // a dropped packet is what a link does
+		}
+	}
+	go pump(a, b)
+	go pump(b, a)
+}
+
+// openTun creates a tun interface name in n, open on the returned file
+// (and gone when the test closes it), with mtu, and up.
+func (n *NS) openTun(t testing.TB, name string, mtu int) *os.File {
+	t.Helper()
+	var f *os.File
+	err := n.Do(func() error {
+		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+		if err != nil {
+			return err
+		}
+		ifr, err := unix.NewIfreq(name)
+		if err == nil {
+			ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI)
+			err = unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr)
+		}
+		if err != nil {
+			unix.Close(fd)
+			return fmt.Errorf("TUNSETIFF %s: %w", name, err)
+		}
+		f = os.NewFile(uintptr(fd), "/dev/net/tun:"+name)
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("create tun %s in the test namespace: %v", name, err)
+	}
+	t.Cleanup(func() { f.Close() })
+	n.SetMTU(t, name, mtu)
+	n.up(t, name)
+	return f
+}
+
 // Connect creates a veth pair joining two namespaces, name in n and
 // peerName in peer, and brings both ends up.
 func (n *NS) Connect(t testing.TB, name string, peer *NS, peerName string) netlink.Link {
@@ -206,6 +260,20 @@ func (n *NS) AddRoute(t testing.TB, dst netip.Prefix, via netip.Addr) {
 	r := &netlink.Route{Dst: &net.IPNet{IP: dst.Addr().AsSlice(), Mask: net.CIDRMask(dst.Bits(), dst.Addr().BitLen())}, Gw: via.AsSlice()}
 	if err := n.Netlink.RouteAdd(r); err != nil {
 		t.Fatalf("add route %s via %s: %v", dst, via, err)
+	}
+}
+
+// AddLinkRoute routes dst straight into link, with no gateway (as a route
+// into tinc is).
+func (n *NS) AddLinkRoute(t testing.TB, dst netip.Prefix, link string) {
+	t.Helper()
+	l, err := n.Netlink.LinkByName(link)
+	if err == nil {
+		err = n.Netlink.RouteAdd(&netlink.Route{LinkIndex: l.Attrs().Index, Scope: netlink.SCOPE_LINK,
+			Dst: &net.IPNet{IP: dst.Addr().AsSlice(), Mask: net.CIDRMask(dst.Bits(), dst.Addr().BitLen())}})
+	}
+	if err != nil {
+		t.Fatalf("add route %s dev %s: %v", dst, link, err)
 	}
 }
 
