@@ -157,7 +157,19 @@ func (e *NftEgress) Apply(ctx context.Context, want EgressRules) error {
 	if err := e.syncRoutes(want.route(link.Attrs().Index)); err != nil {
 		return err
 	}
-	return e.rules.Apply(ctx, egress.Gateway{TincIface: want.TincIface, WANIface: want.WAN, EgressPrefix: want.Prefix, Enabled: true})
+	if err := e.rules.Apply(ctx, egress.Gateway{TincIface: want.TincIface, WANIface: want.WAN, EgressPrefix: want.Prefix, Enabled: true}); err != nil {
+		return err
+	}
+	// IPv4 forwards what arrives on an interface that forwards: tinc for
+	// the slivers' traffic, the WAN for the replies. Only these two; the
+	// machine's other interfaces stay as they are (and --cleanup leaves
+	// the switches on: nothing says they were off before).
+	for _, iface := range []string{want.TincIface, want.WAN} {
+		if err := egress.SetForwarding(iface, true); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // syncRoutes makes our IPv4 routes in the main table exactly want (nil:
