@@ -159,6 +159,15 @@ func (d *Daemon) startDNS(ctx context.Context) error {
 		return err
 	}
 	if a, ok := d.cfg.DNS.serviceAddr(); ok {
+		if d.tb != nil {
+			plan := d.tb.Plan()
+			if !plan.Mgmt().Contains(a) {
+				return fmt.Errorf("dns.service_address %s: not in the management network %s", a, plan.Mgmt())
+			}
+			if e, err := plan.Reverse(a); err == nil {
+				return fmt.Errorf("dns.service_address %s: the plan gives it to %s; pick an address the plan assigns to nobody (e.g. %s)", a, e, serviceExample(plan.Mgmt()))
+			}
+		}
 		if err := addLoopback(a); err != nil {
 			return fmt.Errorf("dns service address: %w", err)
 		}
@@ -228,4 +237,12 @@ type DNSStatus struct {
 func (d *Daemon) dnsStatus() DNSStatus {
 	return DNSStatus{Enabled: d.cfg.DNS.Enabled, Zone: d.cfg.DNS.Zone, Serving: d.dns != nil,
 		Service: d.cfg.DNS.ServiceAddress, Error: d.dnsErr}
+}
+
+// serviceExample is a management address the plan assigns to nobody:
+// P:0:53::53.
+func serviceExample(p netip.Prefix) netip.Addr {
+	a := p.Addr().As16()
+	a[9], a[15] = 0x53, 0x53
+	return netip.AddrFrom16(a)
 }

@@ -48,6 +48,10 @@ type Spec struct {
 	// a second egress gateway in both islands.
 	Egress        bool
 	SecondGateway bool
+	// DNS makes every gateway daemon serve DNS for DNSZone and announce
+	// DNSServiceAddr (weight 10 for the server, 20 for server 3); it
+	// implies GatewayDaemon.
+	DNS bool
 }
 
 // DefaultSpec is the demo's testbed: two islands, a server in both, three
@@ -182,6 +186,9 @@ func Build(ctx context.Context, lab *Lab, spec Spec) (*Testbed, error) {
 	}
 	lab.Logf("community network: %d islands, 10.241.<island>.0/24, one bridge each", spec.Islands)
 
+	if spec.DNS {
+		tb.Spec.GatewayDaemon = true
+	}
 	if spec.Egress {
 		tb.Spec.GatewayDaemon = true
 		if err := tb.buildInternet(ctx); err != nil {
@@ -586,7 +593,7 @@ poll:
   full_resync: 1m
 state_dir: %s
 status_socket: %s
-`, regHost, registryPort, srv.TincName, srv.TincDir, poll, srv.StateDir, srv.StatusSocket) + tb.egressYAML()
+`, regHost, registryPort, srv.TincName, srv.TincDir, poll, srv.StateDir, srv.StatusSocket) + tb.egressYAML() + tb.dnsYAML(srv)
 }
 
 // StartGateway starts "mgmtnet gateway" in the server's namespace (debug
