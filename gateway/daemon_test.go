@@ -115,6 +115,7 @@ type rig struct {
 	cfg    Config
 	path   string
 	tincd  *fakeTincd
+	egress *FakeEgress
 	events chan Event
 	d      *Daemon
 	cancel context.CancelFunc
@@ -123,7 +124,8 @@ type rig struct {
 
 func newRig(t *testing.T, f *registry.File) *rig {
 	t.Helper()
-	r := &rig{t: t, srv: registry.NewServer(f, nil), tincd: &fakeTincd{t: t, running: true}, events: make(chan Event, 100)}
+	r := &rig{t: t, srv: registry.NewServer(f, nil), tincd: &fakeTincd{t: t, running: true}, egress: &FakeEgress{},
+		events: make(chan Event, 100)}
 	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, q *http.Request) {
 		if r.fail.Load() {
 			http.Error(w, "boom", http.StatusInternalServerError)
@@ -160,7 +162,7 @@ func (r *rig) writeConfig(extra string) {
 
 func (r *rig) start() {
 	r.t.Helper()
-	d, err := New(r.cfg, Options{ConfigPath: r.path, Tincd: r.tincd, Notify: func(string) {},
+	d, err := New(r.cfg, Options{ConfigPath: r.path, Tincd: r.tincd, Egress: r.egress, Notify: func(string) {},
 		OnEvent: func(e Event) { r.events <- e }})
 	if err != nil {
 		r.t.Fatal(err)
