@@ -28,6 +28,7 @@ import (
 	"github.com/confine-project/mgmtnet/addressing"
 	"github.com/confine-project/mgmtnet/internal/uci"
 	"github.com/confine-project/mgmtnet/tincgen"
+	"github.com/confine-project/mgmtnet/vpn"
 )
 
 // DefaultUCIFile is where the firmware keeps its CONFINE configuration.
@@ -86,12 +87,6 @@ const (
 	EgressOff  EgressMode = "off"
 )
 
-// DefaultCommunity are the community network's ranges by default: RFC 1918.
-func DefaultCommunity() []netip.Prefix {
-	return []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("172.16.0.0/12"),
-		netip.MustParsePrefix("192.168.0.0/16")}
-}
-
 // TincName returns the node's tinc name, "node_<decimal id>".
 func (c Config) TincName() string { return nodeName(c.NodeID) }
 
@@ -125,7 +120,7 @@ func ConfigFromUCI(name string, data []byte) (Config, error) {
 		return Config{}, err
 	}
 	c := Config{File: name, TincGateway: DefaultTincGateway, Prefix: addressing.DefaultMgmtPrefix(),
-		Egress: EgressAuto, EgressPrefix: addressing.DefaultEgressPrefix(), Community: DefaultCommunity()}
+		Egress: EgressAuto, EgressPrefix: addressing.DefaultEgressPrefix(), Community: vpn.DefaultCommunity()}
 	bad := func(s *uci.Section, format string, args ...any) error {
 		return fmt.Errorf("%s:%d: %s", name, s.Line, fmt.Sprintf(format, args...))
 	}

@@ -1,6 +1,8 @@
 package nodeboot
 
 import (
+	"github.com/confine-project/mgmtnet/vpn"
+
 	"net/netip"
 	"strings"
 	"testing"
@@ -59,7 +61,7 @@ func TestConfigFromUCI(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			if tt.want.Egress == "" {
-				tt.want.Egress, tt.want.EgressPrefix, tt.want.Community = EgressAuto, addressing.DefaultEgressPrefix(), DefaultCommunity()
+				tt.want.Egress, tt.want.EgressPrefix, tt.want.Community = EgressAuto, addressing.DefaultEgressPrefix(), vpn.DefaultCommunity()
 			}
 			got, err := ConfigFromUCI("/etc/config/confine", []byte(tt.in))
 			if err != nil {
