@@ -113,6 +113,7 @@ func run(ctx context.Context, bin string, keep bool, dir string) (err error) {
 
 	spec := vtb.DefaultSpec(bin)
 	spec.Egress = true // the server runs "mgmtnet gateway" and offers Internet egress
+	spec.DNS = true    // ... and serves DNS for the management network
 	step("A CONFINE management network is one IPv6 /48 carried by a tinc VPN")
 	say("This demo uses the virtual testbed's prefix fd65:fc41:c50f::/48. Every member's address,")
 	say("the tinc Subnet it announces and its tinc name follow from its id:")
@@ -195,6 +196,30 @@ func run(ctx context.Context, bin string, keep bool, dir string) (err error) {
 	out, _ = runCmd(ctx, bin, "plan", "reverse", s.MgmtAddr.String(), "--prefix", tb.Plan.Mgmt().String())
 	say("and the plan says what that address is:")
 	show(out)
+
+	step("Names instead of addresses: the gateway serves DNS for %s", vtb.DNSZone)
+	svc := tb.DNSServiceAddr().String()
+	say("The gateway announces the service address %s into the mesh; %s asks it over the overlay:", svc, n1.TincName)
+	for _, q := range [][]string{
+		{"AAAA", "server-2." + vtb.DNSZone},
+		{"AAAA", "node-31." + vtb.DNSZone},
+		{"AAAA", fmt.Sprintf("slice-%d.node-31.%s", s.Slice, vtb.DNSZone)},
+		{"-x", s.MgmtAddr.String()},
+	} {
+		var ans string
+		err := vtb.WaitFor(ctx, 20*time.Second, 200*time.Millisecond, func() error {
+			out, err := n1.NS.Run(ctx, "dig", "+short", "+time=1", "+tries=1", "@"+svc, q[0], q[1])
+			ans = strings.TrimSpace(out)
+			if err == nil && ans == "" {
+				return fmt.Errorf("no answer")
+			}
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("dig %s %s: %w", q[0], q[1], err)
+		}
+		say("   dig %s %-40s -> %s", q[0], q[1], ans)
+	}
 
 	step("Internet egress: a sliver on 192.168.157.x fetches a page from the pretend Internet")
 	s0 := n3.Slivers[0]
