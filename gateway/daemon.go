@@ -811,6 +811,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if d.takeTouched() {
 		ignoreOwnEvents()
 	}
+	// One probe round before tincd starts, so that tincd starts with the
+	// egress announcement the upstream allows, rather than restarting to
+	// change it seconds after every connection came up.
+	d.firstProbe(ctx)
 	if d.tb != nil && d.cfg.Tinc.Manage {
 		d.startTincd(ctx)
 	}

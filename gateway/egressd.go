@@ -128,6 +128,21 @@ func (d *Daemon) startProbes(ctx context.Context) {
 	}()
 }
 
+// firstProbe runs one probe round synchronously when egress is
+// configured (bounded by the probe timeout per target) and applies its
+// outcome to the host files.
+func (d *Daemon) firstProbe(ctx context.Context) {
+	if !d.egressConfigured() || len(d.cfg.Egress.Probe.Targets) == 0 {
+		return
+	}
+	p := d.cfg.Egress.Probe
+	if d.health == nil {
+		d.health = newHealth(p.Failures, p.HoldDown.D())
+	}
+	d.observeProbe(ctx, newProber(p).probe(ctx))
+	d.takeTouched()
+}
+
 // observeProbe feeds a probe result to the state machine; a change of the
 // announcement rewrites this gateway's own host file and restarts tincd
 // (tinc 1.0 reads its own Subnets only at start).

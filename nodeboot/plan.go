@@ -56,6 +56,13 @@ const TincInterface = "confine"
 const (
 	egressPingInterval = "10"
 	egressPingTimeout  = "2"
+	// egressMaxTimeout caps tinc's reconnect backoff (5 s more per failed
+	// attempt, up to 900 s by default): a gateway that restarts tincd to
+	// announce or withdraw egress is tried again within 10 s, so traffic
+	// returns to the preferred gateway soon after it announces again.
+	// The cost is one connection attempt every 10 s to a gateway that
+	// is down.
+	egressMaxTimeout = "10"
 )
 
 // PlanOptions are the optional parts of a node's plan.
@@ -147,7 +154,8 @@ func PlanWith(cfg Config, pub []byte, gateways []Gateway, o PlanOptions) (Desire
 		subnets = append(subnets, tincgen.NewSubnet(netip.PrefixFrom(ea, 32)))
 		tincUp = append(tincUp, o.EgressUp...)
 		opts = []tincgen.Option{{Key: "Interface", Value: TincInterface},
-			{Key: "PingInterval", Value: egressPingInterval}, {Key: "PingTimeout", Value: egressPingTimeout}}
+			{Key: "PingInterval", Value: egressPingInterval}, {Key: "PingTimeout", Value: egressPingTimeout},
+			{Key: "MaxTimeout", Value: egressMaxTimeout}}
 	}
 	files := []File{
 		{Name: HostsDir + "/" + own, Mode: 0o644, Data: tincgen.RenderHost(tincgen.Host{
