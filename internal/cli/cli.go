@@ -54,6 +54,7 @@ func commands() []command {
 		{"registry", "serve a testbed file (or a synthetic testbed) over the CONFINE registry REST API", runRegistry},
 		{"node-boot", "node boot hook: key, tinc.conf, host files, tinc-up/down; starts or reloads tincd", runNodeBoot},
 		{"gateway", "the gateway daemon: keep the tinc directory in sync with the registry, drive tincd", runGateway},
+		{"dns", "serve authoritative DNS for the management network from the registry", runDNS},
 		{"status", "print what the local gateway daemon knows (text or --json)", runStatus},
 	}
 }

@@ -26,6 +26,14 @@
 // builds one and swaps it in atomically, so queries never wait for a
 // rebuild. Zone transfers (AXFR, over TCP, to allowed clients) carry the
 // records of members; sliver names are computed and are not transferred.
+// Secondaries are sent NOTIFY when the snapshot changes; the SOA serial then
+// grows (the time of the change, at least the last serial plus one).
+//
+// Answering is built for throughput: a query answered from the zone makes
+// no allocation of its own, and UDP on an address other than a wildcard
+// is read and written in batches (recvmmsg, sendmmsg) by a goroutine or two
+// per socket, with one socket per CPU sharing the port (SO_REUSEPORT). TCP,
+// and UDP on a wildcard address, are served by dns.Server.
 //
 // The package does not fetch the registry, write files or pick the
 // addresses it listens on: its caller (mgmtnet dns, the gateway daemon)

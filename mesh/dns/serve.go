@@ -18,6 +18,9 @@ type reply struct {
 	extra [1]dns.RR
 	scratch
 	buf []byte
+	// detached is set when a goroutine took the reply over to answer a
+	// forwarded query later: ServeDNS must neither count nor recycle it.
+	detached bool
 }
 
 // replyBufSize fits any UDP answer (Config.UDPSize is at most 4096) and
@@ -52,15 +55,21 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 		return
 	}
 	rp := s.getReply()
-	defer s.putReply(rp)
-	var qtype uint16
-	if len(r.Question) > 0 {
-		qtype = r.Question[0].Qtype
-	}
 	rcode, sent := s.serve(w, r, rp)
-	if sent {
-		s.m.query(qtype, rcode)
+	if rp.detached {
+		return
 	}
+	if sent {
+		s.m.query(qtype(r), rcode)
+	}
+	s.putReply(rp)
+}
+
+func qtype(r *dns.Msg) uint16 {
+	if len(r.Question) == 0 {
+		return 0
+	}
+	return r.Question[0].Qtype
 }
 
 // serve answers r through w and returns the rcode sent, or sent false
@@ -183,8 +192,13 @@ func (s *Server) allowList(z *Zone) []netip.Prefix {
 func (s *Server) write(w dns.ResponseWriter, rp *reply, rcode, limit int) (int, bool) {
 	m := &rp.msg
 	m.Rcode = rcode
-	m.Truncate(limit)
 	b, err := m.PackBuffer(rp.buf)
+	if err == nil && len(b) > limit {
+		// Rare: most answers are a record or two. Truncate compresses,
+		// then drops records until the answer fits.
+		m.Truncate(limit)
+		b, err = m.PackBuffer(rp.buf)
+	}
 	if err != nil {
 		s.log.Error("pack dns answer", "question", questionString(m), "err", err)
 		return rcode, false
@@ -243,7 +257,41 @@ func (s *Server) outside(w dns.ResponseWriter, r *dns.Msg, rp *reply, tcp bool, 
 		s.m.refused[refusedZone].Inc()
 		return s.write(w, rp, dns.RcodeRefused, limit)
 	}
+	if d, ok := w.(interface{ detach() dns.ResponseWriter }); ok {
+		return s.forwardAsync(d.detach(), r, rp, tcp, limit)
+	}
 	return s.forward(w, r, rp, tcp, limit)
+}
+
+// forwardAsync forwards in a goroutine of its own, for serveUDP, whose
+// goroutine answers every client of a socket and must not wait for an
+// upstream. Past maxForwards in flight, or once shutting down, the answer
+// is SERVFAIL.
+func (s *Server) forwardAsync(w dns.ResponseWriter, r *dns.Msg, rp *reply, tcp bool, limit int) (int, bool) {
+	s.mu.Lock()
+	ok := !s.closed
+	if ok {
+		select {
+		case s.forwards <- struct{}{}:
+			s.bg.Add(1)
+		default:
+			ok = false
+		}
+	}
+	s.mu.Unlock()
+	if !ok {
+		return s.write(w, rp, dns.RcodeServerFailure, limit)
+	}
+	rp.detached = true
+	go func() {
+		defer s.bg.Done()
+		if rcode, sent := s.forward(w, r, rp, tcp, limit); sent {
+			s.m.query(qtype(r), rcode)
+		}
+		<-s.forwards
+		s.putReply(rp)
+	}()
+	return 0, false
 }
 
 // forward asks the upstream resolvers in order, over the client's
@@ -286,7 +334,11 @@ func (s *Server) forward(w dns.ResponseWriter, r *dns.Msg, rp *reply, tcp bool, 
 			}
 		}
 		m.Extra = append(m.Extra, extra...)
-		return s.write(w, rp, resp.Rcode, limit)
+		rcode := resp.Rcode
+		if rcode > 0xf && len(extra) == 0 {
+			rcode = dns.RcodeServerFailure // an extended rcode needs an OPT record the client did not send
+		}
+		return s.write(w, rp, rcode, limit)
 	}
 	return s.write(w, rp, dns.RcodeServerFailure, limit)
 }

@@ -32,7 +32,7 @@ func withOpcode(m *dns.Msg, op int) *dns.Msg { m.Opcode = op; return m }
 func TestServeDNS(t *testing.T) {
 	tb := smallTestbed(t)
 	s := newTestServer(t, Config{}, tb)
-	serial := tb.Serial()
+	serial := s.Zone().Serial()
 	fwdNeg := []string{soa(testZone, 60, serial)}
 	revNeg := []string{soa(testReverse, 60, serial)}
 	fq := func(rel string) string { return rel + "." + testZone }
@@ -85,7 +85,7 @@ func TestServeDNS(t *testing.T) {
 		{name: "nxdomain", q: query(fq("nope"), dns.TypeAAAA), rcode: dns.RcodeNameError, ns: fwdNeg},
 		{name: "below a member", q: query(fq("www.node-31"), dns.TypeAAAA), rcode: dns.RcodeNameError, ns: fwdNeg},
 		{name: "escaped dot", q: query(`node-31\.mgmt.example.net.`, dns.TypeAAAA), rcode: dns.RcodeRefused, noAA: true},
-		{name: "case-insensitive", q: query("Node-31.MGMT.example.NET.", dns.TypeAAAA), answer: []string{aaaa(fq("node-31"), "fdf5:5351:1dfd:1f::2")}},
+		{name: "case-insensitive", q: query("Node-31.MGMT.example.NET.", dns.TypeAAAA), answer: []string{aaaa("Node-31.MGMT.example.NET.", "fdf5:5351:1dfd:1f::2")}},
 		{name: "case-insensitive sliver", q: query("SLICE-5.Node-31.mgmt.example.net.", dns.TypeAAAA), answer: []string{aaaa("SLICE-5.Node-31.mgmt.example.net.", "fdf5:5351:1dfd:1f:1001::5")}},
 		// Reverse.
 		{name: "ptr node", q: query(ptrName("fdf5:5351:1dfd:1f::2"), dns.TypePTR), answer: []string{ptr(ptrName("fdf5:5351:1dfd:1f::2"), fq("node-31"))}},

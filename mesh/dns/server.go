@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"runtime"
 	"strconv"
 	"sync"
@@ -35,6 +34,8 @@ const (
 	// address with port 0, which needs the same free port for UDP and
 	// TCP.
 	bindAttempts = 16
+	// maxUDPSockets bounds the SO_REUSEPORT sockets of one address.
+	maxUDPSockets = 16
 )
 
 // ServerOptions are the collaborators of a Server and where it listens.
@@ -52,7 +53,11 @@ type ServerOptions struct {
 // testbed. Its zone is swapped atomically by SetTestbed; queries in
 // flight finish on the zone they started with.
 type Server struct {
-	cfg     Config // normalized
+	cfg Config // normalized
+	// setMu serializes SetTestbed (the serial depends on the last zone);
+	// now is the clock of the serials (time.Now; tests replace it).
+	setMu   sync.Mutex
+	now     func() time.Time
 	listen  []string
 	log     *slog.Logger
 	m       *metrics
@@ -71,9 +76,10 @@ type Server struct {
 	closed   bool
 	servers  []*dns.Server  // TCP, and UDP on wildcard addresses
 	udpConns []*net.UDPConn // UDP sockets served by serveUDP
+	forwards chan struct{}  // a slot per forwarded query in flight, from serveUDP
 	addrs    []net.Addr
-	serving  sync.WaitGroup // one per dns.Server's serve loop
-	bg       sync.WaitGroup // NOTIFY senders
+	serving  sync.WaitGroup // serve loops: of each dns.Server, and serveUDP
+	bg       sync.WaitGroup // NOTIFY senders, and queries serveUDP forwards
 }
 
 // New returns a server for cfg. It validates cfg and registers the
@@ -92,16 +98,20 @@ func New(cfg Config, opts ServerOptions) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, listen: append([]string(nil), opts.Listen...), log: log, m: m}
+	s := &Server{cfg: cfg, now: time.Now, listen: append([]string(nil), opts.Listen...), log: log, m: m,
+		forwards: make(chan struct{}, maxForwards)}
 	s.replies.New = func() any { return &reply{buf: make([]byte, replyBufSize)} }
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	return s, nil
 }
 
-// Start binds a UDP and a TCP socket for every listen address and starts
-// serving on them. It returns once every socket serves, or with the
-// first bind error ("address already in use") after closing what it
-// bound. ctx bounds the start only; Shutdown or Close stops the server.
+// Start binds UDP and TCP sockets for every listen address and starts
+// serving on them: on Linux, an address other than a wildcard gets one UDP
+// socket per CPU (SO_REUSEPORT), each read and answered in batches
+// (recvmmsg, sendmmsg).
+// It returns once every socket serves, or with the first bind error
+// ("address already in use") after closing what it bound. ctx bounds the
+// start only; Shutdown or Close stops the server.
 func (s *Server) Start(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -113,29 +123,24 @@ func (s *Server) Start(ctx context.Context) error {
 	case len(s.listen) == 0:
 		return errors.New("start dns server: no listen address")
 	}
-	var pcs []net.PacketConn
-	var lns []net.Listener
+	var ls []*listener
 	closeAll := func() {
-		for _, pc := range pcs {
-			pc.Close()
-		}
-		for _, ln := range lns {
-			ln.Close()
+		for _, l := range ls {
+			l.close()
 		}
 	}
 	for _, addr := range s.listen {
-		pc, ln, err := bind(ctx, addr)
+		l, err := bind(ctx, addr, udpSockets())
 		if err != nil {
 			closeAll()
 			return fmt.Errorf("start dns server: %w", err)
 		}
-		pcs, lns = append(pcs, pc), append(lns, ln)
+		ls = append(ls, l)
 	}
-	for i := range pcs {
-		servers := []*dns.Server{{Listener: lns[i], Handler: s}}
-		udp := pcs[i].(*net.UDPConn)
-		if wildcard(udp) {
-			servers = append(servers, &dns.Server{PacketConn: udp, Handler: s, UDPSize: readBufSize})
+	for i, l := range ls {
+		servers := []*dns.Server{{Listener: l.tcp, Handler: s}}
+		if l.wildcard() {
+			servers = append(servers, &dns.Server{PacketConn: l.udp[0], Handler: s, UDPSize: readBufSize})
 		}
 		for _, srv := range servers {
 			if err := s.activate(srv); err != nil {
@@ -149,28 +154,19 @@ func (s *Server) Start(ctx context.Context) error {
 			}
 		}
 	}
-	for _, pc := range pcs {
-		if udp := pc.(*net.UDPConn); !wildcard(udp) {
-			conns := []*net.UDPConn{udp}
-			for range reusePortSockets() - 1 {
-				c, err := listenReusePort(ctx, udp.LocalAddr().String())
-				if err != nil {
-					s.log.Warn("more udp sockets", "err", err)
-					break
-				}
-				conns = append(conns, c)
-			}
-			for _, c := range conns {
+	for _, l := range ls {
+		if !l.wildcard() {
+			for _, c := range l.udp {
 				s.udpConns = append(s.udpConns, c)
-				s.serveUDP(c, udpWorkers())
+				for range udpWorkers() {
+					s.serving.Go(func() { s.serveUDP(c) })
+				}
 			}
 		}
+		s.addrs = append(s.addrs, l.udp[0].LocalAddr(), l.tcp.Addr())
+		s.log.Info("dns server listening", "addr", l.udp[0].LocalAddr().String(), "proto", "udp+tcp", "udp_sockets", len(l.udp))
 	}
 	s.started = true
-	for i := range pcs {
-		s.addrs = append(s.addrs, pcs[i].LocalAddr(), lns[i].Addr())
-		s.log.Info("dns server listening", "addr", pcs[i].LocalAddr().String(), "proto", "udp+tcp")
-	}
 	return nil
 }
 
@@ -206,27 +202,55 @@ func (s *Server) activate(srv *dns.Server) error {
 	}
 }
 
-// wildcard reports whether a socket is bound to the unspecified address,
-// which needs IP_PKTINFO to answer from the address it was asked on.
-func wildcard(c *net.UDPConn) bool {
-	return c.LocalAddr().(*net.UDPAddr).AddrPort().Addr().IsUnspecified()
+// listener holds the sockets of one listen address.
+type listener struct {
+	// udp is one socket, or on Linux one per CPU sharing the port with
+	// SO_REUSEPORT, so that the kernel spreads clients over them and
+	// every CPU can answer.
+	udp []*net.UDPConn
+	tcp net.Listener
 }
 
-// udpWorkers is how many goroutines answer one UDP socket: enough to use
-// every CPU, and a few more so that one slow write does not idle a CPU.
-func udpWorkers() int {
-	if n, _ := strconv.Atoi(os.Getenv("WORKERS")); n > 0 {
-		return n
+func (l *listener) close() {
+	for _, c := range l.udp {
+		c.Close()
 	}
-	return 2 * runtime.GOMAXPROCS(0)
+	l.tcp.Close()
 }
 
-// bind opens the UDP and TCP sockets of one listen address. With port 0
-// it looks for a port free for both.
-func bind(ctx context.Context, addr string) (net.PacketConn, net.Listener, error) {
+// wildcard reports whether the listener is bound to the unspecified
+// address, where an answer must be sent from the address the query came
+// to (IP_PKTINFO): dns.Server does that.
+func (l *listener) wildcard() bool {
+	return l.udp[0].LocalAddr().(*net.UDPAddr).AddrPort().Addr().Unmap().IsUnspecified()
+}
+
+// udpSockets is how many UDP sockets share a listen address bound to one
+// address: one per CPU, up to maxUDPSockets.
+func udpSockets() int {
+	if !reusePortSupported {
+		return 1
+	}
+	return min(runtime.GOMAXPROCS(0), maxUDPSockets)
+}
+
+// udpWorkers is how many goroutines answer one UDP socket: with two CPUs
+// or more, two, so that one reads and answers a batch while the other is
+// in sendmmsg; with one, one, since two could only take turns. (Reads of
+// one socket are serialized by the runtime: more workers would only wait.)
+func udpWorkers() int { return min(2, runtime.GOMAXPROCS(0)) }
+
+// bind opens the sockets of one listen address. With port 0 it looks for
+// a port free for both UDP and TCP.
+//
+// The first UDP socket is a plain one, so that a port taken by anyone
+// fails here with "address already in use": with SO_REUSEPORT, a second
+// mgmtnet on the same address would instead silently get half of the
+// queries. Only then is it swapped for the SO_REUSEPORT group.
+func bind(ctx context.Context, addr string, sockets int) (*listener, error) {
 	host, port, err := net.SplitHostPort(addr)
 	if err != nil {
-		return nil, nil, fmt.Errorf("listen address %q: %w", addr, err)
+		return nil, fmt.Errorf("listen address %q: %w", addr, err)
 	}
 	var lc net.ListenConfig
 	attempts := 1
@@ -234,19 +258,36 @@ func bind(ctx context.Context, addr string) (net.PacketConn, net.Listener, error
 		attempts = bindAttempts
 	}
 	for i := 0; ; i++ {
-		pc, err := listenReusePort(ctx, addr)
+		pc, err := lc.ListenPacket(ctx, "udp", addr)
 		if err != nil {
-			return nil, nil, fmt.Errorf("listen udp %s: %w", addr, err)
+			return nil, fmt.Errorf("listen udp %s: %w", addr, err)
 		}
-		tcpAddr := net.JoinHostPort(host, strconv.Itoa(pc.LocalAddr().(*net.UDPAddr).Port))
+		udp := pc.(*net.UDPConn)
+		bound := udp.LocalAddr().(*net.UDPAddr).AddrPort()
+		tcpAddr := net.JoinHostPort(host, strconv.Itoa(int(bound.Port())))
 		ln, err := lc.Listen(ctx, "tcp", tcpAddr)
-		if err == nil {
-			return pc, ln, nil
+		if err != nil {
+			udp.Close()
+			if i+1 < attempts && errors.Is(err, syscall.EADDRINUSE) {
+				continue
+			}
+			return nil, fmt.Errorf("listen tcp %s: %w", tcpAddr, err)
 		}
-		pc.Close()
-		if i+1 >= attempts || !errors.Is(err, syscall.EADDRINUSE) {
-			return nil, nil, fmt.Errorf("listen tcp %s: %w", tcpAddr, err)
+		l := &listener{udp: []*net.UDPConn{udp}, tcp: ln}
+		if sockets <= 1 || bound.Addr().Unmap().IsUnspecified() {
+			return l, nil
 		}
+		udp.Close()
+		l.udp = l.udp[:0]
+		for range sockets {
+			c, err := listenReusePort(ctx, bound.String())
+			if err != nil {
+				l.close()
+				return nil, fmt.Errorf("listen udp %s with SO_REUSEPORT: %w", bound, err)
+			}
+			l.udp = append(l.udp, c)
+		}
+		return l, nil
 	}
 }
 
@@ -261,16 +302,38 @@ func (s *Server) Addrs() []net.Addr {
 // Zone returns the zone being served; nil before the first SetTestbed.
 func (s *Server) Zone() *Zone { return s.zone.Load() }
 
-// SetTestbed builds the zone of tb and swaps it in. When the serial
-// changed it sends NOTIFY for both zones to Config.Notify, in the
-// background; the outcome is logged and counted. On error the zone
-// served does not change.
+// SetTestbed builds the zone of tb and swaps it in. When the snapshot's
+// version changed, the zone gets a new SOA serial and NOTIFY goes to
+// Config.Notify for both zones, in the background; the outcome is logged
+// and counted. On error the zone served does not change.
+//
+// The serial follows the snapshot version but is not its digest: a
+// secondary takes a serial as newer only when it is greater in RFC 1982
+// arithmetic, which a hash is half of the time. It is the time of the
+// change in Unix seconds, or the last serial plus one when that is not
+// greater (several changes in one second, or a clock set back), so it
+// grows with every change, across restarts too.
 func (s *Server) SetTestbed(tb *mesh.Testbed) error {
-	z, err := NewZone(s.cfg, tb)
+	if tb == nil {
+		return errors.New("dns zone: no testbed")
+	}
+	s.setMu.Lock()
+	defer s.setMu.Unlock()
+	old := s.zone.Load()
+	serial := uint32(s.now().Unix())
+	if old != nil {
+		switch {
+		case old.tb.Version() == tb.Version():
+			serial = old.serial
+		case int32(serial-old.serial) <= 0:
+			serial = old.serial + 1
+		}
+	}
+	z, err := newZone(s.cfg, tb, serial)
 	if err != nil {
 		return err
 	}
-	old := s.zone.Swap(z)
+	s.zone.Store(z)
 	s.m.setZone(z)
 	if old != nil && old.serial == z.serial {
 		return nil

@@ -76,11 +76,11 @@ func startServer(t *testing.T, cfg Config, opts ServerOptions) (*Server, string)
 // upstream resolver or secondary.
 func startFake(t *testing.T, h dns.HandlerFunc) netip.AddrPort {
 	t.Helper()
-	pc, ln, err := bind(context.Background(), "127.0.0.1:0")
+	l, err := bind(context.Background(), "127.0.0.1:0", 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, srv := range []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: ln, Handler: h}} {
+	for _, srv := range []*dns.Server{{PacketConn: l.udp[0], Handler: h}, {Listener: l.tcp, Handler: h}} {
 		started := make(chan struct{})
 		srv.NotifyStartedFunc = func() { close(started) }
 		done := make(chan struct{})
@@ -94,7 +94,7 @@ func startFake(t *testing.T, h dns.HandlerFunc) netip.AddrPort {
 			<-done
 		})
 	}
-	return pc.LocalAddr().(*net.UDPAddr).AddrPort()
+	return l.udp[0].LocalAddr().(*net.UDPAddr).AddrPort()
 }
 
 func exchange(t *testing.T, network, addr string, m *dns.Msg) *dns.Msg {
@@ -113,6 +113,9 @@ func TestServerUDPAndTCP(t *testing.T) {
 	addrs := s.Addrs()
 	if len(addrs) != 4 || addrs[0].Network() != "udp" || addrs[1].Network() != "tcp" || addrs[0].String() != addrs[1].String() {
 		t.Fatalf("Addrs() = %v; want UDP and TCP on the same port, for each listen address", addrs)
+	}
+	if want := 2 * udpSockets(); len(s.udpConns) != want {
+		t.Errorf("%d sockets served by serveUDP, want %d (one per CPU per address)", len(s.udpConns), want)
 	}
 	for _, a := range []string{addr, addrs[2].String()} {
 		for _, network := range []string{"udp", "tcp"} {
@@ -197,8 +200,7 @@ func dig(t *testing.T, digPath, addr string, args ...string) []dns.RR {
 func TestDig(t *testing.T) {
 	digPath := digOrSkip(t)
 	noLeaks(t)
-	tb := smallTestbed(t)
-	_, addr := startServer(t, Config{}, ServerOptions{})
+	s, addr := startServer(t, Config{}, ServerOptions{})
 	want := "node-31." + testZone + "\t300\tIN\tAAAA\tfdf5:5351:1dfd:1f::2"
 	for _, transport := range []string{"+notcp", "+tcp"} {
 		rrs := dig(t, digPath, addr, transport, "AAAA", "node-31.mgmt.example.net")
@@ -215,8 +217,8 @@ func TestDig(t *testing.T) {
 	if len(axfr) != 16 || axfr[0].Header().Rrtype != dns.TypeSOA || axfr[len(axfr)-1].Header().Rrtype != dns.TypeSOA {
 		t.Fatalf("dig AXFR %s: %d records:\n%s", testZone, len(axfr), strings.Join(rrStrings(axfr), "\n"))
 	}
-	if got := axfr[0].(*dns.SOA).Serial; got != tb.Serial() {
-		t.Errorf("AXFR serial %d, want %d", got, tb.Serial())
+	if got := axfr[0].(*dns.SOA).Serial; got != s.Zone().Serial() {
+		t.Errorf("AXFR serial %d, want %d", got, s.Zone().Serial())
 	}
 	if !slices.Contains(rrStrings(axfr), want) || !slices.Contains(rrStrings(axfr), aaaa("lab-router."+testZone, "fdf5:5351:1dfd:20::2")) {
 		t.Errorf("AXFR lacks node-31 or lab-router:\n%s", strings.Join(rrStrings(axfr), "\n"))
@@ -271,11 +273,11 @@ func TestNotify(t *testing.T) {
 	if err := s.SetTestbed(tb1); err != nil {
 		t.Fatal(err)
 	}
-	wait(tb1.Serial())
+	wait(s.Zone().Serial())
 	if err := s.SetTestbed(tb2); err != nil {
 		t.Fatal(err)
 	}
-	wait(tb2.Serial())
+	wait(s.Zone().Serial())
 	// The same serial again sends nothing: the next NOTIFYs are tb3's.
 	if err := s.SetTestbed(tb2); err != nil {
 		t.Fatal(err)
@@ -283,7 +285,7 @@ func TestNotify(t *testing.T) {
 	if err := s.SetTestbed(tb3); err != nil {
 		t.Fatal(err)
 	}
-	wait(tb3.Serial())
+	wait(s.Zone().Serial())
 	s.Close()
 	if got := gather(t, reg, "mgmtnet_dns_notify_total"); !slices.Contains(got, `mgmtnet_dns_notify_total{result="ok"} 6`) {
 		t.Errorf("notify metrics: %v, want 6 ok", got)
@@ -309,13 +311,12 @@ func TestForward(t *testing.T) {
 	})
 	// A dead upstream first: a closed UDP port answers "connection
 	// refused" at once, a closed TCP port refuses the connection.
-	dead, deadLn, err := bind(context.Background(), "127.0.0.1:0")
+	dead, err := bind(context.Background(), "127.0.0.1:0", 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	deadAddr := dead.LocalAddr().(*net.UDPAddr).AddrPort()
-	dead.Close()
-	deadLn.Close()
+	deadAddr := dead.udp[0].LocalAddr().(*net.UDPAddr).AddrPort()
+	dead.close()
 	s := newTestServer(t, Config{Forward: []netip.AddrPort{deadAddr, upstream}}, smallTestbed(t))
 
 	for _, w := range []*recorder{udpFrom("::1"), tcpFrom("fdf5:5351:1dfd:1f::2")} {
@@ -446,4 +447,104 @@ func gather(t *testing.T, reg *prometheus.Registry, names ...string) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// TestServerUDPPath sends raw datagrams to a running server: what
+// serveUDP answers, and what it drops, before a query reaches ServeDNS;
+// and a forwarded query, answered from a goroutine of its own.
+func TestServerUDPPath(t *testing.T) {
+	noLeaks(t)
+	upstream := startFake(t, func(w dns.ResponseWriter, r *dns.Msg) {
+		m := new(dns.Msg).SetReply(r)
+		rr, _ := dns.NewRR(r.Question[0].Name + " 60 IN A 192.0.2.1")
+		m.Answer = []dns.RR{rr}
+		w.WriteMsg(m)
+	})
+	_, addr := startServer(t, Config{Forward: []netip.AddrPort{upstream}}, ServerOptions{})
+	conn, err := net.Dial("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	send := func(b []byte) {
+		t.Helper()
+		if _, err := conn.Write(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	recv := func() *dns.Msg {
+		t.Helper()
+		buf := make([]byte, 4096)
+		n, err := conn.Read(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := new(dns.Msg)
+		if err := m.Unpack(buf[:n]); err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	pack := func(m *dns.Msg) []byte {
+		b, err := m.Pack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	valid := query("node-31."+testZone, dns.TypeAAAA)
+	valid.Id = 1000
+
+	// Ignored: a response, a runt. The next answer is the valid query's.
+	resp := query("node-31."+testZone, dns.TypeAAAA)
+	resp.Id, resp.Response = 1, true
+	send(pack(resp))
+	send([]byte{0, 2, 0, 0, 0})
+	send(pack(valid))
+	if m := recv(); m.Id != valid.Id || len(m.Answer) != 1 {
+		t.Fatalf("after a response and a runt: %v", m)
+	}
+	// A body that does not unpack: FORMERR with the header alone.
+	b := pack(query("node-31."+testZone, dns.TypeAAAA))
+	b[0], b[1] = 0, 3
+	send(b[:len(b)-3])
+	if m := recv(); m.Id != 3 || m.Rcode != dns.RcodeFormatError || len(m.Question) != 0 {
+		t.Errorf("truncated body: %v", m)
+	}
+	// An UPDATE: NOTIMP from the header alone.
+	up := withOpcode(query(testZone, dns.TypeSOA), dns.OpcodeUpdate)
+	up.Id = 4
+	send(pack(up))
+	if m := recv(); m.Id != 4 || m.Rcode != dns.RcodeNotImplemented || m.Opcode != dns.OpcodeUpdate {
+		t.Errorf("update: %v", m)
+	}
+	// Forwarded, and answered later, from another goroutine.
+	fwd := query("www.example.org.", dns.TypeA)
+	fwd.Id = 5
+	send(pack(fwd))
+	if m := recv(); m.Id != 5 || m.Rcode != dns.RcodeSuccess || len(m.Answer) != 1 || m.Question[0].Name != "www.example.org." {
+		t.Errorf("forwarded: %v", m)
+	}
+}
+
+// TestServerWildcard: a wildcard listen address is served by dns.Server,
+// which answers from the address the query was sent to.
+func TestServerWildcard(t *testing.T) {
+	noLeaks(t)
+	for listen, hosts := range map[string][]string{"[::]:0": {"::1", "127.0.0.1"}, "0.0.0.0:0": {"127.0.0.1"}} {
+		s, _ := startServer(t, Config{}, ServerOptions{Listen: []string{listen}})
+		if len(s.udpConns) != 0 {
+			t.Errorf("%s: %d sockets served by serveUDP, want none (dns.Server with IP_PKTINFO)", listen, len(s.udpConns))
+		}
+		_, port, _ := net.SplitHostPort(s.Addrs()[0].String())
+		for _, host := range hosts {
+			for _, network := range []string{"udp", "tcp"} {
+				r := exchange(t, network, net.JoinHostPort(host, port), query("node-31."+testZone, dns.TypeAAAA))
+				if r.Rcode != dns.RcodeSuccess || len(r.Answer) != 1 {
+					t.Errorf("%s: %s %s: %v", listen, network, host, r)
+				}
+			}
+		}
+	}
 }

@@ -66,19 +66,26 @@ func (s SkippedName) String() string {
 	return fmt.Sprintf("%s: name %q: %s", s.Member, s.Name, why)
 }
 
-// rrset holds the address records of one forward name. Each slice has
-// len == cap, so that a message built on it can never append into the
+// rrset holds the address records of an in-zone name server. Each slice
+// has len == cap, so that a message built on it can never append into the
 // zone's memory.
 type rrset struct {
 	aaaa []dns.RR
 	a    []dns.RR
 }
 
-// member is one testbed member in the zone.
+// member is one testbed member in the zone. Its AAAA record is made per
+// query, in the pooled reply: storing one per member would double the
+// zone's memory for no measurable speed.
 type member struct {
 	addr netip.Addr
 	fqdn string // its plan name, the target of its PTR record
-	rrset
+}
+
+// alias is a registry name served for a member.
+type alias struct {
+	fqdn   string
+	member int32
 }
 
 // apex holds what the apex of one zone answers.
@@ -102,22 +109,23 @@ type Zone struct {
 	fwd    apex
 	rev    apex
 
-	// names maps each fully qualified, lower-case forward name below the
-	// apex that has records to them: plan names of members, their
-	// registry names, in-zone name servers.
-	names map[string]*rrset
-	// ents are the forward empty non-terminals: names with no records
-	// and names below them (only above deep name server names).
-	ents map[string]struct{}
 	// members, sorted by address: the source of transfers and of the
 	// reverse zone's empty non-terminals.
 	members []member
-	byAddr  map[netip.Addr]int32
-	nodes   nodeSet
-	// nsNames are the in-zone name servers and aliases the registry
-	// names served, sorted: with members, the order of a transfer.
+	// names maps the fully qualified, lower-case plan name and registry
+	// name of each member to its index in members.
+	names  map[string]int32
+	byAddr map[netip.Addr]int32
+	nodes  nodeSet
+	// aliases are the registry names served, sorted.
+	aliases []alias
+	// servers are the in-zone name servers' records, and nsNames their
+	// names in Config order.
+	servers map[string]*rrset
 	nsNames []string
-	aliases []string
+	// ents are the forward empty non-terminals: the names between the
+	// apex and deep name server names.
+	ents    map[string]struct{}
 	skipped []SkippedName
 }
 
@@ -135,9 +143,18 @@ func hdr(name string, t uint16, ttl uint32) dns.RR_Header {
 // to a TTL.
 func seconds(d time.Duration) uint32 { return uint32(d / time.Second) }
 
-// NewZone builds the zones of tb as cfg describes them. It fails only
-// when cfg is invalid or tb is nil.
+// NewZone builds the zones of tb as cfg describes them, with the
+// testbed's Serial as the SOA serial. It fails only when cfg is invalid or
+// tb is nil.
 func NewZone(cfg Config, tb *mesh.Testbed) (*Zone, error) {
+	if tb == nil {
+		return nil, errors.New("dns zone: no testbed")
+	}
+	return newZone(cfg, tb, tb.Serial())
+}
+
+// newZone is NewZone with the SOA serial given.
+func newZone(cfg Config, tb *mesh.Testbed, serial uint32) (*Zone, error) {
 	if tb == nil {
 		return nil, errors.New("dns zone: no testbed")
 	}
@@ -150,7 +167,7 @@ func NewZone(cfg Config, tb *mesh.Testbed) (*Zone, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dns zone: %w", err)
 	}
-	z := &Zone{cfg: cfg, tb: tb, plan: plan, serial: tb.Serial(), names: map[string]*rrset{}}
+	z := &Zone{cfg: cfg, tb: tb, plan: plan, serial: serial, servers: map[string]*rrset{}}
 	z.allow = cfg.Allow
 	if len(z.allow) == 0 {
 		z.allow = append([]netip.Prefix{plan.Mgmt()}, loopback()...)
@@ -178,23 +195,21 @@ func NewZone(cfg Config, tb *mesh.Testbed) (*Zone, error) {
 		set.a, set.aaaa = slices.Clip(set.a), slices.Clip(set.aaaa)
 		z.fwd.glue = append(z.fwd.glue, set.aaaa...)
 		z.fwd.glue = append(z.fwd.glue, set.a...)
-		z.names[ns.Name] = set
+		z.servers[ns.Name] = set
 		z.nsNames = append(z.nsNames, ns.Name)
 		for p := parent(ns.Name); p != cfg.Zone; p = parent(p) {
-			if _, ok := z.names[p]; !ok {
-				z.ents = addENT(z.ents, p)
-			}
+			z.ents = addENT(z.ents, p)
 		}
 	}
 	z.fwd.glue = slices.Clip(z.fwd.glue)
 	z.rev.glue = z.fwd.glue
 	for p := range z.ents {
-		if _, ok := z.names[p]; ok {
+		if _, ok := z.servers[p]; ok {
 			delete(z.ents, p) // a name server name above another
 		}
 	}
 
-	z.addMembers(tb, ttl)
+	z.addMembers(tb)
 	return z, nil
 }
 
@@ -231,61 +246,50 @@ func (z *Zone) newApex(name string) apex {
 	return a
 }
 
-// addMembers adds an AAAA record for the plan name of every member and,
-// where usable, for its registry name. The records of all members share a
-// few large allocations: a zone of 66 000 members is built in one pass
-// and costs the garbage collector little.
-func (z *Zone) addMembers(tb *mesh.Testbed, ttl uint32) {
+// addMembers adds the plan name and address of every member and, where
+// usable, its registry name.
+func (z *Zone) addMembers(tb *mesh.Testbed) {
 	n := tb.Len()
 	z.members = make([]member, 0, n)
-	z.byAddr = make(map[netip.Addr]int32, n)
-	for m := range tb.All() {
+	labels := make([]string, n) // the plan label of each member, in testbed order
+	for i := range n {
+		m := tb.At(i)
 		label, err := addressing.DNSLabel(addressing.Entity{Kind: m.Kind, ID: m.ID})
 		if err != nil {
 			continue // a validated member always has a name
 		}
+		labels[i] = label
 		z.members = append(z.members, member{addr: m.Addr, fqdn: label + "." + z.cfg.Zone})
 		if m.Kind == addressing.KindNode {
 			z.nodes.add(uint16(m.ID))
 		}
 	}
 	slices.SortFunc(z.members, func(a, b member) int { return a.addr.Compare(b.addr) })
-
-	aaaas := make([]dns.AAAA, len(z.members))
-	rrs := make([]dns.RR, len(z.members))
-	ips := make([]byte, 16*len(z.members))
-	for i := range z.members {
-		m := &z.members[i]
-		ip := ips[16*i : 16*i+16 : 16*i+16]
-		b := m.addr.As16()
-		copy(ip, b[:])
-		aaaas[i] = dns.AAAA{Hdr: hdr(m.fqdn, dns.TypeAAAA, ttl), AAAA: net.IP(ip)}
-		rrs[i] = &aaaas[i]
-		m.aaaa = rrs[i : i+1 : i+1]
+	z.names = make(map[string]int32, len(z.members))
+	z.byAddr = make(map[netip.Addr]int32, len(z.members))
+	for i, m := range z.members {
+		z.names[m.fqdn] = int32(i)
 		z.byAddr[m.addr] = int32(i)
-		if _, taken := z.names[m.fqdn]; !taken { // a name server's name was refused by Validate
-			z.names[m.fqdn] = &m.rrset
-		}
 	}
-	z.addRegistryNames(tb, ttl)
+	z.addRegistryNames(tb, labels)
 }
 
 // addRegistryNames serves each member's registry name, lower-cased, when
 // it is a DNS label that no other member has and that is not reserved.
-func (z *Zone) addRegistryNames(tb *mesh.Testbed, ttl uint32) {
+func (z *Zone) addRegistryNames(tb *mesh.Testbed, labels []string) {
 	type claim struct {
 		m     *mesh.Member
 		label string
 	}
 	claims := map[string][]claim{}
-	for m := range tb.All() {
+	for i := range tb.Len() {
+		m := tb.At(i)
 		if m.Name == "" {
 			continue
 		}
 		label := strings.ToLower(m.Name)
-		own, _ := addressing.DNSLabel(addressing.Entity{Kind: m.Kind, ID: m.ID})
 		switch {
-		case label == own:
+		case label == labels[i]:
 			// The registry's name is the plan name: nothing to add.
 		case !hostLabel(label):
 			z.skipped = append(z.skipped, SkippedName{Member: m.TincName, Name: m.Name, Reason: SkipInvalid})
@@ -295,28 +299,19 @@ func (z *Zone) addRegistryNames(tb *mesh.Testbed, ttl uint32) {
 			claims[label] = append(claims[label], claim{m, label})
 		}
 	}
-	var unique []claim
 	for _, cs := range claims {
 		if len(cs) == 1 {
-			unique = append(unique, cs[0])
+			fqdn := cs[0].label + "." + z.cfg.Zone
+			z.aliases = append(z.aliases, alias{fqdn: fqdn, member: z.byAddr[cs[0].m.Addr]})
 			continue
 		}
 		for _, c := range cs {
 			z.skipped = append(z.skipped, SkippedName{Member: c.m.TincName, Name: c.m.Name, Reason: SkipDuplicate})
 		}
 	}
-	slices.SortFunc(unique, func(a, b claim) int { return strings.Compare(a.label, b.label) })
-	sets := make([]rrset, len(unique))
-	aaaas := make([]dns.AAAA, len(unique))
-	rrs := make([]dns.RR, len(unique))
-	for i, c := range unique {
-		fqdn := c.label + "." + z.cfg.Zone
-		mi := z.byAddr[c.m.Addr]
-		aaaas[i] = dns.AAAA{Hdr: hdr(fqdn, dns.TypeAAAA, ttl), AAAA: z.members[mi].aaaa[0].(*dns.AAAA).AAAA}
-		rrs[i] = &aaaas[i]
-		sets[i].aaaa = rrs[i : i+1 : i+1]
-		z.names[fqdn] = &sets[i]
-		z.aliases = append(z.aliases, fqdn)
+	slices.SortFunc(z.aliases, func(a, b alias) int { return strings.Compare(a.fqdn, b.fqdn) })
+	for _, a := range z.aliases {
+		z.names[a.fqdn] = a.member
 	}
 	slices.SortFunc(z.skipped, func(a, b SkippedName) int {
 		return cmp.Or(strings.Compare(a.Member, b.Member), strings.Compare(a.Name, b.Name))
@@ -326,9 +321,9 @@ func (z *Zone) addRegistryNames(tb *mesh.Testbed, ttl uint32) {
 // reserved reports whether a forward name is taken by a name server or
 // lies on the way to one.
 func (z *Zone) reserved(fqdn string) bool {
-	_, isName := z.names[fqdn]
+	_, isServer := z.servers[fqdn]
 	_, isENT := z.ents[fqdn]
-	return isName || isENT
+	return isServer || isENT
 }
 
 // hostLabel reports whether s is a DNS host label (RFC 1123): 1 to 63
@@ -354,7 +349,7 @@ func (z *Zone) Origin() string { return z.fwd.name }
 // management /48.
 func (z *Zone) ReverseOrigin() string { return z.rev.name }
 
-// Serial returns the zones' SOA serial: the testbed's Serial.
+// Serial returns the zones' SOA serial (see Server.SetTestbed).
 func (z *Zone) Serial() uint32 { return z.serial }
 
 // Testbed returns the snapshot the zone was built from.
@@ -363,7 +358,15 @@ func (z *Zone) Testbed() *mesh.Testbed { return z.tb }
 // Len returns the number of forward names with address records: the plan
 // names of the members, the registry names served and in-zone name
 // servers. Sliver names, computed on demand, are not counted.
-func (z *Zone) Len() int { return len(z.names) }
+func (z *Zone) Len() int {
+	n := len(z.names)
+	for _, set := range z.servers {
+		if len(set.aaaa)+len(set.a) > 0 {
+			n++
+		}
+	}
+	return n
+}
 
 // Skipped returns the registry names not served, and why, sorted by
 // member. The slice must not be modified.
@@ -452,15 +455,18 @@ func (z *Zone) lookupForward(s *scratch, name, qname string, qtype uint16) answe
 	if qname == z.fwd.name {
 		return z.fwd.atApex(qtype)
 	}
-	if set, ok := z.names[qname]; ok {
+	ttl := seconds(z.cfg.TTL)
+	if i, ok := z.names[qname]; ok {
+		if qtype == dns.TypeAAAA || qtype == dns.TypeANY { // RFC 8482: ANY gets one RRset
+			return answer{answer: s.aaaaRR(name, ttl, z.members[i].addr)}
+		}
+		return z.fwd.nodata()
+	}
+	if set, ok := z.servers[qname]; ok {
 		switch {
-		case qtype == dns.TypeAAAA && len(set.aaaa) > 0:
+		case (qtype == dns.TypeAAAA || qtype == dns.TypeANY) && len(set.aaaa) > 0:
 			return answer{answer: set.aaaa}
-		case qtype == dns.TypeA && len(set.a) > 0:
-			return answer{answer: set.a}
-		case qtype == dns.TypeANY && len(set.aaaa) > 0: // RFC 8482: one RRset
-			return answer{answer: set.aaaa}
-		case qtype == dns.TypeANY && len(set.a) > 0:
+		case (qtype == dns.TypeA || qtype == dns.TypeANY) && len(set.a) > 0:
 			return answer{answer: set.a}
 		}
 		return z.fwd.nodata()
@@ -477,7 +483,7 @@ func (z *Zone) lookupForward(s *scratch, name, qname string, qtype uint16) answe
 			addr, err := z.plan.SliverAddr(addressing.SpaceMgmt, e.Node, e.ID, e.Iface)
 			if err == nil {
 				if qtype == dns.TypeAAAA || qtype == dns.TypeANY {
-					return answer{answer: s.aaaaRR(name, seconds(z.cfg.TTL), addr)}
+					return answer{answer: s.aaaaRR(name, ttl, addr)}
 				}
 				return z.fwd.nodata()
 			}
@@ -636,18 +642,22 @@ func (z *Zone) transfer(reverse bool, emit func([]dns.RR) bool) bool {
 	} else {
 		// Name servers, members (by address), registry names (by name).
 		for _, name := range z.nsNames {
-			set := z.names[name]
+			set := z.servers[name]
 			if !addAll(set.aaaa) || !addAll(set.a) {
 				return false
 			}
 		}
-		for i := range z.members {
-			if !addAll(z.members[i].aaaa) {
+		ttl := seconds(z.cfg.TTL)
+		aaaa := func(name string, a netip.Addr) dns.RR {
+			return &dns.AAAA{Hdr: hdr(name, dns.TypeAAAA, ttl), AAAA: a.AsSlice()}
+		}
+		for _, m := range z.members {
+			if !add(aaaa(m.fqdn, m.addr)) {
 				return false
 			}
 		}
-		for _, name := range z.aliases {
-			if !addAll(z.names[name].aaaa) {
+		for _, a := range z.aliases {
+			if !add(aaaa(a.fqdn, z.members[a.member].addr)) {
 				return false
 			}
 		}

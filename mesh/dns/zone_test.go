@@ -117,9 +117,9 @@ func TestZoneSkippedNames(t *testing.T) {
 	if diff := cmp.Diff(want, z.Skipped()); diff != "" {
 		t.Errorf("skipped (-want +got):\n%s", diff)
 	}
-	// 10 plan names, lab-router, main, old-gw, ns.
-	if z.Len() != 14 {
-		t.Errorf("Len() = %d, want 14", z.Len())
+	// 10 plan names, lab-router, main, old-gw; ns has no address.
+	if z.Len() != 13 {
+		t.Errorf("Len() = %d, want 13", z.Len())
 	}
 	if got := z.Skipped()[2].String(); got != `node_40: name "bad name": not a DNS label (letters, digits and inner hyphens, at most 63)` {
 		t.Errorf("String() = %s", got)
@@ -132,43 +132,56 @@ func TestZoneSkippedNames(t *testing.T) {
 	}
 }
 
-// TestZoneSwap: SetTestbed swaps in a zone with the new testbed's serial,
-// and the new members, at once.
+// TestZoneSwap: SetTestbed swaps in a zone with the new members at once,
+// and a serial that grows with every new snapshot version (RFC 1982): the
+// time of the change, or the last serial plus one when the clock does not
+// move on or goes back; the same snapshot again keeps the serial.
 func TestZoneSwap(t *testing.T) {
 	tb1 := build(t, cand(t, addressing.KindNode, 1, ""))
 	tb2 := build(t, cand(t, addressing.KindNode, 1, ""), cand(t, addressing.KindNode, 2, ""))
-	if tb1.Serial() == tb2.Serial() {
-		t.Fatal("test testbeds have the same serial")
-	}
-	s := newTestServer(t, Config{}, tb1)
+	tb3 := build(t, cand(t, addressing.KindNode, 3, ""))
+	clock := time.Unix(1_800_000_000, 0)
+	s := newTestServer(t, Config{}, nil)
+	s.now = func() time.Time { return clock }
 	ask := func(name string, qt uint16) *dns.Msg {
 		w := udpFrom("::1")
 		s.ServeDNS(w, query(name, qt))
 		return w.only(t)
 	}
 	serialOf := func() uint32 { return ask(testZone, dns.TypeSOA).Answer[0].(*dns.SOA).Serial }
-	if got := serialOf(); got != tb1.Serial() {
-		t.Errorf("serial %d, want %d", got, tb1.Serial())
+	steps := []struct {
+		tb      *mesh.Testbed
+		advance time.Duration
+		want    uint32
+	}{
+		{tb1, 0, 1_800_000_000},
+		{tb2, 0, 1_800_000_001},              // same second: last plus one
+		{tb2, time.Hour, 1_800_000_001},      // same snapshot: same serial
+		{tb3, -2 * time.Hour, 1_800_000_002}, // clock set back: still grows
+		{tb1, 4 * time.Hour, 1_800_010_800},  // the clock again
+	}
+	for i, st := range steps {
+		clock = clock.Add(st.advance)
+		if err := s.SetTestbed(st.tb); err != nil {
+			t.Fatal(err)
+		}
+		if got := serialOf(); got != st.want {
+			t.Errorf("step %d: serial %d, want %d", i, got, st.want)
+		}
+		if m := ask(testReverse, dns.TypeSOA); m.Answer[0].(*dns.SOA).Serial != st.want {
+			t.Errorf("step %d: reverse serial %d, want %d", i, m.Answer[0].(*dns.SOA).Serial, st.want)
+		}
+		if s.Zone().Testbed() != st.tb {
+			t.Errorf("step %d: Zone().Testbed() is not the new testbed", i)
+		}
+	}
+	if m := ask("node-1."+testZone, dns.TypeAAAA); m.Rcode != dns.RcodeSuccess || len(m.Answer) != 1 {
+		t.Errorf("node-1 after the swaps: %v", m)
 	}
 	if m := ask("node-2."+testZone, dns.TypeAAAA); m.Rcode != dns.RcodeNameError {
-		t.Errorf("node-2 before the swap: %s", dns.RcodeToString[m.Rcode])
+		t.Errorf("node-2 after it left: %s", dns.RcodeToString[m.Rcode])
 	}
-	if err := s.SetTestbed(tb2); err != nil {
-		t.Fatal(err)
-	}
-	if got := serialOf(); got != tb2.Serial() {
-		t.Errorf("serial after the swap %d, want %d", got, tb2.Serial())
-	}
-	if m := ask("node-2."+testZone, dns.TypeAAAA); m.Rcode != dns.RcodeSuccess || len(m.Answer) != 1 {
-		t.Errorf("node-2 after the swap: %v", m)
-	}
-	if m := ask(testReverse, dns.TypeSOA); m.Answer[0].(*dns.SOA).Serial != tb2.Serial() {
-		t.Errorf("reverse serial %d, want %d", m.Answer[0].(*dns.SOA).Serial, tb2.Serial())
-	}
-	if s.Zone().Testbed() != tb2 {
-		t.Error("Zone().Testbed() is not the new testbed")
-	}
-	if err := s.SetTestbed(nil); err == nil || s.Zone().Testbed() != tb2 {
+	if err := s.SetTestbed(nil); err == nil || s.Zone().Testbed() != tb1 {
 		t.Errorf("SetTestbed(nil) = %v; the zone must stay", err)
 	}
 }
@@ -325,7 +338,7 @@ func TestAXFR(t *testing.T) {
 	}
 	fq := func(rel string) string { return rel + "." + testZone }
 	want := []string{
-		soa(testZone, 300, tb.Serial()),
+		soa(testZone, 300, s.Zone().Serial()),
 		testZone + "\t300\tIN\tNS\tns." + testZone,
 		aaaa(fq("server-2"), "fdf5:5351:1dfd::2"),
 		aaaa(fq("gateway-3"), "fdf5:5351:1dfd:0:1::3"),
@@ -340,13 +353,13 @@ func TestAXFR(t *testing.T) {
 		aaaa(fq("lab-router"), "fdf5:5351:1dfd:20::2"),
 		aaaa(fq("main"), "fdf5:5351:1dfd::2"),
 		aaaa(fq("old-gw"), "fdf5:5351:1dfd:0:1::3"),
-		soa(testZone, 300, tb.Serial()),
+		soa(testZone, 300, s.Zone().Serial()),
 	}
 	if diff := cmp.Diff(want, transfer(testZone)); diff != "" {
 		t.Errorf("forward AXFR (-want +got):\n%s", diff)
 	}
 	rev := transfer(testReverse)
-	if len(rev) != 2+1+10 || rev[0] != soa(testReverse, 300, tb.Serial()) || rev[len(rev)-1] != rev[0] {
+	if len(rev) != 2+1+10 || rev[0] != soa(testReverse, 300, s.Zone().Serial()) || rev[len(rev)-1] != rev[0] {
 		t.Fatalf("reverse AXFR: %d records:\n%s", len(rev), strings.Join(rev, "\n"))
 	}
 	if want := ptr(ptrName("fdf5:5351:1dfd:1f::2"), fq("node-31")); !strings.Contains(strings.Join(rev, "\n"), want) {

@@ -1,0 +1,403 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/netip"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/confine-project/mgmtnet/addressing"
+	"github.com/confine-project/mgmtnet/mesh"
+	meshdns "github.com/confine-project/mgmtnet/mesh/dns"
+	"github.com/confine-project/mgmtnet/mesh/registry"
+)
+
+const dnsSynopsis = `  mgmtnet dns --registry URI --zone ZONE [--listen ADDR]... [--allow PREFIX]...
+              [--allow-transfer PREFIX]... [--forward ADDR]... [--notify ADDR]...
+              [--ns-addr ADDR]... [--ttl DURATION] [--poll DURATION] [--prefix P/48]
+              [--ca FILE | --insecure] [--force] [--metrics-listen ADDR]
+
+Serves authoritative DNS for the management network, made from the members
+in the registry:
+  node-31.ZONE, server-2.ZONE, host-7.ZONE    AAAA of each member present
+  <registry name>.ZONE                        the same, when the name is a
+                                              usable, unique DNS label
+  slice-5.node-31.ZONE                        a sliver's management address
+  slice-5-iface-2.node-31.ZONE                (iface 1 has the short name)
+  PTR of every member and sliver address      in the ip6.arpa zone of the /48
+with SOA and NS records; the SOA serial grows with every new snapshot
+(the time of the change, RFC 1982-safe for secondaries).
+
+The registry is polled every --poll with ETags; the zone is swapped at once
+when it changed, and the last zone keeps being served while the registry is
+down or answering garbage (until the first answer, names of the zone get
+SERVFAIL). A snapshot that would remove more than half of the members is
+refused unless --force. Secondaries in --notify are sent a NOTIFY on every
+change and may transfer the zones (AXFR, over TCP) from --allow-transfer.
+
+Only clients in --allow are answered; others get REFUSED. Names outside the
+zones are REFUSED too, unless --forward names upstream resolvers: recursive
+queries are then forwarded. It is never an open resolver.
+
+--listen defaults to 127.0.0.1:53 and [::1]:53; on a gateway, give its
+management address (and any service address it shares with other gateways).
+--ns-addr defaults to the --listen addresses that are neither loopback nor
+wildcard. SIGINT or SIGTERM stops it.
+
+Exit status: 0 stopped by a signal, 1 error, 2 usage error.
+
+Examples:
+  mgmtnet dns --registry https://[fdf5:5351:1dfd::2]/api/ --ca /etc/confine/registry-server.crt \
+      --zone mgmt.community-lab.net --listen [fdf5:5351:1dfd::2]:53 --forward 9.9.9.9
+  mgmtnet dns --registry http://127.0.0.1:8080/api/ --zone mgmt.example --listen 127.0.0.1:5353
+  dig @127.0.0.1 -p 5353 AAAA node-31.mgmt.example
+  dig @127.0.0.1 -p 5353 -x fd65:fc41:c50f:1f:1001::5
+`
+
+// dnsDefaultListen are the listen addresses without --listen: loopback
+// only, so that a bare "mgmtnet dns" exposes nothing.
+var dnsDefaultListen = []string{"127.0.0.1:53", "[::1]:53"}
+
+// dnsList is a repeatable flag.
+type dnsList []string
+
+func (l *dnsList) String() string { return strings.Join(*l, ",") }
+
+func (l *dnsList) Set(s string) error {
+	*l = append(*l, s)
+	return nil
+}
+
+type dnsFlags struct {
+	registry, zone, ca, prefix, metricsListen          string
+	insecure, force                                    bool
+	ttl, poll                                          time.Duration
+	listen, allow, allowTransfer, forward, notify, nss dnsList
+}
+
+func runDNS(ctx context.Context, env Env, args []string) error {
+	fs := newFlagSet("dns", dnsSynopsis, env.Stderr)
+	var f dnsFlags
+	fs.StringVar(&f.registry, "registry", "", "the registry's base `URI` (required), e.g. https://[fdf5:5351:1dfd::2]/api/")
+	fs.StringVar(&f.zone, "zone", "", "the forward `zone` (required), e.g. mgmt.community-lab.net")
+	fs.Var(&f.listen, "listen", "`ADDR` (host:port) to serve on, UDP and TCP; repeatable (default 127.0.0.1:53 and [::1]:53)")
+	fs.Var(&f.allow, "allow", "client `PREFIX` to answer; repeatable (default: the management /48, 127.0.0.0/8, ::1/128)")
+	fs.Var(&f.allowTransfer, "allow-transfer", "client `PREFIX` allowed zone transfers; repeatable (default: 127.0.0.0/8, ::1/128)")
+	fs.Var(&f.forward, "forward", "upstream resolver `ADDR` (IP or IP:port) for names outside the zones; repeatable (default: none, such names are REFUSED)")
+	fs.Var(&f.notify, "notify", "secondary `ADDR` (IP or IP:port) sent a NOTIFY on every change; repeatable")
+	fs.Var(&f.nss, "ns-addr", "`address` of the name server ns.ZONE; repeatable (default: the --listen addresses that are neither loopback nor wildcard)")
+	fs.DurationVar(&f.ttl, "ttl", meshdns.DefaultTTL, "TTL of answers")
+	fs.DurationVar(&f.poll, "poll", time.Minute, "how often to poll the registry")
+	fs.StringVar(&f.prefix, "prefix", "", "management `/48` (default: the registry's, checked against the members' addresses)")
+	fs.StringVar(&f.ca, "ca", "", "PEM `file` of the CA (or the registry's own certificate) to verify TLS against")
+	fs.BoolVar(&f.insecure, "insecure", false, "do not verify the registry's TLS certificate")
+	fs.BoolVar(&f.force, "force", false, "accept a registry answer that removes more than half of the members")
+	fs.StringVar(&f.metricsListen, "metrics-listen", "", "serve Prometheus metrics at http://`ADDR`/metrics")
+	pos, err := parseInterspersed(fs, args, env.Stdout)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 0 {
+		return usagef("unexpected arguments %q (the registry is given with --registry)", pos)
+	}
+	switch {
+	case f.registry == "":
+		return usagef("--registry is required, e.g. --registry https://[fdf5:5351:1dfd::2]/api/")
+	case f.zone == "":
+		return usagef("--zone is required, e.g. --zone mgmt.community-lab.net")
+	case f.ca != "" && f.insecure:
+		return usagef("--ca and --insecure exclude each other")
+	case f.poll <= 0:
+		return usagef("--poll %v: want a positive duration", f.poll)
+	}
+	cfg, declared, err := f.config()
+	if err != nil {
+		return usageError{err}
+	}
+	listen := []string(f.listen)
+	if len(listen) == 0 {
+		listen = dnsDefaultListen
+	}
+	for _, addr := range listen {
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return usagef("--listen %s: %w (e.g. 127.0.0.1:53 or [fdf5:5351:1dfd::2]:53)", addr, err)
+		}
+	}
+	if len(cfg.NS) == 0 {
+		cfg.NS = []meshdns.NameServer{{Name: meshdns.DefaultNSLabel + "." + cfg.Zone, Addrs: dnsServiceAddrs(listen)}}
+	}
+	if err := cfg.Validate(); err != nil {
+		return usageError{err}
+	}
+
+	client, err := registry.New(f.registry, registry.Options{CAFile: f.ca, Insecure: f.insecure, Logger: env.Logger})
+	if err != nil {
+		if errors.Is(err, registry.ErrBadURI) {
+			return usageError{err}
+		}
+		return fmt.Errorf("registry client: %w", err)
+	}
+	reg := prometheus.NewRegistry()
+	srv, err := meshdns.New(cfg, meshdns.ServerOptions{Listen: listen, Logger: env.Logger, Registerer: reg})
+	if err != nil {
+		return err
+	}
+	if err := srv.Start(ctx); err != nil {
+		return err
+	}
+	defer func() {
+		if err := srv.Close(); err != nil {
+			env.Logger.Warn("dns server shutdown", "err", err)
+		}
+	}()
+	if f.metricsListen != "" {
+		stop, err := dnsServeMetrics(ctx, f.metricsListen, reg)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
+	p := &dnsPoller{env: env, srv: srv, client: client, uri: f.registry, declared: declared,
+		force: f.force, poll: f.poll, keys: mesh.NewKeyCache()}
+	p.run(ctx)
+	env.Logger.Info("dns server stopping")
+	return nil
+}
+
+// config turns the flags into the server's config, and the declared
+// management prefix (invalid when --prefix is not given). Its errors are
+// the user's.
+func (f *dnsFlags) config() (meshdns.Config, netip.Prefix, error) {
+	cfg := meshdns.Config{Zone: f.zone, TTL: f.ttl}
+	var declared netip.Prefix
+	if f.prefix != "" {
+		p, err := addressing.ParsePrefix48(f.prefix)
+		if err == nil {
+			_, err = addressing.New(p)
+		}
+		if err != nil {
+			return cfg, declared, fmt.Errorf("--prefix: %w", err)
+		}
+		declared = p
+	}
+	for _, l := range []struct {
+		flag string
+		in   dnsList
+		out  *[]netip.Prefix
+	}{{"--allow", f.allow, &cfg.Allow}, {"--allow-transfer", f.allowTransfer, &cfg.AllowTransfer}} {
+		for _, s := range l.in {
+			p, err := netip.ParsePrefix(s)
+			if err != nil {
+				a, aerr := netip.ParseAddr(s)
+				if aerr != nil {
+					return cfg, declared, fmt.Errorf("%s %s: want a prefix such as fdf5:5351:1dfd::/48 or an address", l.flag, s)
+				}
+				p = netip.PrefixFrom(a, a.BitLen())
+			}
+			*l.out = append(*l.out, p)
+		}
+	}
+	for _, l := range []struct {
+		flag string
+		in   dnsList
+		out  *[]netip.AddrPort
+	}{{"--forward", f.forward, &cfg.Forward}, {"--notify", f.notify, &cfg.Notify}} {
+		for _, s := range l.in {
+			ap, err := meshdns.ParseServerAddr(s, 53)
+			if err != nil {
+				return cfg, declared, fmt.Errorf("%s: %w", l.flag, err)
+			}
+			*l.out = append(*l.out, ap)
+		}
+	}
+	if len(f.nss) > 0 {
+		ns := meshdns.NameServer{Name: meshdns.DefaultNSLabel + "." + strings.TrimSuffix(f.zone, ".") + "."}
+		for _, s := range f.nss {
+			a, err := netip.ParseAddr(s)
+			if err != nil {
+				return cfg, declared, fmt.Errorf("--ns-addr %s: want an IP address", s)
+			}
+			ns.Addrs = append(ns.Addrs, a)
+		}
+		cfg.NS = []meshdns.NameServer{ns}
+	}
+	return cfg, declared, nil
+}
+
+// dnsServiceAddrs returns the listen addresses that clients can reach
+// from elsewhere: neither loopback nor wildcard.
+func dnsServiceAddrs(listen []string) []netip.Addr {
+	var out []netip.Addr
+	for _, l := range listen {
+		host, _, err := net.SplitHostPort(l)
+		if err != nil {
+			continue
+		}
+		a, err := netip.ParseAddr(host)
+		if err != nil || a.IsLoopback() || a.IsUnspecified() || a.Zone() != "" {
+			continue
+		}
+		out = append(out, a.Unmap())
+	}
+	return out
+}
+
+// dnsServeMetrics serves reg at http://addr/metrics until stop is called.
+func dnsServeMetrics(ctx context.Context, addr string, reg *prometheus.Registry) (stop func(), err error) {
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		hs.Serve(ln) //nolint:errcheck // ends with ErrServerClosed
+	}()
+	return func() {
+		hs.Close()
+		<-done
+	}, nil
+}
+
+// dnsPoller keeps the server's zone in step with the registry. One
+// goroutine (run's) owns it.
+type dnsPoller struct {
+	env      Env
+	srv      *meshdns.Server
+	client   *registry.Client
+	uri      string
+	declared netip.Prefix
+	force    bool
+	poll     time.Duration
+	keys     *mesh.KeyCache
+
+	validators map[string]string // ETags of the snapshot served
+	failing    bool              // the last poll failed (logged once)
+	refused    string            // version of the last snapshot refused by the guard (logged once)
+	announced  bool
+}
+
+// Retry waits after a failed poll: doubling from dnsRetryMin, at most the
+// poll interval.
+const dnsRetryMin = 5 * time.Second
+
+// run polls until ctx ends.
+func (p *dnsPoller) run(ctx context.Context) {
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	retry := dnsRetryMin
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		}
+		next := p.poll
+		if err := p.once(ctx); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			// Equal jitter, so that gateways do not hammer a registry
+			// that comes back in lockstep.
+			next = min(retry, p.poll)
+			next = next/2 + rand.N(next/2+1)
+			retry *= 2
+			what := "serving the last zone"
+			if p.srv.Zone() == nil {
+				what = "no zone yet: names of the zone get SERVFAIL"
+			}
+			if !p.failing {
+				p.env.Logger.Warn("registry poll failed; "+what, "registry", p.uri, "retry_in", next.Round(time.Second), "err", err)
+			} else {
+				p.env.Logger.Debug("registry poll failed again", "registry", p.uri, "retry_in", next.Round(time.Second), "err", err)
+			}
+			p.failing = true
+		} else {
+			if p.failing {
+				p.env.Logger.Info("registry poll succeeded again", "registry", p.uri)
+			}
+			p.failing, retry = false, dnsRetryMin
+		}
+		timer.Reset(next)
+	}
+}
+
+// once fetches the registry (conditionally, with the ETags of the
+// snapshot served) and swaps in the zone of a changed snapshot.
+func (p *dnsPoller) once(ctx context.Context) error {
+	snap, err := p.client.Fetch(ctx, p.validators)
+	if err != nil {
+		return fmt.Errorf("fetch members from %s: %w", p.uri, err)
+	}
+	if snap.NotModified {
+		return nil
+	}
+	prefix, note := mesh.ChoosePrefix(snap.Prefix, addressing.DefaultMgmtPrefix(), snap.Candidates)
+	if p.declared.IsValid() {
+		prefix, note = p.declared, ""
+	}
+	if note != "" {
+		p.env.Logger.Warn(note)
+	}
+	plan, err := addressing.New(prefix)
+	if err != nil {
+		return fmt.Errorf("registry %s: management prefix: %w", p.uri, err)
+	}
+	res := mesh.BuildWith(plan, snap.Candidates, p.keys)
+	tb := res.Testbed
+	if cur := p.srv.Zone(); cur != nil && !p.force {
+		old := cur.Testbed()
+		if removed := len(mesh.Diff(old, tb).Removed); removed*2 > old.Len() {
+			// Keep the validators of the snapshot served: the next poll
+			// fetches in full and decides again.
+			if p.refused != tb.Version() {
+				p.env.Logger.Error("registry snapshot refused: it would remove more than half of the members (a broken registry?); serving the last zone. Run with --force to accept it",
+					"removed", removed, "members", old.Len(), "version", tb.Version())
+				p.refused = tb.Version()
+			}
+			return nil
+		}
+	}
+	for _, pr := range snap.Problems {
+		p.env.Logger.Warn("registry member rejected", "member", pr.String())
+	}
+	for _, pr := range res.Rejected {
+		p.env.Logger.Warn("registry member rejected", "member", pr.String())
+	}
+	for _, pr := range res.Skipped {
+		p.env.Logger.Debug("registry member skipped", "member", pr.String())
+	}
+	if err := p.srv.SetTestbed(tb); err != nil {
+		return err
+	}
+	p.validators, p.refused = snap.Validators, ""
+	// The registry's answer, the candidates and the old zone are garbage
+	// now: hand the memory back rather than keep the peak resident until
+	// the next change (as the gateway daemon does).
+	debug.FreeOSMemory()
+	if !p.announced {
+		p.announced = true
+		z := p.srv.Zone()
+		var on []string
+		addrs := p.srv.Addrs()
+		for i := 0; i < len(addrs); i += 2 {
+			on = append(on, addrs[i].String()+" udp+tcp")
+		}
+		fmt.Fprintf(p.env.Stderr, "mgmtnet dns: serving %s and %s (%d names, serial %d) on %s\n",
+			z.Origin(), z.ReverseOrigin(), z.Len(), z.Serial(), strings.Join(on, ", "))
+	}
+	return nil
+}

@@ -1,0 +1,15 @@
+//go:build !linux
+
+package dns
+
+import (
+	"context"
+	"errors"
+	"net"
+)
+
+const reusePortSupported = false
+
+func listenReusePort(context.Context, string) (*net.UDPConn, error) {
+	return nil, errors.New("SO_REUSEPORT is used on Linux only")
+}
