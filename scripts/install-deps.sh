@@ -12,6 +12,8 @@ declare -A need=(
   [dig]=dnsutils
   [curl]=curl
   [/usr/bin/time]=time
+  [dnsperf]=dnsperf
+  [dnsmasq]=dnsmasq-base
 )
 missing=()
 for cmd in "${!need[@]}"; do
