@@ -548,7 +548,7 @@ func (tb *Testbed) Boot(ctx context.Context) error {
 	for _, n := range tb.Nodes {
 		err := WaitFor(ctx, 30*time.Second, 200*time.Millisecond, func() error { return n.NS.Ping6(ctx, tb.Server.Addr.String()) })
 		if err != nil {
-			return fmt.Errorf("%s does not reach the server over the overlay: %w", n.TincName, err)
+			return fmt.Errorf("%s does not reach the server over the overlay: %w\n%s's tincd log:\n%s", n.TincName, err, n.TincName, tail(n.TincLog(), 40))
 		}
 	}
 	return nil
