@@ -2,12 +2,9 @@ package vpn
 
 import (
 	"errors"
-	"flag"
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -21,8 +18,6 @@ import (
 	"github.com/confine-project/mgmtnet/internal/nft"
 	"github.com/confine-project/mgmtnet/internal/nft/nfttest"
 )
-
-var update = flag.Bool("update", false, "rewrite golden files")
 
 func pfx(s ...string) []netip.Prefix {
 	var out []netip.Prefix
@@ -76,27 +71,6 @@ func TestNewNodeEgress(t *testing.T) {
 	}
 }
 
-func golden(t *testing.T, name, got string) {
-	t.Helper()
-	path := filepath.Join("testdata", name+".golden")
-	if *update {
-		if err := os.MkdirAll("testdata", 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test -update to create it)", err)
-	}
-	if d := cmp.Diff(string(want), got); d != "" {
-		t.Errorf("%s differs (-want +got):\n%s", path, d)
-	}
-}
-
 func TestNodeEgressRender(t *testing.T) {
 	for _, tt := range []struct {
 		name string
@@ -111,7 +85,7 @@ func TestNodeEgressRender(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", tt.name, err)
 		}
-		golden(t, "node_egress_render_"+tt.name, got)
+		nfttest.Golden(t, "node_egress_render_"+tt.name, got)
 	}
 }
 
@@ -475,7 +449,7 @@ func TestNodeEgressApply(t *testing.T) {
 				if len(e.log) > 0 {
 					writes = strings.Join(e.log, "\n") + "\n"
 				}
-				golden(t, "node_egress_apply_"+s.name, "# writes\n"+writes+"# state\n"+e.state(t))
+				nfttest.Golden(t, "node_egress_apply_"+s.name, "# writes\n"+writes+"# state\n"+e.state(t))
 				if e.kernel {
 					nfttest.CheckExprs(t, e.nft, s.want.normalize().nftTable())
 				}

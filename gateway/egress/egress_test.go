@@ -3,7 +3,6 @@ package egress
 import (
 	"context"
 	"errors"
-	"flag"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -17,29 +16,6 @@ import (
 	"github.com/confine-project/mgmtnet/internal/nft"
 	"github.com/confine-project/mgmtnet/internal/nft/nfttest"
 )
-
-var update = flag.Bool("update", false, "rewrite golden files")
-
-func golden(t *testing.T, name, got string) {
-	t.Helper()
-	path := filepath.Join("testdata", name+".golden")
-	if *update {
-		if err := os.MkdirAll("testdata", 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test -update to create it)", err)
-	}
-	if d := cmp.Diff(string(want), got); d != "" {
-		t.Errorf("%s differs (-want +got):\n%s", path, d)
-	}
-}
 
 var (
 	egressPrefix = netip.MustParsePrefix("100.64.0.0/16")
@@ -83,7 +59,7 @@ func TestRender(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", tt.name, err)
 		}
-		golden(t, "gateway_render_"+tt.name, got)
+		nfttest.Golden(t, "gateway_render_"+tt.name, got)
 	}
 	if _, err := (Gateway{Enabled: true}).Render(); err == nil {
 		t.Error("Render of an invalid Gateway succeeded")
@@ -177,7 +153,7 @@ func TestApply(t *testing.T) {
 				if len(log) > 0 {
 					writes = strings.Join(log, "\n") + "\n"
 				}
-				golden(t, "gateway_apply_"+s.name, "# writes\n"+writes+"# state\n"+state(t, e.conn))
+				nfttest.Golden(t, "gateway_apply_"+s.name, "# writes\n"+writes+"# state\n"+state(t, e.conn))
 				if e.kernel != nil {
 					nfttest.CheckExprs(t, e.conn, s.want.table())
 				}

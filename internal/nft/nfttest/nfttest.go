@@ -16,11 +16,13 @@ package nfttest
 
 import (
 	"errors"
+	"flag"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"testing"
@@ -377,5 +379,31 @@ func CheckExprs(t testing.TB, c nft.Conn, want nft.Table) {
 				t.Errorf("table %s chain %s rule %q: kernel expressions (-want +got):\n%s", want.Name, wc.Name, wr.Text, d)
 			}
 		}
+	}
+}
+
+// update is the -update flag of every test binary that uses Golden.
+var update = flag.Bool("update", false, "rewrite golden files")
+
+// Golden compares got with testdata/<name>.golden, or writes it there
+// with -update.
+func Golden(t *testing.T, name, got string) {
+	t.Helper()
+	path := filepath.Join("testdata", name+".golden")
+	if *update {
+		if err := os.MkdirAll("testdata", 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test -update to create it)", err)
+	}
+	if d := cmp.Diff(string(want), got); d != "" {
+		t.Errorf("%s differs (-want +got):\n%s", path, d)
 	}
 }

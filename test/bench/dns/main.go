@@ -325,38 +325,6 @@ func (p *proc) tail() string {
 	return strings.Join(lines, "\n")
 }
 
-// procKB reads a "VmRSS:"-style field of /proc/<pid>/status in KiB.
-func procKB(pid int, field string) int64 {
-	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	for _, l := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(l, field+":") {
-			f := strings.Fields(l)
-			if len(f) >= 2 {
-				v, _ := strconv.ParseInt(f[1], 10, 64)
-				return v
-			}
-		}
-	}
-	return -1
-}
-
-// cpuTime returns the process's user+system CPU time.
-func cpuTime(pid int) time.Duration {
-	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0
-	}
-	f := strings.Fields(s[i+2:])
-	if len(f) < 13 {
-		return 0
-	}
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(ut+st) * time.Second / 100 // USER_HZ is 100 on Linux
-}
-
 // exchange sends one query over UDP (TCP if the answer is truncated).
 func exchange(addr, name string, qtype uint16) (*dns.Msg, error) {
 	m := new(dns.Msg)
@@ -540,9 +508,9 @@ func (c config) dnsperfCmd(port int, file string, d time.Duration) *exec.Cmd {
 // perf runs dnsperf once against the server p listening on port.
 func (c config) perf(p *proc, port int, file string, d time.Duration) (result, error) {
 	cmd := c.dnsperfCmd(port, file, d)
-	c0, b0, t0 := cpuTime(p.pid()), machineBusy(), time.Now()
+	c0, b0, t0 := vtb.CPUTime(p.pid()), machineBusy(), time.Now()
 	out, err := cmd.CombinedOutput()
-	c1, b1, t1 := cpuTime(p.pid()), machineBusy(), time.Now()
+	c1, b1, t1 := vtb.CPUTime(p.pid()), machineBusy(), time.Now()
 	if err != nil {
 		return result{}, fmt.Errorf("%s: %v\n%s", strings.Join(cmd.Args, " "), err, out)
 	}
@@ -814,7 +782,7 @@ func (c config) benchMix(tb *testbed, mix string, targets []target, qfile string
 		}
 		fmt.Printf("%-6d %-5s %-8s %8.0f %7.3f %7.3f %7.3f %8.3f %15s %4.0f%% %4.0f%% %5.0f%% %5.1fMB  %s\n", n, mix, t.name, m.qps,
 			1000*m.avg, 1000*m.stddev, 1000*m.min, 1000*m.max, fmt.Sprintf("%d/%d", m.lost, m.sent),
-			100*m.cpu, 100*m.perfCPU, 100*m.others, float64(procKB(t.p.pid(), "VmRSS"))/1024, strings.Join(per, " "))
+			100*m.cpu, 100*m.perfCPU, 100*m.others, float64(vtb.ProcKB(t.p.pid(), "VmRSS"))/1024, strings.Join(per, " "))
 	}
 	for _, t := range targets {
 		rs := results[t.name]

@@ -15,8 +15,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -35,38 +33,6 @@ func main() {
 		fmt.Fprintf(os.Stderr, "bench gateway: %v\n", err)
 		os.Exit(1)
 	}
-}
-
-// procKB reads a "VmRSS:"-style field of /proc/<pid>/status in KiB.
-func procKB(pid int, field string) int64 {
-	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	for _, l := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(l, field+":") {
-			f := strings.Fields(l)
-			if len(f) >= 2 {
-				v, _ := strconv.ParseInt(f[1], 10, 64)
-				return v
-			}
-		}
-	}
-	return -1
-}
-
-// cpuTime returns the process's user+system CPU time.
-func cpuTime(pid int) time.Duration {
-	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0
-	}
-	f := strings.Fields(s[i+2:])
-	if len(f) < 13 {
-		return 0
-	}
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(ut+st) * time.Second / 100 // USER_HZ is 100 on Linux
 }
 
 func run(bin string, nodes, hosts int, idle time.Duration, changes int) error {
@@ -150,19 +116,19 @@ status_socket: %s
 	fmt.Printf("# gateway daemon benchmark, %s: %d members from a loopback registry, poll interval %s\n",
 		time.Now().UTC().Format("2006-01-02"), members, poll)
 	fmt.Printf("first sync (cold, %d host files)    %10s\n", members, firstSync.Round(time.Millisecond))
-	fmt.Printf("RSS after the first sync             %8.1f MB (peak %0.1f MB)\n", float64(procKB(pid, "VmRSS"))/1024, float64(procKB(pid, "VmHWM"))/1024)
+	fmt.Printf("RSS after the first sync             %8.1f MB (peak %0.1f MB)\n", float64(vtb.ProcKB(pid, "VmRSS"))/1024, float64(vtb.ProcKB(pid, "VmHWM"))/1024)
 
 	st0, _ := status()
-	c0, t0 := cpuTime(pid), time.Now()
+	c0, t0 := vtb.CPUTime(pid), time.Now()
 	time.Sleep(idle)
 	st1, _ := status()
-	c1, t1 := cpuTime(pid), time.Now()
+	c1, t1 := vtb.CPUTime(pid), time.Now()
 	polls := int(t1.Sub(t0) / poll)
 	if st0 != nil && st1 != nil && st1.Syncs > st0.Syncs {
 		polls = st1.Syncs - st0.Syncs
 	}
 	fmt.Printf("CPU per idle poll (304)              %10s (%s over %d polls)\n", ((c1 - c0) / time.Duration(max(polls, 1))).Round(100*time.Microsecond), (c1 - c0).Round(10*time.Millisecond), polls)
-	fmt.Printf("RSS while idle                       %8.1f MB\n", float64(procKB(pid, "VmRSS"))/1024)
+	fmt.Printf("RSS while idle                       %8.1f MB\n", float64(vtb.ProcKB(pid, "VmRSS"))/1024)
 
 	var lat []time.Duration
 	for i := 0; i < changes; i++ {
@@ -195,6 +161,6 @@ status_socket: %s
 	fmt.Printf("registry change -> SIGHUP            median %s, max %s over %d changes (includes waiting for the next poll: up to %s)\n",
 		lat[len(lat)/2].Round(time.Millisecond), lat[len(lat)-1].Round(time.Millisecond), len(lat), poll)
 	time.Sleep(5 * time.Second) // let the last sync finish (the snapshot is saved after the HUP)
-	fmt.Printf("RSS 5 s after the last change        %8.1f MB (peak %0.1f MB)\n", float64(procKB(pid, "VmRSS"))/1024, float64(procKB(pid, "VmHWM"))/1024)
+	fmt.Printf("RSS 5 s after the last change        %8.1f MB (peak %0.1f MB)\n", float64(vtb.ProcKB(pid, "VmRSS"))/1024, float64(vtb.ProcKB(pid, "VmHWM"))/1024)
 	return nil
 }
