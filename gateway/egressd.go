@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"context"
-	"net/netip"
 	"time"
 
 	"github.com/confine-project/mgmtnet/mesh"
@@ -200,10 +199,6 @@ func (d *Daemon) egressStatus() EgressStatus {
 	}
 	return st
 }
-
-// egressPrefixOf returns the egress prefix of tb's plan (the configured
-// one).
-func egressPrefixOf(tb *mesh.Testbed) netip.Prefix { return tb.Plan().Egress() }
 
 // applyEgressKernel makes the kernel's egress rules match the config:
 // present while egress is configured (also while withdrawn: connections in

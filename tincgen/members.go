@@ -82,7 +82,7 @@ func HostFilesWith(tb *mesh.Testbed, o HostOptions) (Files, error) {
 	nodeEgress := OffersEgress(tb, o.Egress)
 	files := make(Files, tb.Len())
 	for m := range tb.All() {
-		b, err := renderMember(tb.Plan(), m, o, nodeEgress)
+		b, err := MemberFile(tb.Plan(), m, o, nodeEgress)
 		if err != nil {
 			return nil, err
 		}
@@ -95,10 +95,6 @@ func HostFilesWith(tb *mesh.Testbed, o HostOptions) (Files, error) {
 // does, given what OffersEgress says of its testbed: to compare a file on
 // disk without rendering them all.
 func MemberFile(plan addressing.Plan, m *mesh.Member, o HostOptions, nodeEgress bool) ([]byte, error) {
-	return renderMember(plan, m, o, nodeEgress)
-}
-
-func renderMember(plan addressing.Plan, m *mesh.Member, o HostOptions, nodeEgress bool) ([]byte, error) {
 	if e, ok := o.Egress[m.TincName]; ok && e != m.Egress {
 		c := *m
 		c.Egress = e

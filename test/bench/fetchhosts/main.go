@@ -11,14 +11,12 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/confine-project/mgmtnet/mesh/registry"
@@ -120,31 +118,12 @@ func benchSize(bin string, nodes, hosts, servers, runs int, dir string) error {
 	if err != nil {
 		return err
 	}
-	tbPath := filepath.Join(dir, "testbed.json")
-	if err := vtb.WriteTestbedFile(tbPath, f); err != nil {
-		return err
-	}
-	port, err := vtb.FreePort()
+	reg, err := vtb.ServeTestbed(context.Background(), bin, dir, f)
 	if err != nil {
 		return err
 	}
-	listen := fmt.Sprintf("127.0.0.1:%d", port)
-	base := "http://" + listen + "/api/"
-	srv := exec.Command(bin, "registry", "serve", "--testbed", tbPath, "--listen", listen)
-	srv.Stderr = os.Stderr
-	if err := srv.Start(); err != nil {
-		return err
-	}
-	defer func() { srv.Process.Signal(syscall.SIGTERM); srv.Wait() }()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	for ctx.Err() == nil {
-		if c, err := net.Dial("tcp", listen); err == nil {
-			c.Close()
-			break
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	defer reg.Stop()
+	tbPath, base := reg.File, reg.URL
 
 	hostsDir := filepath.Join(dir, "hosts")
 	cache := filepath.Join(dir, "cache.json")

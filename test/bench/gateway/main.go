@@ -45,20 +45,12 @@ func run(bin string, nodes, hosts int, idle time.Duration, changes int) error {
 	if err != nil {
 		return err
 	}
-	tbPath := filepath.Join(dir, "testbed.json")
-	if err := vtb.WriteTestbedFile(tbPath, f); err != nil {
-		return err
-	}
-	port, err := vtb.FreePort()
+	reg, err := vtb.ServeTestbed(context.Background(), bin, dir, f)
 	if err != nil {
 		return err
 	}
-	listen := fmt.Sprintf("127.0.0.1:%d", port)
-	reg := exec.Command(bin, "registry", "serve", "--testbed", tbPath, "--listen", listen)
-	if err := reg.Start(); err != nil {
-		return err
-	}
-	defer func() { reg.Process.Signal(syscall.SIGTERM); reg.Wait() }()
+	defer reg.Stop()
+	tbPath, listen := reg.File, reg.Listen
 
 	// A stand-in tincd: a process named tincd that ignores SIGHUP.
 	tincd, err := vtb.StartFakeTincd(dir, true)
