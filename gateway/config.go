@@ -37,6 +37,20 @@ type Config struct {
 	MetricsListen string       `yaml:"metrics_listen"`
 	Egress        EgressConfig `yaml:"egress"` // reload
 	DNS           DNSConfig    `yaml:"dns"`    // reload
+	Policy        PolicyConfig `yaml:"policy"` // reload
+}
+
+// PolicyConfig widens what the registry may grant (mesh.Policy). By
+// default only servers may be gateways and offer egress.
+type PolicyConfig struct {
+	// Gateways are non-server members, by tinc name, that may have tinc
+	// addresses: be gateways every node connects to.
+	Gateways []string `yaml:"gateways"`
+}
+
+// policy is the grant policy this configuration sets.
+func (c Config) policy() mesh.Policy {
+	return mesh.Policy{Gateways: c.Policy.Gateways, Egress: c.Egress.Nodes}
 }
 
 // EgressConfig is this gateway's offer of Internet egress to the slivers
@@ -56,6 +70,11 @@ type EgressConfig struct {
 	// 100.64.0.0/16; it must hold every node id.
 	Prefix string      `yaml:"prefix"`
 	Probe  ProbeConfig `yaml:"probe"`
+	// Nodes are nodes, by tinc name, whose own egress offer (their
+	// registry property) this gateway accepts. Only servers may offer
+	// egress otherwise: a node admin must not be able to draw every
+	// sliver's Internet traffic by editing a registry field.
+	Nodes []string `yaml:"nodes"`
 }
 
 // ProbeConfig is the upstream health probe.
@@ -89,12 +108,19 @@ type IdentityConfig struct {
 
 // TincConfig is the tinc net the daemon keeps in sync.
 type TincConfig struct {
-	Dir     string `yaml:"dir"`
-	Net     string `yaml:"net"`
-	Manage  bool   `yaml:"manage"`
-	Tincd   string `yaml:"tincd"`
-	PidFile string `yaml:"pidfile"`
-	LogFile string `yaml:"logfile"`
+	// TunnelServer runs the gateway in the tunnel-server topology
+	// (docs/topology.md): the daemon keeps TunnelServer, DecrementTTL,
+	// MaxTimeout and one ConnectTo per later gateway in tinc.conf, and
+	// renders the covering and relay Subnets into the gateways' host
+	// files. Default true; false keeps tinc.conf as the operator wrote it
+	// and the controller's host files (every member learns every other).
+	TunnelServer bool   `yaml:"tunnel_server"`
+	Dir          string `yaml:"dir"`
+	Net          string `yaml:"net"`
+	Manage       bool   `yaml:"manage"`
+	Tincd        string `yaml:"tincd"`
+	PidFile      string `yaml:"pidfile"`
+	LogFile      string `yaml:"logfile"`
 }
 
 // PollConfig times the registry polls.
@@ -137,7 +163,7 @@ func DefaultConfig() Config {
 	return Config{
 		Registry: RegistryConfig{Timeout: Duration(30 * time.Second)},
 		Identity: IdentityConfig{TincName: "server"},
-		Tinc:     TincConfig{Dir: "/etc/tinc/confine", Net: "confine", Tincd: "tincd"},
+		Tinc:     TincConfig{TunnelServer: true, Dir: "/etc/tinc/confine", Net: "confine", Tincd: "tincd"},
 		Poll:     PollConfig{Interval: Duration(60 * time.Second), FullResync: Duration(10 * time.Minute)},
 		Guard:    GuardConfig{MaxRemoveFraction: 0.5},
 		StateDir: "/var/lib/mgmtnet", StatusSocket: "/run/mgmtnet/status.sock",
@@ -233,10 +259,20 @@ func (c Config) Validate() error {
 	if err := c.Egress.validate(); err != nil {
 		return err
 	}
+	for i, n := range c.Policy.Gateways {
+		if !mesh.ValidTincName(n) {
+			return fmt.Errorf("policy.gateways[%d] %q: want a tinc name ([A-Za-z0-9_]+)", i, n)
+		}
+	}
 	return c.DNS.validate()
 }
 
 func (e EgressConfig) validate() error {
+	for i, n := range e.Nodes {
+		if k, _, err := addressing.ParseTincName(n); err != nil || k != addressing.KindNode {
+			return fmt.Errorf("egress.nodes[%d] %q: want a node's tinc name (node_<id>)", i, n)
+		}
+	}
 	if e.Weight < 0 || e.Weight > mesh.MaxEgressWeight {
 		return fmt.Errorf("egress.weight %d: want 0..%d", e.Weight, mesh.MaxEgressWeight)
 	}

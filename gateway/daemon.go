@@ -128,6 +128,13 @@ type Daemon struct {
 
 	dns    *mdns.Server // nil when not serving
 	dnsErr string
+
+	// refused counts the Subnet announcements tincd refused; written by
+	// tincd's log reader, read by status.
+	refused refusals
+	// tunnelServer is whether tinc.conf as last applied runs tincd with
+	// TunnelServer (nil: not read yet).
+	tunnelServer *bool
 }
 
 // New returns a daemon for a validated cfg.
@@ -146,7 +153,7 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 	}
 	if d.tincd == nil {
 		if cfg.Tinc.Manage {
-			d.tincd = NewManagedTincd(cfg.Tinc.Tincd, cfg.Tinc.Dir, cfg.PidFile())
+			d.tincd = NewManagedTincd(cfg.Tinc.Tincd, cfg.Tinc.Dir, cfg.PidFile(), d.refusal)
 		} else {
 			d.tincd = NewUnmanagedTincd(cfg.PidFile())
 		}
@@ -290,7 +297,7 @@ func (d *Daemon) build(regPrefix netip.Prefix, cands []mesh.Candidate) (mesh.Res
 	if d.keys == nil {
 		d.keys = mesh.NewKeyCache()
 	}
-	return mesh.BuildWith(plan, cands, d.keys), prefix, nil
+	return mesh.BuildWith(plan, cands, mesh.BuildOptions{Keys: d.keys, Policy: d.cfg.policy()}), prefix, nil
 }
 
 // desired renders the host files of tb, this gateway's own included: the
@@ -411,6 +418,15 @@ func (d *Daemon) apply(ctx context.Context, tb *mesh.Testbed, repair bool) error
 				opts.Only[n] = true
 			}
 		}
+		if d.cfg.Tinc.TunnelServer && len(ch.Added)+len(ch.Changed)+len(ch.Removed) > 0 {
+			// The other gateways' files carry every member's relay
+			// Subnets.
+			for _, t := range []*mesh.Testbed{d.tb, tb} {
+				for _, g := range t.Gateways() {
+					opts.Only[g.TincName] = true
+				}
+			}
+		}
 	}
 	d.incremental = false
 	rep, err := tincgen.Sync(d.cfg.HostsDir(), files, opts)
@@ -443,8 +459,16 @@ func (d *Daemon) apply(ctx context.Context, tb *mesh.Testbed, repair bool) error
 	if b, ok := files[own]; ok {
 		subs := subnetLines(b)
 		if d.ownSubnets != nil && *d.ownSubnets != subs {
-			d.log.Info("this gateway's own Subnets changed; restarting tincd", "name", own, "subnets", subs)
-			d.restartPending = true
+			if d.cfg.Tinc.TunnelServer {
+				// TunnelServer implies StrictSubnets, and then tinc 1.0
+				// re-reads every host file on SIGHUP, its own included, and
+				// announces or withdraws what changed (net.c).
+				d.log.Info("this gateway's own Subnets changed; reloading tincd", "name", own, "subnets", subs)
+				d.hupPending = true
+			} else {
+				d.log.Info("this gateway's own Subnets changed; restarting tincd", "name", own, "subnets", subs)
+				d.restartPending = true
+			}
 		}
 		d.ownSubnets = &subs
 	} else if d.ownSubnets == nil {
@@ -456,7 +480,64 @@ func (d *Daemon) apply(ctx context.Context, tb *mesh.Testbed, repair bool) error
 	if rep.Changed() {
 		d.hupPending = true
 	}
+	if err := d.applyConf(tb); err != nil {
+		return err
+	}
 	return d.signalPending(ctx)
+}
+
+// applyConf keeps tinc.conf as the tunnel-server topology needs it
+// (tincgen.GatewayConf): TunnelServer, DecrementTTL, MaxTimeout, and a
+// ConnectTo for every gateway of tb whose tinc name sorts after this
+// one's, so that each pair of gateways has exactly one link, dialled by
+// the same side every time. The file is rewritten only when what it says
+// differs; a change of ConnectTo needs a SIGHUP, turning TunnelServer on
+// a restart.
+func (d *Daemon) applyConf(tb *mesh.Testbed) error {
+	if !d.cfg.Tinc.TunnelServer {
+		return nil
+	}
+	path := filepath.Join(d.cfg.Tinc.Dir, "tinc.conf")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("tinc.conf: %w", err)
+	}
+	c, err := tincgen.ParseConf(b)
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	own := d.cfg.Identity.TincName
+	if c.Name != own {
+		return fmt.Errorf("%s: Name = %s, but identity.tinc_name is %s", path, c.Name, own)
+	}
+	var dial []string
+	for _, g := range tb.Gateways() {
+		if g.TincName > own {
+			dial = append(dial, g.TincName)
+		}
+	}
+	want := tincgen.GatewayConf(c, dial)
+	if bytes.Equal(tincgen.RenderConf(c), tincgen.RenderConf(want)) {
+		return nil
+	}
+	if err := tincgen.WriteFileAtomic(path, tincgen.RenderConf(want), 0o644); err != nil {
+		return fmt.Errorf("write tinc.conf: %w", err)
+	}
+	d.log.Info("tinc.conf updated for the tunnel-server topology", "connect_to", strings.Join(dial, " "))
+	if c.IsTunnelServer() {
+		d.hupPending = true
+	} else {
+		d.restartPending = true
+	}
+	return nil
+}
+
+// refusal records a Subnet announcement tincd refused. It runs on tincd's
+// log reader goroutine.
+func (d *Daemon) refusal(r Refusal) {
+	d.refused.add(r, time.Now())
+	d.m.unauthorized.WithLabelValues(r.Member).Inc()
+	d.log.Warn("tincd refused a Subnet that the registry does not grant", "member", r.Member, "subnet", r.Subnet, "from", r.From)
 }
 
 // signalPending delivers a restart or SIGHUP that host file changes call
@@ -641,6 +722,7 @@ func (d *Daemon) status() Status {
 	}
 	s.Egress = d.egressStatus()
 	s.DNS = d.dnsStatus()
+	s.RefusedSubnets = d.refused.list()
 	return s
 }
 
@@ -1038,7 +1120,7 @@ func (d *Daemon) tampered(names map[string]bool) bool {
 		if err != nil {
 			return true // deleted (or unreadable)
 		}
-		want, werr := tincgen.MemberFile(d.tb.Plan(), m, d.hostOptions(d.tb), d.nodeEgress)
+		want, werr := tincgen.MemberFile(d.tb, m, d.hostOptions(d.tb), d.nodeEgress)
 		if werr != nil || !bytes.Equal(b, want) {
 			return true
 		}

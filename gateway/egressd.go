@@ -59,6 +59,9 @@ func (d *Daemon) egressOffer(tb *mesh.Testbed) (e mesh.Egress, source string, ok
 // island, and its own egress offer as the health probes allow it.
 func (d *Daemon) hostOptions(tb *mesh.Testbed) tincgen.HostOptions {
 	o := tincgen.HostOptions{Island: d.cfg.Island}
+	if d.cfg.Tinc.TunnelServer {
+		o.Gateway = d.cfg.Identity.TincName
+	}
 	if s, ok := d.serviceSubnet(); ok {
 		o.Extra = map[string][]tincgen.Subnet{d.cfg.Identity.TincName: {s}}
 	}

@@ -54,8 +54,8 @@ func TestDaemonEgress(t *testing.T) {
 	if !strings.Contains(nodeFile, "Subnet = 100.64.0.1\n") {
 		t.Errorf("node_1's host file lacks its egress /32:\n%s", nodeFile)
 	}
-	if got := r.tincd.take(); !strings.HasSuffix(got, "restart") {
-		t.Errorf("announcing: tincd calls %q, want a restart last", got)
+	if got := r.tincd.take(); !strings.HasSuffix(got, "reload") || strings.Contains(got, "restart") {
+		t.Errorf("announcing: tincd calls %q, want a reload last and no restart", got)
 	}
 	if st := r.poll(); st.Egress.State != EgressAnnounced || st.Egress.Weight != 10 || st.Egress.Source != "config" || st.Egress.Counters == nil {
 		t.Errorf("status: %+v", st.Egress)
@@ -73,8 +73,8 @@ func TestDaemonEgress(t *testing.T) {
 	if got := read("node_1"); got != nodeFile {
 		t.Errorf("a withdrawal rewrote node_1's file:\n%s", got)
 	}
-	if got := r.tincd.take(); got != "restart" {
-		t.Errorf("withdrawing: tincd calls %q, want one restart", got)
+	if got := r.tincd.take(); got != "reload" {
+		t.Errorf("withdrawing: tincd calls %q, want one reload", got)
 	}
 	st := r.poll()
 	if st.Egress.State != EgressWithdrawn || st.Egress.LastProbe == nil || st.Egress.LastProbe.OK || st.Egress.Probes.Failed < 2 {

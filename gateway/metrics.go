@@ -17,6 +17,7 @@ type metrics struct {
 	probes                            *prometheus.CounterVec
 	egressAnnounced                   prometheus.Gauge
 	egressPackets                     *prometheus.GaugeVec
+	unauthorized                      *prometheus.CounterVec
 }
 
 func newMetrics() *metrics {
@@ -42,8 +43,10 @@ func newMetrics() *metrics {
 			Help: "1 while this gateway announces 0.0.0.0/0 (egress) into the mesh."}),
 		egressPackets: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "mgmtnet_egress_packets",
 			Help: "Packets counted by the egress nftables rules (masqueraded, forwarded, spoofed, wan_initiated)."}, []string{"counter"}),
+		unauthorized: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mgmtnet_tinc_unauthorized_subnets_total",
+			Help: "Subnet announcements tincd refused because the announcing member's host file does not grant them, by member."}, []string{"member"}),
 	}
-	m.reg.MustRegister(m.probes, m.egressAnnounced, m.egressPackets, m.syncs, m.syncErrors, m.lastSync, m.members, m.rejected, m.written, m.unchanged,
+	m.reg.MustRegister(m.unauthorized, m.probes, m.egressAnnounced, m.egressPackets, m.syncs, m.syncErrors, m.lastSync, m.members, m.rejected, m.written, m.unchanged,
 		m.removed, m.hups, m.restarts, m.peersConnected, m.snapshotFromCache)
 	return m
 }

@@ -31,6 +31,9 @@ type Status struct {
 	Peers          []Peer         `json:"peers"`
 	Egress         EgressStatus   `json:"egress"`
 	DNS            DNSStatus      `json:"dns"`
+	// RefusedSubnets are the Subnet announcements tincd refused since the
+	// daemon started, by member and Subnet.
+	RefusedSubnets []RefusalCount `json:"refused_subnets"`
 }
 
 // RegistryStatus is the registry side of Status.

@@ -74,13 +74,18 @@ type managedTincd struct {
 var _ Tincd = (*managedTincd)(nil)
 
 // NewManagedTincd returns a Tincd that runs "tincd -c dir -D
-// --pidfile=pidFile" itself.
-func NewManagedTincd(binary, dir, pidFile string) Tincd {
+// --pidfile=pidFile" itself. refused, when not nil, is called from tincd's
+// log reader for every Subnet announcement tincd refused, so that none is
+// missed however busy the daemon's loop is.
+func NewManagedTincd(binary, dir, pidFile string, refused func(Refusal)) Tincd {
 	m := &managedTincd{events: make(chan TincdEvent, 4096), peers: peers{}}
 	m.fg = vpn.Foreground{Binary: binary, ConfDir: dir, PidFile: pidFile, Line: func(l string) {
 		m.pmu.Lock()
 		m.peers.line(l)
 		m.pmu.Unlock()
+		if r, ok := parseRefusal(l); ok && refused != nil {
+			refused(r)
+		}
 		select {
 		case m.events <- TincdEvent{Line: l}:
 		default: // never block tincd on its log; the loop is busy

@@ -60,7 +60,7 @@ type Result struct {
 // as a whole: an empty testbed is a valid result (the caller's mass-deletion
 // guard decides what to do with it).
 func Build(plan addressing.Plan, cands []Candidate) Result {
-	return BuildWith(plan, cands, nil)
+	return BuildWith(plan, cands, BuildOptions{})
 }
 
 // KeyCache remembers the public keys that passed NormalizePublicKey, so
@@ -100,8 +100,10 @@ func (k *KeyCache) normalize(raw string) (string, error) {
 // holds more than one snapshot's keys.
 func (k *KeyCache) rotate() { k.m, k.next = k.next, map[string]string{} }
 
-// BuildWith is Build with a key cache (nil: none).
-func BuildWith(plan addressing.Plan, cands []Candidate, keys *KeyCache) Result {
+// BuildWith is Build with options: a key cache, and the grant policy
+// (Policy) applied to every member that passes validation.
+func BuildWith(plan addressing.Plan, cands []Candidate, o BuildOptions) Result {
+	keys := o.Keys
 	if keys != nil {
 		defer keys.rotate()
 	}
@@ -122,6 +124,7 @@ func BuildWith(plan addressing.Plan, cands []Candidate, keys *KeyCache) Result {
 			}
 			continue
 		}
+		m.warnings = append(m.warnings, o.Policy.grant(&m.Member)...)
 		for _, w := range m.warnings {
 			res.Warnings = append(res.Warnings, Problem{Kind: m.Kind, ID: m.ID, TincName: m.TincName, Reason: w})
 		}

@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"slices"
 	"strings"
 	"testing"
 
@@ -71,32 +72,81 @@ func TestBuildEgress(t *testing.T) {
 	n.Properties = map[string]string{EgressProperty: "on"}
 	h := Candidate{Kind: addressing.KindHost, ID: 7, MgmtAddr: "fdf5:5351:1dfd:0:2000::7", Backend: "tinc",
 		Tinc: &CandidateTinc{Name: "host_7", PubKey: n.Tinc.PubKey}, Properties: map[string]string{EgressProperty: "on"}}
-	res := Build(addressing.Default(), []Candidate{srv, bad, n, h})
-	if len(res.Rejected) != 0 {
-		t.Fatalf("rejected: %v", res.Rejected)
+	cands := []Candidate{srv, bad, n, h}
+	for _, tc := range []struct {
+		name   string
+		policy Policy
+		node   Egress
+		warn   []string
+		gws    []string
+	}{
+		// A node's registry property alone never makes it an egress
+		// gateway: it would outbid the servers for every sliver's traffic.
+		{"default policy", Policy{}, Egress{},
+			[]string{"node 31 (node_31): property mgmtnet.egress ignored: only servers may offer egress"}, []string{"server"}},
+		{"node listed", Policy{Egress: []string{"node_31"}}, Egress{Offered: true, Weight: 10}, nil, []string{"node_31", "server"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res := BuildWith(addressing.Default(), cands, BuildOptions{Policy: tc.policy})
+			if len(res.Rejected) != 0 {
+				t.Fatalf("rejected: %v", res.Rejected)
+			}
+			want := map[string]Egress{"server": {Offered: true, Weight: 20}, "server_3": {}, "node_31": tc.node, "host_7": {}}
+			for name, e := range want {
+				m, ok := res.Testbed.Lookup(name)
+				if !ok {
+					t.Fatalf("%s missing", name)
+				}
+				if m.Egress != e {
+					t.Errorf("%s: egress %+v, want %+v", name, m.Egress, e)
+				}
+			}
+			var warned []string
+			for _, w := range res.Warnings {
+				warned = append(warned, w.String())
+			}
+			joined := strings.Join(warned, "\n")
+			for _, s := range append([]string{"server 3 (server_3)", `weight "lots"`, "host 7 (host_7)", "only servers and nodes can offer egress"}, tc.warn...) {
+				if !strings.Contains(joined, s) {
+					t.Errorf("warnings %q lack %q", joined, s)
+				}
+			}
+			var gws []string
+			for _, g := range res.Testbed.EgressGateways() {
+				gws = append(gws, g.TincName)
+			}
+			if !slices.Equal(gws, tc.gws) {
+				t.Errorf("EgressGateways: %v, want %v", gws, tc.gws)
+			}
+		})
 	}
-	want := map[string]Egress{"server": {Offered: true, Weight: 20}, "server_3": {}, "node_31": {Offered: true, Weight: 10}, "host_7": {}}
-	for name, e := range want {
-		m, ok := res.Testbed.Lookup(name)
-		if !ok {
-			t.Fatalf("%s missing", name)
+}
+
+// TestPolicyGateways: tinc addresses on a node or host do not make it a
+// ConnectTo target unless the policy lists it; a server keeps them.
+func TestPolicyGateways(t *testing.T) {
+	srv := server(t, 2, CandidateAddress{Addr: "10.241.1.1", Port: 655})
+	n := node(t, 31)
+	n.Tinc.Addresses = []CandidateAddress{{Addr: "10.241.2.41", Port: 655}}
+	for _, tc := range []struct {
+		policy Policy
+		gws    []string
+	}{
+		{Policy{}, []string{"server"}},
+		{Policy{Gateways: []string{"node_31"}}, []string{"node_31", "server"}},
+	} {
+		res := BuildWith(addressing.Default(), []Candidate{srv, n}, BuildOptions{Policy: tc.policy})
+		var gws []string
+		for _, g := range res.Testbed.Gateways() {
+			gws = append(gws, g.TincName)
 		}
-		if m.Egress != e {
-			t.Errorf("%s: egress %+v, want %+v", name, m.Egress, e)
+		if !slices.Equal(gws, tc.gws) {
+			t.Errorf("policy %+v: gateways %v, want %v", tc.policy, gws, tc.gws)
 		}
-	}
-	var warned []string
-	for _, w := range res.Warnings {
-		warned = append(warned, w.String())
-	}
-	joined := strings.Join(warned, "\n")
-	for _, s := range []string{"server 3 (server_3)", `weight "lots"`, "host 7 (host_7)", "only servers and nodes can offer egress"} {
-		if !strings.Contains(joined, s) {
-			t.Errorf("warnings %q lack %q", joined, s)
+		if len(tc.policy.Gateways) == 0 {
+			if len(res.Warnings) != 1 || !strings.Contains(res.Warnings[0].String(), "node 31 (node_31): tinc addresses ignored (1): only servers may be gateways") {
+				t.Errorf("warnings: %v", res.Warnings)
+			}
 		}
-	}
-	gws := res.Testbed.EgressGateways()
-	if len(gws) != 2 || gws[0].TincName != "node_31" || gws[1].TincName != "server" {
-		t.Errorf("EgressGateways: %v", gws)
 	}
 }

@@ -351,14 +351,14 @@ func TestChoosePrefix(t *testing.T) {
 
 func TestBuildWithKeyCache(t *testing.T) {
 	cache := NewKeyCache()
-	a := BuildWith(plan, []Candidate{node(t, 1), node(t, 2)}, cache)
-	b := BuildWith(plan, []Candidate{node(t, 1), node(t, 2)}, cache)
+	a := BuildWith(plan, []Candidate{node(t, 1), node(t, 2)}, BuildOptions{Keys: cache})
+	b := BuildWith(plan, []Candidate{node(t, 1), node(t, 2)}, BuildOptions{Keys: cache})
 	if a.Testbed.Version() != b.Testbed.Version() || len(cache.m) != 1 {
 		t.Errorf("cached build differs or cache holds %d keys", len(cache.m))
 	}
 	bad := node(t, 3)
 	bad.Tinc.PubKey = "junk"
-	c := BuildWith(plan, []Candidate{bad}, cache)
+	c := BuildWith(plan, []Candidate{bad}, BuildOptions{Keys: cache})
 	if len(c.Rejected) != 1 || len(cache.m) != 0 {
 		t.Errorf("a bad key was cached or accepted: %v, %d keys", c.Rejected, len(cache.m))
 	}

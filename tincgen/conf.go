@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"github.com/confine-project/mgmtnet/mesh"
 	"net/netip"
+	"slices"
 	"strings"
+
+	"github.com/confine-project/mgmtnet/mesh"
 )
 
 // Conf is the content of tinc.conf.
@@ -132,3 +134,43 @@ func family(a netip.Addr) string {
 // letters, digits and "_". Such a name is also a safe file name in a hosts
 // directory (no "/", no ".", no leading "-"). It is mesh.ValidTincName.
 func ValidName(s string) bool { return mesh.ValidTincName(s) }
+
+// gatewayOptions are the tinc.conf options GatewayConf sets on a gateway
+// of the tunnel-server topology (docs/topology.md).
+var gatewayOptions = []Option{
+	// Forward nothing between peers: no member learns another's Subnets,
+	// edges or keys through a gateway, so no member can make another
+	// route a prefix to it that its host file (as the gateway holds it)
+	// does not grant, and every key exchange has one path.
+	{Key: "TunnelServer", Value: "yes"},
+	// Bound any relay loop between gateways (see HostOptions.Gateway).
+	{Key: "DecrementTTL", Value: "yes"},
+	// Retry a lost gateway link within 10 s, not tinc's default of up to
+	// 900 s: relays between gateways depend on it.
+	{Key: "MaxTimeout", Value: "10"},
+}
+
+// GatewayConf returns c as a gateway of the tunnel-server topology runs
+// it: TunnelServer and DecrementTTL on, and one ConnectTo per peer (the
+// other gateways this one dials) in place of c's own ConnectTo lines.
+// Every other line of c is kept in order.
+func GatewayConf(c Conf, peers []string) Conf {
+	out := Conf{Name: c.Name, Port: c.Port, StrictSubnets: c.StrictSubnets, ConnectTo: slices.Clone(peers)}
+	for _, o := range c.Options {
+		if !slices.ContainsFunc(gatewayOptions, func(g Option) bool { return strings.EqualFold(g.Key, o.Key) }) {
+			out.Options = append(out.Options, o)
+		}
+	}
+	out.Options = append(out.Options, gatewayOptions...)
+	return out
+}
+
+// IsTunnelServer reports whether c runs tincd with TunnelServer on.
+func (c Conf) IsTunnelServer() bool {
+	for _, o := range c.Options {
+		if strings.EqualFold(o.Key, "TunnelServer") {
+			return strings.EqualFold(o.Value, "yes")
+		}
+	}
+	return false
+}

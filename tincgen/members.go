@@ -68,7 +68,28 @@ type HostOptions struct {
 	// Extra are Subnets added to members' files by tinc name (a gateway's
 	// DNS service address).
 	Extra map[string][]Subnet
+	// Gateway, when set, renders the hosts directory of the gateway of
+	// this tinc name in the tunnel-server topology (docs/topology.md): every
+	// gateway's file carries the covering Subnet of the management /48
+	// (CoverWeight), and every other gateway's file also carries the
+	// Subnets of every member that is not a gateway, as relay routes
+	// (RelayWeight plus the other gateway's distance after this one in
+	// tinc-name order). Empty: the controller's files.
+	Gateway string
 }
+
+// CoverWeight is the weight of the covering /48 Subnet every gateway
+// announces in the tunnel-server topology: nodes, which learn nothing but
+// their gateways, reach every other member through it. It is above any
+// weight the registry gives a member's own Subnets, so a more specific,
+// reachable route always wins.
+const CoverWeight = 1000
+
+// RelayWeight is the base weight of the relay Subnets a gateway holds for
+// another gateway (see HostOptions.Gateway): above a member's own Subnet
+// (tinc's default 10), so the member itself is preferred whenever it is
+// connected to this gateway.
+const RelayWeight = 100
 
 // HostFilesWith renders the host file of every member of tb, named by tinc
 // name. A member that offers egress (its registry property, or o.Egress)
@@ -81,8 +102,15 @@ type HostOptions struct {
 func HostFilesWith(tb *mesh.Testbed, o HostOptions) (Files, error) {
 	nodeEgress := OffersEgress(tb, o.Egress)
 	files := make(Files, tb.Len())
+	var relays []Subnet
+	if o.Gateway != "" {
+		var err error
+		if relays, err = relaySubnets(tb, nodeEgress); err != nil {
+			return nil, err
+		}
+	}
 	for m := range tb.All() {
-		b, err := MemberFile(tb.Plan(), m, o, nodeEgress)
+		b, err := memberFile(tb, m, o, nodeEgress, relays)
 		if err != nil {
 			return nil, err
 		}
@@ -91,10 +119,66 @@ func HostFilesWith(tb *mesh.Testbed, o HostOptions) (Files, error) {
 	return files, nil
 }
 
-// MemberFile renders the host file of one member exactly as HostFilesWith
-// does, given what OffersEgress says of its testbed: to compare a file on
-// disk without rendering them all.
-func MemberFile(plan addressing.Plan, m *mesh.Member, o HostOptions, nodeEgress bool) ([]byte, error) {
+// relaySubnets returns the Subnets, without weight, of every member of tb
+// that is not a gateway: what one gateway relays to another for members
+// not connected to it.
+func relaySubnets(tb *mesh.Testbed, nodeEgress bool) ([]Subnet, error) {
+	var out []Subnet
+	for m := range tb.All() {
+		if m.IsGateway() {
+			continue
+		}
+		for _, p := range m.Subnets {
+			out = append(out, NewSubnet(p))
+		}
+		if nodeEgress && m.Kind == addressing.KindNode {
+			a, err := tb.Plan().EgressIPv4(uint16(m.ID))
+			if err != nil {
+				return nil, fmt.Errorf("relay routes of %s: %w", m.Label(), err)
+			}
+			out = append(out, NewSubnet(netip.PrefixFrom(a, 32)))
+		}
+	}
+	return out, nil
+}
+
+// relayDistance is how far gateway other comes after own in the
+// tinc-name order of tb's gateways, counted round the circle (1 for the
+// next one). Every gateway prefers the next one after itself, so a packet
+// for a member that is on none of them goes round the circle once and no
+// two gateways send it back and forth; tincd's DecrementTTL (which
+// GatewayConf sets) bounds even that.
+func relayDistance(tb *mesh.Testbed, own, other string) int {
+	var names []string
+	for _, g := range tb.Gateways() {
+		names = append(names, g.TincName)
+	}
+	if !slices.Contains(names, own) {
+		names = append(names, own)
+		slices.Sort(names)
+	}
+	i, j := slices.Index(names, own), slices.Index(names, other)
+	return (j - i + len(names)) % len(names)
+}
+
+// MemberFile renders the host file of one member of tb exactly as
+// HostFilesWith does, given what OffersEgress says of tb: to compare a
+// file on disk without rendering them all.
+func MemberFile(tb *mesh.Testbed, m *mesh.Member, o HostOptions, nodeEgress bool) ([]byte, error) {
+	var relays []Subnet
+	if o.Gateway != "" && m.IsGateway() && m.TincName != o.Gateway {
+		var err error
+		if relays, err = relaySubnets(tb, nodeEgress); err != nil {
+			return nil, err
+		}
+	}
+	return memberFile(tb, m, o, nodeEgress, relays)
+}
+
+// memberFile renders m's file; relays are the relay Subnets (see
+// relaySubnets) when o.Gateway is set.
+func memberFile(tb *mesh.Testbed, m *mesh.Member, o HostOptions, nodeEgress bool, relays []Subnet) ([]byte, error) {
+	plan := tb.Plan()
 	if e, ok := o.Egress[m.TincName]; ok && e != m.Egress {
 		c := *m
 		c.Egress = e
@@ -108,6 +192,15 @@ func MemberFile(plan addressing.Plan, m *mesh.Member, o HostOptions, nodeEgress 
 			return nil, fmt.Errorf("host file of %s: %w", m.Label(), err)
 		}
 		h.Subnets = append(h.Subnets, NewSubnet(netip.PrefixFrom(a, 32)))
+	}
+	if o.Gateway != "" && m.IsGateway() {
+		h.Subnets = append(h.Subnets, Subnet{Prefix: plan.Mgmt(), Weight: CoverWeight})
+		if m.TincName != o.Gateway {
+			w := RelayWeight + relayDistance(tb, o.Gateway, m.TincName)
+			for _, r := range relays {
+				h.Subnets = append(h.Subnets, Subnet{Prefix: r.Prefix, Weight: w})
+			}
+		}
 	}
 	if err := h.Validate(); err != nil {
 		return nil, fmt.Errorf("host file of %s: %w", m.Label(), err)

@@ -356,7 +356,7 @@ func (p *dnsPoller) once(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("registry %s: management prefix: %w", p.uri, err)
 	}
-	res := mesh.BuildWith(plan, snap.Candidates, p.keys)
+	res := mesh.BuildWith(plan, snap.Candidates, mesh.BuildOptions{Keys: p.keys})
 	tb := res.Testbed
 	if cur := p.srv.Zone(); cur != nil && !p.force {
 		old := cur.Testbed()

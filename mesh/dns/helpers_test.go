@@ -102,7 +102,7 @@ func bigTestbed(tb testing.TB) *mesh.Testbed {
 		for id := uint64(2); id < 12; id++ {
 			cands = append(cands, cand(tb, addressing.KindServer, id, "server-"+strconv.FormatUint(id, 10)))
 		}
-		res := mesh.BuildWith(plan, cands, mesh.NewKeyCache())
+		res := mesh.BuildWith(plan, cands, mesh.BuildOptions{Keys: mesh.NewKeyCache()})
 		if res.Testbed.Len() != 66000 {
 			panic("big testbed: " + strconv.Itoa(res.Testbed.Len()) + " members")
 		}
