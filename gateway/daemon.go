@@ -89,6 +89,7 @@ type Daemon struct {
 	prefix       netip.Prefix
 	validators   map[string]string
 	rejected     []string
+	warnings     []string // what Build dropped from members it kept
 	lastSync     time.Time
 	fromCache    bool
 	files        FileCounts
@@ -379,6 +380,15 @@ func (d *Daemon) reconcile1(ctx context.Context, full bool) error {
 	for _, p := range res.Rejected {
 		rejected = append(rejected, p.String())
 	}
+	var warnings []string
+	for _, p := range res.Warnings {
+		warnings = append(warnings, p.String())
+		if !slices.Contains(d.warnings, p.String()) {
+			// Once per snapshot that brings it: a registry field that
+			// the grant policy refuses, an unusable tinc address.
+			d.log.Warn("registry member kept without a part of it", "problem", p.String())
+		}
+	}
 	d.incremental = !full
 	if err := d.apply(ctx, res.Testbed, false); err != nil {
 		if errors.Is(err, tincgen.ErrMassDeletion) {
@@ -386,7 +396,7 @@ func (d *Daemon) reconcile1(ctx context.Context, full bool) error {
 		}
 		return err
 	}
-	d.prefix, d.validators, d.rejected = prefix, snap.Validators, rejected
+	d.prefix, d.validators, d.rejected, d.warnings = prefix, snap.Validators, rejected, warnings
 	d.fromCache = false
 	d.m.snapshotFromCache.Set(0)
 	d.m.rejected.Set(float64(len(rejected)))
@@ -699,7 +709,7 @@ func (d *Daemon) markReady() {
 
 // status builds the Status; called by the loop.
 func (d *Daemon) status() Status {
-	s := Status{FromCache: d.fromCache, Rejected: append([]string{}, d.rejected...), Files: d.files,
+	s := Status{FromCache: d.fromCache, Rejected: append([]string{}, d.rejected...), Warnings: append([]string{}, d.warnings...), Files: d.files,
 		Hups: d.hups, Restarts: d.restarts, Syncs: d.syncs, LastError: d.lastErr, ConfigError: d.configErr,
 		Registry: RegistryStatus{URL: d.cfg.Registry.URL, ETags: map[string]string{}, LastError: d.regErr},
 		Tincd:    d.tincd.State()}

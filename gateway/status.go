@@ -21,16 +21,19 @@ type Status struct {
 	Registry       RegistryStatus `json:"registry"`
 	Members        MemberCounts   `json:"members"`
 	Rejected       []string       `json:"rejected"`
-	Files          FileCounts     `json:"files"`
-	Hups           int            `json:"hups"`
-	Restarts       int            `json:"restarts"`
-	Syncs          int            `json:"syncs"`
-	LastError      string         `json:"last_error"`
-	ConfigError    string         `json:"config_error"`
-	Tincd          TincdState     `json:"tincd"`
-	Peers          []Peer         `json:"peers"`
-	Egress         EgressStatus   `json:"egress"`
-	DNS            DNSStatus      `json:"dns"`
+	// Warnings are members kept with a part dropped: a registry field
+	// the grant policy refuses, an unusable tinc address.
+	Warnings    []string     `json:"warnings"`
+	Files       FileCounts   `json:"files"`
+	Hups        int          `json:"hups"`
+	Restarts    int          `json:"restarts"`
+	Syncs       int          `json:"syncs"`
+	LastError   string       `json:"last_error"`
+	ConfigError string       `json:"config_error"`
+	Tincd       TincdState   `json:"tincd"`
+	Peers       []Peer       `json:"peers"`
+	Egress      EgressStatus `json:"egress"`
+	DNS         DNSStatus    `json:"dns"`
 	// RefusedSubnets are the Subnet announcements tincd refused since the
 	// daemon started, by member and Subnet.
 	RefusedSubnets []RefusalCount `json:"refused_subnets"`

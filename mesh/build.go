@@ -242,6 +242,9 @@ func validate(plan addressing.Plan, c *Candidate, keys *KeyCache) (v validated, 
 	if m.Egress, w = egressOf(c.Kind, c.Properties); w != "" {
 		v.warnings = append(v.warnings, w)
 	}
+	if m.DNS, w = dnsServiceOf(plan, c.Properties); w != "" {
+		v.warnings = append(v.warnings, w)
+	}
 	return v, false, nil
 }
 

@@ -50,6 +50,10 @@ func (p Policy) grant(m *Member) []string {
 		w = append(w, fmt.Sprintf("tinc addresses ignored (%d): only servers may be gateways that others connect to, unless the gateway policy lists %s", len(m.Addresses), m.TincName))
 		m.Addresses = nil
 	}
+	if m.DNS.Addr.IsValid() && m.Kind != addressing.KindServer {
+		w = append(w, fmt.Sprintf("property %s ignored: only servers may announce a DNS service address", DNSServiceProperty))
+		m.DNS = Service{}
+	}
 	if m.Egress.Offered && !p.mayEgress(m.Kind, m.TincName) {
 		w = append(w, fmt.Sprintf("property %s ignored: only servers may offer egress, unless the gateway's egress.nodes lists %s", EgressProperty, m.TincName))
 		m.Egress = Egress{}

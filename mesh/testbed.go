@@ -129,6 +129,10 @@ func (t *Testbed) digest() string {
 			num(a.Island)
 		}
 		num(m.Island)
+		// What the grant policy kept of the properties.
+		str(m.Egress.String())
+		str(m.DNS.Addr.String())
+		num(uint64(m.DNS.Weight))
 		keys := slices.Sorted(maps.Keys(m.Properties))
 		num(uint64(len(keys)))
 		for _, k := range keys {

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/google/nftables"
@@ -125,18 +126,20 @@ func applyEgress(ctx context.Context, opts Options, res *Result, want vpn.NodeEg
 // the old file and the desired one: tincd makes its interface only at
 // start, so that takes a restart, not a SIGHUP.
 func interfaceChanged(old []byte, d Desired) bool {
-	iface := func(b []byte) string {
+	// tincd reads Interface and TunnelServer only when it starts.
+	startOnly := func(b []byte) string {
 		c, err := tincgen.ParseConf(b)
 		if err != nil {
 			return ""
 		}
+		var s []string
 		for _, o := range c.Options {
-			if o.Key == "Interface" {
-				return o.Value
+			if strings.EqualFold(o.Key, "Interface") || strings.EqualFold(o.Key, "TunnelServer") {
+				s = append(s, o.Key+"="+o.Value)
 			}
 		}
-		return ""
+		return strings.Join(s, " ")
 	}
 	f, ok := d.Lookup(ConfFile)
-	return ok && iface(old) != iface(f.Data)
+	return ok && startOnly(old) != startOnly(f.Data)
 }

@@ -145,7 +145,10 @@ func PlanWith(cfg Config, pub []byte, gateways []Gateway, o PlanOptions) (Desire
 	names := make([]string, 0, len(gateways))
 	subnets := []tincgen.Subnet{tincgen.NewSubnet(subnet)}
 	tincUp := tincgen.RenderTincUp(addr, tincUpBits, tincMTU)
-	var opts []tincgen.Option
+	// The tunnel-server topology (docs/topology.md): the node's tincd
+	// forwards nothing between its gateways and routes by its host files
+	// alone, which the registry grants.
+	opts := []tincgen.Option{{Key: "TunnelServer", Value: "yes"}}
 	if o.Egress {
 		ea, err := plan.EgressIPv4(cfg.NodeID)
 		if err != nil {
@@ -153,9 +156,9 @@ func PlanWith(cfg Config, pub []byte, gateways []Gateway, o PlanOptions) (Desire
 		}
 		subnets = append(subnets, tincgen.NewSubnet(netip.PrefixFrom(ea, 32)))
 		tincUp = append(tincUp, o.EgressUp...)
-		opts = []tincgen.Option{{Key: "Interface", Value: TincInterface},
+		opts = append(opts, []tincgen.Option{{Key: "Interface", Value: TincInterface},
 			{Key: "PingInterval", Value: egressPingInterval}, {Key: "PingTimeout", Value: egressPingTimeout},
-			{Key: "MaxTimeout", Value: egressMaxTimeout}}
+			{Key: "MaxTimeout", Value: egressMaxTimeout}}...)
 	}
 	files := []File{
 		{Name: HostsDir + "/" + own, Mode: 0o644, Data: tincgen.RenderHost(tincgen.Host{
@@ -241,7 +244,7 @@ func RegistryGateways(cfg Config, declared netip.Prefix, cands []mesh.Candidate)
 		if m.TincName == own {
 			continue
 		}
-		gws = append(gws, Gateway{Name: m.TincName, Host: tincgen.RenderHost(tincgen.HostFor(m, island)), Egress: m.Egress.Offered})
+		gws = append(gws, Gateway{Name: m.TincName, Host: tincgen.RenderHost(tincgen.NodeGatewayHost(plan, m, island)), Egress: m.Egress.Offered})
 	}
 	return gws, island, notes, nil
 }

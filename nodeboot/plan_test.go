@@ -127,8 +127,8 @@ func TestPlanConnectOrder(t *testing.T) {
 		gws         []string
 		want        string
 	}{
-		{"tinc_gateway first", "server_9", []string{"server", "server_9", "host_3"}, "Name = node_31\nConnectTo = server_9\nConnectTo = host_3\nConnectTo = server\n"},
-		{"tinc_gateway absent: sorted", "server", []string{"server_9", "host_3"}, "Name = node_31\nConnectTo = host_3\nConnectTo = server_9\n"},
+		{"tinc_gateway first", "server_9", []string{"server", "server_9", "host_3"}, "Name = node_31\nConnectTo = server_9\nConnectTo = host_3\nConnectTo = server\nTunnelServer = yes\n"},
+		{"tinc_gateway absent: sorted", "server", []string{"server_9", "host_3"}, "Name = node_31\nConnectTo = host_3\nConnectTo = server_9\nTunnelServer = yes\n"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

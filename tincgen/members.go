@@ -43,6 +43,21 @@ func HostFor(m *mesh.Member, island uint64) Host {
 	if m.Egress.Offered {
 		h.Subnets = append(h.Subnets, Subnet{Prefix: EgressDefault, Weight: m.Egress.Weight})
 	}
+	if m.DNS.Addr.IsValid() {
+		h.Subnets = append(h.Subnets, Subnet{Prefix: netip.PrefixFrom(m.DNS.Addr, 128), Weight: m.DNS.Weight})
+	}
+	return h
+}
+
+// NodeGatewayHost is the host file of gateway m as a node holds it in the
+// tunnel-server topology (docs/topology.md): HostFor's, plus the covering
+// /48 at CoverWeight. The node's tincd runs with TunnelServer, so it
+// routes by these files alone: through the gateway to every other member,
+// to its egress and DNS service as the registry declares them, and to
+// nothing a gateway (or a member behind it) announces on top.
+func NodeGatewayHost(plan addressing.Plan, m *mesh.Member, island uint64) Host {
+	h := HostFor(m, island)
+	h.Subnets = append(h.Subnets, Subnet{Prefix: plan.Mgmt(), Weight: CoverWeight})
 	return h
 }
 
@@ -185,7 +200,12 @@ func memberFile(tb *mesh.Testbed, m *mesh.Member, o HostOptions, nodeEgress bool
 		m = &c
 	}
 	h := HostFor(m, o.Island)
-	h.Subnets = append(h.Subnets, o.Extra[m.TincName]...)
+	for _, x := range o.Extra[m.TincName] {
+		// The gateway's own configuration wins over the registry's
+		// declaration of the same address.
+		h.Subnets = slices.DeleteFunc(h.Subnets, func(s Subnet) bool { return s.Prefix == x.Prefix })
+		h.Subnets = append(h.Subnets, x)
+	}
 	if nodeEgress && m.Kind == addressing.KindNode {
 		a, err := plan.EgressIPv4(uint16(m.ID))
 		if err != nil {

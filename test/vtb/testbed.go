@@ -52,6 +52,10 @@ type Spec struct {
 	// DNSServiceAddr (weight 10 for the server, 20 for server 3); it
 	// implies GatewayDaemon.
 	DNS bool
+	// LegacyTopology runs the gateway daemons with tinc.tunnel_server
+	// false: the controller's topology, in which every member learns every
+	// other (the attack tests' control).
+	LegacyTopology bool
 }
 
 // DefaultSpec is the demo's testbed: two islands, a server in both, three
@@ -292,6 +296,13 @@ func (tb *Testbed) buildServer(ctx context.Context, id uint64, octet, weight int
 			return nil, err
 		}
 		m.Properties = map[string]string{mesh.EgressProperty: fmt.Sprintf("weight=%d", weight)}
+	}
+	if spec.DNS {
+		// Nodes route to the DNS service as the registry declares it.
+		if m.Properties == nil {
+			m.Properties = map[string]string{}
+		}
+		m.Properties[mesh.DNSServiceProperty] = fmt.Sprintf("%s,weight=%d", tb.DNSServiceAddr(), weight)
 	}
 	tb.File.Servers = append(tb.File.Servers, m)
 	tb.Gateways = append(tb.Gateways, srv)
@@ -599,12 +610,14 @@ tinc:
   dir: %s
   net: confine
   manage: true
+  tunnel_server: %t
 poll:
   interval: %s
   full_resync: 1m
 state_dir: %s
 status_socket: %s
-`, regHost, registryPort, srv.TincName, srv.TincDir, poll, srv.StateDir, srv.StatusSocket) + tb.egressYAML() + tb.dnsYAML(srv)
+metrics_listen: 127.0.0.1:9101
+`, regHost, registryPort, srv.TincName, srv.TincDir, !tb.Spec.LegacyTopology, poll, srv.StateDir, srv.StatusSocket) + tb.egressYAML() + tb.dnsYAML(srv)
 }
 
 // StartGateway starts "mgmtnet gateway" in the server's namespace (debug
@@ -673,6 +686,23 @@ type GatewayStatus struct {
 		Weight   int               `json:"weight"`
 		Counters map[string]uint64 `json:"counters"`
 	} `json:"egress"`
+	Warnings       []string `json:"warnings"`
+	RefusedSubnets []struct {
+		Member string `json:"member"`
+		Subnet string `json:"subnet"`
+		Count  int    `json:"count"`
+	} `json:"refused_subnets"`
+}
+
+// Refused reports whether the gateway's tincd refused subnet (in tinc's
+// notation, e.g. "0.0.0.0/0#0") from member.
+func (s *GatewayStatus) Refused(member, subnet string) bool {
+	for _, r := range s.RefusedSubnets {
+		if r.Member == member && r.Subnet == subnet {
+			return true
+		}
+	}
+	return false
 }
 
 // Connected reports whether the gateway's tincd has a connection with peer.

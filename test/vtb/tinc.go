@@ -9,7 +9,10 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"time"
+
+	"github.com/confine-project/mgmtnet/vpn"
 )
 
 // BuildMgmtnet builds the mgmtnet binary into dir and returns its path.
@@ -90,4 +93,23 @@ func ConnectionEvents(log string) (activated, closed map[string]int) {
 		closed[m[1]]++
 	}
 	return activated, closed
+}
+
+// RestartNodeTincd stops a node's tincd (the one node-boot started, by its
+// pid file) and starts it again with the same files, as a node's owner
+// would after editing them by hand.
+func (tb *Testbed) RestartNodeTincd(ctx context.Context, n *Node) error {
+	if pid, err := vpn.Signal(n.PidFile(), syscall.SIGTERM); err == nil {
+		// tincd removes its pid file as it exits.
+		if err := WaitFor(ctx, 10*time.Second, 50*time.Millisecond, func() error {
+			if _, err := vpn.ReadPid(n.PidFile()); err == nil {
+				return fmt.Errorf("%s's tincd (pid %d) still runs", n.TincName, pid)
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
+	_, err := n.NS.Run(ctx, tb.nodeTincd(), "-c", n.TincDir, "--pidfile="+n.PidFile(), "--logfile="+filepath.Join(n.TincDir, "tinc.log"))
+	return err
 }
