@@ -41,7 +41,7 @@ func newMetrics() *metrics {
 		egressAnnounced: prometheus.NewGauge(prometheus.GaugeOpts{Name: "mgmtnet_egress_announced",
 			Help: "1 while this gateway announces 0.0.0.0/0 (egress) into the mesh."}),
 		egressPackets: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "mgmtnet_egress_packets",
-			Help: "Packets counted by the egress nftables rules (masqueraded, forwarded, spoofed, wan_initiated)."}, []string{"counter"}),
+			Help: "Packets counted by the egress nftables rules (masqueraded, forwarded, returned, spoofed, blocked_destination, wan_initiated, misrouted)."}, []string{"counter"}),
 	}
 	m.reg.MustRegister(m.probes, m.egressAnnounced, m.egressPackets, m.syncs, m.syncErrors, m.lastSync, m.members, m.rejected, m.written, m.unchanged,
 		m.removed, m.hups, m.restarts, m.peersConnected, m.snapshotFromCache)
