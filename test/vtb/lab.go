@@ -23,11 +23,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/vishvananda/netns"
 )
 
 // Lab is one virtual testbed: its namespaces, processes and work directory.
@@ -366,4 +369,26 @@ func WaitFor(ctx context.Context, timeout, interval time.Duration, cond func() e
 func (n *Netns) Ping6(ctx context.Context, addr string) error {
 	_, err := n.Run(ctx, "ping", "-6", "-n", "-c", "1", "-W", "1", addr)
 	return err
+}
+
+// Do runs f on a throwaway OS thread inside the namespace, for a test's
+// own sockets there (a socket keeps the namespace it was made in). The
+// caller's thread never changes namespace; f's thread ends with f.
+func (n *Netns) Do(f func() error) error {
+	c := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread ends here
+		h, err := netns.GetFromName(n.Full)
+		if err != nil {
+			c <- fmt.Errorf("open netns %s: %w", n.Full, err)
+			return
+		}
+		defer h.Close()
+		if err := netns.Set(h); err != nil {
+			c <- fmt.Errorf("enter netns %s: %w", n.Full, err)
+			return
+		}
+		c <- f()
+	}()
+	return <-c
 }
