@@ -68,8 +68,15 @@ type EgressConfig struct {
 	WAN string `yaml:"wan"`
 	// Prefix is the egress IPv4 prefix nodes SNAT to, default
 	// 100.64.0.0/16; it must hold every node id.
-	Prefix string      `yaml:"prefix"`
-	Probe  ProbeConfig `yaml:"probe"`
+	Prefix string `yaml:"prefix"`
+	// Allow are IPv4 prefixes the slivers may reach although they are
+	// special-purpose (private, shared, link-local, ...), which egress
+	// drops by default: e.g. an upstream proxy in 10.0.0.0/8.
+	Allow []string `yaml:"allow"`
+	// Deny are IPv4 prefixes egress drops on top of the special-purpose
+	// ones. Deny wins over Allow.
+	Deny  []string    `yaml:"deny"`
+	Probe ProbeConfig `yaml:"probe"`
 	// Nodes are nodes, by tinc name, whose own egress offer (their
 	// registry property) this gateway accepts. Only servers may offer
 	// egress otherwise: a node admin must not be able to draw every
@@ -285,6 +292,12 @@ func (e EgressConfig) validate() error {
 			return fmt.Errorf("egress.prefix: %w", err)
 		}
 	}
+	if _, err := egressPrefixes("allow", e.Allow); err != nil {
+		return err
+	}
+	if _, err := egressPrefixes("deny", e.Deny); err != nil {
+		return err
+	}
 	if e.WAN != "" && (len(e.WAN) > 15 || strings.ContainsAny(e.WAN, "/ \t\n")) {
 		return fmt.Errorf("egress.wan %q: not an interface name", e.WAN)
 	}
@@ -341,6 +354,32 @@ func checkProbeTarget(method, t string) error {
 
 // equal reports whether two configurations are the same in every key.
 func (c Config) equal(o Config) bool { return reflect.DeepEqual(c, o) }
+
+// egressPrefixes parses the list egress.<key>: IPv4 prefixes, without
+// host bits. Errors name the entry as the config does, e.g.
+// egress.deny[2].
+func egressPrefixes(key string, list []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for i, s := range list {
+		p, err := netip.ParsePrefix(strings.TrimSpace(s))
+		if err != nil || !p.Addr().Is4() {
+			return nil, fmt.Errorf("egress.%s[%d]: %q is not an IPv4 prefix (e.g. 10.0.0.0/8)", key, i, s)
+		}
+		if p != p.Masked() {
+			return nil, fmt.Errorf("egress.%s[%d]: %q has host bits set (want %s)", key, i, s, p.Masked())
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+// egressLists returns egress.allow and egress.deny, parsed (Validate has
+// checked them).
+func (c Config) egressLists() (allow, deny []netip.Prefix) {
+	allow, _ = egressPrefixes("allow", c.Egress.Allow)
+	deny, _ = egressPrefixes("deny", c.Egress.Deny)
+	return allow, deny
+}
 
 // egressPrefix returns egress.prefix, or the default.
 func (c Config) egressPrefix() netip.Prefix {

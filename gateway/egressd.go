@@ -209,7 +209,8 @@ func (d *Daemon) egressStatus() EgressStatus {
 func (d *Daemon) applyEgressKernel(ctx context.Context) {
 	var want EgressRules
 	if d.egressConfigured() && d.cfg.Egress.WAN != "" {
-		want = EgressRules{TincIface: d.tincIface(), WAN: d.cfg.Egress.WAN, Prefix: d.cfg.egressPrefix()}
+		allow, deny := d.cfg.egressLists()
+		want = EgressRules{TincIface: d.tincIface(), WAN: d.cfg.Egress.WAN, Prefix: d.cfg.egressPrefix(), Allow: allow, Deny: deny}
 	}
 	if want.IsZero() && !d.egressApplied {
 		return // nothing of ours was ever set up by this daemon

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/confine-project/mgmtnet/gateway/egress"
 )
 
 // TestDaemonEgress drives the daemon's egress through its real prober
@@ -32,7 +34,8 @@ func TestDaemonEgress(t *testing.T) {
 	}
 	go serve(ln)
 	r := newRig(t, testFile(t, 2))
-	r.writeConfig("egress:\n  enabled: true\n  wan: wan0\n  probe: {targets: [\"" + addr + "\"], interval: 100ms, timeout: 100ms, failures: 2, hold_down: 500ms}\n")
+	r.writeConfig("egress:\n  enabled: true\n  wan: wan0\n  allow: [10.0.0.0/8]\n  deny: [198.51.100.0/24]\n" +
+		"  probe: {targets: [\"" + addr + "\"], interval: 100ms, timeout: 100ms, failures: 2, hold_down: 500ms}\n")
 	cfg, err := LoadConfig(r.path)
 	if err != nil {
 		t.Fatal(err)
@@ -57,10 +60,14 @@ func TestDaemonEgress(t *testing.T) {
 	if got := r.tincd.take(); !strings.HasSuffix(got, "reload") || strings.Contains(got, "restart") {
 		t.Errorf("announcing: tincd calls %q, want a reload last and no restart", got)
 	}
-	if st := r.poll(); st.Egress.State != EgressAnnounced || st.Egress.Weight != 10 || st.Egress.Source != "config" || st.Egress.Counters == nil {
+	st := r.poll()
+	if st.Egress.State != EgressAnnounced || st.Egress.Weight != 10 || st.Egress.Source != "config" || st.Egress.Counters == nil {
 		t.Errorf("status: %+v", st.Egress)
 	}
-	if got := r.egress.State(); !strings.HasPrefix(got, "state: prefix 100.64.0.0/16 via confine, masquerade to wan0\n") {
+	if _, ok := st.Egress.Counters[egress.CounterBlockedDestination]; !ok {
+		t.Errorf("status counters lack %s: %v", egress.CounterBlockedDestination, st.Egress.Counters)
+	}
+	if got := r.egress.State(); !strings.HasPrefix(got, "state: prefix 100.64.0.0/16 via confine, masquerade to wan0, allow [10.0.0.0/8], deny [198.51.100.0/24]\n") {
 		t.Errorf("kernel egress state:\n%s", got)
 	}
 
@@ -76,7 +83,7 @@ func TestDaemonEgress(t *testing.T) {
 	if got := r.tincd.take(); got != "reload" {
 		t.Errorf("withdrawing: tincd calls %q, want one reload", got)
 	}
-	st := r.poll()
+	st = r.poll()
 	if st.Egress.State != EgressWithdrawn || st.Egress.LastProbe == nil || st.Egress.LastProbe.OK || st.Egress.Probes.Failed < 2 {
 		t.Errorf("status after the upstream died: %+v", st.Egress)
 	}

@@ -22,18 +22,34 @@ import (
 // egress prefix routed into the tinc interface (replies to slivers go back
 // through the mesh) and gateway/egress's nftables table: the egress prefix
 // masqueraded to the WAN, forwarding only from the tinc interface with a
-// source in the prefix (plus replies), spoofed sources, connections
-// started from the WAN and traffic between tinc and other interfaces
-// dropped and counted. The zero value is nothing: it
-// removes every rule, route and table of ours (--cleanup).
+// source in the prefix to public Internet destinations (plus replies),
+// spoofed sources, special-purpose destinations (unless allowed),
+// anything started from the WAN and traffic between tinc and other
+// interfaces dropped and counted. The zero value is nothing: it removes
+// every rule, route and table of ours (--cleanup).
 type EgressRules struct {
 	TincIface string
 	WAN       string
 	Prefix    netip.Prefix
+	// Allow and Deny change the destinations egress drops (egress.allow,
+	// egress.deny; see egress.Gateway).
+	Allow, Deny []netip.Prefix
 }
 
 // IsZero reports whether r asks for nothing.
-func (r EgressRules) IsZero() bool { return r == EgressRules{} }
+func (r EgressRules) IsZero() bool { return r.Equal(EgressRules{}) }
+
+// Equal reports whether r and o ask for the same rules (an empty list is
+// a nil one).
+func (r EgressRules) Equal(o EgressRules) bool {
+	return r.TincIface == o.TincIface && r.WAN == o.WAN && r.Prefix == o.Prefix &&
+		slices.Equal(r.Allow, o.Allow) && slices.Equal(r.Deny, o.Deny)
+}
+
+// gateway is the egress.Gateway that r asks for (r not zero).
+func (r EgressRules) gateway() egress.Gateway {
+	return egress.Gateway{TincIface: r.TincIface, WANIface: r.WAN, EgressPrefix: r.Prefix, Allow: r.Allow, Deny: r.Deny, Enabled: true}
+}
 
 // EgressKernel makes the kernel match EgressRules, idempotently and adding
 // before deleting, and reads the rules' counters.
@@ -61,7 +77,7 @@ func (f *FakeEgress) Apply(ctx context.Context, want EgressRules) error {
 	if f.Err != nil {
 		return f.Err
 	}
-	if want != f.state {
+	if !want.Equal(f.state) {
 		f.changes = append(f.changes, want.String())
 		f.state = want
 	}
@@ -75,7 +91,8 @@ func (f *FakeEgress) Counters(ctx context.Context) (map[string]uint64, error) {
 	if f.state.IsZero() {
 		return nil, nil
 	}
-	return map[string]uint64{"masqueraded": 0, "forwarded": 0, "spoofed": 0, "wan_initiated": 0}, nil
+	return map[string]uint64{egress.CounterMasqueraded: 0, egress.CounterForwarded: 0, egress.CounterSpoofed: 0,
+		egress.CounterBlockedDestination: 0, egress.CounterWANInitiated: 0}, nil
 }
 
 // State prints the applied state and the changes that led to it.
@@ -90,7 +107,14 @@ func (r EgressRules) String() string {
 	if r.IsZero() {
 		return "none"
 	}
-	return fmt.Sprintf("prefix %s via %s, masquerade to %s", r.Prefix, r.TincIface, r.WAN)
+	s := fmt.Sprintf("prefix %s via %s, masquerade to %s", r.Prefix, r.TincIface, r.WAN)
+	if len(r.Allow) > 0 {
+		s += fmt.Sprintf(", allow %v", r.Allow)
+	}
+	if len(r.Deny) > 0 {
+		s += fmt.Sprintf(", deny %v", r.Deny)
+	}
+	return s
 }
 
 // route is the route of the egress prefix into tinc (replies to the
@@ -157,7 +181,7 @@ func (e *NftEgress) Apply(ctx context.Context, want EgressRules) error {
 	if err := e.syncRoutes(want.route(link.Attrs().Index)); err != nil {
 		return err
 	}
-	if err := e.rules.Apply(ctx, egress.Gateway{TincIface: want.TincIface, WANIface: want.WAN, EgressPrefix: want.Prefix, Enabled: true}); err != nil {
+	if err := e.rules.Apply(ctx, want.gateway()); err != nil {
 		return err
 	}
 	// IPv4 forwards what arrives on an interface that forwards: tinc for

@@ -131,6 +131,11 @@ func TestEgressConfig(t *testing.T) {
 		{yaml: "egress:\n  prefix: 100.64.0.0/20\n", wantErr: "egress.prefix"},
 		{yaml: "egress:\n  wan: wan0\n  probe:\n    interval: 1s\n    timeout: 2s\n", wantErr: "at most egress.probe.interval"},
 		{yaml: "egress:\n  wna: wan0\n", wantErr: "field wna not found"},
+		{yaml: "egress:\n  allow: [10.0.0.0/8, 169.254.169.254/32]\n  deny: [198.51.100.0/24]\n"},
+		{yaml: "egress:\n  deny: [10.0.0.0/8, 192.0.2.0/24, 10.0.0.0/33]\n", wantErr: `egress.deny[2]: "10.0.0.0/33" is not an IPv4 prefix`},
+		{yaml: "egress:\n  allow: [\"fd00::/8\"]\n", wantErr: `egress.allow[0]: "fd00::/8" is not an IPv4 prefix`},
+		{yaml: "egress:\n  allow: [10.1.2.3]\n", wantErr: `egress.allow[0]: "10.1.2.3" is not an IPv4 prefix`},
+		{yaml: "egress:\n  allow: [10.1.2.3/24]\n", wantErr: `egress.allow[0]: "10.1.2.3/24" has host bits set (want 10.1.2.0/24)`},
 	}
 	for _, tt := range tests {
 		c, err := ParseConfig([]byte(base + tt.yaml))

@@ -42,7 +42,7 @@ func newMetrics() *metrics {
 		egressAnnounced: prometheus.NewGauge(prometheus.GaugeOpts{Name: "mgmtnet_egress_announced",
 			Help: "1 while this gateway announces 0.0.0.0/0 (egress) into the mesh."}),
 		egressPackets: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "mgmtnet_egress_packets",
-			Help: "Packets counted by the egress nftables rules (masqueraded, forwarded, spoofed, wan_initiated)."}, []string{"counter"}),
+			Help: "Packets counted by the egress nftables rules (masqueraded, forwarded, returned, spoofed, blocked_destination, wan_initiated, misrouted)."}, []string{"counter"}),
 		unauthorized: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mgmtnet_tinc_unauthorized_subnets_total",
 			Help: "Subnet announcements tincd refused because the announcing member's host file does not grant them, by member."}, []string{"member"}),
 	}

@@ -4,18 +4,29 @@
 //
 //   - masquerades the egress prefix (100.64.0.0/16) to the WAN;
 //   - forwards IPv4 from the tinc interface to the WAN only for sources
-//     inside the egress prefix, and back only replies;
-//   - drops, and counts, spoofed sources from tinc, connections started
-//     from the WAN, and tinc traffic to or from any interface but the WAN,
-//     so the gateway is never an open relay into its other networks;
-//   - clamps the TCP MSS of forwarded SYNs in both directions to the
+//     inside the egress prefix and destinations on the public Internet:
+//     the special-purpose ranges of RFC 6890 (SpecialPurpose: private,
+//     shared, loopback, link-local such as a cloud's metadata service on
+//     169.254.169.254, multicast, reserved) are dropped unless the
+//     operator allows them (Gateway.Allow), and the operator can deny more
+//     (Gateway.Deny);
+//   - forwards nothing that enters from the WAN, to any interface, but
+//     replies to connections from tinc, whatever the machine's forwarding
+//     switches say;
+//   - drops, and counts, spoofed sources from tinc, blocked destinations,
+//     connections started from the WAN, and tinc traffic to or from any
+//     interface but the WAN, so the gateway is never an open relay into
+//     its other networks;
+//   - clamps the TCP MSS of forwarded IPv4 SYNs in both directions to the
 //     route's MTU (tinc's is 1400).
 //
-// It judges IPv4 only: IPv6, which carries the management network, passes
-// untouched, as does all traffic that does not involve the tinc interface.
-// Its base chains have policy accept, and an accept in them only means
-// that this table does not object: the machine's own firewall (another
-// table, iptables) must let egress through as well.
+// From tinc and between the machine's other interfaces it judges IPv4
+// only: IPv6 from tinc, which carries the management network, passes
+// untouched, as does traffic that involves neither tinc nor the WAN. From
+// the WAN it judges both families (see chainFromWAN). Its base chains have
+// policy accept, and an accept in them only means that this table does not
+// object: the machine's own firewall (another table, iptables) must let
+// egress through as well.
 //
 // What it does not do:
 //   - route: the gateway needs the egress prefix routed into the tinc
@@ -59,21 +70,49 @@ const (
 	// CounterSpoofed counts packets dropped because they came from tinc
 	// with a source outside the egress prefix.
 	CounterSpoofed = "spoofed"
+	// CounterBlockedDestination counts packets dropped because they came
+	// from tinc for a destination that is not on the public Internet (the
+	// blocked destinations: SpecialPurpose and Gateway.Deny, less
+	// Gateway.Allow).
+	CounterBlockedDestination = "blocked_destination"
 	// CounterWANInitiated counts packets dropped because they came from
-	// the WAN for tinc and belong to no connection started from tinc.
+	// the WAN, for tinc or any other interface, and are no reply to a
+	// connection started from tinc.
 	CounterWANInitiated = "wan_initiated"
 	// CounterMisrouted counts packets dropped because they went between
 	// tinc and an interface other than the WAN (or back into tinc).
 	CounterMisrouted = "misrouted"
 )
 
-// The chains of the table.
+// The chains and sets of the table.
 const (
 	chainForward     = "gw_forward"
 	chainFromTinc    = "gw_from_tinc"
-	chainToTinc      = "gw_to_tinc"
+	chainFromWAN     = "gw_from_wan"
 	chainPostrouting = "gw_postrouting"
+
+	// SetBlocked holds the destinations that egress does not forward to.
+	SetBlocked = "blocked_destinations"
 )
+
+// SpecialPurpose are the IPv4 special-purpose ranges of the IANA registry
+// (RFC 6890 and its updates) that are not the public Internet: egress
+// drops them by default. The documentation ranges (192.0.2.0/24,
+// 198.51.100.0/24, 203.0.113.0/24) are left out on purpose: nothing
+// routes them, and the virtual testbed's pretend Internet uses them.
+var SpecialPurpose = []netip.Prefix{
+	netip.MustParsePrefix("0.0.0.0/8"),      // "this network"
+	netip.MustParsePrefix("10.0.0.0/8"),     // private (RFC 1918)
+	netip.MustParsePrefix("100.64.0.0/10"),  // shared address space (RFC 6598)
+	netip.MustParsePrefix("127.0.0.0/8"),    // loopback
+	netip.MustParsePrefix("169.254.0.0/16"), // link-local, cloud metadata services
+	netip.MustParsePrefix("172.16.0.0/12"),  // private (RFC 1918)
+	netip.MustParsePrefix("192.0.0.0/24"),   // IETF protocol assignments
+	netip.MustParsePrefix("192.168.0.0/16"), // private (RFC 1918)
+	netip.MustParsePrefix("198.18.0.0/15"),  // benchmarking
+	netip.MustParsePrefix("224.0.0.0/4"),    // multicast
+	netip.MustParsePrefix("240.0.0.0/4"),    // reserved, limited broadcast
+}
 
 // Gateway is the desired egress state of a gateway. The zero value, and
 // any value with Enabled false, asks for nothing: applying it deletes the
@@ -89,8 +128,20 @@ type Gateway struct {
 	// EgressPrefix holds every node's egress address, e.g. 100.64.0.0/16
 	// (addressing.Plan Egress).
 	EgressPrefix netip.Prefix
+	// Allow are IPv4 prefixes exempted from the default deny of
+	// SpecialPurpose, e.g. an operator's upstream proxy in 10.0.0.0/8.
+	Allow []netip.Prefix
+	// Deny are IPv4 prefixes denied on top of SpecialPurpose. Deny wins
+	// over Allow where they overlap.
+	Deny []netip.Prefix
 	// Enabled turns egress on.
 	Enabled bool
+}
+
+// Blocked returns the destinations g does not forward to: SpecialPurpose
+// less Allow, plus Deny, as the smallest list of prefixes.
+func (g Gateway) Blocked() []netip.Prefix {
+	return nft.MergePrefixes(append(nft.SubtractPrefixes(SpecialPurpose, g.Allow), g.Deny...))
 }
 
 // Validate reports what is wrong with g, if anything. A disabled Gateway
@@ -111,6 +162,16 @@ func (g Gateway) Validate() error {
 	if p := g.EgressPrefix; !p.IsValid() || !p.Addr().Is4() || p.Bits() == 0 {
 		errs = append(errs, fmt.Errorf("egress prefix %v: want an IPv4 prefix longer than /0 (e.g. 100.64.0.0/16)", p))
 	}
+	for _, l := range []struct {
+		name string
+		ps   []netip.Prefix
+	}{{"allow", g.Allow}, {"deny", g.Deny}} {
+		for i, p := range l.ps {
+			if !p.IsValid() || !p.Addr().Is4() {
+				errs = append(errs, fmt.Errorf("%s[%d] %v: not an IPv4 prefix", l.name, i, p))
+			}
+		}
+	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("gateway egress: %w", err)
 	}
@@ -126,37 +187,56 @@ func (g Gateway) table() nft.Table {
 	}
 	prefix, tinc, wan := g.EgressPrefix.Masked(), g.TincIface, g.WANIface
 	clamp := nft.NewRule(nft.TCPSYN(), nft.ClampMSSToRouteMTU())
-	t.Counters = []string{CounterForwarded, CounterMasqueraded, CounterMisrouted, CounterReturned, CounterSpoofed, CounterWANInitiated}
+	t.Counters = []string{CounterBlockedDestination, CounterForwarded, CounterMasqueraded, CounterMisrouted, CounterReturned, CounterSpoofed, CounterWANInitiated}
+	t.Sets = []nft.Set{{Name: SetBlocked, Prefixes: g.Blocked()}}
 	t.Chains = []nft.Chain{
 		{
-			// Only IPv4 that involves tinc goes further; the rest of the
-			// machine's traffic, and all IPv6, is not ours to judge.
+			// IPv4 from tinc, everything from the WAN, and IPv4 into tinc
+			// from anywhere else go further; the rest of the machine's
+			// traffic, and IPv6 that does not come from the WAN, is not
+			// ours to judge.
 			Name: chainForward,
 			Hook: &nft.Hook{Type: nftables.ChainTypeFilter, Num: *nftables.ChainHookForward, Priority: *nftables.ChainPriorityFilter},
 			Rules: []nft.Rule{
 				nft.NewRule(nft.NFProtoIPv4(), nft.IIFName(tinc), nft.Jump(chainFromTinc)),
-				nft.NewRule(nft.NFProtoIPv4(), nft.OIFName(tinc), nft.Jump(chainToTinc)),
+				nft.NewRule(nft.IIFName(wan), nft.Jump(chainFromWAN)),
+				nft.NewRule(nft.NFProtoIPv4(), nft.OIFName(tinc), nft.CounterName(CounterMisrouted), nft.Drop()),
 			},
 		},
 		{
-			// From a node: only its egress address, only to the WAN.
+			// From a node: only its egress address, only to the WAN, only
+			// to the public Internet.
 			Name: chainFromTinc,
 			Rules: []nft.Rule{
 				nft.NewRule(nft.SAddrNot(prefix), nft.CounterName(CounterSpoofed), nft.Drop()),
+				nft.NewRule(nft.OIFNameNot(wan), nft.CounterName(CounterMisrouted), nft.Drop()),
+				nft.NewRule(nft.DAddrInSet(SetBlocked), nft.CounterName(CounterBlockedDestination), nft.Drop()),
 				clamp,
-				nft.NewRule(nft.OIFName(wan), nft.CounterName(CounterForwarded), nft.Accept()),
-				nft.NewRule(nft.CounterName(CounterMisrouted), nft.Drop()),
+				nft.NewRule(nft.CounterName(CounterForwarded), nft.Accept()),
 			},
 		},
 		{
-			// To a node: only replies from the WAN. The clamp comes first:
-			// a SYN-ACK is already "established".
-			Name: chainToTinc,
+			// From the WAN, whatever the family and wherever it goes: only
+			// replies into tinc. The kernel forwards what arrives on an
+			// interface whose forwarding switch is on, so switching on
+			// net.ipv4.conf.<wan>.forwarding (or .all) for egress's
+			// replies would otherwise let the Internet through to the
+			// community network and every other network of the gateway.
+			//
+			// IPv6 too: the management network's IPv6 from tinc is not
+			// ours to judge, and gets its replies, but a gateway with
+			// IPv6 forwarding on must not route the Internet into the
+			// management network (or anywhere else) on its own say-so.
+			// Connections into the management network come in over tinc,
+			// never forwarded from the WAN. Replies are IPv4 and IPv6
+			// alike; the MSS clamp is for IPv4, as on the way out.
+			//
+			// The clamp comes first: a SYN-ACK is already "established".
+			Name: chainFromWAN,
 			Rules: []nft.Rule{
-				clamp,
-				nft.NewRule(nft.IIFName(wan), nft.CtEstablishedRelated(), nft.CounterName(CounterReturned), nft.Accept()),
-				nft.NewRule(nft.IIFName(wan), nft.CounterName(CounterWANInitiated), nft.Drop()),
-				nft.NewRule(nft.CounterName(CounterMisrouted), nft.Drop()),
+				nft.NewRule(nft.NFProtoIPv4(), nft.OIFName(tinc), nft.TCPSYN(), nft.ClampMSSToRouteMTU()),
+				nft.NewRule(nft.OIFName(tinc), nft.CtEstablishedRelated(), nft.CounterName(CounterReturned), nft.Accept()),
+				nft.NewRule(nft.CounterName(CounterWANInitiated), nft.Drop()),
 			},
 		},
 		{
@@ -215,7 +295,7 @@ func (a *Applier) Apply(ctx context.Context, want Gateway) error {
 	if changed {
 		if want.Enabled {
 			a.log.Info("gateway egress: nftables table updated", "table", "inet "+TableName,
-				"tinc", want.TincIface, "wan", want.WANIface, "prefix", want.EgressPrefix)
+				"tinc", want.TincIface, "wan", want.WANIface, "prefix", want.EgressPrefix, "blocked", len(want.Blocked()))
 		} else {
 			a.log.Info("gateway egress: nftables table removed", "table", "inet "+TableName)
 		}

@@ -37,6 +37,8 @@ func TestValidate(t *testing.T) {
 		{"no prefix", Gateway{TincIface: "confine", WANIface: "wan", Enabled: true}, "egress prefix invalid Prefix"},
 		{"ipv6 prefix", Gateway{TincIface: "confine", WANIface: "wan", EgressPrefix: netip.MustParsePrefix("fd00::/64"), Enabled: true}, "want an IPv4 prefix"},
 		{"prefix /0", Gateway{TincIface: "confine", WANIface: "wan", EgressPrefix: netip.MustParsePrefix("0.0.0.0/0"), Enabled: true}, "longer than /0"},
+		{"allow ipv6", Gateway{TincIface: "confine", WANIface: "wan", EgressPrefix: egressPrefix, Allow: []netip.Prefix{netip.MustParsePrefix("fd00::/8")}, Enabled: true}, "allow[0] fd00::/8: not an IPv4 prefix"},
+		{"deny invalid", Gateway{TincIface: "confine", WANIface: "wan", EgressPrefix: egressPrefix, Deny: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), {}}, Enabled: true}, "deny[1] invalid Prefix: not an IPv4 prefix"},
 	} {
 		err := tt.g.Validate()
 		if (err == nil) != (tt.err == "") || (err != nil && !strings.Contains(err.Error(), tt.err)) {
@@ -53,6 +55,9 @@ func TestRender(t *testing.T) {
 		{"on", on},
 		// An unmasked prefix is masked; other names show through.
 		{"other", Gateway{TincIface: "tinc0", WANIface: "eth0.2", EgressPrefix: netip.MustParsePrefix("10.128.1.2/9"), Enabled: true}},
+		// An operator's proxy in 10.0.0.0/8, a documentation range denied.
+		{"allow-deny", Gateway{TincIface: "confine", WANIface: "wan", EgressPrefix: egressPrefix, Enabled: true,
+			Allow: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}, Deny: []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")}}},
 		{"off", Gateway{TincIface: "confine", WANIface: "wan", EgressPrefix: egressPrefix}},
 	} {
 		got, err := tt.g.Render()
@@ -135,7 +140,8 @@ func TestApply(t *testing.T) {
 	}{
 		{"1-enable", on},
 		{"2-again", on},
-		{"3-change", Gateway{TincIface: "confine", WANIface: "wan2", EgressPrefix: netip.MustParsePrefix("100.64.0.0/15"), Enabled: true}},
+		{"3-change", Gateway{TincIface: "confine", WANIface: "wan2", EgressPrefix: netip.MustParsePrefix("100.64.0.0/15"), Enabled: true,
+			Allow: []netip.Prefix{netip.MustParsePrefix("10.1.2.0/24")}}},
 		{"4-disable", Gateway{TincIface: "confine", WANIface: "wan2", EgressPrefix: netip.MustParsePrefix("100.64.0.0/15")}},
 		{"5-cleanup-again", Gateway{}},
 	}
@@ -163,7 +169,7 @@ func TestApply(t *testing.T) {
 				}
 				var want map[string]uint64
 				if s.want.Enabled {
-					want = map[string]uint64{CounterForwarded: 0, CounterMasqueraded: 0, CounterMisrouted: 0, CounterReturned: 0, CounterSpoofed: 7, CounterWANInitiated: 0}
+					want = map[string]uint64{CounterBlockedDestination: 0, CounterForwarded: 0, CounterMasqueraded: 0, CounterMisrouted: 0, CounterReturned: 0, CounterSpoofed: 7, CounterWANInitiated: 0}
 				}
 				if d := cmp.Diff(want, got, cmp.Transformer("nilEmpty", func(m map[string]uint64) map[string]uint64 {
 					if len(m) == 0 {
@@ -191,7 +197,7 @@ func TestCounterValues(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got[CounterWANInitiated] != (Counter{Packets: 3, Bytes: 180}) || len(got) != 6 {
+	if got[CounterWANInitiated] != (Counter{Packets: 3, Bytes: 180}) || len(got) != 7 {
 		t.Errorf("CounterValues = %v", got)
 	}
 	// A traffic-counted table is not a changed table.
@@ -255,17 +261,61 @@ func TestSetForwarding(t *testing.T) {
 	}
 }
 
-// IPv6 and traffic that does not involve tinc are never judged: every
-// rule of the base chains is IPv4 and names the tinc interface.
-func TestOnlyIPv4ThroughTinc(t *testing.T) {
+// Traffic that involves neither tinc nor the WAN is never judged, nor is
+// IPv6 that does not come from the WAN: every rule of the base chains
+// names the tinc interface or the WAN, and only the one for what comes
+// from the WAN judges IPv6 too.
+func TestOnlyTincAndWAN(t *testing.T) {
 	for _, c := range on.table().Chains {
 		if c.Hook == nil {
 			continue
 		}
 		for _, r := range c.Rules {
-			if !strings.HasPrefix(r.Text, "meta nfproto ipv4 ") || !(strings.Contains(r.Text, `"confine"`) || c.Name == chainPostrouting) {
-				t.Errorf("base chain %s: rule %q judges more than IPv4 through tinc", c.Name, r.Text)
+			switch {
+			case r.Text == `iifname "wan" jump `+chainFromWAN:
+			case !strings.HasPrefix(r.Text, "meta nfproto ipv4 "):
+				t.Errorf("base chain %s: rule %q judges IPv6 that is not from the WAN", c.Name, r.Text)
+			case !strings.Contains(r.Text, `"confine"`) && c.Name != chainPostrouting:
+				t.Errorf("base chain %s: rule %q judges traffic that does not involve tinc", c.Name, r.Text)
 			}
+		}
+	}
+}
+
+// The blocked destinations: the special-purpose ranges, less Allow, plus
+// Deny, which wins.
+func TestBlocked(t *testing.T) {
+	ps := func(s ...string) []netip.Prefix {
+		var out []netip.Prefix
+		for _, x := range s {
+			out = append(out, netip.MustParsePrefix(x))
+		}
+		return out
+	}
+	special := "0.0.0.0/8 10.0.0.0/8 100.64.0.0/10 127.0.0.0/8 169.254.0.0/16 172.16.0.0/12 192.0.0.0/24 192.168.0.0/16 198.18.0.0/15 224.0.0.0/3"
+	for _, tt := range []struct {
+		name        string
+		allow, deny []netip.Prefix
+		want        string
+	}{
+		// 224.0.0.0/4 and 240.0.0.0/4 are adjacent: one prefix.
+		{"default", nil, nil, special},
+		{"allow a /24 of 10/8", ps("10.1.2.0/24"), nil,
+			"0.0.0.0/8 10.0.0.0/16 10.1.0.0/23 10.1.3.0/24 10.1.4.0/22 10.1.8.0/21 10.1.16.0/20 10.1.32.0/19 10.1.64.0/18 10.1.128.0/17 10.2.0.0/15 10.4.0.0/14 10.8.0.0/13 10.16.0.0/12 10.32.0.0/11 10.64.0.0/10 10.128.0.0/9 100.64.0.0/10 127.0.0.0/8 169.254.0.0/16 172.16.0.0/12 192.0.0.0/24 192.168.0.0/16 198.18.0.0/15 224.0.0.0/3"},
+		{"allow all of 10/8 and deny a documentation range", ps("10.0.0.0/8"), ps("198.51.100.0/24"),
+			"0.0.0.0/8 100.64.0.0/10 127.0.0.0/8 169.254.0.0/16 172.16.0.0/12 192.0.0.0/24 192.168.0.0/16 198.18.0.0/15 198.51.100.0/24 224.0.0.0/3"},
+		{"deny wins", ps("10.0.0.0/8"), ps("10.9.0.0/16"),
+			"0.0.0.0/8 10.9.0.0/16 100.64.0.0/10 127.0.0.0/8 169.254.0.0/16 172.16.0.0/12 192.0.0.0/24 192.168.0.0/16 198.18.0.0/15 224.0.0.0/3"},
+		{"allow everything", ps("0.0.0.0/0"), nil, ""},
+	} {
+		g := on
+		g.Allow, g.Deny = tt.allow, tt.deny
+		var got []string
+		for _, p := range g.Blocked() {
+			got = append(got, p.String())
+		}
+		if s := strings.Join(got, " "); s != tt.want {
+			t.Errorf("%s: Blocked =\n%s\nwant\n%s", tt.name, s, tt.want)
 		}
 	}
 }
@@ -292,6 +342,13 @@ func TestReadBack(t *testing.T) {
 		}
 		if strings.HasPrefix(l, "counter ") && strings.HasSuffix(l, "{") || l == "}" || l == "" {
 			continue // counters print their values
+		}
+		// nft wraps a set's elements over several lines.
+		if strings.HasPrefix(l, "elements = ") {
+			if squash := strings.NewReplacer(" ", "", "\t", "", "\n", ""); !strings.Contains(squash.Replace(out), squash.Replace(l)) {
+				t.Errorf("nft list does not show the set's %q", l)
+			}
+			continue
 		}
 		if !strings.Contains(out, l) {
 			t.Errorf("nft list does not show %q", l)

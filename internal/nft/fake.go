@@ -18,11 +18,13 @@ import (
 // Flush and commits a batch all or nothing, and it refuses what nf_tables
 // refuses with the same errno (errors.Is works as with the real Conn):
 //
-//   - ENOENT for a missing table, chain, jump target or counter, and for
-//     deleting what does not exist;
-//   - EBUSY for deleting a chain that a jump still targets, or a counter a
-//     rule still uses;
-//   - EEXIST for re-adding a chain with another hook, type or priority;
+//   - ENOENT for a missing table, chain, jump target, counter or looked-up
+//     set, and for deleting what does not exist;
+//   - EBUSY for deleting a chain that a jump still targets, or a counter
+//     or set a rule still uses;
+//   - EEXIST for re-adding a chain with another hook, type or priority, and
+//     for adding a set that exists (stricter than the kernel, which takes
+//     an identical one; we always delete first);
 //   - EOPNOTSUPP for a jump to a base chain, "rt mtu" in a base chain of
 //     another hook than forward, output and postrouting, and a NAT
 //     statement outside a nat base chain (stricter than the kernel, which
@@ -52,6 +54,13 @@ type fakeTable struct {
 	flags  uint32
 	chains map[string]*fakeChain
 	objs   map[string]*fakeObj
+	sets   map[string]*fakeSet
+}
+
+type fakeSet struct {
+	keyType  nftables.SetDatatype
+	interval bool
+	elems    []nftables.SetElement
 }
 
 type fakeChain struct {
@@ -258,7 +267,7 @@ func (f *Fake) AddTable(t *nftables.Table) *nftables.Table {
 			ft.flags = 0
 			return nil
 		}
-		st[id] = &fakeTable{chains: map[string]*fakeChain{}, objs: map[string]*fakeObj{}}
+		st[id] = newFakeTable()
 		return nil
 	})
 	return t
@@ -418,6 +427,10 @@ func checkExpr(ft *fakeTable, c *fakeChain, e expr.Any) error {
 				return errf(unix.EOPNOTSUPP, "jump to base chain %s", e.Chain)
 			}
 		}
+	case *expr.Lookup:
+		if _, ok := ft.sets[e.SetName]; !ok {
+			return errf(unix.ENOENT, "lookup in missing set %s", e.SetName)
+		}
 	case *expr.Objref:
 		o, ok := ft.objs[e.Name]
 		if !ok || int(o.typ) != e.Type {
@@ -509,6 +522,126 @@ func objTypeName(t nftables.ObjType) string {
 	return fmt.Sprintf("object-type-%d", t)
 }
 
+func newFakeTable() *fakeTable {
+	return &fakeTable{chains: map[string]*fakeChain{}, objs: map[string]*fakeObj{}, sets: map[string]*fakeSet{}}
+}
+
+// GetSets returns the named sets of table t, sorted by name.
+func (f *Fake) GetSets(t *nftables.Table) ([]*nftables.Set, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.call("GetSets %s %s", famName(t.Family), t.Name)
+	ft, ok := f.tables[tableID{t.Family, t.Name}]
+	if !ok {
+		return nil, errf(unix.ENOENT, "table %s %s", famName(t.Family), t.Name)
+	}
+	var out []*nftables.Set
+	for _, name := range slices.Sorted(maps.Keys(ft.sets)) {
+		fs := ft.sets[name]
+		out = append(out, &nftables.Set{Table: &nftables.Table{Name: t.Name, Family: t.Family}, Name: name, KeyType: fs.keyType, Interval: fs.interval})
+	}
+	return out, nil
+}
+
+// GetSetElements returns the elements of set s, as added.
+func (f *Fake) GetSetElements(s *nftables.Set) ([]nftables.SetElement, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.call("GetSetElements %s %s %s", famName(s.Table.Family), s.Table.Name, s.Name)
+	ft, ok := f.tables[tableID{s.Table.Family, s.Table.Name}]
+	if !ok {
+		return nil, errf(unix.ENOENT, "table %s %s", famName(s.Table.Family), s.Table.Name)
+	}
+	fs, ok := ft.sets[s.Name]
+	if !ok {
+		return nil, errf(unix.ENOENT, "set %s %s %s", famName(s.Table.Family), s.Table.Name, s.Name)
+	}
+	out := make([]nftables.SetElement, len(fs.elems))
+	for i, e := range fs.elems {
+		out[i] = nftables.SetElement{Key: bytes.Clone(e.Key), IntervalEnd: e.IntervalEnd}
+	}
+	return out, nil
+}
+
+// AddSet queues "add set" with its elements. It refuses a set that
+// exists, anonymous sets and maps (we never add them), and keys that do
+// not fit the key type.
+func (f *Fake) AddSet(s *nftables.Set, vals []nftables.SetElement) error {
+	id := tableID{s.Table.Family, s.Table.Name}
+	desc := describeSet("AddSet", s, vals)
+	stored := &fakeSet{keyType: s.KeyType, interval: s.Interval}
+	for _, v := range vals {
+		stored.elems = append(stored.elems, nftables.SetElement{Key: bytes.Clone(v.Key), IntervalEnd: v.IntervalEnd})
+	}
+	f.enqueue(desc, func(st map[tableID]*fakeTable) error {
+		ft, ok := st[id]
+		if !ok {
+			return errf(unix.ENOENT, "%s: no table", desc)
+		}
+		if s.Anonymous || s.IsMap {
+			return errf(unix.EOPNOTSUPP, "%s: the fake knows only named sets", desc)
+		}
+		if _, ok := ft.sets[s.Name]; ok {
+			return errf(unix.EEXIST, "%s: exists", desc)
+		}
+		for _, e := range stored.elems {
+			if uint32(len(e.Key)) != s.KeyType.Bytes || (e.IntervalEnd && !s.Interval) {
+				return errf(unix.EINVAL, "%s: element %x does not fit the set", desc, e.Key)
+			}
+		}
+		ft.sets[s.Name] = stored
+		return nil
+	})
+	return nil
+}
+
+// DelSet queues "delete set".
+func (f *Fake) DelSet(s *nftables.Set) {
+	id := tableID{s.Table.Family, s.Table.Name}
+	desc := describeSet("DelSet", s, nil)
+	f.enqueue(desc, func(st map[tableID]*fakeTable) error {
+		ft, ok := st[id]
+		if !ok {
+			return errf(unix.ENOENT, "%s: no table", desc)
+		}
+		if _, ok := ft.sets[s.Name]; !ok {
+			return errf(unix.ENOENT, "%s", desc)
+		}
+		for cname, c := range ft.chains {
+			for _, r := range c.rules {
+				for _, e := range r.Exprs {
+					if l, ok := e.(*expr.Lookup); ok && l.SetName == s.Name {
+						return errf(unix.EBUSY, "%s: a rule in chain %s uses it", desc, cname)
+					}
+				}
+			}
+		}
+		delete(ft.sets, s.Name)
+		return nil
+	})
+}
+
+func describeSet(verb string, s *nftables.Set, vals []nftables.SetElement) string {
+	desc := fmt.Sprintf("%s %s %s %s", verb, famName(s.Table.Family), s.Table.Name, s.Name)
+	if verb == "AddSet" {
+		desc += describeElements(vals)
+	}
+	return desc
+}
+
+// describeElements prints interval set elements as the prefixes they
+// cover (IPv4 keys), or their count.
+func describeElements(vals []nftables.SetElement) string {
+	spans, ok := spansOfElements(vals)
+	if !ok {
+		return fmt.Sprintf(" (%d elements)", len(vals))
+	}
+	if len(spans) == 0 {
+		return ": (empty)"
+	}
+	return ": " + elementsText(prefixesOf(spans))
+}
+
 // Flush commits the queued messages as one transaction: on the first
 // error nothing of the batch is applied, and the error is returned.
 func (f *Fake) Flush() error {
@@ -542,7 +675,8 @@ func (f *Fake) Flush() error {
 func cloneState(in map[tableID]*fakeTable) map[tableID]*fakeTable {
 	out := make(map[tableID]*fakeTable, len(in))
 	for id, t := range in {
-		nt := &fakeTable{flags: t.flags, chains: map[string]*fakeChain{}, objs: map[string]*fakeObj{}}
+		nt := newFakeTable()
+		nt.flags = t.flags
 		for name, c := range t.chains {
 			nc := *c
 			nc.rules = slices.Clone(c.rules)
@@ -551,6 +685,11 @@ func cloneState(in map[tableID]*fakeTable) map[tableID]*fakeTable {
 		for name, o := range t.objs {
 			no := *o
 			nt.objs[name] = &no
+		}
+		for name, fs := range t.sets {
+			ns := *fs
+			ns.elems = slices.Clone(fs.elems)
+			nt.sets[name] = &ns
 		}
 		out[id] = nt
 	}
@@ -571,6 +710,9 @@ func (f *Fake) String() string {
 		for _, name := range slices.Sorted(maps.Keys(t.objs)) {
 			o := t.objs[name]
 			fmt.Fprintf(&b, "\t%s %s packets %d bytes %d\n", objTypeName(o.typ), name, o.ctr.Packets, o.ctr.Bytes)
+		}
+		for _, name := range slices.Sorted(maps.Keys(t.sets)) {
+			fmt.Fprintf(&b, "\tset %s%s\n", name, describeElements(t.sets[name].elems))
 		}
 		for _, name := range slices.Sorted(maps.Keys(t.chains)) {
 			c := t.chains[name]
@@ -713,6 +855,18 @@ func (r *Recorder) AddRule(rule *nftables.Rule) *nftables.Rule {
 func (r *Recorder) AddObj(o nftables.Obj) nftables.Obj {
 	r.record(describeObj("AddObj", o))
 	return r.Conn.AddObj(o)
+}
+
+// AddSet records the call and passes it on.
+func (r *Recorder) AddSet(s *nftables.Set, vals []nftables.SetElement) error {
+	r.record(describeSet("AddSet", s, vals))
+	return r.Conn.AddSet(s, vals)
+}
+
+// DelSet records the call and passes it on.
+func (r *Recorder) DelSet(s *nftables.Set) {
+	r.record(describeSet("DelSet", s, nil))
+	r.Conn.DelSet(s)
 }
 
 // DeleteObject records the call and passes it on.

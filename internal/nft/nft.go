@@ -45,6 +45,8 @@ type Conn interface {
 	ListChainsOfTableFamily(family nftables.TableFamily) ([]*nftables.Chain, error)
 	GetRules(t *nftables.Table, c *nftables.Chain) ([]*nftables.Rule, error)
 	GetNamedObjects(t *nftables.Table) ([]nftables.Obj, error)
+	GetSets(t *nftables.Table) ([]*nftables.Set, error)
+	GetSetElements(s *nftables.Set) ([]nftables.SetElement, error)
 
 	AddTable(t *nftables.Table) *nftables.Table
 	DelTable(t *nftables.Table)
@@ -54,19 +56,24 @@ type Conn interface {
 	AddRule(r *nftables.Rule) *nftables.Rule
 	AddObj(o nftables.Obj) nftables.Obj
 	DeleteObject(o nftables.Obj)
+	AddSet(s *nftables.Set, vals []nftables.SetElement) error
+	DelSet(s *nftables.Set)
 	Flush() error
 }
 
 var _ Conn = (*nftables.Conn)(nil)
 
 // Table is the desired content of one inet table that we own entirely. A
-// Table with no chains and no counters is absent: Apply deletes it.
+// Table with no chains, no counters and no sets is absent: Apply deletes
+// it.
 type Table struct {
 	Name string
 	// Counters are named counter objects (nft "counter name"). They keep
 	// their values when Apply replaces the table's rules.
 	Counters []string
-	Chains   []Chain
+	// Sets are named IPv4 interval sets that rules look addresses up in.
+	Sets   []Set
+	Chains []Chain
 
 	// others are the named objects other than counters that Observe
 	// found, and flags the table's flags (e.g. dormant); a desired Table
@@ -105,7 +112,7 @@ type Rule struct {
 }
 
 // Absent reports whether t asks for no table at all.
-func (t Table) Absent() bool { return len(t.Chains) == 0 && len(t.Counters) == 0 }
+func (t Table) Absent() bool { return len(t.Chains) == 0 && len(t.Counters) == 0 && len(t.Sets) == 0 }
 
 // keyType is the user-data TLV type that holds a rule's canonical text. nft
 // knows types 0 (comment) and 1 (ebtables policy) and skips the others, so
@@ -160,6 +167,17 @@ func (t Table) Validate() error {
 		}
 		seen["counter "+c] = true
 	}
+	for _, s := range t.Sets {
+		if s.Name == "" || seen["set "+s.Name] {
+			return fmt.Errorf("nftables table %s: empty or duplicate set %q", t.Name, s.Name)
+		}
+		seen["set "+s.Name] = true
+		for _, p := range s.Prefixes {
+			if !p.IsValid() || !p.Addr().Unmap().Is4() {
+				return fmt.Errorf("nftables table %s set %s: %v is not an IPv4 prefix", t.Name, s.Name, p)
+			}
+		}
+	}
 	for _, c := range t.Chains {
 		if c.Name == "" || seen["chain "+c.Name] {
 			return fmt.Errorf("nftables table %s: empty or duplicate chain %q", t.Name, c.Name)
@@ -177,7 +195,8 @@ func (t Table) Validate() error {
 // Observe reads table name back from the kernel through c: its chains
 // (with hook, priority and policy), each chain's rules (Text is the key we
 // stored, "" for a rule we did not write; Exprs are what the library could
-// decode) and its counter objects. ok is false when there is no such table.
+// decode), its counter objects and its named sets (anonymous ones belong to
+// their rules). ok is false when there is no such table.
 func Observe(ctx context.Context, c Conn, name string) (t Table, ok bool, err error) {
 	if err := ctx.Err(); err != nil {
 		return Table{}, false, err
@@ -235,6 +254,25 @@ func Observe(ctx context.Context, c Conn, name string) (t Table, ok bool, err er
 		}
 	}
 	slices.Sort(t.Counters)
+	sets, err := c.GetSets(nt)
+	if err != nil {
+		return Table{}, false, fmt.Errorf("list sets of table inet %s: %w", name, err)
+	}
+	for _, s := range sets {
+		if s.Anonymous {
+			continue
+		}
+		ss := Set{Name: s.Name, odd: s.KeyType.Name != nftables.TypeIPAddr.Name || !s.Interval || s.IsMap || s.Concatenation}
+		els, err := c.GetSetElements(&nftables.Set{Table: nt, Name: s.Name, ID: s.ID, KeyType: s.KeyType, Interval: s.Interval, IsMap: s.IsMap})
+		if err != nil {
+			return Table{}, false, fmt.Errorf("list elements of set inet %s %s: %w", name, s.Name, err)
+		}
+		spans, ok := spansOfElements(els)
+		ss.odd = ss.odd || !ok
+		ss.Prefixes = prefixesOf(spans)
+		t.Sets = append(t.Sets, ss)
+	}
+	slices.SortFunc(t.Sets, func(a, b Set) int { return strings.Compare(a.Name, b.Name) })
 	return t, true, nil
 }
 
@@ -246,8 +284,9 @@ func Observe(ctx context.Context, c Conn, name string) (t Table, ok bool, err er
 //     same hooks, same rule keys in the same order) is left alone: no
 //     message is sent.
 //   - Otherwise one batch creates the table if needed, flushes every rule,
-//     deletes chains and objects not wanted (or wanted differently),
-//     creates the missing chains and counters, and adds every rule. nf_tables
+//     deletes chains, objects and sets not wanted (or wanted differently),
+//     creates the missing chains, counters and sets (with their elements),
+//     and adds every rule. nf_tables
 //     commits a batch as one transaction, so packets see either the old
 //     rules or the new ones, never an empty table. Counters that stay
 //     wanted keep their values.
@@ -298,6 +337,13 @@ func Apply(ctx context.Context, c Conn, want Table) (changed bool, err error) {
 		for _, o := range have.others {
 			c.DeleteObject(o)
 		}
+		// Rules that look up a set are gone with the flush, so a set can
+		// be replaced whole: deleted here, added again below.
+		for _, hs := range have.Sets {
+			if ws, ok := want.set(hs.Name); !ok || !sameSet(hs, ws) {
+				c.DelSet(&nftables.Set{Table: nt, Name: hs.Name})
+			}
+		}
 	}
 	for _, wc := range want.Chains {
 		if _, kept := haveChains[wc.Name]; !kept {
@@ -307,6 +353,14 @@ func Apply(ctx context.Context, c Conn, want Table) (changed bool, err error) {
 	for _, name := range want.Counters {
 		if !slices.Contains(have.Counters, name) {
 			c.AddObj(&nftables.NamedObj{Table: nt, Name: name, Type: nftables.ObjTypeCounter, Obj: &expr.Counter{}})
+		}
+	}
+	for _, ws := range want.Sets {
+		if hs, ok := have.set(ws.Name); exists && ok && sameSet(hs, ws) {
+			continue
+		}
+		if err := c.AddSet(ws.nft(nt), elements(spansOf(ws.Prefixes))); err != nil {
+			return false, fmt.Errorf("add nftables set inet %s %s: %w", want.Name, ws.Name, err)
 		}
 	}
 	for _, wc := range want.Chains {
@@ -319,6 +373,14 @@ func Apply(ctx context.Context, c Conn, want Table) (changed bool, err error) {
 		return false, fmt.Errorf("replace nftables table inet %s: %w", want.Name, err)
 	}
 	return true, nil
+}
+
+func (t Table) set(name string) (Set, bool) {
+	i := slices.IndexFunc(t.Sets, func(s Set) bool { return s.Name == name })
+	if i < 0 {
+		return Set{}, false
+	}
+	return t.Sets[i], true
 }
 
 func (t Table) chain(name string) (Chain, bool) {
@@ -352,8 +414,13 @@ func sameHook(a, b *Hook) bool {
 func same(have, want Table) bool {
 	wc := slices.Clone(want.Counters)
 	slices.Sort(wc)
-	if have.flags != 0 || len(have.others) > 0 || !slices.Equal(have.Counters, wc) || len(have.Chains) != len(want.Chains) {
+	if have.flags != 0 || len(have.others) > 0 || !slices.Equal(have.Counters, wc) || len(have.Chains) != len(want.Chains) || len(have.Sets) != len(want.Sets) {
 		return false
+	}
+	for _, hs := range have.Sets {
+		if ws, ok := want.set(hs.Name); !ok || !sameSet(hs, ws) {
+			return false
+		}
 	}
 	for _, hc := range have.Chains {
 		w, ok := want.chain(hc.Name)
@@ -405,8 +472,8 @@ func ReadCounters(ctx context.Context, c Conn, name string) (map[string]Counter,
 }
 
 // String renders t in nft's syntax (as "nft list table" prints it, up to
-// the spelling of implied matches), sorted: counters, then chains by name,
-// rules in order. Observed rules we did not write show as
+// the spelling of implied matches), sorted: counters, then sets and chains
+// by name, rules in order. Observed rules we did not write show as
 // "# foreign rule (N expressions)".
 func (t Table) String() string {
 	var b strings.Builder
@@ -415,6 +482,11 @@ func (t Table) String() string {
 	slices.Sort(counters)
 	for _, c := range counters {
 		fmt.Fprintf(&b, "\tcounter %s {\n\t}\n", c)
+	}
+	sets := slices.Clone(t.Sets)
+	slices.SortFunc(sets, func(a, b Set) int { return strings.Compare(a.Name, b.Name) })
+	for _, s := range sets {
+		b.WriteString(s.String())
 	}
 	chains := slices.Clone(t.Chains)
 	slices.SortFunc(chains, func(a, b Chain) int { return strings.Compare(a.Name, b.Name) })

@@ -447,3 +447,90 @@ func TestApplyWakesDormantTable(t *testing.T) {
 		t.Errorf("Apply again = %v, %v; want no change", changed, err)
 	}
 }
+
+func prefixes(s string) []netip.Prefix {
+	var out []netip.Prefix
+	for _, f := range strings.Fields(s) {
+		out = append(out, netip.MustParsePrefix(f))
+	}
+	return out
+}
+
+func prefixText(ps []netip.Prefix) string {
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = p.String()
+	}
+	return strings.Join(s, " ")
+}
+
+func TestPrefixArithmetic(t *testing.T) {
+	for _, tt := range []struct{ a, b, merged, minus string }{
+		{"10.0.0.0/8", "", "10.0.0.0/8", "10.0.0.0/8"},
+		// Adjacent and overlapping prefixes merge; host bits are masked.
+		{"224.0.0.0/4 240.0.0.0/4 10.1.0.0/16 10.0.0.5/8", "", "10.0.0.0/8 224.0.0.0/3", "10.0.0.0/8 224.0.0.0/3"},
+		{"10.0.0.0/8", "10.0.0.0/9", "10.0.0.0/8", "10.128.0.0/9"},
+		{"10.0.0.0/8", "10.0.0.0/8", "10.0.0.0/8", ""},
+		{"0.0.0.0/0", "255.255.255.255/32 0.0.0.0/32", "0.0.0.0/0",
+			"0.0.0.1/32 0.0.0.2/31 0.0.0.4/30 0.0.0.8/29 0.0.0.16/28 0.0.0.32/27 0.0.0.64/26 0.0.0.128/25 0.0.1.0/24 0.0.2.0/23 0.0.4.0/22 0.0.8.0/21 0.0.16.0/20 0.0.32.0/19 0.0.64.0/18 0.0.128.0/17 0.1.0.0/16 0.2.0.0/15 0.4.0.0/14 0.8.0.0/13 0.16.0.0/12 0.32.0.0/11 0.64.0.0/10 0.128.0.0/9 1.0.0.0/8 2.0.0.0/7 4.0.0.0/6 8.0.0.0/5 16.0.0.0/4 32.0.0.0/3 64.0.0.0/2 128.0.0.0/2 192.0.0.0/3 224.0.0.0/4 240.0.0.0/5 248.0.0.0/6 252.0.0.0/7 254.0.0.0/8 255.0.0.0/9 255.128.0.0/10 255.192.0.0/11 255.224.0.0/12 255.240.0.0/13 255.248.0.0/14 255.252.0.0/15 255.254.0.0/16 255.255.0.0/17 255.255.128.0/18 255.255.192.0/19 255.255.224.0/20 255.255.240.0/21 255.255.248.0/22 255.255.252.0/23 255.255.254.0/24 255.255.255.0/25 255.255.255.128/26 255.255.255.192/27 255.255.255.224/28 255.255.255.240/29 255.255.255.248/30 255.255.255.252/31 255.255.255.254/32"},
+		// IPv6 is not an IPv4 set's business.
+		{"fd00::/8 192.0.2.0/24", "", "192.0.2.0/24", "192.0.2.0/24"},
+	} {
+		a, b := prefixes(tt.a), prefixes(tt.b)
+		if got := prefixText(nft.MergePrefixes(a)); got != tt.merged {
+			t.Errorf("Merge(%s) = %s, want %s", tt.a, got, tt.merged)
+		}
+		if got := prefixText(nft.SubtractPrefixes(a, b)); got != tt.minus {
+			t.Errorf("Subtract(%s, %s) = %s, want %s", tt.a, tt.b, got, tt.minus)
+		}
+	}
+}
+
+// A table with an interval set: installed with its elements (one interval
+// reaching 255.255.255.255, one starting at 0.0.0.0), read back the same,
+// left alone when it matches, and replaced with the rules that use it when
+// its content changes.
+func TestApplySet(t *testing.T) {
+	table := func(elems string) nft.Table {
+		return nft.Table{Name: testTable, Counters: []string{"blocked"},
+			Sets: []nft.Set{{Name: "dst", Prefixes: prefixes(elems)}},
+			Chains: []nft.Chain{{Name: "fwd", Hook: &nft.Hook{Type: nftables.ChainTypeFilter, Num: *nftables.ChainHookForward, Priority: *nftables.ChainPriorityFilter},
+				Rules: []nft.Rule{nft.NewRule(nft.DAddrInSet("dst"), nft.CounterName("blocked"), nft.Drop())}}}}
+	}
+	for _, b := range backends() {
+		t.Run(b.name, func(t *testing.T) {
+			conn := b.conn(t)
+			for _, step := range []struct {
+				elems   string
+				changed bool
+			}{
+				{"0.0.0.0/8 10.0.0.0/8 224.0.0.0/4 240.0.0.0/4", true},
+				{"0.0.0.0/8 10.0.0.0/8 224.0.0.0/3", false}, // the same addresses
+				{"10.0.0.0/8", true},
+				{"", true},
+				{"198.51.100.0/24", true},
+			} {
+				want := table(step.elems)
+				changed, err := nft.Apply(t.Context(), conn, want)
+				if err != nil || changed != step.changed {
+					t.Fatalf("%q: Apply = %v, %v; want changed %v", step.elems, changed, err, step.changed)
+				}
+				if got, _ := observe(t, conn, testTable); got != want.String() {
+					t.Errorf("%q: observed\n%s\nwant\n%s", step.elems, got, want.String())
+				}
+				if b.kernel {
+					nfttest.CheckExprs(t, conn, want)
+				}
+			}
+			if _, err := nft.Apply(t.Context(), conn, nft.Table{Name: testTable}); err != nil {
+				t.Fatal(err)
+			}
+			if _, ok := observe(t, conn, testTable); ok {
+				t.Error("the table is still there")
+			}
+		})
+	}
+	if err := (nft.Table{Name: "x", Sets: []nft.Set{{Name: "s", Prefixes: prefixes("fd00::/8")}}}).Validate(); err == nil {
+		t.Error("a set with an IPv6 prefix is valid")
+	}
+}

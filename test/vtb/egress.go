@@ -22,12 +22,26 @@ import (
 //   - the gateways route their default to 192.0.2.1, nothing else does;
 //   - inet also routes the egress prefix and the slivers' private range
 //     to the main server, as an attacker next door would, so that the
-//     tests can try connections from the WAN side.
+//     tests can try connections from the WAN side;
+//   - inet also holds what a real WAN can have behind it and slivers must
+//     not reach (attack targets, not documentation addresses, but only
+//     inside the lab): a metadata-style service on MetadataAddr and hosts
+//     on private addresses (PrivateHostAddrs), the same HTTP server as the
+//     Internet host; the gateways route them to the Internet's router.
 const (
 	// InetHostAddr is the pretend Internet host.
 	InetHostAddr = "198.51.100.80"
+	// MetadataAddr is the pretend WAN's metadata service (as clouds have
+	// one on 169.254.169.254).
+	MetadataAddr = "169.254.169.254"
 	inetRouter   = "192.0.2.1"
 )
+
+// PrivateHostAddrs are the pretend WAN's hosts on RFC 1918 addresses.
+var PrivateHostAddrs = []string{"10.99.0.80", "192.168.99.80"}
+
+// wanTargets are the addresses of inet's HTTP server.
+func wanTargets() []string { return append([]string{InetHostAddr, MetadataAddr}, PrivateHostAddrs...) }
 
 // InetURL is the Internet host's URL for path.
 func InetURL(path string) string { return "http://" + InetHostAddr + path }
@@ -41,13 +55,17 @@ func (tb *Testbed) buildInternet(ctx context.Context) error {
 		{"ip", "link", "add", "br-wan", "type", "bridge"},
 		{"ip", "link", "set", "br-wan", "up"},
 		{"ip", "addr", "add", inetRouter + "/24", "dev", "br-wan"},
-		{"ip", "addr", "add", InetHostAddr + "/32", "dev", "lo"},
 	} {
 		if err := tb.Inet.MustRun(cmd...); err != nil {
 			return err
 		}
 	}
-	tb.Lab.Logf("pretend Internet: host %s, gateways' WAN 192.0.2.0/24", InetHostAddr)
+	for _, a := range wanTargets() {
+		if err := tb.Inet.MustRun("ip", "addr", "add", a+"/32", "dev", "lo"); err != nil {
+			return err
+		}
+	}
+	tb.Lab.Logf("pretend Internet: host %s, gateways' WAN 192.0.2.0/24, behind the WAN %s and %v", InetHostAddr, MetadataAddr, PrivateHostAddrs)
 	return nil
 }
 
@@ -62,6 +80,14 @@ func (tb *Testbed) attachWAN(srv *Server) error {
 	// the two interfaces egress needs, and the tests rely on it.
 	if err := srv.NS.MustRun("ip", "route", "add", "default", "via", inetRouter, "dev", "wan0"); err != nil {
 		return err
+	}
+	// The WAN side's special-purpose hosts, explicitly: the default
+	// route would do, but a gateway's own routes must not be what keeps
+	// slivers from them.
+	for _, a := range append([]string{MetadataAddr}, PrivateHostAddrs...) {
+		if err := srv.NS.MustRun("ip", "route", "add", a+"/32", "via", inetRouter, "dev", "wan0"); err != nil {
+			return err
+		}
 	}
 	if srv.ID == addressing.MainServerID {
 		for _, dst := range []string{"100.64.0.0/10", "192.168.0.0/16"} {
@@ -81,14 +107,22 @@ func (tb *Testbed) startInetHost(ctx context.Context) error {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("build inethost: %v: %s", err, out)
 	}
-	p, err := tb.Lab.Start(tb.Inet, "inethost", bin, "-listen", InetHostAddr+":80")
+	var listen []string
+	for _, a := range wanTargets() {
+		listen = append(listen, a+":80")
+	}
+	p, err := tb.Lab.Start(tb.Inet, "inethost", bin, "-listen", strings.Join(listen, ","))
 	if err != nil {
 		return err
 	}
 	tb.InetHost = p
 	return WaitFor(ctx, 10*time.Second, 50*time.Millisecond, func() error {
-		_, err := tb.Inet.Run(ctx, "curl", "-sf", "-o", "/dev/null", InetURL("/"))
-		return err
+		for _, a := range wanTargets() {
+			if _, err := tb.Inet.Run(ctx, "curl", "-sf", "-o", "/dev/null", "http://"+a+"/"); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 }
 

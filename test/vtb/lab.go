@@ -23,11 +23,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/vishvananda/netns"
 )
 
 // Lab is one virtual testbed: its namespaces, processes and work directory.
@@ -366,4 +369,45 @@ func WaitFor(ctx context.Context, timeout, interval time.Duration, cond func() e
 func (n *Netns) Ping6(ctx context.Context, addr string) error {
 	_, err := n.Run(ctx, "ping", "-6", "-n", "-c", "1", "-W", "1", addr)
 	return err
+}
+
+// Do runs f on an OS thread inside the namespace, for a test's own
+// sockets there (a socket keeps the namespace it was made in). The
+// caller's thread never changes namespace.
+//
+// The thread goes back to its namespace afterwards and lives on: the
+// lab's processes have Pdeathsig set, which fires when the thread that
+// started them exits, and a thread locked by a goroutine that ends
+// without unlocking exits, whichever thread that was. Only when going
+// back fails does the thread stay locked, and so end.
+func (n *Netns) Do(f func() error) error {
+	c := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			c <- fmt.Errorf("current netns: %w", err)
+			return
+		}
+		defer orig.Close()
+		h, err := netns.GetFromName(n.Full)
+		if err != nil {
+			runtime.UnlockOSThread()
+			c <- fmt.Errorf("open netns %s: %w", n.Full, err)
+			return
+		}
+		defer h.Close()
+		if err := netns.Set(h); err != nil {
+			runtime.UnlockOSThread()
+			c <- fmt.Errorf("enter netns %s: %w", n.Full, err)
+			return
+		}
+		err = f()
+		if netns.Set(orig) == nil {
+			runtime.UnlockOSThread()
+		}
+		c <- err
+	}()
+	return <-c
 }

@@ -1,6 +1,7 @@
 package vtb
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -722,9 +723,12 @@ func (tb *Testbed) GatewayStatus(ctx context.Context) (*GatewayStatus, error) {
 
 // ReadGatewayStatus runs "mgmtnet status --json" against a socket.
 func ReadGatewayStatus(ctx context.Context, mgmtnet, socket string) (*GatewayStatus, error) {
-	out, err := exec.CommandContext(ctx, mgmtnet, "status", "--socket", socket, "--json").Output()
+	var stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, mgmtnet, "status", "--socket", socket, "--json")
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
 	if err != nil {
-		return nil, fmt.Errorf("mgmtnet status: %w", err)
+		return nil, fmt.Errorf("mgmtnet status: %w: %s", err, bytes.TrimSpace(stderr.Bytes()))
 	}
 	var st GatewayStatus
 	if err := json.Unmarshal(out, &st); err != nil {

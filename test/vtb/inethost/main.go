@@ -2,7 +2,8 @@
 // server on a documentation address that tells each client the address it
 // sees it coming from (GET /) and serves any number of bytes
 // (GET /bytes/N), for the egress tests and the demo. The kernel of its
-// namespace answers ICMP.
+// namespace answers ICMP. It serves the same on every address of -listen
+// (comma-separated), e.g. also on the attack targets behind the WAN.
 package main
 
 import (
@@ -18,7 +19,7 @@ import (
 )
 
 func main() {
-	listen := flag.String("listen", ":80", "address to serve HTTP on")
+	listen := flag.String("listen", ":80", "addresses to serve HTTP on, comma-separated")
 	flag.Parse()
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
@@ -34,8 +35,13 @@ func main() {
 		w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
 		io.CopyN(w, zeros{}, n)
 	})
-	srv := &http.Server{Addr: *listen, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	log.Fatal(srv.ListenAndServe())
+	addrs := strings.Split(*listen, ",")
+	errs := make(chan error, len(addrs))
+	for _, a := range addrs {
+		srv := &http.Server{Addr: a, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go func() { errs <- srv.ListenAndServe() }()
+	}
+	log.Fatal(<-errs)
 }
 
 type zeros struct{}
