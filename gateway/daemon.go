@@ -309,7 +309,8 @@ func (d *Daemon) desired(tb *mesh.Testbed) (tincgen.Files, string, error) {
 
 func (d *Daemon) syncOptions(own string, dry bool) tincgen.SyncOptions {
 	return tincgen.SyncOptions{DryRun: dry, MaxRemoveFraction: d.cfg.Guard.MaxRemoveFraction, Force: d.opts.Force,
-		Owned: func(name string) bool { return name != own && tincgen.OwnedName(name) }}
+		Owned:  func(name string) bool { return name != own && tincgen.OwnedName(name) },
+		Logger: d.log}
 }
 
 // reconcile fetches and applies. full compares every file even on 304.
@@ -511,7 +512,7 @@ func subnetLines(b []byte) string {
 // and sends one SIGHUP.
 func (d *Daemon) reload() error {
 	conf := filepath.Join(d.cfg.Tinc.Dir, "tinc.conf")
-	b, err := os.ReadFile(conf)
+	b, err := tincgen.ReadRegularFile(conf)
 	if err != nil {
 		return fmt.Errorf("reload tincd: not signalling, tincd would exit: %w", err)
 	}
@@ -559,7 +560,7 @@ func (d *Daemon) tincIface() string {
 	if d.cfg.Tinc.Manage {
 		name = "tun0"
 	}
-	if b, err := os.ReadFile(filepath.Join(d.cfg.Tinc.Dir, "tinc.conf")); err == nil {
+	if b, err := tincgen.ReadRegularFile(filepath.Join(d.cfg.Tinc.Dir, "tinc.conf")); err == nil {
 		if c, err := tincgen.ParseConf(b); err == nil {
 			for _, o := range c.Options {
 				if o.Key == "Interface" && o.Value != "" {
@@ -1027,16 +1028,18 @@ func (d *Daemon) tampered(names map[string]bool) bool {
 		return true // many events at once: let apply compare everything
 	}
 	for name := range names {
-		b, err := os.ReadFile(filepath.Join(d.cfg.HostsDir(), name))
+		// Never a blocking open: a FIFO here would hang the loop.
+		b, err := tincgen.ReadHostFile(filepath.Join(d.cfg.HostsDir(), name))
+		special := errors.Is(err, tincgen.ErrNotRegular)
 		m, listed := d.tb.Lookup(name)
 		if !listed {
-			if err == nil && tincgen.OwnedName(name) && name != d.cfg.Identity.TincName {
+			if (err == nil || special) && tincgen.OwnedName(name) && name != d.cfg.Identity.TincName {
 				return true // a stale file of ours appeared
 			}
 			continue
 		}
 		if err != nil {
-			return true // deleted (or unreadable)
+			return true // deleted, unreadable, or not a regular file
 		}
 		want, werr := tincgen.MemberFile(d.tb.Plan(), m, d.hostOptions(d.tb), d.nodeEgress)
 		if werr != nil || !bytes.Equal(b, want) {
