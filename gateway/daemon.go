@@ -678,8 +678,8 @@ func (d *Daemon) reloadConfig(ctx context.Context) {
 	d.configErr = ""
 	if keys := d.cfg.restartOnly(n); len(keys) > 0 {
 		d.log.Warn("config changes that need a restart are not applied", "keys", keys)
-		n.Identity, n.Tinc, n.StateDir, n.StatusSocket, n.MetricsListen =
-			d.cfg.Identity, d.cfg.Tinc, d.cfg.StateDir, d.cfg.StatusSocket, d.cfg.MetricsListen
+		n.Identity, n.Tinc, n.StateDir, n.StatusSocket, n.StatusSocketGroup, n.MetricsListen =
+			d.cfg.Identity, d.cfg.Tinc, d.cfg.StateDir, d.cfg.StatusSocket, d.cfg.StatusSocketGroup, d.cfg.MetricsListen
 	}
 	refetch := n.Registry != d.cfg.Registry || n.Prefix != d.cfg.Prefix || n.Island != d.cfg.Island ||
 		n.Egress.Prefix != d.cfg.Egress.Prefix
@@ -756,7 +756,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 			d.log.Warn("cannot watch the config file; reload with SIGHUP", "err", err)
 		}
 	}
-	stopStatus, err := d.serveStatus(ctx, d.cfg.StatusSocket)
+	// A status socket that cannot be served ends the daemon at start, as
+	// a DNS bind error does: the operator sees it at once (systemd shows
+	// the error naming the path) rather than a "mgmtnet status" that
+	// cannot connect later.
+	stopStatus, err := d.serveStatus(ctx, d.cfg)
 	if err != nil {
 		return err
 	}
@@ -987,14 +991,10 @@ func (d *Daemon) startTincd(ctx context.Context) bool {
 }
 
 // Cleanup removes what the daemon owns: the snapshot and the status
-// socket, and stops a managed tincd. It never deletes host files.
+// socket, and stops a managed tincd. It never deletes host files, nor
+// anything but a socket at the status socket's path.
 func Cleanup(ctx context.Context, cfg Config, log *slog.Logger) error {
-	var errs []error
-	for _, p := range []string{cfg.SnapshotFile(), cfg.StatusSocket} {
-		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, fmt.Errorf("cleanup: %w", err))
-		}
-	}
+	errs := cleanupFiles(cfg)
 	if cfg.Tinc.Manage {
 		// tincd is a child of the daemon; a daemon that is gone left
 		// it to init. Stop it through its pid file.
@@ -1008,6 +1008,19 @@ func Cleanup(ctx context.Context, cfg Config, log *slog.Logger) error {
 		errs = append(errs, fmt.Errorf("cleanup egress rules: %w", err))
 	}
 	return errors.Join(errs...)
+}
+
+// cleanupFiles is Cleanup's part in the file system: the snapshot, and
+// the status socket only if a socket is there.
+func cleanupFiles(cfg Config) []error {
+	var errs []error
+	if err := os.Remove(cfg.SnapshotFile()); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("cleanup: %w", err))
+	}
+	if err := removeStaleSocket(cfg.StatusSocket); err != nil {
+		errs = append(errs, fmt.Errorf("cleanup: %w", err))
+	}
+	return errs
 }
 
 // takeTouched reports, and forgets, whether host files were written or
