@@ -9,8 +9,10 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"os/user"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"time"
 
@@ -33,6 +35,9 @@ type Config struct {
 	Guard        GuardConfig    `yaml:"guard"`    // reload
 	StateDir     string         `yaml:"state_dir"`
 	StatusSocket string         `yaml:"status_socket"`
+	// StatusSocketGroup is the group of the status socket (mode 0660): a
+	// group name or a numeric gid; "" is the daemon's own group.
+	StatusSocketGroup string `yaml:"status_socket_group"`
 	// MetricsListen is the Prometheus endpoint's address; "" disables it.
 	MetricsListen string       `yaml:"metrics_listen"`
 	Egress        EgressConfig `yaml:"egress"` // reload
@@ -258,6 +263,9 @@ func (c Config) Validate() error {
 	if c.StatusSocket == "" || !filepath.IsAbs(c.StatusSocket) {
 		return fmt.Errorf("status_socket %q: want an absolute path", c.StatusSocket)
 	}
+	if _, err := c.statusSocketGID(); err != nil {
+		return err
+	}
 	if c.MetricsListen != "" {
 		if _, _, err := net.SplitHostPort(c.MetricsListen); err != nil {
 			return fmt.Errorf("metrics_listen %q: want host:port: %w", c.MetricsListen, err)
@@ -352,6 +360,27 @@ func checkProbeTarget(method, t string) error {
 	return nil
 }
 
+// statusSocketGID resolves status_socket_group: a numeric gid, a group
+// name from the group database, or "" for the process's effective group.
+func (c Config) statusSocketGID() (int, error) {
+	g := c.StatusSocketGroup
+	if g == "" {
+		return os.Getegid(), nil
+	}
+	if n, err := strconv.ParseUint(g, 10, 31); err == nil {
+		return int(n), nil
+	}
+	grp, err := user.LookupGroup(g)
+	if err != nil {
+		return 0, fmt.Errorf("status_socket_group %q: want a group name or a numeric gid: %w", g, err)
+	}
+	n, err := strconv.Atoi(grp.Gid)
+	if err != nil {
+		return 0, fmt.Errorf("status_socket_group %q: gid %q is not a number", g, grp.Gid)
+	}
+	return n, nil
+}
+
 // equal reports whether two configurations are the same in every key.
 func (c Config) equal(o Config) bool { return reflect.DeepEqual(c, o) }
 
@@ -440,6 +469,9 @@ func (c Config) restartOnly(n Config) []string {
 	}
 	if c.StatusSocket != n.StatusSocket {
 		keys = append(keys, "status_socket")
+	}
+	if c.StatusSocketGroup != n.StatusSocketGroup {
+		keys = append(keys, "status_socket_group")
 	}
 	if c.MetricsListen != n.MetricsListen {
 		keys = append(keys, "metrics_listen")

@@ -317,7 +317,8 @@ func (d *Daemon) desired(tb *mesh.Testbed) (tincgen.Files, string, error) {
 
 func (d *Daemon) syncOptions(own string, dry bool) tincgen.SyncOptions {
 	return tincgen.SyncOptions{DryRun: dry, MaxRemoveFraction: d.cfg.Guard.MaxRemoveFraction, Force: d.opts.Force,
-		Owned: func(name string) bool { return name != own && tincgen.OwnedName(name) }}
+		Owned:  func(name string) bool { return name != own && tincgen.OwnedName(name) },
+		Logger: d.log}
 }
 
 // reconcile fetches and applies. full compares every file even on 304.
@@ -602,7 +603,7 @@ func subnetLines(b []byte) string {
 // and sends one SIGHUP.
 func (d *Daemon) reload() error {
 	conf := filepath.Join(d.cfg.Tinc.Dir, "tinc.conf")
-	b, err := os.ReadFile(conf)
+	b, err := tincgen.ReadRegularFile(conf)
 	if err != nil {
 		return fmt.Errorf("reload tincd: not signalling, tincd would exit: %w", err)
 	}
@@ -650,7 +651,7 @@ func (d *Daemon) tincIface() string {
 	if d.cfg.Tinc.Manage {
 		name = "tun0"
 	}
-	if b, err := os.ReadFile(filepath.Join(d.cfg.Tinc.Dir, "tinc.conf")); err == nil {
+	if b, err := tincgen.ReadRegularFile(filepath.Join(d.cfg.Tinc.Dir, "tinc.conf")); err == nil {
 		if c, err := tincgen.ParseConf(b); err == nil {
 			for _, o := range c.Options {
 				if o.Key == "Interface" && o.Value != "" {
@@ -769,8 +770,8 @@ func (d *Daemon) reloadConfig(ctx context.Context) {
 	d.configErr = ""
 	if keys := d.cfg.restartOnly(n); len(keys) > 0 {
 		d.log.Warn("config changes that need a restart are not applied", "keys", keys)
-		n.Identity, n.Tinc, n.StateDir, n.StatusSocket, n.MetricsListen =
-			d.cfg.Identity, d.cfg.Tinc, d.cfg.StateDir, d.cfg.StatusSocket, d.cfg.MetricsListen
+		n.Identity, n.Tinc, n.StateDir, n.StatusSocket, n.StatusSocketGroup, n.MetricsListen =
+			d.cfg.Identity, d.cfg.Tinc, d.cfg.StateDir, d.cfg.StatusSocket, d.cfg.StatusSocketGroup, d.cfg.MetricsListen
 	}
 	refetch := n.Registry != d.cfg.Registry || n.Prefix != d.cfg.Prefix || n.Island != d.cfg.Island ||
 		n.Egress.Prefix != d.cfg.Egress.Prefix
@@ -847,7 +848,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 			d.log.Warn("cannot watch the config file; reload with SIGHUP", "err", err)
 		}
 	}
-	stopStatus, err := d.serveStatus(ctx, d.cfg.StatusSocket)
+	// A status socket that cannot be served ends the daemon at start, as
+	// a DNS bind error does: the operator sees it at once (systemd shows
+	// the error naming the path) rather than a "mgmtnet status" that
+	// cannot connect later.
+	stopStatus, err := d.serveStatus(ctx, d.cfg)
 	if err != nil {
 		return err
 	}
@@ -1078,14 +1083,10 @@ func (d *Daemon) startTincd(ctx context.Context) bool {
 }
 
 // Cleanup removes what the daemon owns: the snapshot and the status
-// socket, and stops a managed tincd. It never deletes host files.
+// socket, and stops a managed tincd. It never deletes host files, nor
+// anything but a socket at the status socket's path.
 func Cleanup(ctx context.Context, cfg Config, log *slog.Logger) error {
-	var errs []error
-	for _, p := range []string{cfg.SnapshotFile(), cfg.StatusSocket} {
-		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, fmt.Errorf("cleanup: %w", err))
-		}
-	}
+	errs := cleanupFiles(cfg)
 	if cfg.Tinc.Manage {
 		// tincd is a child of the daemon; a daemon that is gone left
 		// it to init. Stop it through its pid file.
@@ -1099,6 +1100,19 @@ func Cleanup(ctx context.Context, cfg Config, log *slog.Logger) error {
 		errs = append(errs, fmt.Errorf("cleanup egress rules: %w", err))
 	}
 	return errors.Join(errs...)
+}
+
+// cleanupFiles is Cleanup's part in the file system: the snapshot, and
+// the status socket only if a socket is there.
+func cleanupFiles(cfg Config) []error {
+	var errs []error
+	if err := os.Remove(cfg.SnapshotFile()); err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, fmt.Errorf("cleanup: %w", err))
+	}
+	if err := removeStaleSocket(cfg.StatusSocket); err != nil {
+		errs = append(errs, fmt.Errorf("cleanup: %w", err))
+	}
+	return errs
 }
 
 // takeTouched reports, and forgets, whether host files were written or
@@ -1119,16 +1133,18 @@ func (d *Daemon) tampered(names map[string]bool) bool {
 		return true // many events at once: let apply compare everything
 	}
 	for name := range names {
-		b, err := os.ReadFile(filepath.Join(d.cfg.HostsDir(), name))
+		// Never a blocking open: a FIFO here would hang the loop.
+		b, err := tincgen.ReadHostFile(filepath.Join(d.cfg.HostsDir(), name))
+		special := errors.Is(err, tincgen.ErrNotRegular)
 		m, listed := d.tb.Lookup(name)
 		if !listed {
-			if err == nil && tincgen.OwnedName(name) && name != d.cfg.Identity.TincName {
+			if (err == nil || special) && tincgen.OwnedName(name) && name != d.cfg.Identity.TincName {
 				return true // a stale file of ours appeared
 			}
 			continue
 		}
 		if err != nil {
-			return true // deleted (or unreadable)
+			return true // deleted, unreadable, or not a regular file
 		}
 		want, werr := tincgen.MemberFile(d.tb, m, d.hostOptions(d.tb), d.nodeEgress)
 		if werr != nil || !bytes.Equal(b, want) {

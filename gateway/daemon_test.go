@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -120,6 +121,8 @@ type rig struct {
 	d      *Daemon
 	cancel context.CancelFunc
 	done   chan error
+	// log, when set before start, is the daemon's logger.
+	log *slog.Logger
 }
 
 func newRig(t *testing.T, f *registry.File) *rig {
@@ -163,7 +166,7 @@ func (r *rig) writeConfig(extra string) {
 
 func (r *rig) start() {
 	r.t.Helper()
-	d, err := New(r.cfg, Options{ConfigPath: r.path, Tincd: r.tincd, Egress: r.egress, Notify: func(string) {},
+	d, err := New(r.cfg, Options{ConfigPath: r.path, Tincd: r.tincd, Egress: r.egress, Notify: func(string) {}, Logger: r.log,
 		OnEvent: func(e Event) { r.events <- e }})
 	if err != nil {
 		r.t.Fatal(err)

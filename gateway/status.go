@@ -6,10 +6,15 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/confine-project/mgmtnet/tincgen"
 )
 
 // Status is what the daemon knows, as "mgmtnet status --json" prints it.
@@ -60,19 +65,53 @@ type FileCounts struct {
 	Removed   int `json:"removed"`
 }
 
-// serveStatus answers each connection to the unix socket path with the
-// status as one JSON object, until ctx ends. A stale socket file is
-// replaced.
-func (d *Daemon) serveStatus(ctx context.Context, path string) (func(), error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, fmt.Errorf("status socket %s: %w", path, err)
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("status socket %s: %w", path, err)
-	}
-	ln, err := net.Listen("unix", path)
+// statusSocketMode is the status socket's mode: the daemon's user and
+// the status_socket_group may connect, nobody else.
+const statusSocketMode fs.FileMode = 0o660
+
+// serveStatus answers each connection to the unix socket cfg.StatusSocket
+// with the status as one JSON object, until ctx ends. A stale socket is
+// replaced; anything else at the path (a regular file, a directory, a
+// symlink) is an error naming it, and is left alone. The socket is mode
+// 0660 whatever the umask, and its group is cfg.StatusSocketGroup.
+//
+// There is no moment at which the socket accepts connections from others:
+// it is bound inside a fresh 0700 directory next to the path (bind(2)
+// applies the umask, and there is no fchmod for an unbound socket; setting
+// the umask around the bind would race with every other goroutine creating
+// files), chmodded and chowned there, then renamed into place. Nobody else
+// can reach it in that directory, and the rename makes it appear at the
+// path with its final mode and group.
+func (d *Daemon) serveStatus(ctx context.Context, cfg Config) (func(), error) {
+	path := cfg.StatusSocket
+	gid, err := cfg.statusSocketGID()
 	if err != nil {
-		return nil, fmt.Errorf("status socket: %w", err)
+		return nil, err
+	}
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("status socket %s: %w", path, err)
+	}
+	if err := checkSocketPath(path); err != nil {
+		return nil, err
+	}
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("status socket %s: another process is serving it (another gateway daemon?)", path)
+	}
+	if err := removeStaleSocket(path); err != nil {
+		return nil, err
+	}
+	ln, err := listenPrivate(path, gid)
+	if err != nil {
+		return nil, err
+	}
+	// Lstat after the rename: stop removes the path only while it is
+	// still this socket.
+	mine, err := os.Lstat(path)
+	if err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("status socket %s: %w", path, err)
 	}
 	done := make(chan struct{})
 	go func() {
@@ -94,7 +133,84 @@ func (d *Daemon) serveStatus(ctx context.Context, path string) (func(), error) {
 			}()
 		}
 	}()
-	return func() { ln.Close(); <-done; os.Remove(path) }, nil
+	return func() {
+		ln.Close()
+		<-done
+		if fi, err := os.Lstat(path); err == nil && os.SameFile(fi, mine) {
+			os.Remove(path)
+		}
+	}, nil
+}
+
+// listenPrivate binds a unix socket with mode 0660 and group gid in a
+// private directory next to path and moves it to path, which must not
+// exist (see serveStatus).
+func listenPrivate(path string, gid int) (*net.UnixListener, error) {
+	tmpDir, err := os.MkdirTemp(filepath.Dir(path), ".mgmtnet-sock-") // 0700
+	if err != nil {
+		return nil, fmt.Errorf("status socket %s: %w", path, err)
+	}
+	defer os.RemoveAll(tmpDir)
+	tmp := filepath.Join(tmpDir, "s")
+	// sun_path holds 108 bytes with the terminating NUL.
+	if len(tmp) > 107 {
+		return nil, fmt.Errorf("status socket %s: path too long: the socket is bound at %s first, %d bytes, at most 107", path, tmp, len(tmp))
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmp, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("status socket %s: %w", path, err)
+	}
+	// Closing must not unlink tmp: the socket lives at path by then.
+	ln.SetUnlinkOnClose(false)
+	err = os.Chmod(tmp, statusSocketMode)
+	if err == nil {
+		err = os.Lchown(tmp, -1, gid)
+	}
+	if err == nil {
+		// No replacing: whatever appeared at path since the stale
+		// socket was removed stays, and is an error.
+		err = unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, path, unix.RENAME_NOREPLACE)
+		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) {
+			err = os.Rename(tmp, path) // a file system without RENAME_NOREPLACE
+		}
+		if errors.Is(err, unix.EEXIST) {
+			err = fmt.Errorf("something appeared at the path meanwhile: left as it is")
+		}
+	}
+	if err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("status socket %s: %w", path, err)
+	}
+	return ln, nil
+}
+
+// checkSocketPath returns nil when path does not exist or is a socket
+// (stale: it may be replaced), else an error naming path and what is there.
+func checkSocketPath(path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("status socket %s: %w", path, err)
+	}
+	if fi.Mode().Type() != fs.ModeSocket {
+		return fmt.Errorf("status socket %s: a %s is there, not a socket: left as it is (move it away, or set status_socket)",
+			path, tincgen.FileType(fi.Mode()))
+	}
+	return nil
+}
+
+// removeStaleSocket removes the socket at path. Anything else there is an
+// error naming it and is left alone; nothing at all is not an error.
+func removeStaleSocket(path string) error {
+	if err := checkSocketPath(path); err != nil {
+		return err
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("status socket %s: %w", path, err)
+	}
+	return nil
 }
 
 // QueryStatus reads the status from a daemon's unix socket, as raw JSON.

@@ -50,9 +50,12 @@ func Apply(dir string, d Desired, dryRun bool) (ApplyReport, error) {
 	}
 	for _, f := range d.Files {
 		path := filepath.Join(dir, filepath.FromSlash(f.Name))
-		old, err := os.ReadFile(path)
+		// A FIFO, socket or device in the way is never opened (it could
+		// block forever) and is replaced by the rename, as a file that
+		// differs.
+		old, err := tincgen.ReadRegularFile(path)
 		exists := err == nil
-		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		if err != nil && !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, tincgen.ErrNotRegular) {
 			return rep, fmt.Errorf("read %s: %w", path, err)
 		}
 		if exists && bytes.Equal(old, f.Data) {

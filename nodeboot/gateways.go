@@ -23,7 +23,7 @@ func FirmwareGateways(cfg Config, tincDir, gatewaysDir string) (gws []Gateway, n
 	own := cfg.TincName()
 	seen := map[string]bool{own: true}
 	add := func(name, path string) error {
-		b, err := os.ReadFile(path)
+		b, err := tincgen.ReadRegularFile(path)
 		if err != nil {
 			return fmt.Errorf("read gateway host file: %w", err)
 		}

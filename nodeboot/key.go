@@ -26,7 +26,7 @@ const placeholderKey = "-----BEGIN RSA PUBLIC KEY-----\n(the public key of the n
 // missing key gives a placeholder public key and generated.
 func EnsureKey(dir string, bits int, random io.Reader, dryRun bool) (pub []byte, generated bool, err error) {
 	path := filepath.Join(dir, KeyFile)
-	b, err := os.ReadFile(path)
+	b, err := tincgen.ReadRegularFile(path)
 	switch {
 	case err == nil:
 		pub, err := tincgen.PublicKeyOf(b)

@@ -175,7 +175,7 @@ func Run(ctx context.Context, cfg Config, opts Options) (*Result, error) {
 		}
 	}
 	oldName := tincgen.ConfName(filepath.Join(opts.TincDir, ConfFile))
-	oldConf, _ := os.ReadFile(filepath.Join(opts.TincDir, ConfFile))
+	oldConf, _ := tincgen.ReadRegularFile(filepath.Join(opts.TincDir, ConfFile))
 	rep, err := Apply(opts.TincDir, desired, opts.DryRun)
 	res.Written = append(res.Written, rep.Written...)
 	res.Chmod = append(res.Chmod, rep.Chmod...)
@@ -385,7 +385,7 @@ func tincd(ctx context.Context, opts Options, res *Result, changed, restart bool
 	default:
 		// tincd exits on SIGHUP when tinc.conf is unreadable: check first.
 		conf := filepath.Join(opts.TincDir, ConfFile)
-		b, err := os.ReadFile(conf)
+		b, err := tincgen.ReadRegularFile(conf)
 		if err == nil {
 			_, err = tincgen.ParseConf(b)
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -46,6 +47,10 @@ type SyncOptions struct {
 	// with nothing changed. fetch-hosts records there that a tincd reload
 	// is pending.
 	BeforeWrite func() error
+	// Logger gets a warning for each file with a name Sync writes or owns
+	// that is not a regular file (a FIFO, socket, symlink, device). Nil
+	// discards them.
+	Logger *slog.Logger
 }
 
 // Report says what Sync did, or would do with DryRun.
@@ -92,6 +97,14 @@ const tempPrefix = ".mgmtnet-"
 //   - then the existing regular files that opts.Owned accepts and files does not
 //     name are removed, and dir is synced once.
 //
+// Sync never opens anything but a regular file, and never blocks opening
+// one (see ReadHostFile). A symlink, FIFO, socket or device where a file in
+// files belongs counts as differing and is replaced by the rename; one
+// with a name opts.Owned accepts that files does not name is removed
+// (unlinked, never opened: tincd would hang opening a FIFO when a peer
+// claims that name), outside the mass-deletion count. Each is logged to
+// opts.Logger as a warning with its path and type.
+//
 // Every name in files must be a valid tinc name. dir is created (0755) if
 // missing. Anything that is not owned (README, foo.bak, dotfiles, directories)
 // is left alone, except temporary files left by an interrupted Sync, which are
@@ -110,6 +123,9 @@ func Sync(dir string, files Files, opts SyncOptions) (Report, error) {
 type syncHooks struct {
 	// beforeRename runs after the temporary file for name is written and synced.
 	beforeRename func(name string) error
+	// afterList runs after the directory is listed, before any file is
+	// read: a test swaps a file for a FIFO there.
+	afterList func()
 }
 
 func syncDir(dir string, files Files, opts SyncOptions, hooks *syncHooks) (Report, error) {
@@ -144,14 +160,32 @@ func syncDir(dir string, files Files, opts SyncOptions, hooks *syncHooks) (Repor
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return Report{}, fmt.Errorf("sync %s: %w", dir, err)
 	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	existing := make(map[string]fs.FileMode, len(entries))
-	var temps, remove []string
+	var temps, remove, removeSpecial []string
 	existingOwned := 0
 	for _, e := range entries {
 		name, typ := e.Name(), e.Type()
 		existing[name] = typ
+		_, listed := files[name]
+		inScope := opts.Only == nil || opts.Only[name]
 		switch {
+		case typ.IsDir():
+			// Never ours; one where a host file belongs is an error below.
 		case !typ.IsRegular():
+			if !inScope || (!listed && !owned(name)) {
+				break
+			}
+			action := "replacing it"
+			if !listed {
+				action = "removing it"
+				removeSpecial = append(removeSpecial, name)
+			}
+			log.Warn("host file is not a regular file; "+action,
+				"path", filepath.Join(dir, name), "type", FileType(typ))
 		case strings.HasPrefix(name, tempPrefix):
 			temps = append(temps, name)
 		case owned(name):
@@ -161,10 +195,18 @@ func syncDir(dir string, files Files, opts SyncOptions, hooks *syncHooks) (Repor
 			}
 		}
 	}
+	if hooks != nil && hooks.afterList != nil {
+		hooks.afterList()
+	}
 	if opts.Only != nil {
 		names = slices.DeleteFunc(names, func(n string) bool { return !opts.Only[n] })
 	}
 	// ReadDir sorts by name, so remove is sorted.
+	// notRegular handles a file that was regular when listed and is not
+	// when read: it differs, and the rename replaces it.
+	notRegular := func(name string, err error) {
+		log.Warn("host file is not a regular file; replacing it", "path", filepath.Join(dir, name), "err", err)
+	}
 
 	// Compare contents. Reading ~66 000 small files dominates a warm sync, so
 	// the reads run in parallel.
@@ -188,14 +230,22 @@ func syncDir(dir string, files Files, opts SyncOptions, hooks *syncHooks) (Repor
 		}
 		if old == nil {
 			same, err := sameContent(filepath.Join(dir, name), files[name])
+			if errors.Is(err, ErrNotRegular) {
+				notRegular(name, err)
+				return nil
+			}
 			if err != nil {
 				return fmt.Errorf("read host file %s: %w", name, err)
 			}
 			unchanged[i] = same
 			return nil
 		}
-		b, err := os.ReadFile(filepath.Join(dir, name))
+		b, err := ReadHostFile(filepath.Join(dir, name))
 		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		if errors.Is(err, ErrNotRegular) {
+			notRegular(name, err)
 			return nil
 		}
 		if err != nil {
@@ -218,7 +268,9 @@ func syncDir(dir string, files Files, opts SyncOptions, hooks *syncHooks) (Repor
 			write = append(write, name)
 		}
 	}
-	rep.Written, rep.Removed = write, remove
+	rep.Written = write
+	rep.Removed = append(slices.Clone(remove), removeSpecial...)
+	slices.Sort(rep.Removed)
 
 	if opts.DryRun {
 		var d strings.Builder
@@ -228,7 +280,10 @@ func syncDir(dir string, files Files, opts SyncOptions, hooks *syncHooks) (Repor
 			}
 		}
 		for _, name := range remove {
-			b, err := os.ReadFile(filepath.Join(dir, name))
+			b, err := ReadHostFile(filepath.Join(dir, name))
+			if errors.Is(err, ErrNotRegular) || errors.Is(err, fs.ErrNotExist) {
+				continue // swapped since the listing: nothing to show
+			}
 			if err != nil {
 				return Report{}, fmt.Errorf("read host file %s: %w", name, err)
 			}
@@ -250,6 +305,7 @@ func syncDir(dir string, files Files, opts SyncOptions, hooks *syncHooks) (Repor
 			return Report{}, fmt.Errorf("remove stale temporary file %s: %w", name, err)
 		}
 	}
+	remove = append(remove, removeSpecial...)
 	if opts.BeforeWrite != nil && len(write)+len(remove) > 0 {
 		if err := opts.BeforeWrite(); err != nil {
 			return Report{}, fmt.Errorf("sync %s: %w", dir, err)
@@ -397,14 +453,19 @@ func lockDir(dir string) (unlock func(), err error) {
 // sameContent reports whether the file at path holds exactly want. It
 // reads at most len(want)+1 bytes with raw system calls (a warm sync reads
 // every host file, and os.File's poller set-up costs more than the read).
-// A file that does not exist is not the same.
+// A file that does not exist is not the same; anything but a regular file
+// is an ErrNotRegular error, and is never opened blocking.
 func sameContent(path string, want []byte) (bool, error) {
-	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
-	if err == unix.ENOENT {
+	fd, size, err := openRegular(path, true)
+	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
 	}
 	if err != nil {
 		return false, err
+	}
+	if size != int64(len(want)) {
+		unix.Close(fd)
+		return false, nil
 	}
 	defer unix.Close(fd)
 	buf := make([]byte, len(want)+1)

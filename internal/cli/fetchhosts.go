@@ -238,7 +238,7 @@ func fetchHosts(ctx context.Context, env Env, base string, island uint64, declar
 	// HUP, and node-boot or the gateway daemon owns it.
 	own := tincgen.ConfName(filepath.Join(filepath.Dir(absDir), "tinc.conf"))
 	if want, listed := files[own]; listed {
-		if have, err := os.ReadFile(filepath.Join(absDir, own)); err == nil {
+		if have, err := tincgen.ReadHostFile(filepath.Join(absDir, own)); err == nil {
 			delete(files, own)
 			if !bytes.Equal(have, want) {
 				sum.Warnings = append(sum.Warnings, fmt.Sprintf("this host's own host file %s differs from the registry's; left as it is", own))
@@ -246,7 +246,7 @@ func fetchHosts(ctx context.Context, env Env, base string, island uint64, declar
 		}
 	}
 	rep, err := tincgen.Sync(absDir, files, tincgen.SyncOptions{
-		Force: f.force, DryRun: f.dryRun,
+		Force: f.force, DryRun: f.dryRun, Logger: env.Logger,
 		Owned: func(name string) bool { return name != own && tincgen.OwnedName(name) },
 		BeforeWrite: func() error {
 			if !f.reload {
@@ -288,7 +288,7 @@ func fetchHosts(ctx context.Context, env Env, base string, island uint64, declar
 // it) and sends one SIGHUP.
 func reloadTincd(hostsDir, pidFile string) error {
 	conf := filepath.Join(filepath.Dir(hostsDir), "tinc.conf")
-	b, err := os.ReadFile(conf)
+	b, err := tincgen.ReadRegularFile(conf)
 	if err != nil {
 		return fmt.Errorf("reload tincd: not signalling, tincd would exit: %w", err)
 	}

@@ -27,7 +27,11 @@ const (
 	// SkipDuplicate: several members have the same name; none gets it.
 	SkipDuplicate
 	// SkipReserved: the name is one the plan gives out (node-7, server-2,
-	// also when no such member exists today) or a name server's.
+	// also when no such member exists today) or looks like one (node-07,
+	// slice-...), is a name server's (or the first label of one), starts
+	// with "_" (service labels), or is one that hosts and browsers resolve
+	// to configure themselves or reach the local host (localhost...,
+	// wpad, isatap: see reservedLabels).
 	SkipReserved
 )
 
@@ -59,7 +63,7 @@ func (s SkippedName) String() string {
 	case SkipDuplicate:
 		why = "other members have the same name"
 	case SkipReserved:
-		why = "it is a name of the addressing plan or of a name server"
+		why = "reserved: a name of the addressing plan or of a name server, or one clients trust (localhost, wpad...)"
 	default:
 		why = s.Reason.String()
 	}
@@ -123,6 +127,9 @@ type Zone struct {
 	// names in Config order.
 	servers map[string]*rrset
 	nsNames []string
+	// nsLabels are the first labels of the name servers' names, in the
+	// zone or not: no member may be called like a name server.
+	nsLabels map[string]bool
 	// ents are the forward empty non-terminals: the names between the
 	// apex and deep name server names.
 	ents    map[string]struct{}
@@ -178,7 +185,10 @@ func newZone(cfg Config, tb *mesh.Testbed, serial uint32) (*Zone, error) {
 
 	// Name servers inside the zone: their addresses, and the empty
 	// non-terminals between them and the apex.
+	z.nsLabels = map[string]bool{}
 	for _, ns := range cfg.NS {
+		first, _, _ := strings.Cut(ns.Name, ".")
+		z.nsLabels[first] = true
 		if !dns.IsSubDomain(cfg.Zone, ns.Name) {
 			continue
 		}
@@ -291,9 +301,14 @@ func (z *Zone) addRegistryNames(tb *mesh.Testbed, labels []string) {
 		switch {
 		case label == labels[i]:
 			// The registry's name is the plan name: nothing to add.
+		case strings.HasPrefix(label, "_"):
+			// Not a host label either, but a service label (_ldap._tcp):
+			// refused as reserved, as a claim on a service name.
+			z.skipped = append(z.skipped, SkippedName{Member: m.TincName, Name: m.Name, Reason: SkipReserved})
 		case !hostLabel(label):
 			z.skipped = append(z.skipped, SkippedName{Member: m.TincName, Name: m.Name, Reason: SkipInvalid})
-		case planName(label) || z.reserved(label+"."+z.cfg.Zone):
+		case planName(label) || planLike(label) || reservedLabel(label) || z.nsLabels[label] ||
+			z.reserved(label+"."+z.cfg.Zone):
 			z.skipped = append(z.skipped, SkippedName{Member: m.TincName, Name: m.Name, Reason: SkipReserved})
 		default:
 			claims[label] = append(claims[label], claim{m, label})
@@ -316,6 +331,45 @@ func (z *Zone) addRegistryNames(tb *mesh.Testbed, labels []string) {
 	slices.SortFunc(z.skipped, func(a, b SkippedName) int {
 		return cmp.Or(strings.Compare(a.Member, b.Member), strings.Compare(a.Name, b.Name))
 	})
+}
+
+// reservedLabels are the registry names no member may claim, whatever
+// the zone: clients resolve them, often through the search list, to
+// reach the local host or to configure themselves, so whoever holds one
+// in the management zone can intercept traffic or credentials. localhost
+// (RFC 6761; "localhost" is also a prefix: localhost4, localhost6),
+// localdomain, the Debian /etc/hosts names (ip6-localhost...), wpad (web
+// proxy autodiscovery), isatap (ISATAP tunnel routers), autodiscover
+// (mail client set-up) and broadcasthost.
+var reservedLabels = map[string]bool{
+	"localdomain": true, "ip6-localhost": true, "ip6-loopback": true, "ip6-localnet": true,
+	"ip6-mcastprefix": true, "ip6-allnodes": true, "ip6-allrouters": true,
+	"wpad": true, "isatap": true, "autodiscover": true, "broadcasthost": true,
+}
+
+// reservedLabel reports whether label is in reservedLabels or starts
+// with "localhost".
+func reservedLabel(label string) bool {
+	return reservedLabels[label] || strings.HasPrefix(label, "localhost")
+}
+
+// planKinds are the words that start the plan's names (node-31,
+// slice-5.node-31...).
+var planKinds = []string{"node", "server", "host", "gateway", "sliver", "slice"}
+
+// planLike reports whether label looks like a name of the plan without
+// being one (node-031, server-99999999, host-1x) or starts with "slice-":
+// served, it would pass for the plan's name of another member or sliver.
+func planLike(label string) bool {
+	if strings.HasPrefix(label, "slice-") {
+		return true
+	}
+	for _, k := range planKinds {
+		if rest, ok := strings.CutPrefix(label, k+"-"); ok && rest != "" && '0' <= rest[0] && rest[0] <= '9' {
+			return true
+		}
+	}
+	return false
 }
 
 // reserved reports whether a forward name is taken by a name server or

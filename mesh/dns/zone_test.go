@@ -1,7 +1,9 @@
 package dns
 
 import (
+	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -388,5 +390,55 @@ func TestAXFRChunks(t *testing.T) {
 		if w.err != nil || len(w.msgs) < 2 || n != 2000+3 {
 			t.Errorf("%s: %d messages, %d records, %v; want several messages, 2003 records", zone, len(w.msgs), n, w.err)
 		}
+	}
+}
+
+// TestZoneReservedLabels: a member may not claim a name that clients
+// trust (localhost, wpad, isatap...), a service label, a name server's
+// first label (in the zone or not), or a name that passes for one of the
+// plan's; such names are skipped as reserved, and their members keep
+// their plan names.
+func TestZoneReservedLabels(t *testing.T) {
+	reserved := []string{"localhost", "LocalHost6", "localhost4", "wpad", "ISATAP", "autodiscover",
+		"_ldap", "_wpad", "ns", "ns2", "node-031", "server-99999999999", "host-1x", "gateway-3",
+		"slice-5", "slice-web", "ip6-localhost"}
+	fine := []string{"lab-router", "hostel", "node", "slicer", "wpad-printer", "nsa"}
+	var cands []mesh.Candidate
+	for i, name := range append(slices.Clone(reserved), fine...) {
+		cands = append(cands, cand(t, addressing.KindNode, uint64(100+i), name))
+	}
+	cfg := Config{Zone: testZone, NS: []NameServer{
+		{Name: "ns." + testZone, Addrs: []netip.Addr{netip.MustParseAddr("fdf5:5351:1dfd::53")}},
+		{Name: "ns2.example.org."}, // outside the zone: its first label is still reserved
+	}}
+	z, err := NewZone(cfg, build(t, cands...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []SkippedName
+	for i, name := range reserved {
+		want = append(want, SkippedName{Member: fmt.Sprintf("node_%d", 100+i), Name: name, Reason: SkipReserved})
+	}
+	slices.SortFunc(want, func(a, b SkippedName) int { return strings.Compare(a.Member, b.Member) })
+	if diff := cmp.Diff(want, z.Skipped()); diff != "" {
+		t.Errorf("skipped (-want +got):\n%s", diff)
+	}
+	for _, name := range reserved {
+		fqdn := strings.ToLower(name) + "." + testZone
+		if i, ok := z.names[fqdn]; ok {
+			t.Errorf("%s is served (as %s)", fqdn, z.members[i].addr)
+		}
+	}
+	for _, name := range fine {
+		if _, ok := z.names[name+"."+testZone]; !ok {
+			t.Errorf("%s.%s is not served", name, testZone)
+		}
+	}
+	// The plan names stay: node-100 is the member that asked for localhost.
+	if _, ok := z.names["node-100."+testZone]; !ok {
+		t.Errorf("node-100 lost its plan name")
+	}
+	if got := z.Skipped()[0].String(); !strings.Contains(got, `name "localhost": reserved`) {
+		t.Errorf("String() = %s", got)
 	}
 }
