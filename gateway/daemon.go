@@ -509,7 +509,7 @@ func (d *Daemon) applyConf(tb *mesh.Testbed) error {
 		return nil
 	}
 	path := filepath.Join(d.cfg.Tinc.Dir, "tinc.conf")
-	b, err := os.ReadFile(path)
+	b, err := tincgen.ReadRegularFile(path)
 	if err != nil {
 		return fmt.Errorf("tinc.conf: %w", err)
 	}
