@@ -133,9 +133,9 @@ type Daemon struct {
 	// refused counts the Subnet announcements tincd refused; written by
 	// tincd's log reader, read by status.
 	refused refusals
-	// tunnelServer is whether tinc.conf as last applied runs tincd with
-	// TunnelServer (nil: not read yet).
-	tunnelServer *bool
+	// expected are the refusals expectRefusals foresees, by "member
+	// prefix"; read by tincd's log reader.
+	expected atomic.Pointer[map[string]bool]
 }
 
 // New returns a daemon for a validated cfg.
@@ -491,6 +491,9 @@ func (d *Daemon) apply(ctx context.Context, tb *mesh.Testbed, repair bool) error
 	if rep.Changed() {
 		d.hupPending = true
 	}
+	if d.cfg.Tinc.TunnelServer {
+		d.expectRefusals(tb)
+	}
 	if err := d.applyConf(tb); err != nil {
 		return err
 	}
@@ -535,17 +538,48 @@ func (d *Daemon) applyConf(tb *mesh.Testbed) error {
 		return fmt.Errorf("write tinc.conf: %w", err)
 	}
 	d.log.Info("tinc.conf updated for the tunnel-server topology", "connect_to", strings.Join(dial, " "))
-	if c.IsTunnelServer() {
+	switch {
+	case c.IsTunnelServer():
 		d.hupPending = true
-	} else {
+	case !d.tincd.State().Managed:
+		// tincd reads TunnelServer only at start, and mgmtnet does not
+		// run this one: the HUP applies the rest.
+		d.log.Warn("tinc.conf now sets TunnelServer: restart tincd by hand for it to take effect (tinc.manage is false)", "conf", path)
+		d.hupPending = true
+	default:
 		d.restartPending = true
 	}
 	return nil
 }
 
+// expectRefusals records the Subnets that other gateways announce and
+// this gateway holds at another weight (tincgen.PeerServiceWeight): tincd
+// refuses those announcements by design, so they are not an attack.
+func (d *Daemon) expectRefusals(tb *mesh.Testbed) {
+	m := map[string]bool{}
+	for _, g := range tb.Gateways() {
+		if g.TincName == d.cfg.Identity.TincName {
+			continue
+		}
+		if g.Egress.Offered {
+			m[g.TincName+" "+tincgen.EgressDefault.String()] = true
+		}
+		if g.DNS.Addr.IsValid() {
+			m[g.TincName+" "+netip.PrefixFrom(g.DNS.Addr, 128).String()] = true
+		}
+	}
+	d.expected.Store(&m)
+}
+
 // refusal records a Subnet announcement tincd refused. It runs on tincd's
 // log reader goroutine.
 func (d *Daemon) refusal(r Refusal) {
+	if s, err := tincgen.ParseSubnet(r.Subnet); err == nil {
+		if m := d.expected.Load(); m != nil && (*m)[r.Member+" "+s.Prefix.String()] {
+			d.log.Debug("tincd refused a gateway's Subnet held at another weight, as designed", "member", r.Member, "subnet", r.Subnet)
+			return
+		}
+	}
 	d.refused.add(r, time.Now())
 	d.m.unauthorized.WithLabelValues(r.Member).Inc()
 	d.log.Warn("tincd refused a Subnet that the registry does not grant", "member", r.Member, "subnet", r.Subnet, "from", r.From)

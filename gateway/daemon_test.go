@@ -29,6 +29,8 @@ type fakeTincd struct {
 	calls   []string
 	// failReloads makes the next Reload calls fail.
 	failReloads int
+	// managed is what State reports as Managed.
+	managed bool
 }
 
 var _ Tincd = (*fakeTincd)(nil)
@@ -67,7 +69,7 @@ func (f *fakeTincd) Stop(context.Context) error {
 func (f *fakeTincd) State() TincdState {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return TincdState{Pid: 100, Running: f.running}
+	return TincdState{Managed: f.managed, Pid: 100, Running: f.running}
 }
 func (f *fakeTincd) Events() <-chan TincdEvent { return nil }
 func (f *fakeTincd) Peers() []Peer             { return nil }

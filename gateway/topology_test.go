@@ -18,6 +18,7 @@ func TestDaemonTunnelServerConf(t *testing.T) {
 	f.Servers = append(f.Servers, registry.FileMember{ID: 3, Name: "third", Tinc: &registry.FileTinc{Name: "server_3", PubKey: keys[1],
 		Addresses: []registry.FileAddress{{Addr: "10.0.0.3", Port: 655, Island: 1}}}})
 	r := newRig(t, f)
+	r.tincd.managed = true
 	conf := filepath.Join(r.cfg.Tinc.Dir, "tinc.conf")
 	// A gateway as the old design ran it, with the operator's own lines.
 	os.WriteFile(conf, []byte("Name = server\nPort = 655\nStrictSubnets = yes\nConnectTo = node_1\nInterface = confine\n"), 0o644)
@@ -56,6 +57,31 @@ func TestDaemonTunnelServerConf(t *testing.T) {
 	if st2, _ := os.Stat(conf); !st2.ModTime().Equal(st.ModTime()) {
 		t.Error("tinc.conf rewritten in the steady state")
 	}
+	// Another gateway's egress and DNS service are held above any own
+	// weight, so this gateway serves them itself when it offers them.
+	f4 := testFile(t, 2)
+	f4.Servers = append([]registry.FileMember{}, f.Servers...)
+	s3 := f4.Servers[1]
+	s3.Properties = map[string]string{"mgmtnet.egress": "weight=20", "mgmtnet.dns": "fdf5:5351:1dfd:0:53::53,weight=20"}
+	f4.Servers[1] = s3
+	r.srv.SetFile(f4)
+	r.poll()
+	r.tincd.take()
+	b3, _ = os.ReadFile(r.hostFile("server_3"))
+	for _, l := range []string{"Subnet = 0.0.0.0/0#65556\n", "Subnet = fdf5:5351:1dfd:0:53:0:0:53#65556\n"} {
+		if !strings.Contains(string(b3), l) {
+			t.Errorf("server_3's file lacks %q:\n%s", l, b3)
+		}
+	}
+	// server_3 announcing them at its own weight is no attack.
+	for _, l := range []string{"0.0.0.0/0#20", "fdf5:5351:1dfd:0:53:0:0:53/128#20", "fdf5:5351:1dfd:1:0:0:0:0/64#0"} {
+		rf, _ := parseRefusal("Ignoring unauthorized ADD_SUBNET from server_3 (10.0.0.3 port 655): " + l)
+		r.d.refusal(rf)
+	}
+	if s := r.poll(); len(s.RefusedSubnets) != 1 || s.RefusedSubnets[0].Subnet != "fdf5:5351:1dfd:1:0:0:0:0/64#0" {
+		t.Errorf("refused: %+v", s.RefusedSubnets)
+	}
+
 	// A new node: every gateway's relays change, one HUP.
 	f2 := testFile(t, 3)
 	f2.Servers = f.Servers
@@ -66,6 +92,22 @@ func TestDaemonTunnelServerConf(t *testing.T) {
 	}
 	if b3, _ := os.ReadFile(r.hostFile("server_3")); !strings.Contains(string(b3), "Subnet = fdf5:5351:1dfd:3:0:0:0:0/64#101\n") {
 		t.Errorf("server_3's file lacks node_3's relay:\n%s", b3)
+	}
+}
+
+// TestDaemonTunnelServerUnmanaged: a tincd mgmtnet does not run cannot
+// be restarted; turning TunnelServer on is then a reload and a warning,
+// never a failed sync.
+func TestDaemonTunnelServerUnmanaged(t *testing.T) {
+	r := newRig(t, testFile(t, 1))
+	os.WriteFile(filepath.Join(r.cfg.Tinc.Dir, "tinc.conf"), []byte("Name = server\n"), 0o644)
+	r.start()
+	r.wait(EventSynced)
+	if got := r.tincd.take(); got != "reload" {
+		t.Errorf("tincd calls %q, want one reload", got)
+	}
+	if s := r.poll(); s.LastError != "" {
+		t.Errorf("last_error %q", s.LastError)
 	}
 }
 

@@ -100,6 +100,14 @@ type HostOptions struct {
 // reachable route always wins.
 const CoverWeight = 1000
 
+// PeerServiceWeight is added, in a gateway's hosts directory, to the
+// weight of another gateway's egress and DNS service Subnets: a gateway
+// always serves these itself when it offers them, and relays to the best
+// other gateway only when it does not (a withdrawn egress offer), so that
+// no two gateways hand such a packet back and forth. It is above
+// MaxEgressWeight.
+const PeerServiceWeight = 1 << 16
+
 // RelayWeight is the base weight of the relay Subnets a gateway holds for
 // another gateway (see HostOptions.Gateway): above a member's own Subnet
 // (tinc's default 10), so the member itself is preferred whenever it is
@@ -214,6 +222,13 @@ func memberFile(tb *mesh.Testbed, m *mesh.Member, o HostOptions, nodeEgress bool
 		h.Subnets = append(h.Subnets, NewSubnet(netip.PrefixFrom(a, 32)))
 	}
 	if o.Gateway != "" && m.IsGateway() {
+		if m.TincName != o.Gateway {
+			for i, s := range h.Subnets {
+				if s.Prefix == EgressDefault || (m.DNS.Addr.IsValid() && s.Prefix == netip.PrefixFrom(m.DNS.Addr, 128)) {
+					h.Subnets[i].Weight += PeerServiceWeight
+				}
+			}
+		}
 		h.Subnets = append(h.Subnets, Subnet{Prefix: plan.Mgmt(), Weight: CoverWeight})
 		if m.TincName != o.Gateway {
 			w := RelayWeight + relayDistance(tb, o.Gateway, m.TincName)

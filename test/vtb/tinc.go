@@ -99,6 +99,15 @@ func ConnectionEvents(log string) (activated, closed map[string]int) {
 // pid file) and starts it again with the same files, as a node's owner
 // would after editing them by hand.
 func (tb *Testbed) RestartNodeTincd(ctx context.Context, n *Node) error {
+	if err := tb.StopNodeTincd(ctx, n); err != nil {
+		return err
+	}
+	return tb.StartNodeTincd(ctx, n)
+}
+
+// StopNodeTincd stops the tincd node-boot started on a node, by its pid
+// file, and waits until it has exited.
+func (tb *Testbed) StopNodeTincd(ctx context.Context, n *Node) error {
 	if pid, err := vpn.Signal(n.PidFile(), syscall.SIGTERM); err == nil {
 		// tincd removes its pid file as it exits.
 		if err := WaitFor(ctx, 10*time.Second, 50*time.Millisecond, func() error {
@@ -110,6 +119,11 @@ func (tb *Testbed) RestartNodeTincd(ctx context.Context, n *Node) error {
 			return err
 		}
 	}
+	return nil
+}
+
+// StartNodeTincd starts a node's tincd with its files, as node-boot does.
+func (tb *Testbed) StartNodeTincd(ctx context.Context, n *Node) error {
 	_, err := n.NS.Run(ctx, tb.nodeTincd(), "-c", n.TincDir, "--pidfile="+n.PidFile(), "--logfile="+filepath.Join(n.TincDir, "tinc.log"))
 	return err
 }
