@@ -223,7 +223,7 @@ func TestStatusSocketModeAndGroup(t *testing.T) {
 		if _, err := d.serveStatus(context.Background(), r.cfg); err == nil || !strings.Contains(err.Error(), "another process") {
 			t.Errorf("second server: %v, want another process is serving it", err)
 		}
-		if leftovers, _ := filepath.Glob(filepath.Join(filepath.Dir(r.cfg.StatusSocket), ".mgmtnet-sock-*")); len(leftovers) > 0 {
+		if leftovers, _ := filepath.Glob(filepath.Join(filepath.Dir(r.cfg.StatusSocket), ".ms*")); len(leftovers) > 0 {
 			t.Errorf("temporary directories left: %v", leftovers)
 		}
 		stop()

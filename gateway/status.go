@@ -146,7 +146,7 @@ func (d *Daemon) serveStatus(ctx context.Context, cfg Config) (func(), error) {
 // private directory next to path and moves it to path, which must not
 // exist (see serveStatus).
 func listenPrivate(path string, gid int) (*net.UnixListener, error) {
-	tmpDir, err := os.MkdirTemp(filepath.Dir(path), ".mgmtnet-sock-") // 0700
+	tmpDir, err := os.MkdirTemp(filepath.Dir(path), ".ms") // 0700
 	if err != nil {
 		return nil, fmt.Errorf("status socket %s: %w", path, err)
 	}

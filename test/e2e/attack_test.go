@@ -41,8 +41,8 @@ func TestAttackSubnetHijack(t *testing.T) {
 		name   string
 		legacy bool
 	}{
-		{"controller topology (control)", true},
-		{"tunnel server", false},
+		{"control", true},
+		{"tunnelserver", false},
 	} {
 		t.Run(strings.ReplaceAll(tc.name, " ", "_"), func(t *testing.T) {
 			lab := vtb.ForTest(t)
