@@ -236,6 +236,8 @@ type memberDecoder struct {
 	// make a collision, which would drop a member, practically
 	// impossible.
 	seen map[[16]byte]struct{}
+	// added are the digests added to seen since the last mark.
+	added [][16]byte
 	decoded
 }
 
@@ -258,6 +260,7 @@ func (md *memberDecoder) add(raw json.RawMessage) {
 		return
 	}
 	md.seen[key] = struct{}{}
+	md.added = append(md.added, key)
 	var m wireMember
 	err := json.Unmarshal(raw, &m)
 	var c mesh.Candidate
@@ -272,6 +275,31 @@ func (md *memberDecoder) add(raw json.RawMessage) {
 		md.V0 = true
 	}
 	md.Candidates = append(md.Candidates, c)
+}
+
+// decoderMark is a memberDecoder's state before a page; see mark.
+type decoderMark struct {
+	n, dups, cands, probs, added int
+	v0                           bool
+}
+
+// mark records the state before a page, for rollback.
+func (md *memberDecoder) mark() decoderMark {
+	md.added = md.added[:0]
+	return decoderMark{n: md.n, dups: md.dups, cands: len(md.Candidates), probs: len(md.Problems), v0: md.V0}
+}
+
+// rollback forgets every element added since m: a page whose transfer
+// failed half-way is read again in full on the next attempt.
+func (md *memberDecoder) rollback(m decoderMark) {
+	for _, k := range md.added {
+		delete(md.seen, k)
+	}
+	md.added = md.added[:0]
+	clear(md.Candidates[m.cands:])
+	clear(md.Problems[m.probs:])
+	md.n, md.dups, md.V0 = m.n, m.dups, m.v0
+	md.Candidates, md.Problems = md.Candidates[:m.cands], md.Problems[:m.probs]
 }
 
 // members is how many elements have been kept: candidates and problems.
@@ -307,14 +335,39 @@ func elementProblem(kind addressing.Kind, source string, i int, raw json.RawMess
 	return p
 }
 
-// decodeList decodes the JSON array body element by element and passes
-// each element to add, which must not keep it: the next element reuses its
-// bytes. So the body's elements are never all copied out of it at once.
-func decodeList(url string, body []byte, add func(json.RawMessage)) error {
-	bad := func(err error) error {
-		return fmt.Errorf("decode %s: want a JSON array of objects: %w", url, describeJSONError(body, err))
+// baseObject is what the client reads of the registry's base resource.
+type baseObject struct {
+	TestbedParams struct {
+		MgmtIPv6Prefix string `json:"mgmt_ipv6_prefix"`
+	} `json:"testbed_params"`
+}
+
+// decodeBase decodes the base resource, one JSON object, from r.
+func decodeBase(url string, r io.Reader, base *baseObject) error {
+	cr := &countingReader{r: r}
+	dec := json.NewDecoder(&spaceSqueezer{r: cr})
+	if err := dec.Decode(base); err != nil {
+		return fmt.Errorf("decode %s: want the registry's base object: %w", url, describeJSONError(cr.n, err))
 	}
-	dec := json.NewDecoder(bytes.NewReader(body))
+	if _, err := dec.Token(); err != io.EOF {
+		if err != nil && !isSyntaxError(err) {
+			return fmt.Errorf("decode %s: %w", url, err)
+		}
+		return fmt.Errorf("decode %s: want the registry's base object: data after it at byte %d", url, dec.InputOffset())
+	}
+	return nil
+}
+
+// decodeList decodes the JSON array that r streams element by element and
+// passes each element to add, which must not keep it: the next element
+// reuses its bytes. So neither the body nor its elements are ever all in
+// memory at once: only the element being decoded is.
+func decodeList(url string, r io.Reader, add func(json.RawMessage)) error {
+	cr := &countingReader{r: r}
+	bad := func(err error) error {
+		return fmt.Errorf("decode %s: want a JSON array of objects: %w", url, describeJSONError(cr.n, err))
+	}
+	dec := json.NewDecoder(&spaceSqueezer{r: cr})
 	tok, err := dec.Token()
 	if err != nil {
 		return bad(err)
@@ -333,9 +386,74 @@ func decodeList(url string, body []byte, add func(json.RawMessage)) error {
 		return bad(err)
 	}
 	if _, err := dec.Token(); err != io.EOF {
+		if err != nil && !isSyntaxError(err) {
+			return bad(err) // a read error, or the limit
+		}
 		return fmt.Errorf("decode %s: want a JSON array of objects: data after the array at byte %d", url, dec.InputOffset())
 	}
 	return nil
+}
+
+// isSyntaxError reports whether err is about the JSON rather than reading
+// it.
+func isSyntaxError(err error) bool {
+	var se *json.SyntaxError
+	return errors.As(err, &se)
+}
+
+// spaceSqueezer passes JSON through with every run of whitespace outside
+// strings cut to its first byte, which changes no value. json.Decoder
+// keeps all the whitespace before a value in its buffer and scans it again
+// on every refill: without this, an answer of a few hundred MB of blanks
+// (a gzip bomb of 1 MB) would cost as much memory and minutes of CPU.
+type spaceSqueezer struct {
+	r                        io.Reader
+	inString, escaped, space bool
+}
+
+func (s *spaceSqueezer) Read(p []byte) (int, error) {
+	for {
+		n, err := s.r.Read(p)
+		w := 0
+		for _, c := range p[:n] {
+			switch {
+			case s.inString:
+				switch {
+				case s.escaped:
+					s.escaped = false
+				case c == '\\':
+					s.escaped = true
+				case c == '"':
+					s.inString = false
+				}
+			case c == ' ' || c == '\t' || c == '\n' || c == '\r':
+				if s.space {
+					continue
+				}
+				s.space = true
+			default:
+				s.space = false
+				s.inString = c == '"'
+			}
+			p[w] = c
+			w++
+		}
+		if w > 0 || n == 0 || err != nil {
+			return w, err
+		}
+	}
+}
+
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // describeToken names the kind of a JSON token.
@@ -358,10 +476,11 @@ func describeToken(tok json.Token) string {
 	return fmt.Sprintf("%T", tok)
 }
 
-// describeJSONError makes truncated input say so.
-func describeJSONError(body []byte, err error) error {
+// describeJSONError makes input that ends early say so; n is how many
+// bytes were read.
+func describeJSONError(n int64, err error) error {
 	if err != nil && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || strings.Contains(err.Error(), "unexpected end of JSON input")) {
-		return fmt.Errorf("truncated JSON after %d bytes: %w", len(body), err)
+		return fmt.Errorf("truncated JSON after %d bytes: %w", n, err)
 	}
 	return err
 }
