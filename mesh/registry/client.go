@@ -572,6 +572,10 @@ func (c *Client) get(ctx context.Context, st *fetchState, target, ifNoneMatch st
 		req.Header.Set("If-None-Match", ifNoneMatch)
 	}
 	var got *page
+	// checkRetry records each failed attempt's error, to name it when the
+	// fetch's deadline ends a backoff wait.
+	last := &lastAttempt{}
+	req = req.WithContext(context.WithValue(ctx, lastAttemptKey{}, last))
 	// The body is read inside the retry loop, so that a transfer that
 	// breaks or stalls is retried like a failed connection. retryablehttp
 	// drains and closes the body before a retry; get closes it after
@@ -618,6 +622,8 @@ func (c *Client) get(ctx context.Context, st *fetchState, target, ifNoneMatch st
 		switch {
 		case errors.As(err, &perm):
 			return nil, perm.err
+		case ctx.Err() != nil && last.err != nil && !errors.Is(last.err, context.Canceled) && !errors.Is(last.err, context.DeadlineExceeded):
+			return nil, fmt.Errorf("get %s: %w (the last attempt: %w)", target, context.Cause(ctx), last.err)
 		case ctx.Err() != nil:
 			return nil, fmt.Errorf("get %s: %w", target, context.Cause(ctx))
 		}
@@ -742,10 +748,24 @@ func (b *limitedBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// lastAttempt is the error of a request's last failed attempt, which
+// checkRetry records when the request's context has one under
+// lastAttemptKey.
+type lastAttempt struct{ err error }
+
+type lastAttemptKey struct{}
+
 // checkRetry is retryablehttp's default policy (retry connection errors,
 // 429 and 5xx; stop on context cancellation) except that permanent errors
 // are never retried.
 func checkRetry(ctx context.Context, resp *http.Response, err error) (bool, error) {
+	if last, ok := ctx.Value(lastAttemptKey{}).(*lastAttempt); ok && err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // get names the URL
+		}
+		last.err = err
+	}
 	if ctx.Err() != nil {
 		return false, ctx.Err()
 	}

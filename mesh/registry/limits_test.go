@@ -194,3 +194,13 @@ func TestFetchTimeoutBoundsADrip(t *testing.T) {
 		t.Errorf("the fetch took %v, want about 700ms", took)
 	}
 }
+
+// TestFetchTimeoutNamesTheLastAttempt: a deadline that ends a backoff wait
+// still says why the attempts before it failed.
+func TestFetchTimeoutNamesTheLastAttempt(t *testing.T) {
+	opts := Options{RetryWaitMin: 2 * time.Second, RetryWaitMax: 2 * time.Second, FetchTimeout: 300 * time.Millisecond}
+	_, err := newClient(t, "http://127.0.0.1:1/api/", opts).Fetch(context.Background(), nil)
+	if err == nil || !strings.Contains(err.Error(), "deadline of 300ms") || !strings.Contains(err.Error(), "the last attempt: ") || !strings.Contains(err.Error(), "connection refused") {
+		t.Errorf("error %v, want the deadline and the last attempt's connection refused", err)
+	}
+}
