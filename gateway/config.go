@@ -76,9 +76,9 @@ type ProbeConfig struct {
 
 // RegistryConfig says where the registry is and how to reach it.
 type RegistryConfig struct {
-	URL      string   `yaml:"url"`
-	CA       string   `yaml:"ca"`
-	Insecure bool     `yaml:"insecure"`
+	URL      string `yaml:"url"`
+	CA       string `yaml:"ca"`
+	Insecure bool   `yaml:"insecure"`
 	// Timeout bounds one whole fetch of the registry: every request,
 	// retry and body read (each stall within it is bounded too, by at
 	// most registry.DefaultTimeout). At most MaxRegistryTimeout.
