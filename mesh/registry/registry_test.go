@@ -61,7 +61,7 @@ func serve(t testing.TB, h http.Handler) string {
 
 func smallSynthetic(t testing.TB, nodes, servers, hosts int) *File {
 	t.Helper()
-	f, err := Synthetic(SyntheticSpec{Nodes: nodes, Servers: servers, Hosts: hosts, Keys: 2, KeyBits: 1024})
+	f, err := Synthetic(SyntheticSpec{Nodes: nodes, Servers: servers, Hosts: hosts, Keys: 2, KeyBits: 2048})
 	if err != nil {
 		t.Fatal(err)
 	}
