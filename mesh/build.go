@@ -252,7 +252,7 @@ func checkTincAddress(a CandidateAddress) (TincAddress, error) {
 		port = DefaultTincPort
 	}
 	if port < 1 || port > 65535 {
-		return TincAddress{}, fmt.Errorf("tinc address %s port %d dropped: want 1..65535", host, a.Port)
+		return TincAddress{}, fmt.Errorf("tinc address %q port %d dropped: want 1..65535", host, a.Port)
 	}
 	if ip, err := netip.ParseAddr(host); err == nil {
 		ip = ip.Unmap()

@@ -15,6 +15,7 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -640,12 +641,14 @@ func (c *Client) get(ctx context.Context, st *fetchState, target, ifNoneMatch st
 }
 
 // statusError describes an unwanted status, with a short excerpt of the
-// body when it is text (a JSON error from the controller says why).
+// body when it is text (a JSON error from the controller says why), quoted:
+// it is the registry's, and must not put lines or escape codes on a
+// terminal.
 func statusError(target string, resp *http.Response) error {
 	text := http.StatusText(resp.StatusCode)
 	var detail string
 	if b, _ := io.ReadAll(io.LimitReader(resp.Body, 200)); len(b) > 0 && isPrintable(b) {
-		detail = ": " + strings.TrimSpace(string(b))
+		detail = ": " + strconv.Quote(strings.TrimSpace(string(b)))
 	}
 	return fmt.Errorf("get %s: status %d %s%s", target, resp.StatusCode, text, detail)
 }

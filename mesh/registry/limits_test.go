@@ -204,3 +204,33 @@ func TestFetchTimeoutNamesTheLastAttempt(t *testing.T) {
 		t.Errorf("error %v, want the deadline and the last attempt's connection refused", err)
 	}
 }
+
+// TestFetchQuotesRegistryStrings: strings of the registry that reach the
+// problems of a fetch, or its error, are quoted: no line break or escape
+// code gets through to a terminal.
+func TestFetchQuotesRegistryStrings(t *testing.T) {
+	const evil = `\n\u001b[31m` // JSON escapes of "\n\x1b[31m"
+	body := `[{"id": 1, "island": "x` + evil + `"}, {"id": 2, "tinc": {"name": "node_2", "addresses": [{"addr": "a", "port": "1` + evil + `"}]}},` +
+		` {"id": 3, "tinc": {"name": "node_3` + evil + `", "addresses": ["10.0.0.1` + evil + ` 655 x"]}}]`
+	base, _ := faultServer(t, jsonReply(body))
+	snap, err := newClient(t, base, fastOptions()).Fetch(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(snap.Problems) != 3 {
+		t.Fatalf("problems %q, want 3", snap.Problems)
+	}
+	for _, p := range snap.Problems {
+		if s := p.String(); strings.ContainsAny(s, "\n\x1b") || !strings.Contains(s, `\x1b[31m`) {
+			t.Errorf("problem %q: want the registry's string quoted", s)
+		}
+	}
+	// A status with a text body that has lines.
+	base, _ = faultServer(t, func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "line 1\nfake: all good", http.StatusBadRequest)
+	})
+	_, err = newClient(t, base, fastOptions()).Fetch(context.Background(), nil)
+	if err == nil || strings.ContainsAny(err.Error(), "\n\x1b") || !strings.Contains(err.Error(), `"line 1\nfake: all good"`) {
+		t.Errorf("error %q: want the body quoted", err)
+	}
+}

@@ -34,7 +34,7 @@ func (r *wireRef) UnmarshalJSON(b []byte) error {
 		}
 		id, err := strconv.ParseUint(string(b), 10, 64)
 		if err != nil {
-			return fmt.Errorf("reference %s: want {\"uri\": ..., \"id\": N}, a number or null", truncate(b))
+			return fmt.Errorf("reference %s: want {\"uri\": ..., \"id\": N}, a number or null", quoteJSON(b))
 		}
 		r.ID = id
 		return nil
@@ -69,7 +69,7 @@ func (p *wirePort) UnmarshalJSON(b []byte) error {
 	}
 	n, err := strconv.ParseInt(s, 10, 32)
 	if err != nil {
-		return fmt.Errorf("port %s: want an integer", truncate(b))
+		return fmt.Errorf("port %s: want an integer", quoteJSON(b))
 	}
 	*p = wirePort(n)
 	return nil
@@ -483,6 +483,17 @@ func describeJSONError(n int64, err error) error {
 		return fmt.Errorf("truncated JSON after %d bytes: %w", n, err)
 	}
 	return err
+}
+
+// quoteJSON quotes a JSON value of the registry for an error message,
+// shortened: a string as its Go-quoted value, anything else as its
+// Go-quoted text, so that no line break or escape code reaches a terminal.
+func quoteJSON(b []byte) string {
+	var s string
+	if json.Unmarshal(b, &s) == nil {
+		return strconv.Quote(truncate([]byte(s)))
+	}
+	return strconv.Quote(truncate(b))
 }
 
 // truncate shortens b for an error message.
