@@ -604,9 +604,12 @@ func (c *Client) get(ctx context.Context, st *fetchState, target, ifNoneMatch st
 		}
 		if err := decode(body); err != nil {
 			var tooBig *bodyTooLargeError
+			var elemTooBig *elementTooLargeError
 			switch {
 			case errors.As(err, &tooBig):
 				return &permanentError{tooBig}
+			case errors.As(err, &elemTooBig):
+				return &permanentError{err}
 			case body.err != nil:
 				// The transfer failed (a reset, a stall): retry.
 				return fmt.Errorf("get %s: read body: %w", target, body.err)

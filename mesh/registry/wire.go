@@ -345,7 +345,7 @@ type baseObject struct {
 // decodeBase decodes the base resource, one JSON object, from r.
 func decodeBase(url string, r io.Reader, base *baseObject) error {
 	cr := &countingReader{r: r}
-	dec := json.NewDecoder(&spaceSqueezer{r: cr})
+	dec := newCappedDecoder(&spaceSqueezer{r: cr})
 	if err := dec.Decode(base); err != nil {
 		return fmt.Errorf("decode %s: want the registry's base object: %w", url, describeJSONError(cr.n, err))
 	}
@@ -367,7 +367,7 @@ func decodeList(url string, r io.Reader, add func(json.RawMessage)) error {
 	bad := func(err error) error {
 		return fmt.Errorf("decode %s: want a JSON array of objects: %w", url, describeJSONError(cr.n, err))
 	}
-	dec := json.NewDecoder(&spaceSqueezer{r: cr})
+	dec := newCappedDecoder(&spaceSqueezer{r: cr})
 	tok, err := dec.Token()
 	if err != nil {
 		return bad(err)
@@ -392,6 +392,47 @@ func decodeList(url string, r io.Reader, add func(json.RawMessage)) error {
 		return fmt.Errorf("decode %s: want a JSON array of objects: data after the array at byte %d", url, dec.InputOffset())
 	}
 	return nil
+}
+
+// MaxElementBytes bounds one JSON value the client decodes: the base
+// object, or one member of a list. A member as the controller renders it
+// is 1 to 3 KB (a key of 16384 bits is 3 KB of PEM), so 1 MiB leaves room
+// for hundreds of addresses and properties, while a single endless member
+// (a gzip bomb of one string) costs no more than that to refuse: the
+// decoder holds each value whole before it decodes it.
+const MaxElementBytes = 1 << 20
+
+// elementTooLargeError is a JSON value over MaxElementBytes.
+type elementTooLargeError struct{ at int64 }
+
+func (e *elementTooLargeError) Error() string {
+	return fmt.Sprintf("a JSON value from byte %d on is over %s (MaxElementBytes)", e.at, formatBytes(MaxElementBytes))
+}
+
+// cappedReader feeds a json.Decoder and fails once the decoder holds more
+// than MaxElementBytes of one value: the bytes it was given past the start
+// of the value it is reading (InputOffset).
+type cappedReader struct {
+	r   io.Reader
+	dec *json.Decoder
+	n   int64
+}
+
+func (c *cappedReader) Read(p []byte) (int, error) {
+	if start := c.dec.InputOffset(); c.n-start > MaxElementBytes {
+		return 0, &elementTooLargeError{at: start}
+	}
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// newCappedDecoder returns a json.Decoder of r that holds at most about
+// MaxElementBytes of one value.
+func newCappedDecoder(r io.Reader) *json.Decoder {
+	c := &cappedReader{r: r}
+	c.dec = json.NewDecoder(c)
+	return c.dec
 }
 
 // isSyntaxError reports whether err is about the JSON rather than reading
