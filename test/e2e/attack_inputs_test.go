@@ -138,8 +138,8 @@ func attackBin() string {
 
 // runResult is one run of the binary.
 type runResult struct {
-	out     string // stdout and stderr
-	took    time.Duration
+	out  string // stdout and stderr
+	took time.Duration
 	// peakRSS is the highest VmHWM of the child seen, in bytes. (Not
 	// the rusage of wait4: after a vfork-style exec that includes the
 	// parent's RSS.)
