@@ -107,11 +107,23 @@ type ProbeConfig struct {
 
 // RegistryConfig says where the registry is and how to reach it.
 type RegistryConfig struct {
-	URL      string   `yaml:"url"`
-	CA       string   `yaml:"ca"`
-	Insecure bool     `yaml:"insecure"`
-	Timeout  Duration `yaml:"timeout"`
+	URL      string `yaml:"url"`
+	CA       string `yaml:"ca"`
+	Insecure bool   `yaml:"insecure"`
+	// Timeout bounds one whole fetch of the registry: every request,
+	// retry and body read (each stall within it is bounded too, by at
+	// most registry.DefaultTimeout). At most MaxRegistryTimeout.
+	Timeout Duration `yaml:"timeout"`
 }
+
+// DefaultRegistryTimeout and MaxRegistryTimeout are the default and the
+// largest registry.timeout: one fetch must end well before systemd's
+// watchdog (WatchdogSec=120) would kill the daemon, as the loop that sends
+// WATCHDOG=1 waits for it.
+const (
+	DefaultRegistryTimeout = 90 * time.Second
+	MaxRegistryTimeout     = 90 * time.Second
+)
 
 // IdentityConfig names this gateway.
 type IdentityConfig struct {
@@ -173,7 +185,7 @@ func (d Duration) D() time.Duration { return time.Duration(d) }
 // registry URL.
 func DefaultConfig() Config {
 	return Config{
-		Registry: RegistryConfig{Timeout: Duration(30 * time.Second)},
+		Registry: RegistryConfig{Timeout: Duration(DefaultRegistryTimeout)},
 		Identity: IdentityConfig{TincName: "server"},
 		Tinc:     TincConfig{TunnelServer: true, Dir: "/etc/tinc/confine", Net: "confine", Tincd: "tincd"},
 		Poll:     PollConfig{Interval: Duration(60 * time.Second), FullResync: Duration(10 * time.Minute)},
@@ -224,8 +236,8 @@ func (c Config) Validate() error {
 	if c.Registry.CA != "" && c.Registry.Insecure {
 		return errors.New("registry.ca and registry.insecure exclude each other")
 	}
-	if c.Registry.Timeout.D() <= 0 {
-		return fmt.Errorf("registry.timeout %s: must be positive", c.Registry.Timeout.D())
+	if c.Registry.Timeout.D() <= 0 || c.Registry.Timeout.D() > MaxRegistryTimeout {
+		return fmt.Errorf("registry.timeout %s: must be positive and at most %s (it bounds a whole fetch, which must end before the systemd watchdog)", c.Registry.Timeout.D(), MaxRegistryTimeout)
 	}
 	if !mesh.ValidTincName(c.Identity.TincName) {
 		return fmt.Errorf("identity.tinc_name %q: want a tinc name ([A-Za-z0-9_]+)", c.Identity.TincName)

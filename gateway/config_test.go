@@ -48,6 +48,7 @@ func TestValidate(t *testing.T) {
 		{"bad url", func(c *Config) { c.Registry.URL = "ftp://x/" }, "registry.url"},
 		{"ca and insecure", func(c *Config) { c.Registry.CA, c.Registry.Insecure = "/ca.pem", true }, "exclude"},
 		{"timeout", func(c *Config) { c.Registry.Timeout = 0 }, "registry.timeout"},
+		{"timeout over the watchdog", func(c *Config) { c.Registry.Timeout = Duration(5 * time.Minute) }, "registry.timeout 5m0s: must be positive and at most 1m30s"},
 		{"tinc name", func(c *Config) { c.Identity.TincName = "../x" }, "identity.tinc_name"},
 		{"prefix", func(c *Config) { c.Prefix = "fd00::/64" }, "prefix"},
 		{"dir", func(c *Config) { c.Tinc.Dir = "rel" }, "tinc.dir"},

@@ -172,12 +172,12 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 }
 
 func (d *Daemon) newClient() error {
-	// One fetch, retries included, must end well before systemd's
-	// watchdog (WatchdogSec=120) would kill the daemon: the loop that sends
-	// WATCHDOG=1 waits for it.
-	fetchTimeout := min(max(3*d.cfg.Registry.Timeout.D(), 30*time.Second), 90*time.Second)
+	// registry.timeout bounds one whole fetch, retries and body reads
+	// included (a registry that drips its answer cannot hold the loop
+	// longer), and is at most MaxRegistryTimeout, well before systemd's
+	// watchdog. Each stall within it is bounded by the client's default.
 	c, err := registry.New(d.cfg.Registry.URL, registry.Options{CAFile: d.cfg.Registry.CA, Insecure: d.cfg.Registry.Insecure,
-		Timeout: d.cfg.Registry.Timeout.D(), FetchTimeout: fetchTimeout, Logger: d.log})
+		FetchTimeout: d.cfg.Registry.Timeout.D(), Logger: d.log})
 	if err != nil {
 		return fmt.Errorf("registry client: %w", err)
 	}

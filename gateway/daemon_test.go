@@ -92,7 +92,7 @@ func testFile(t *testing.T, nodes int) *registry.File {
 	t.Helper()
 	keyOnce.Do(func() {
 		for range 2 {
-			k, err := registry.GeneratePublicKeyPEM(1024)
+			k, err := registry.GeneratePublicKeyPEM(2048)
 			if err != nil {
 				panic(err)
 			}

@@ -258,7 +258,7 @@ func checkTincAddress(a CandidateAddress) (TincAddress, error) {
 		port = DefaultTincPort
 	}
 	if port < 1 || port > 65535 {
-		return TincAddress{}, fmt.Errorf("tinc address %s port %d dropped: want 1..65535", host, a.Port)
+		return TincAddress{}, fmt.Errorf("tinc address %q port %d dropped: want 1..65535", host, a.Port)
 	}
 	if ip, err := netip.ParseAddr(host); err == nil {
 		ip = ip.Unmap()
@@ -276,6 +276,34 @@ func checkTincAddress(a CandidateAddress) (TincAddress, error) {
 	return TincAddress{Host: strings.ToLower(host), Port: uint16(port), Island: a.Island}, nil
 }
 
+// Bounds of the RSA keys NormalizePublicKey accepts. 2048 bits is the
+// least anyone should trust today (and what tinc 1.0 and node-boot
+// generate); more than 16384 is no key anyone makes, only a way to make
+// every peer's handshake expensive. The exponent must be odd (an even one
+// has no inverse: no private key decrypts for it) and at least 65537 (3,
+// or 1, which leaves the message as it is, are attacks or mistakes).
+const (
+	MinRSABits     = 2048
+	MaxRSABits     = 16384
+	MinRSAExponent = 65537
+)
+
+// maxKeyPEM bounds the text of a public key, checked before anything is
+// decoded so that a key of megabits costs nothing: a PEM SPKI key of
+// MaxRSABits bits, with a 32-bit exponent, is under 3000 bytes.
+const maxKeyPEM = 4096
+
+// checkRSAKey applies the bounds above.
+func checkRSAKey(k *rsa.PublicKey) error {
+	if bits := k.N.BitLen(); bits < MinRSABits || bits > MaxRSABits {
+		return fmt.Errorf("RSA key of %d bits; want %d to %d", bits, MinRSABits, MaxRSABits)
+	}
+	if k.E < MinRSAExponent || k.E%2 == 0 {
+		return fmt.Errorf("RSA key with public exponent %d; want an odd exponent of at least %d", k.E, MinRSAExponent)
+	}
+	return nil
+}
+
 // NormalizePublicKey checks that s holds exactly one PEM RSA public key,
 // PKCS#1 ("RSA PUBLIC KEY", tinc's own form) or X.509 SPKI ("PUBLIC KEY"),
 // with LF or CRLF line endings and blank space around it, and returns it
@@ -283,8 +311,14 @@ func checkTincAddress(a CandidateAddress) (TincAddress, error) {
 // final newline. That is byte for byte what tinc, OpenSSL and the
 // controller write for such a key, and it guarantees that nothing but the
 // key itself (no "Subnet =" line smuggled before or after it) reaches a host
-// file.
+// file. The key must have MinRSABits to MaxRSABits bits and an odd exponent
+// of at least MinRSAExponent; a text longer than such a key can be is
+// refused before it is decoded.
 func NormalizePublicKey(s string) (string, error) {
+	if len(s) > maxKeyPEM && len(strings.TrimSpace(s)) > maxKeyPEM {
+		// The bits the modulus would have, about: 6 bits a base64 byte.
+		return "", fmt.Errorf("RSA key of about %d bits (%d bytes of PEM); want %d to %d", len(strings.TrimSpace(s))*6, len(s), MinRSABits, MaxRSABits)
+	}
 	t := strings.TrimSpace(strings.ReplaceAll(s, "\r\n", "\n"))
 	if t == "" {
 		return "", fmt.Errorf("public key is empty")
@@ -304,16 +338,24 @@ func NormalizePublicKey(s string) (string, error) {
 	}
 	switch block.Type {
 	case "RSA PUBLIC KEY":
-		if _, err := x509.ParsePKCS1PublicKey(block.Bytes); err != nil {
+		k, err := x509.ParsePKCS1PublicKey(block.Bytes)
+		if err != nil {
 			return "", fmt.Errorf("public key: parse PKCS#1 RSA public key: %w", err)
+		}
+		if err := checkRSAKey(k); err != nil {
+			return "", err
 		}
 	case "PUBLIC KEY":
 		k, err := x509.ParsePKIXPublicKey(block.Bytes)
 		if err != nil {
 			return "", fmt.Errorf("public key: parse SPKI public key: %w", err)
 		}
-		if _, ok := k.(*rsa.PublicKey); !ok {
+		rk, ok := k.(*rsa.PublicKey)
+		if !ok {
 			return "", fmt.Errorf("public key: a %T, but tinc 1.0 needs RSA", k)
+		}
+		if err := checkRSAKey(rk); err != nil {
+			return "", err
 		}
 	default:
 		return "", fmt.Errorf("public key: PEM type %q; want RSA PUBLIC KEY or PUBLIC KEY", block.Type)

@@ -23,7 +23,7 @@ var (
 
 func keys(t testing.TB) (string, string) {
 	keyOnce.Do(func() {
-		k, err := rsa.GenerateKey(rand.Reader, 1024)
+		k, err := rsa.GenerateKey(rand.Reader, 2048)
 		if err != nil {
 			panic(err)
 		}

@@ -19,10 +19,13 @@ import (
 )
 
 // Defaults of Options: a node at first boot usually cannot reach the
-// registry before tinc is up, so it gives up quickly and uses the
-// firmware's gateway files.
+// registry before tinc is up, so it gives up quickly (each attempt waits at
+// most StallTimeout for progress) and uses the firmware's gateway files.
+// DefaultTimeout bounds the whole fetch: it leaves a registry that answers
+// time to send the list of a large testbed, but not to drip it forever.
 const (
-	DefaultTimeout     = 10 * time.Second
+	DefaultTimeout     = 60 * time.Second
+	StallTimeout       = 10 * time.Second
 	DefaultRetries     = 2
 	DefaultGatewaysDir = "/etc/confine/tinc-gateways"
 	DefaultTincDir     = "/etc/tinc/confine"
@@ -40,8 +43,9 @@ type Options struct {
 	Registry string
 	CAFile   string
 	Insecure bool
-	// Timeout bounds each registry request's wait for progress (default
-	// DefaultTimeout); Retries is the number of retries (0 means
+	// Timeout bounds the whole registry fetch, every request, retry and
+	// body read (default DefaultTimeout); each attempt's wait for
+	// progress is at most StallTimeout. Retries is the number of retries (0 means
 	// DefaultRetries, negative none); RetryWait is the first backoff
 	// (default 500ms).
 	Timeout   time.Duration
@@ -281,7 +285,7 @@ func fromRegistry(ctx context.Context, cfg Config, opts Options, log *slog.Logge
 		wait = 500 * time.Millisecond
 	}
 	client, err := registry.New(opts.Registry, registry.Options{
-		CAFile: opts.CAFile, Insecure: opts.Insecure, Timeout: timeout, Retries: retries,
+		CAFile: opts.CAFile, Insecure: opts.Insecure, Timeout: min(timeout, StallTimeout), FetchTimeout: timeout, Retries: retries,
 		RetryWaitMin: wait, RetryWaitMax: 4 * wait, Logger: log,
 	})
 	if err != nil {
@@ -320,10 +324,13 @@ func failure(err error) string {
 	switch {
 	case errors.As(err, &dnsErr):
 		return fmt.Sprintf("unreachable (cannot resolve %s)", dnsErr.Name)
-	case errors.As(err, &netErr) && netErr.Timeout(), errors.Is(err, os.ErrDeadlineExceeded):
-		return "unreachable (timeout)"
 	case errors.As(err, &opErr) && opErr.Op == "dial":
 		return fmt.Sprintf("unreachable (%v)", opErr.Err)
+	case errors.Is(err, context.DeadlineExceeded) && strings.Contains(err.Error(), "whole fetch"):
+		// The fetch's own deadline: the registry answered, too slowly.
+		return fmt.Sprintf("too slow (%v)", err)
+	case errors.As(err, &netErr) && netErr.Timeout(), errors.Is(err, os.ErrDeadlineExceeded):
+		return "unreachable (timeout)"
 	}
 	return fmt.Sprintf("failed (%v)", err)
 }

@@ -133,7 +133,7 @@ func snapshot(t *testing.T, dir string) string {
 
 func testOptions(dir, reg string, tincd Tincd) Options {
 	return Options{TincDir: dir, Registry: reg, GatewaysDir: filepath.Join(dir, "no-such-dir"),
-		Timeout: 2 * time.Second, Retries: -1, KeyBits: 1024, Tincd: tincd}
+		Timeout: 2 * time.Second, Retries: -1, KeyBits: 2048, Tincd: tincd}
 }
 
 type step struct {
@@ -205,7 +205,7 @@ func TestRunRegistry(t *testing.T) {
 				t.Error("the existing key was overwritten")
 			}
 			key = b
-			pub, _, _ := EnsureKey(dir, 1024, nil, true)
+			pub, _, _ := EnsureKey(dir, 2048, nil, true)
 			own, _ := os.ReadFile(filepath.Join(dir, "hosts/node_31"))
 			if !bytes.Contains(own, pub) {
 				t.Error("hosts/node_31 does not hold the key's public half")

@@ -7,6 +7,8 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
+
+	"github.com/confine-project/mgmtnet/mesh"
 )
 
 // DefaultKeyBits is the RSA key size mgmtnet generates: tinc 1.0's default
@@ -21,8 +23,8 @@ func GenerateKey(random io.Reader, bits int) (priv, pub []byte, err error) {
 	if random == nil {
 		random = rand.Reader
 	}
-	if bits < 1024 {
-		return nil, nil, fmt.Errorf("generate rsa key: %d bits is too small; want at least 1024", bits)
+	if bits < mesh.MinRSABits || bits > mesh.MaxRSABits {
+		return nil, nil, fmt.Errorf("generate rsa key: %d bits; want %d to %d (what mesh.NormalizePublicKey accepts)", bits, mesh.MinRSABits, mesh.MaxRSABits)
 	}
 	k, err := rsa.GenerateKey(random, bits)
 	if err != nil {

@@ -7,7 +7,7 @@ import (
 )
 
 func TestGenerateKey(t *testing.T) {
-	priv, pub, err := GenerateKey(nil, 1024)
+	priv, pub, err := GenerateKey(nil, 2048)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -23,7 +23,7 @@ func TestGenerateKey(t *testing.T) {
 	if err != nil || h.PublicKey != string(pub) {
 		t.Fatalf("host file round trip: %v", err)
 	}
-	if _, _, err := GenerateKey(nil, 512); err == nil || !strings.Contains(err.Error(), "too small") {
+	if _, _, err := GenerateKey(nil, 512); err == nil || !strings.Contains(err.Error(), "512 bits; want 2048 to 16384") {
 		t.Errorf("512 bits: %v", err)
 	}
 	if _, err := PublicKeyOf(pub); err == nil {

@@ -24,7 +24,7 @@ import (
 const dnsSynopsis = `  mgmtnet dns --registry URI --zone ZONE [--listen ADDR]... [--allow PREFIX]...
               [--allow-transfer PREFIX]... [--forward ADDR]... [--notify ADDR]...
               [--ns-addr ADDR]... [--ttl DURATION] [--poll DURATION] [--prefix P/48]
-              [--ca FILE | --insecure] [--force] [--metrics-listen ADDR]
+              [--ca FILE | --insecure] [--force] [--metrics-listen ADDR] [--timeout D]
 
 Serves authoritative DNS for the management network, made from the members
 in the registry:
@@ -63,6 +63,11 @@ Examples:
   dig @127.0.0.1 -p 5353 -x fd65:fc41:c50f:1f:1001::5
 `
 
+// dnsFetchTimeout is the default --timeout of dns: a poll of a large
+// testbed over a slow link fits, and a registry that drips its answer holds
+// a poll no longer (the last zone is served meanwhile).
+const dnsFetchTimeout = 2 * time.Minute
+
 // dnsDefaultListen are the listen addresses without --listen: loopback
 // only, so that a bare "mgmtnet dns" exposes nothing.
 var dnsDefaultListen = []string{"127.0.0.1:53", "[::1]:53"}
@@ -80,7 +85,7 @@ func (l *dnsList) Set(s string) error {
 type dnsFlags struct {
 	registry, zone, ca, prefix, metricsListen          string
 	insecure, force                                    bool
-	ttl, poll                                          time.Duration
+	ttl, poll, timeout                                 time.Duration
 	listen, allow, allowTransfer, forward, notify, nss dnsList
 }
 
@@ -97,6 +102,7 @@ func runDNS(ctx context.Context, env Env, args []string) error {
 	fs.Var(&f.nss, "ns-addr", "`address` of the name server ns.ZONE; repeatable (default: the --listen addresses that are neither loopback nor wildcard)")
 	fs.DurationVar(&f.ttl, "ttl", meshdns.DefaultTTL, "TTL of answers")
 	fs.DurationVar(&f.poll, "poll", time.Minute, "how often to poll the registry")
+	fs.DurationVar(&f.timeout, "timeout", dnsFetchTimeout, "deadline of one whole poll of the registry: every request, retry and body read (each stall is bounded by at most 30s)")
 	fs.StringVar(&f.prefix, "prefix", "", "management `/48` (default: the registry's, checked against the members' addresses)")
 	fs.StringVar(&f.ca, "ca", "", "PEM `file` of the CA (or the registry's own certificate) to verify TLS against")
 	fs.BoolVar(&f.insecure, "insecure", false, "do not verify the registry's TLS certificate")
@@ -118,6 +124,8 @@ func runDNS(ctx context.Context, env Env, args []string) error {
 		return usagef("--ca and --insecure exclude each other")
 	case f.poll <= 0:
 		return usagef("--poll %v: want a positive duration", f.poll)
+	case f.timeout <= 0:
+		return usagef("--timeout %v: want a positive duration", f.timeout)
 	}
 	cfg, declared, err := f.config()
 	if err != nil {
@@ -139,7 +147,7 @@ func runDNS(ctx context.Context, env Env, args []string) error {
 		return usageError{err}
 	}
 
-	client, err := registry.New(f.registry, registry.Options{CAFile: f.ca, Insecure: f.insecure, Logger: env.Logger})
+	client, err := registry.New(f.registry, registry.Options{CAFile: f.ca, Insecure: f.insecure, FetchTimeout: f.timeout, Logger: env.Logger})
 	if err != nil {
 		if errors.Is(err, registry.ErrBadURI) {
 			return usageError{err}

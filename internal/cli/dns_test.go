@@ -18,7 +18,7 @@ import (
 )
 
 // dnsTestKey is one RSA key for every member of the DNS tests' registry.
-var dnsTestKey = sync.OnceValues(func() (string, error) { return registry.GeneratePublicKeyPEM(1024) })
+var dnsTestKey = sync.OnceValues(func() (string, error) { return registry.GeneratePublicKeyPEM(2048) })
 
 // dnsTestRegistry serves a testbed of nodes 1..n and server 2 on
 // loopback and returns it and its base URI.

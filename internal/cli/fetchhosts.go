@@ -23,7 +23,7 @@ import (
 )
 
 const fetchHostsSynopsis = `  mgmtnet fetch-hosts BASE_URI [--hosts-dir DIR] [--island ID] [--ca FILE] [--insecure]
-                      [--dry-run] [--force] [--reload] [--json]
+                      [--dry-run] [--force] [--reload] [--json] [--timeout D]
 
 Fetches every tinc member (nodes, servers, hosts) from the testbed registry's
 REST API and writes one tinc host file per member into the hosts directory.
@@ -42,6 +42,11 @@ Examples:
   mgmtnet fetch-hosts http://127.0.0.1:8080/api/ --hosts-dir /tmp/hosts --dry-run
   mgmtnet fetch-hosts http://127.0.0.1:8080/api/ --hosts-dir /tmp/hosts --island 2 --json
 `
+
+// fetchHostsTimeout is the default --timeout of fetch-hosts: the whole
+// fetch of a testbed of 66 000 members (47 MB of JSON as "mgmtnet registry
+// serve" renders it) over a slow community link.
+const fetchHostsTimeout = 5 * time.Minute
 
 type fetchHostsFlags struct {
 	hostsDir, ca, cache, prefix, net, pidFile, island  string
@@ -65,7 +70,7 @@ func runFetchHosts(ctx context.Context, env Env, args []string) error {
 	fs.StringVar(&f.prefix, "prefix", "", "management `/48` to validate against (default: the registry's, checked against the members' addresses)")
 	fs.StringVar(&f.net, "net", "confine", "tinc net `name`, for --reload")
 	fs.StringVar(&f.pidFile, "pidfile", "", "tincd pid `file` for --reload (default /var/run/tinc.<net>.pid)")
-	fs.DurationVar(&f.timeout, "timeout", 30*time.Second, "timeout of each HTTP request")
+	fs.DurationVar(&f.timeout, "timeout", fetchHostsTimeout, "deadline of the whole fetch: every request, retry and body read (each stall is bounded by at most 30s)")
 	fs.BoolVar(&f.quiet, "quiet", false, "no progress output")
 	pos, err := parseInterspersed(fs, args, env.Stdout)
 	if err != nil {
@@ -76,6 +81,9 @@ func runFetchHosts(ctx context.Context, env Env, args []string) error {
 	}
 	if f.ca != "" && f.insecure {
 		return usagef("--ca and --insecure exclude each other")
+	}
+	if f.timeout <= 0 {
+		return usagef("--timeout %v: want a positive duration", f.timeout)
 	}
 	var island uint64
 	if f.island != "" {
@@ -138,7 +146,7 @@ func fetchHosts(ctx context.Context, env Env, base string, island uint64, declar
 	start := time.Now()
 	progress := newProgress(env.Stderr, f.quiet || f.json)
 	client, err := registry.New(base, registry.Options{
-		CAFile: f.ca, Insecure: f.insecure, Timeout: f.timeout, Logger: env.Logger,
+		CAFile: f.ca, Insecure: f.insecure, FetchTimeout: f.timeout, Logger: env.Logger,
 		Progress: progress.update,
 	})
 	if err != nil {

@@ -24,7 +24,7 @@ func pubKeys(t *testing.T) []string {
 	t.Helper()
 	keyOnce.Do(func() {
 		for i := 0; i < 3; i++ {
-			k, err := registry.GeneratePublicKeyPEM(1024)
+			k, err := registry.GeneratePublicKeyPEM(2048)
 			if err != nil {
 				panic(err)
 			}

@@ -58,7 +58,7 @@ func runNodeBoot(ctx context.Context, env Env, args []string) error {
 	fs.StringVar(&f.gatewaysDir, "gateways-dir", nodeboot.DefaultGatewaysDir, "`directory` of the firmware's extra gateway host files")
 	fs.StringVar(&f.ca, "ca", "", "PEM `file` to verify the registry's TLS against (default: the UCI file's registry.cert)")
 	fs.BoolVar(&f.insecure, "insecure", false, "do not verify the registry's TLS certificate")
-	fs.DurationVar(&f.timeout, "timeout", nodeboot.DefaultTimeout, "how long each registry request may wait (2 retries)")
+	fs.DurationVar(&f.timeout, "timeout", nodeboot.DefaultTimeout, "deadline of the whole registry fetch, 2 retries and body reads included (each attempt waits at most 10s for progress)")
 	fs.BoolVar(&f.noStart, "no-start", false, "never start or signal tincd")
 	fs.BoolVar(&f.dryRun, "dry-run", false, "print what would change (with a diff) and change nothing")
 	fs.StringVar(&f.pidFile, "pidfile", "", "tincd pid `file` (default /var/run/tinc.confine.pid for the default --tinc-dir, else DIR/tinc.pid)")

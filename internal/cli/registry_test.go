@@ -21,7 +21,7 @@ import (
 func TestRegistrySynthOut(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "tb.json")
 	var stdout, stderr bytes.Buffer
-	if code := Run(context.Background(), []string{"registry", "synth", "nodes=3,servers=1,keys=1,keybits=1024", "--out", out}, Env{Stdout: &stdout, Stderr: &stderr}); code != 0 {
+	if code := Run(context.Background(), []string{"registry", "synth", "nodes=3,servers=1,keys=1,keybits=2048", "--out", out}, Env{Stdout: &stdout, Stderr: &stderr}); code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr.String())
 	}
 	fi, err := os.Stat(out)
@@ -45,7 +45,7 @@ func TestRegistrySynthOut(t *testing.T) {
 func TestReloaderServesDuringLoad(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "tb.json")
-	f, err := registry.Synthetic(registry.SyntheticSpec{Nodes: 2, Keys: 1, KeyBits: 1024})
+	f, err := registry.Synthetic(registry.SyntheticSpec{Nodes: 2, Keys: 1, KeyBits: 2048})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +87,7 @@ func TestReloaderServesDuringLoad(t *testing.T) {
 		t.Fatal("a request waited for the reload")
 	}
 	// Now let the load finish with a testbed of 3 nodes.
-	f3, err := registry.Synthetic(registry.SyntheticSpec{Nodes: 3, Keys: 1, KeyBits: 1024})
+	f3, err := registry.Synthetic(registry.SyntheticSpec{Nodes: 3, Keys: 1, KeyBits: 2048})
 	if err != nil {
 		t.Fatal(err)
 	}

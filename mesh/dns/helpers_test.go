@@ -30,7 +30,7 @@ var (
 func pubKey(tb testing.TB) string {
 	tb.Helper()
 	keyOnce.Do(func() {
-		k, err := rsa.GenerateKey(rand.Reader, 1024)
+		k, err := rsa.GenerateKey(rand.Reader, 2048)
 		if err != nil {
 			panic(err)
 		}

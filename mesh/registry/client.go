@@ -1,11 +1,9 @@
 package registry
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +15,7 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -46,7 +45,7 @@ const (
 	DefaultRetries      = 4
 	DefaultRetryWaitMin = 500 * time.Millisecond
 	DefaultRetryWaitMax = 10 * time.Second
-	DefaultMaxBodyBytes = 512 << 20
+	DefaultMaxBodyBytes = 128 << 20
 	DefaultMaxPages     = 100000
 	DefaultFetchTimeout = 15 * time.Minute
 	DefaultUserAgent    = "mgmtnet"
@@ -69,9 +68,8 @@ type Options struct {
 	Insecure bool
 	// Timeout bounds each HTTP attempt's wait for progress: connecting,
 	// the TLS handshake, the response headers, and any stall while the
-	// body is read. It does not bound the whole transfer, so a large list
-	// over a slow community link is not cut off while bytes still flow.
-	// Default DefaultTimeout.
+	// body is read. It does not bound the whole transfer (FetchTimeout
+	// does). Default DefaultTimeout, and never more than FetchTimeout.
 	Timeout time.Duration
 	// Retries is how many times a request is retried after a connection
 	// error, a stalled body, a 429 or a 5xx, with exponential backoff and
@@ -81,19 +79,31 @@ type Options struct {
 	// RetryWaitMin and RetryWaitMax bound the backoff between retries.
 	// Defaults DefaultRetryWaitMin and DefaultRetryWaitMax.
 	RetryWaitMin, RetryWaitMax time.Duration
-	// MaxBodyBytes limits the bytes one Fetch reads: every response
-	// together (the base resource, every page of every collection), so
-	// that a paginated answer cannot carry more than an unpaginated one
-	// could. More is an error that says so. Default DefaultMaxBodyBytes.
+	// MaxBodyBytes limits the JSON bytes one Fetch reads, counted after
+	// any gzip Content-Encoding is undone: every response together (the
+	// base resource, every page of every collection), so that a paginated
+	// answer cannot carry more than an unpaginated one could, and a small
+	// gzip answer cannot expand without bound. Bodies are decoded as they
+	// stream in, never buffered whole, so a Fetch's memory is what the
+	// members decode to, not the size of the answers. More is an error
+	// that names the answer and the limit.
+	//
+	// Default DefaultMaxBodyBytes (128 MiB): 65 520 nodes, 1 000 hosts
+	// and 10 servers as "mgmtnet registry serve" renders them with
+	// 2048-bit keys are 47 MB, so the default leaves room for members 2.8
+	// times as large (4096-bit keys, the many fields a real controller
+	// adds) in a testbed of the largest size the plan allows.
 	MaxBodyBytes int64
 	// MaxPages limits how many list pages one Fetch reads, over all
 	// collections; more is an error (a registry that paginates forever).
 	// Default DefaultMaxPages.
 	MaxPages int
-	// FetchTimeout bounds one whole Fetch: every request, retry and
-	// backoff wait. Timeout still bounds each stall within it; the
-	// caller's context may end a Fetch sooner. Zero or negative means
-	// DefaultFetchTimeout: a Fetch is never unbounded.
+	// FetchTimeout bounds one whole Fetch: every request, retry, backoff
+	// wait and body read, so that a registry that drips its answer a
+	// byte at a time cannot hold a Fetch longer. Timeout still bounds
+	// each stall within it; the caller's context may end a Fetch sooner.
+	// Zero or negative means DefaultFetchTimeout: a Fetch is never
+	// unbounded.
 	FetchTimeout time.Duration
 	// Logger receives debug logs of requests and warnings about failed
 	// attempts. Nil discards.
@@ -174,6 +184,7 @@ func New(baseURI string, opts Options) (*Client, error) {
 	if opts.FetchTimeout <= 0 {
 		opts.FetchTimeout = DefaultFetchTimeout
 	}
+	opts.Timeout = min(opts.Timeout, opts.FetchTimeout)
 	if opts.UserAgent == "" {
 		opts.UserAgent = DefaultUserAgent
 	}
@@ -337,7 +348,7 @@ type fetchState struct {
 type fetchTimeoutError struct{ d time.Duration }
 
 func (e *fetchTimeoutError) Error() string {
-	return fmt.Sprintf("the fetch took longer than %v (FetchTimeout)", e.d)
+	return fmt.Sprintf("timed out: the whole fetch took longer than its deadline of %v", e.d)
 }
 func (e *fetchTimeoutError) Unwrap() error { return context.DeadlineExceeded }
 
@@ -354,19 +365,15 @@ func (c *Client) Fetch(ctx context.Context, validators map[string]string) (*Snap
 	defer cancel()
 	st := &fetchState{}
 	baseURL := c.base.String()
-	page, err := c.get(ctx, st, baseURL, "")
+	var base baseObject
+	page, err := c.get(ctx, st, baseURL, "", func(r *limitedBody) error {
+		base = baseObject{}
+		return decodeBase(baseURL, r, &base)
+	})
 	if err != nil {
 		return nil, err
 	}
 	snap := &Snapshot{Dialect: DialectV1, Validators: map[string]string{}}
-	var base struct {
-		TestbedParams struct {
-			MgmtIPv6Prefix string `json:"mgmt_ipv6_prefix"`
-		} `json:"testbed_params"`
-	}
-	if err := json.Unmarshal(page.body, &base); err != nil {
-		return nil, fmt.Errorf("decode %s: want the registry's base object: %w", baseURL, describeJSONError(page.body, err))
-	}
 	if s := strings.TrimSpace(base.TestbedParams.MgmtIPv6Prefix); s != "" {
 		p, err := netip.ParsePrefix(s)
 		if err != nil {
@@ -488,7 +495,17 @@ func (c *Client) fetchCollection(ctx context.Context, st *fetchState, col collec
 		if first {
 			inm = validator
 		}
-		p, err := c.get(ctx, st, next, inm)
+		pageURL := next
+		p, err := c.get(ctx, st, pageURL, inm, func(r *limitedBody) error {
+			// An attempt that fails half-way leaves nothing behind for
+			// the retry to meet as duplicates.
+			mark := md.mark()
+			if err := decodeList(pageURL, r, md.add); err != nil {
+				md.rollback(mark)
+				return err
+			}
+			return nil
+		})
 		if err != nil {
 			return nil, err
 		}
@@ -499,9 +516,6 @@ func (c *Client) fetchCollection(ctx context.Context, st *fetchState, col collec
 		}
 		if first {
 			res.etag = p.header.Get("ETag")
-		}
-		if err := decodeList(next, p.body, md.add); err != nil {
-			return nil, err
 		}
 		if c.opts.Progress != nil {
 			c.opts.Progress(col.url, md.members())
@@ -526,11 +540,11 @@ func (c *Client) fetchCollection(ctx context.Context, st *fetchState, col collec
 	return res, nil
 }
 
-// page is one successful response.
+// page is one successful response, its body decoded.
 type page struct {
 	url         *url.URL // after redirects
 	header      http.Header
-	body        []byte
+	bytes       int64 // body bytes read (unzipped)
 	notModified bool
 }
 
@@ -541,11 +555,14 @@ type permanentError struct{ err error }
 func (p *permanentError) Error() string { return p.err.Error() }
 func (p *permanentError) Unwrap() error { return p.err }
 
-// get fetches one URL with retries and returns its body, read in full
-// within what is left of MaxBodyBytes, which it charges to st. A body that
-// fails mid-transfer is retried. A 304 is an answer only to a request with
-// ifNoneMatch.
-func (c *Client) get(ctx context.Context, st *fetchState, target, ifNoneMatch string) (*page, error) {
+// get fetches one URL with retries and streams its body into decode,
+// within what is left of MaxBodyBytes, which it charges to st. decode must
+// consume the body up to its end and leave no trace when it fails: a body
+// that fails mid-transfer is retried, and decode runs again on the new
+// attempt. An error of decode that is not the transfer's (bad JSON, the
+// limit) is not retried. A 304 is an answer only to a request with
+// ifNoneMatch; decode does not run then.
+func (c *Client) get(ctx context.Context, st *fetchState, target, ifNoneMatch string, decode func(*limitedBody) error) (*page, error) {
 	req, err := retryablehttp.NewRequestWithContext(ctx, http.MethodGet, target, nil)
 	if err != nil {
 		return nil, fmt.Errorf("get %s: %w", target, err)
@@ -556,6 +573,10 @@ func (c *Client) get(ctx context.Context, st *fetchState, target, ifNoneMatch st
 		req.Header.Set("If-None-Match", ifNoneMatch)
 	}
 	var got *page
+	// checkRetry records each failed attempt's error, to name it when the
+	// fetch's deadline ends a backoff wait.
+	last := &lastAttempt{}
+	req = req.WithContext(context.WithValue(ctx, lastAttemptKey{}, last))
 	// The body is read inside the retry loop, so that a transfer that
 	// breaks or stalls is retried like a failed connection. retryablehttp
 	// drains and closes the body before a retry; get closes it after
@@ -575,15 +596,27 @@ func (c *Client) get(ctx context.Context, st *fetchState, target, ifNoneMatch st
 		if err := checkJSON(resp.Header.Get("Content-Type")); err != nil {
 			return &permanentError{fmt.Errorf("get %s: %w", target, err)}
 		}
-		body, err := readLimited(resp.Body, resp.ContentLength, c.opts.MaxBodyBytes, st.read)
-		if err != nil {
-			var tooBig *bodyTooLargeError
-			if errors.As(err, &tooBig) {
-				return &permanentError{fmt.Errorf("get %s: %w", target, err)}
-			}
-			return fmt.Errorf("get %s: read body: %w", target, err)
+		body := newLimitedBody(resp.Body, target, c.opts.MaxBodyBytes, st.read)
+		// A Content-Length is of the bytes on the wire: it can refuse a
+		// body at once, but only the bytes read (unzipped) can pass it.
+		if !resp.Uncompressed && resp.ContentLength > body.left {
+			return &permanentError{body.tooBig()}
 		}
-		got = &page{url: resp.Request.URL, header: resp.Header, body: body}
+		if err := decode(body); err != nil {
+			var tooBig *bodyTooLargeError
+			var elemTooBig *elementTooLargeError
+			switch {
+			case errors.As(err, &tooBig):
+				return &permanentError{tooBig}
+			case errors.As(err, &elemTooBig):
+				return &permanentError{err}
+			case body.err != nil:
+				// The transfer failed (a reset, a stall): retry.
+				return fmt.Errorf("get %s: read body: %w", target, body.err)
+			}
+			return &permanentError{err}
+		}
+		got = &page{url: resp.Request.URL, header: resp.Header, bytes: body.n}
 		return nil
 	})
 	start := time.Now()
@@ -593,6 +626,8 @@ func (c *Client) get(ctx context.Context, st *fetchState, target, ifNoneMatch st
 		switch {
 		case errors.As(err, &perm):
 			return nil, perm.err
+		case ctx.Err() != nil && last.err != nil && !errors.Is(last.err, context.Canceled) && !errors.Is(last.err, context.DeadlineExceeded):
+			return nil, fmt.Errorf("get %s: %w (the last attempt: %w)", target, context.Cause(ctx), last.err)
 		case ctx.Err() != nil:
 			return nil, fmt.Errorf("get %s: %w", target, context.Cause(ctx))
 		}
@@ -603,18 +638,20 @@ func (c *Client) get(ctx context.Context, st *fetchState, target, ifNoneMatch st
 		// Retries exhausted on a retryable status: the handler never ran.
 		return nil, fmt.Errorf("%w (after %d attempts)", statusError(target, resp), c.opts.Retries+1)
 	}
-	st.read += int64(len(got.body))
-	c.log.Debug("registry get", "url", target, "status", resp.StatusCode, "bytes", len(got.body), "took", time.Since(start))
+	st.read += got.bytes
+	c.log.Debug("registry get", "url", target, "status", resp.StatusCode, "bytes", got.bytes, "took", time.Since(start))
 	return got, nil
 }
 
 // statusError describes an unwanted status, with a short excerpt of the
-// body when it is text (a JSON error from the controller says why).
+// body when it is text (a JSON error from the controller says why), quoted:
+// it is the registry's, and must not put lines or escape codes on a
+// terminal.
 func statusError(target string, resp *http.Response) error {
 	text := http.StatusText(resp.StatusCode)
 	var detail string
 	if b, _ := io.ReadAll(io.LimitReader(resp.Body, 200)); len(b) > 0 && isPrintable(b) {
-		detail = ": " + strings.TrimSpace(string(b))
+		detail = ": " + strconv.Quote(strings.TrimSpace(string(b)))
 	}
 	return fmt.Errorf("get %s: status %d %s%s", target, resp.StatusCode, text, detail)
 }
@@ -647,49 +684,94 @@ func checkJSON(ct string) error {
 
 // bodyTooLargeError is a response body over what is left of the limit of
 // one fetch.
-type bodyTooLargeError struct{ limit, before int64 }
+type bodyTooLargeError struct {
+	url           string
+	limit, before int64
+}
 
 func (e *bodyTooLargeError) Error() string {
-	if e.before == 0 {
-		return fmt.Sprintf("response body exceeds the limit of %d bytes (MaxBodyBytes)", e.limit)
+	msg := fmt.Sprintf("registry answer from %s exceeds %s unzipped (MaxBodyBytes)", e.url, formatBytes(e.limit))
+	if e.before > 0 {
+		msg += fmt.Sprintf(" for all answers of one fetch, %d bytes of them read before it", e.before)
 	}
-	return fmt.Sprintf("response body exceeds the limit of %d bytes (MaxBodyBytes) for all responses of one fetch, %d of them read before it", e.limit, e.before)
+	return msg
 }
 
-// maxPresize bounds the buffer readLimited allocates on the word of a
-// Content-Length alone.
-const maxPresize = 64 << 20
-
-// readLimited reads r in full, failing once it passes limit-before bytes,
-// or at once when size (a Content-Length, -1 for none) does. It never
-// buffers more than limit-before+1 bytes, and reads a body of a known size
-// into one buffer of that size.
-func readLimited(r io.Reader, size, limit, before int64) ([]byte, error) {
-	left := max(limit-before, 0)
-	if size > left {
-		return nil, &bodyTooLargeError{limit, before}
+// formatBytes writes n in MiB or KiB when it is a whole number of them.
+func formatBytes(n int64) string {
+	switch {
+	case n > 0 && n%(1<<20) == 0:
+		return fmt.Sprintf("%d MiB", n>>20)
+	case n > 0 && n%(1<<10) == 0:
+		return fmt.Sprintf("%d KiB", n>>10)
 	}
-	var buf bytes.Buffer
-	if size >= 0 {
-		// One spare MinRead so that ReadFrom finds the end without
-		// growing the buffer. A Content-Length is only a claim: past
-		// maxPresize the buffer grows as bytes arrive.
-		buf.Grow(int(min(size, maxPresize)) + bytes.MinRead)
-	}
-	n, err := buf.ReadFrom(io.LimitReader(r, left+1))
-	if err != nil {
-		return nil, err
-	}
-	if n > left {
-		return nil, &bodyTooLargeError{limit, before}
-	}
-	return buf.Bytes(), nil
+	return fmt.Sprintf("%d bytes", n)
 }
+
+// limitedBody reads a response body (already unzipped by the transport when
+// it came gzipped) and fails with a *bodyTooLargeError, rather than end
+// early, once more than left bytes would be read. It remembers the first
+// error of the underlying read (err), to tell a broken transfer from
+// undecodable bytes.
+type limitedBody struct {
+	r             io.Reader
+	url           string
+	limit, before int64
+	left          int64 // limit - before, at least 0
+	n             int64 // bytes returned so far
+	err           error // first read error other than io.EOF
+	over          bool
+}
+
+func newLimitedBody(r io.Reader, url string, limit, before int64) *limitedBody {
+	return &limitedBody{r: r, url: url, limit: limit, before: before, left: max(limit-before, 0)}
+}
+
+func (b *limitedBody) tooBig() *bodyTooLargeError {
+	return &bodyTooLargeError{url: b.url, limit: b.limit, before: b.before}
+}
+
+func (b *limitedBody) Read(p []byte) (int, error) {
+	if b.over {
+		return 0, b.tooBig()
+	}
+	// One byte past the limit tells a body of exactly left bytes from a
+	// longer one.
+	if room := b.left + 1 - b.n; int64(len(p)) > room {
+		p = p[:room]
+	}
+	n, err := b.r.Read(p)
+	if b.n+int64(n) > b.left {
+		b.over = true
+		n = int(b.left - b.n)
+		b.n = b.left
+		return n, b.tooBig()
+	}
+	b.n += int64(n)
+	if err != nil && err != io.EOF && b.err == nil {
+		b.err = err
+	}
+	return n, err
+}
+
+// lastAttempt is the error of a request's last failed attempt, which
+// checkRetry records when the request's context has one under
+// lastAttemptKey.
+type lastAttempt struct{ err error }
+
+type lastAttemptKey struct{}
 
 // checkRetry is retryablehttp's default policy (retry connection errors,
 // 429 and 5xx; stop on context cancellation) except that permanent errors
 // are never retried.
 func checkRetry(ctx context.Context, resp *http.Response, err error) (bool, error) {
+	if last, ok := ctx.Value(lastAttemptKey{}).(*lastAttempt); ok && err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // get names the URL
+		}
+		last.err = err
+	}
 	if ctx.Err() != nil {
 		return false, ctx.Err()
 	}

@@ -17,6 +17,7 @@ import (
 	"strings"
 
 	"github.com/confine-project/mgmtnet/addressing"
+	"github.com/confine-project/mgmtnet/mesh"
 )
 
 // File is a testbed file: what the static registry Server serves. It is
@@ -300,8 +301,8 @@ func (s SyntheticSpec) check() error {
 		return fmt.Errorf("synthetic spec: hosts=%d: want 0..%d", s.Hosts, 1<<24)
 	case s.Keys < 0 || s.Keys > 4096:
 		return fmt.Errorf("synthetic spec: keys=%d: want 0..4096", s.Keys)
-	case s.KeyBits != 0 && (s.KeyBits < 1024 || s.KeyBits > 8192):
-		return fmt.Errorf("synthetic spec: keybits=%d: want 1024..8192", s.KeyBits)
+	case s.KeyBits != 0 && (s.KeyBits < mesh.MinRSABits || s.KeyBits > 8192):
+		return fmt.Errorf("synthetic spec: keybits=%d: want %d..8192 (consumers refuse smaller keys)", s.KeyBits, mesh.MinRSABits)
 	}
 	return nil
 }

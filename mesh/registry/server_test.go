@@ -214,7 +214,7 @@ func TestParseSyntheticSpec(t *testing.T) {
 		wantErr string
 	}{
 		{"nodes=65520,hosts=1000,servers=10", SyntheticSpec{Nodes: 65520, Hosts: 1000, Servers: 10}, ""},
-		{"nodes=3, keys=2,keybits=1024,prefix=fdf5:5351:1dfd::/48", SyntheticSpec{Nodes: 3, Keys: 2, KeyBits: 1024, Prefix: netip.MustParsePrefix("fdf5:5351:1dfd::/48")}, ""},
+		{"nodes=3, keys=2,keybits=2048,prefix=fdf5:5351:1dfd::/48", SyntheticSpec{Nodes: 3, Keys: 2, KeyBits: 2048, Prefix: netip.MustParsePrefix("fdf5:5351:1dfd::/48")}, ""},
 		{"", SyntheticSpec{}, "empty"},
 		{"nodes=65521", SyntheticSpec{}, "nodes=65521: want 0..65520"},
 		{"nodes=-1", SyntheticSpec{}, "nodes=-1: want a non-negative integer"},
@@ -246,7 +246,7 @@ func TestParseSyntheticSpec(t *testing.T) {
 }
 
 func TestSynthetic(t *testing.T) {
-	f, err := Synthetic(SyntheticSpec{Nodes: 5, Servers: 256, Hosts: 2, Keys: 3, KeyBits: 1024})
+	f, err := Synthetic(SyntheticSpec{Nodes: 5, Servers: 256, Hosts: 2, Keys: 3, KeyBits: 2048})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -274,7 +274,7 @@ func TestSynthetic(t *testing.T) {
 			t.Fatalf("key %q", k)
 		}
 		pub, err := x509.ParsePKCS1PublicKey(block.Bytes)
-		if err != nil || pub.N.BitLen() != 1024 {
+		if err != nil || pub.N.BitLen() != 2048 {
 			t.Errorf("key: %v, %d bits", err, pub.N.BitLen())
 		}
 		for _, line := range strings.Split(strings.TrimSpace(k), "\n") {
@@ -301,7 +301,7 @@ func TestSynthetic(t *testing.T) {
 // real HTTP: a GET of /api/nodes/ read to the end, so MB/s is what a
 // client receives. The File is rendered before the timer starts.
 func BenchmarkServeNodes(b *testing.B) {
-	f, err := Synthetic(SyntheticSpec{Nodes: 65520, Keys: 4, KeyBits: 1024})
+	f, err := Synthetic(SyntheticSpec{Nodes: 65520, Keys: 4, KeyBits: 2048})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -329,7 +329,7 @@ func BenchmarkServeNodes(b *testing.B) {
 // BenchmarkRenderNodes measures rendering the largest testbed: what the
 // first request after a (re)load waits for.
 func BenchmarkRenderNodes(b *testing.B) {
-	f, err := Synthetic(SyntheticSpec{Nodes: 65520, Keys: 4, KeyBits: 1024})
+	f, err := Synthetic(SyntheticSpec{Nodes: 65520, Keys: 4, KeyBits: 2048})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -340,7 +340,7 @@ func BenchmarkRenderNodes(b *testing.B) {
 }
 
 func BenchmarkFetch(b *testing.B) {
-	f, err := Synthetic(SyntheticSpec{Nodes: 10000, Servers: 2, Hosts: 10, Keys: 4, KeyBits: 1024})
+	f, err := Synthetic(SyntheticSpec{Nodes: 10000, Servers: 2, Hosts: 10, Keys: 4, KeyBits: 2048})
 	if err != nil {
 		b.Fatal(err)
 	}

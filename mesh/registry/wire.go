@@ -34,7 +34,7 @@ func (r *wireRef) UnmarshalJSON(b []byte) error {
 		}
 		id, err := strconv.ParseUint(string(b), 10, 64)
 		if err != nil {
-			return fmt.Errorf("reference %s: want {\"uri\": ..., \"id\": N}, a number or null", truncate(b))
+			return fmt.Errorf("reference %s: want {\"uri\": ..., \"id\": N}, a number or null", quoteJSON(b))
 		}
 		r.ID = id
 		return nil
@@ -69,7 +69,7 @@ func (p *wirePort) UnmarshalJSON(b []byte) error {
 	}
 	n, err := strconv.ParseInt(s, 10, 32)
 	if err != nil {
-		return fmt.Errorf("port %s: want an integer", truncate(b))
+		return fmt.Errorf("port %s: want an integer", quoteJSON(b))
 	}
 	*p = wirePort(n)
 	return nil
@@ -236,6 +236,8 @@ type memberDecoder struct {
 	// make a collision, which would drop a member, practically
 	// impossible.
 	seen map[[16]byte]struct{}
+	// added are the digests added to seen since the last mark.
+	added [][16]byte
 	decoded
 }
 
@@ -258,6 +260,7 @@ func (md *memberDecoder) add(raw json.RawMessage) {
 		return
 	}
 	md.seen[key] = struct{}{}
+	md.added = append(md.added, key)
 	var m wireMember
 	err := json.Unmarshal(raw, &m)
 	var c mesh.Candidate
@@ -272,6 +275,31 @@ func (md *memberDecoder) add(raw json.RawMessage) {
 		md.V0 = true
 	}
 	md.Candidates = append(md.Candidates, c)
+}
+
+// decoderMark is a memberDecoder's state before a page; see mark.
+type decoderMark struct {
+	n, dups, cands, probs, added int
+	v0                           bool
+}
+
+// mark records the state before a page, for rollback.
+func (md *memberDecoder) mark() decoderMark {
+	md.added = md.added[:0]
+	return decoderMark{n: md.n, dups: md.dups, cands: len(md.Candidates), probs: len(md.Problems), v0: md.V0}
+}
+
+// rollback forgets every element added since m: a page whose transfer
+// failed half-way is read again in full on the next attempt.
+func (md *memberDecoder) rollback(m decoderMark) {
+	for _, k := range md.added {
+		delete(md.seen, k)
+	}
+	md.added = md.added[:0]
+	clear(md.Candidates[m.cands:])
+	clear(md.Problems[m.probs:])
+	md.n, md.dups, md.V0 = m.n, m.dups, m.v0
+	md.Candidates, md.Problems = md.Candidates[:m.cands], md.Problems[:m.probs]
 }
 
 // members is how many elements have been kept: candidates and problems.
@@ -307,14 +335,39 @@ func elementProblem(kind addressing.Kind, source string, i int, raw json.RawMess
 	return p
 }
 
-// decodeList decodes the JSON array body element by element and passes
-// each element to add, which must not keep it: the next element reuses its
-// bytes. So the body's elements are never all copied out of it at once.
-func decodeList(url string, body []byte, add func(json.RawMessage)) error {
-	bad := func(err error) error {
-		return fmt.Errorf("decode %s: want a JSON array of objects: %w", url, describeJSONError(body, err))
+// baseObject is what the client reads of the registry's base resource.
+type baseObject struct {
+	TestbedParams struct {
+		MgmtIPv6Prefix string `json:"mgmt_ipv6_prefix"`
+	} `json:"testbed_params"`
+}
+
+// decodeBase decodes the base resource, one JSON object, from r.
+func decodeBase(url string, r io.Reader, base *baseObject) error {
+	cr := &countingReader{r: r}
+	dec := newCappedDecoder(&spaceSqueezer{r: cr})
+	if err := dec.Decode(base); err != nil {
+		return fmt.Errorf("decode %s: want the registry's base object: %w", url, describeJSONError(cr.n, err))
 	}
-	dec := json.NewDecoder(bytes.NewReader(body))
+	if _, err := dec.Token(); err != io.EOF {
+		if err != nil && !isSyntaxError(err) {
+			return fmt.Errorf("decode %s: %w", url, err)
+		}
+		return fmt.Errorf("decode %s: want the registry's base object: data after it at byte %d", url, dec.InputOffset())
+	}
+	return nil
+}
+
+// decodeList decodes the JSON array that r streams element by element and
+// passes each element to add, which must not keep it: the next element
+// reuses its bytes. So neither the body nor its elements are ever all in
+// memory at once: only the element being decoded is.
+func decodeList(url string, r io.Reader, add func(json.RawMessage)) error {
+	cr := &countingReader{r: r}
+	bad := func(err error) error {
+		return fmt.Errorf("decode %s: want a JSON array of objects: %w", url, describeJSONError(cr.n, err))
+	}
+	dec := newCappedDecoder(&spaceSqueezer{r: cr})
 	tok, err := dec.Token()
 	if err != nil {
 		return bad(err)
@@ -333,9 +386,115 @@ func decodeList(url string, body []byte, add func(json.RawMessage)) error {
 		return bad(err)
 	}
 	if _, err := dec.Token(); err != io.EOF {
+		if err != nil && !isSyntaxError(err) {
+			return bad(err) // a read error, or the limit
+		}
 		return fmt.Errorf("decode %s: want a JSON array of objects: data after the array at byte %d", url, dec.InputOffset())
 	}
 	return nil
+}
+
+// MaxElementBytes bounds one JSON value the client decodes: the base
+// object, or one member of a list. A member as the controller renders it
+// is 1 to 3 KB (a key of 16384 bits is 3 KB of PEM), so 1 MiB leaves room
+// for hundreds of addresses and properties, while a single endless member
+// (a gzip bomb of one string) costs no more than that to refuse: the
+// decoder holds each value whole before it decodes it.
+const MaxElementBytes = 1 << 20
+
+// elementTooLargeError is a JSON value over MaxElementBytes.
+type elementTooLargeError struct{ at int64 }
+
+func (e *elementTooLargeError) Error() string {
+	return fmt.Sprintf("a JSON value from byte %d on is over %s (MaxElementBytes)", e.at, formatBytes(MaxElementBytes))
+}
+
+// cappedReader feeds a json.Decoder and fails once the decoder holds more
+// than MaxElementBytes of one value: the bytes it was given past the start
+// of the value it is reading (InputOffset).
+type cappedReader struct {
+	r   io.Reader
+	dec *json.Decoder
+	n   int64
+}
+
+func (c *cappedReader) Read(p []byte) (int, error) {
+	if start := c.dec.InputOffset(); c.n-start > MaxElementBytes {
+		return 0, &elementTooLargeError{at: start}
+	}
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// newCappedDecoder returns a json.Decoder of r that holds at most about
+// MaxElementBytes of one value.
+func newCappedDecoder(r io.Reader) *json.Decoder {
+	c := &cappedReader{r: r}
+	c.dec = json.NewDecoder(c)
+	return c.dec
+}
+
+// isSyntaxError reports whether err is about the JSON rather than reading
+// it.
+func isSyntaxError(err error) bool {
+	var se *json.SyntaxError
+	return errors.As(err, &se)
+}
+
+// spaceSqueezer passes JSON through with every run of whitespace outside
+// strings cut to its first byte, which changes no value. json.Decoder
+// keeps all the whitespace before a value in its buffer and scans it again
+// on every refill: without this, an answer of a few hundred MB of blanks
+// (a gzip bomb of 1 MB) would cost as much memory and minutes of CPU.
+type spaceSqueezer struct {
+	r                        io.Reader
+	inString, escaped, space bool
+}
+
+func (s *spaceSqueezer) Read(p []byte) (int, error) {
+	for {
+		n, err := s.r.Read(p)
+		w := 0
+		for _, c := range p[:n] {
+			switch {
+			case s.inString:
+				switch {
+				case s.escaped:
+					s.escaped = false
+				case c == '\\':
+					s.escaped = true
+				case c == '"':
+					s.inString = false
+				}
+			case c == ' ' || c == '\t' || c == '\n' || c == '\r':
+				if s.space {
+					continue
+				}
+				s.space = true
+			default:
+				s.space = false
+				s.inString = c == '"'
+			}
+			p[w] = c
+			w++
+		}
+		if w > 0 || n == 0 || err != nil {
+			return w, err
+		}
+	}
+}
+
+// countingReader counts the bytes read through it.
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // describeToken names the kind of a JSON token.
@@ -358,12 +517,24 @@ func describeToken(tok json.Token) string {
 	return fmt.Sprintf("%T", tok)
 }
 
-// describeJSONError makes truncated input say so.
-func describeJSONError(body []byte, err error) error {
+// describeJSONError makes input that ends early say so; n is how many
+// bytes were read.
+func describeJSONError(n int64, err error) error {
 	if err != nil && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || strings.Contains(err.Error(), "unexpected end of JSON input")) {
-		return fmt.Errorf("truncated JSON after %d bytes: %w", len(body), err)
+		return fmt.Errorf("truncated JSON after %d bytes: %w", n, err)
 	}
 	return err
+}
+
+// quoteJSON quotes a JSON value of the registry for an error message,
+// shortened: a string as its Go-quoted value, anything else as its
+// Go-quoted text, so that no line break or escape code reaches a terminal.
+func quoteJSON(b []byte) string {
+	var s string
+	if json.Unmarshal(b, &s) == nil {
+		return strconv.Quote(truncate([]byte(s)))
+	}
+	return strconv.Quote(truncate(b))
 }
 
 // truncate shortens b for an error message.

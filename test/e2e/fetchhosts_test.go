@@ -201,7 +201,7 @@ func TestFetchHostsTinc(t *testing.T) {
 
 	// Change 1: a node is added. One file is written, one HUP; no
 	// connection is closed.
-	_, pub3, err := tincgen.GenerateKey(nil, 1024)
+	_, pub3, err := tincgen.GenerateKey(nil, 2048)
 	if err != nil {
 		t.Fatal(err)
 	}

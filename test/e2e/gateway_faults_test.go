@@ -61,7 +61,7 @@ func (r *faultyRegistry) url() string { return r.ts.URL + "/api/" }
 // synthetic returns a registry file with n nodes and the main server.
 func synthetic(t *testing.T, n int) *registry.File {
 	t.Helper()
-	f, err := registry.Synthetic(registry.SyntheticSpec{Nodes: n, Servers: 1, Keys: 3, KeyBits: 1024,
+	f, err := registry.Synthetic(registry.SyntheticSpec{Nodes: n, Servers: 1, Keys: 3, KeyBits: 2048,
 		Prefix: addressing.DefaultMgmtPrefix()})
 	if err != nil {
 		t.Fatal(err)

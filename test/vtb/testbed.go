@@ -752,7 +752,7 @@ func (tb *Testbed) UnregisterNode(id uint16) error {
 // RegisterHost adds a host (a researcher's laptop that is not running) to
 // the registry file: a change that concerns no running member.
 func (tb *Testbed) RegisterHost(id uint64) error {
-	_, pub, err := tincgen.GenerateKey(nil, 1024)
+	_, pub, err := tincgen.GenerateKey(nil, 2048)
 	if err != nil {
 		return err
 	}

@@ -133,7 +133,7 @@ func split(n int) (nodes, hosts, servers int) {
 func makeTestbed(n int) (*testbed, error) {
 	nodes, hosts, servers := split(n)
 	// One small key: setup stays fast, and DNS does not look at keys.
-	specStr := fmt.Sprintf("nodes=%d,hosts=%d,servers=%d,keys=1,keybits=1024", nodes, hosts, servers)
+	specStr := fmt.Sprintf("nodes=%d,hosts=%d,servers=%d,keys=1,keybits=2048", nodes, hosts, servers)
 	spec, err := registry.ParseSyntheticSpec(specStr)
 	if err != nil {
 		return nil, err
