@@ -765,12 +765,20 @@ type lastAttemptKey struct{}
 // 429 and 5xx; stop on context cancellation) except that permanent errors
 // are never retried.
 func checkRetry(ctx context.Context, resp *http.Response, err error) (bool, error) {
-	if last, ok := ctx.Value(lastAttemptKey{}).(*lastAttempt); ok && err != nil {
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err // get names the URL
+	if last, ok := ctx.Value(lastAttemptKey{}).(*lastAttempt); ok {
+		switch {
+		case err != nil:
+			e := err
+			var ue *url.Error
+			if errors.As(e, &ue) {
+				e = ue.Err // get names the URL
+			}
+			last.err = e
+		case resp != nil && (resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500):
+			// A status that will be retried: name it if the fetch's
+			// deadline ends the retries.
+			last.err = fmt.Errorf("status %d %s", resp.StatusCode, http.StatusText(resp.StatusCode))
 		}
-		last.err = err
 	}
 	if ctx.Err() != nil {
 		return false, ctx.Err()

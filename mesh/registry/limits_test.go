@@ -232,3 +232,16 @@ func TestFetchQuotesRegistryStrings(t *testing.T) {
 		t.Errorf("error %q: want the body quoted", err)
 	}
 }
+
+// TestFetchDeadlineNamesStatus: when the fetch's deadline ends the retries
+// of a failing registry, the error still says how it failed.
+func TestFetchDeadlineNamesStatus(t *testing.T) {
+	base, _ := faultServer(t, func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "boom", http.StatusInternalServerError)
+	})
+	opts := Options{RetryWaitMin: 200 * time.Millisecond, RetryWaitMax: 200 * time.Millisecond, Retries: 100, FetchTimeout: 500 * time.Millisecond}
+	_, err := newClient(t, base, opts).Fetch(context.Background(), nil)
+	if err == nil || !strings.Contains(err.Error(), "status 500") || !strings.Contains(err.Error(), "deadline of 500ms") {
+		t.Fatalf("err = %v; want the deadline and the last status 500", err)
+	}
+}
