@@ -326,7 +326,7 @@ func failure(err error) string {
 		return fmt.Sprintf("unreachable (cannot resolve %s)", dnsErr.Name)
 	case errors.As(err, &opErr) && opErr.Op == "dial":
 		return fmt.Sprintf("unreachable (%v)", opErr.Err)
-	case errors.Is(err, context.DeadlineExceeded) && strings.Contains(err.Error(), "whole fetch"):
+	case errors.Is(err, context.DeadlineExceeded) && strings.Contains(err.Error(), "whole fetch") && !strings.Contains(err.Error(), "without an answer"):
 		// The fetch's own deadline: the registry answered, too slowly.
 		return fmt.Sprintf("too slow (%v)", err)
 	case errors.As(err, &netErr) && netErr.Timeout(), errors.Is(err, os.ErrDeadlineExceeded):

@@ -348,7 +348,7 @@ type fetchState struct {
 type fetchTimeoutError struct{ d time.Duration }
 
 func (e *fetchTimeoutError) Error() string {
-	return fmt.Sprintf("timed out: the whole fetch took longer than its deadline of %v", e.d)
+	return fmt.Sprintf("timeout: the whole fetch took longer than its deadline of %v", e.d)
 }
 func (e *fetchTimeoutError) Unwrap() error { return context.DeadlineExceeded }
 
@@ -581,7 +581,9 @@ func (c *Client) get(ctx context.Context, st *fetchState, target, ifNoneMatch st
 	// breaks or stalls is retried like a failed connection. retryablehttp
 	// drains and closes the body before a retry; get closes it after
 	// success.
+	answered := false // some attempt got response headers
 	req.SetResponseHandler(func(resp *http.Response) error {
+		answered = true
 		switch {
 		case resp.StatusCode == http.StatusNotModified && ifNoneMatch == "":
 			// Without a validator a 304 says nothing: taking it for
@@ -628,6 +630,8 @@ func (c *Client) get(ctx context.Context, st *fetchState, target, ifNoneMatch st
 			return nil, perm.err
 		case ctx.Err() != nil && last.err != nil && !errors.Is(last.err, context.Canceled) && !errors.Is(last.err, context.DeadlineExceeded):
 			return nil, fmt.Errorf("get %s: %w (the last attempt: %w)", target, context.Cause(ctx), last.err)
+		case ctx.Err() != nil && !answered:
+			return nil, fmt.Errorf("get %s: %w, without an answer", target, context.Cause(ctx))
 		case ctx.Err() != nil:
 			return nil, fmt.Errorf("get %s: %w", target, context.Cause(ctx))
 		}

@@ -998,7 +998,7 @@ func TestFetchLimits(t *testing.T) {
 		opts.Timeout = 5 * time.Second
 		opts.FetchTimeout = 300 * time.Millisecond
 		_, err := newClient(t, base, opts).Fetch(context.Background(), nil)
-		if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "timed out: the whole fetch took longer than its deadline of 300ms") {
+		if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "timeout: the whole fetch took longer than its deadline of 300ms") {
 			t.Errorf("error %v, want a DeadlineExceeded naming FetchTimeout", err)
 		}
 		if n := attempts.Load(); n != 1 {
