@@ -130,7 +130,7 @@ func run(ctx context.Context, bin string, keep bool, dir string) (err error) {
 	}
 	say("- a community network with two islands: bridges for 10.241.1.0/24 and 10.241.2.0/24")
 	say("- the server (id 2, tinc name \"server\"), a gateway with a tinc address in each island:")
-	say("  10.241.1.1 and 10.241.2.1; its tinc runs with StrictSubnets = yes")
+	say("  10.241.1.1 and 10.241.2.1; its gateway daemon runs tinc with TunnelServer = yes")
 	for _, n := range tb.Nodes {
 		say("- %s in island %d at %s, management address %s; slivers:", n.TincName, n.Spec.Island, n.CNAddr, n.Addr)
 		for _, s := range n.Slivers {
