@@ -48,7 +48,11 @@ func TestAttackSubnetHijack(t *testing.T) {
 			lab := vtb.ForTest(t)
 			ctx := context.Background()
 			spec := vtb.DefaultSpec(mgmtnetBin)
-			spec.Egress, spec.DNS, spec.SecondGateway, spec.LegacyTopology = true, true, true, tc.legacy
+			// The control has one gateway: with two, nodes of the
+			// controller's topology that start together hit tinc 1.0's
+			// packet-key race (key messages on two paths), which would
+			// make the control flaky for reasons of its own.
+			spec.Egress, spec.DNS, spec.SecondGateway, spec.LegacyTopology = true, true, !tc.legacy, tc.legacy
 			tb, err := vtb.Build(ctx, lab, spec)
 			if err != nil {
 				t.Fatal(err)
