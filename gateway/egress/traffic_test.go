@@ -24,13 +24,14 @@ import (
 //
 // The veth "confine" stands in for the tinc interface: the rules see only
 // interface names, and a veth needs no tincd.
-func TestTraffic(t *testing.T) {
-	node, gw, inet := nfttest.New(t), nfttest.New(t), nfttest.New(t)
+// trafficLab builds the namespaces and links both traffic tests share
+// (the drawing above): node, gateway and pretend Internet, with their
+// addresses and routes, and no forwarding yet.
+func trafficLab(t *testing.T) (node, gw, inet *nfttest.NS) {
+	t.Helper()
+	node, gw, inet = nfttest.New(t), nfttest.New(t), nfttest.New(t)
 	for _, ns := range []*nfttest.NS{node, gw, inet} {
-		// No duplicate address detection: an address (link-local ones
-		// included, which neighbour discovery uses) works at once.
-		ns.Sysctl(t, "net/ipv6/conf/default/accept_dad", "0")
-		ns.Sysctl(t, "net/ipv6/conf/all/accept_dad", "0")
+		noDAD(t, ns)
 	}
 	node.Connect(t, "gw0", gw, "confine")
 	gw.Connect(t, "wan", inet, "eth0")
@@ -40,7 +41,6 @@ func TestTraffic(t *testing.T) {
 	node.AddAddr(t, "gw0", p("192.0.2.2/30"))
 	node.AddAddr(t, "gw0", p("fd00:1::2/64"))
 	node.AddAddr(t, "lo", p("100.64.0.31/32"))
-	node.AddAddr(t, "lo", p("10.9.9.9/32"))
 	node.AddRoute(t, p("0.0.0.0/0"), a("192.0.2.1"))
 	node.AddRoute(t, p("::/0"), a("fd00:1::1"))
 
@@ -50,6 +50,24 @@ func TestTraffic(t *testing.T) {
 	gw.AddAddr(t, "wan", p("2001:db8::1/64"))
 	gw.AddRoute(t, p("100.64.0.0/16"), a("192.0.2.2")) // the egress prefix, into "tinc"
 	gw.AddRoute(t, p("0.0.0.0/0"), a("203.0.113.2"))
+
+	inet.AddAddr(t, "eth0", p("203.0.113.2/24"))
+	inet.AddAddr(t, "eth0", p("2001:db8::2/64"))
+	inet.AddRoute(t, p("fd00:1::/64"), a("2001:db8::1"))
+	return node, gw, inet
+}
+
+// noDAD turns off duplicate address detection in ns: an address
+// (link-local ones included, which neighbour discovery uses) works at once.
+func noDAD(t *testing.T, ns *nfttest.NS) {
+	ns.Sysctl(t, "net/ipv6/conf/default/accept_dad", "0")
+	ns.Sysctl(t, "net/ipv6/conf/all/accept_dad", "0")
+}
+
+func TestTraffic(t *testing.T) {
+	node, gw, inet := trafficLab(t)
+	a, p := netip.MustParseAddr, netip.MustParsePrefix
+	node.AddAddr(t, "lo", p("10.9.9.9/32"))
 	gw.Sysctl(t, "net/ipv6/conf/all/forwarding", "1")
 	for _, iface := range []string{"confine", "wan"} {
 		if err := gw.Do(func() error { return SetForwarding(iface, true) }); err != nil {
@@ -57,11 +75,8 @@ func TestTraffic(t *testing.T) {
 		}
 	}
 
-	inet.AddAddr(t, "eth0", p("203.0.113.2/24"))
-	inet.AddAddr(t, "eth0", p("2001:db8::2/64"))
 	inet.AddAddr(t, "lo", p("198.51.100.1/32"))
 	inet.AddRoute(t, p("100.64.0.0/16"), a("203.0.113.1")) // a WAN neighbour that tries to reach in
-	inet.AddRoute(t, p("fd00:1::/64"), a("2001:db8::1"))
 
 	ap := NewApplier(gw.NFT, nil)
 	if err := ap.Apply(t.Context(), on); err != nil {

@@ -25,30 +25,12 @@ import (
 // Each attack first succeeds without the table (the control: the test can
 // fail), then fails with it, and its counter counts it.
 func TestTrafficTrust(t *testing.T) {
-	node, gw, inet, community := nfttest.New(t), nfttest.New(t), nfttest.New(t), nfttest.New(t)
-	for _, ns := range []*nfttest.NS{node, gw, inet, community} {
-		ns.Sysctl(t, "net/ipv6/conf/default/accept_dad", "0")
-		ns.Sysctl(t, "net/ipv6/conf/all/accept_dad", "0")
-	}
-	node.Connect(t, "gw0", gw, "confine")
-	gw.Connect(t, "wan", inet, "eth0")
+	node, gw, inet := trafficLab(t)
+	community := nfttest.New(t)
+	noDAD(t, community)
 	gw.Connect(t, "lan", community, "eth0")
-	gw.SetMTU(t, "confine", 1400)
-
 	a, p := netip.MustParseAddr, netip.MustParsePrefix
-	node.AddAddr(t, "gw0", p("192.0.2.2/30"))
-	node.AddAddr(t, "gw0", p("fd00:1::2/64"))
-	node.AddAddr(t, "lo", p("100.64.0.31/32"))
-	node.AddRoute(t, p("0.0.0.0/0"), a("192.0.2.1"))
-	node.AddRoute(t, p("::/0"), a("fd00:1::1"))
-
-	gw.AddAddr(t, "confine", p("192.0.2.1/30"))
-	gw.AddAddr(t, "confine", p("fd00:1::1/64"))
-	gw.AddAddr(t, "wan", p("203.0.113.1/24"))
-	gw.AddAddr(t, "wan", p("2001:db8::1/64"))
 	gw.AddAddr(t, "lan", p("10.0.0.1/24"))
-	gw.AddRoute(t, p("100.64.0.0/16"), a("192.0.2.2"))
-	gw.AddRoute(t, p("0.0.0.0/0"), a("203.0.113.2"))
 	// What the attacks need: forwarding on for every interface, IPv4
 	// and IPv6, not only the two egress asks for.
 	gw.Sysctl(t, "net/ipv4/conf/all/forwarding", "1")
@@ -57,15 +39,12 @@ func TestTrafficTrust(t *testing.T) {
 	community.AddAddr(t, "eth0", p("10.0.0.2/24"))
 	community.AddRoute(t, p("0.0.0.0/0"), a("10.0.0.1"))
 
-	inet.AddAddr(t, "eth0", p("203.0.113.2/24"))
-	inet.AddAddr(t, "eth0", p("2001:db8::2/64"))
 	for _, host := range []string{"198.51.100.1", "198.51.100.129", "169.254.169.254", "10.99.0.80", "192.168.99.80", "10.1.2.3"} {
 		inet.AddAddr(t, "lo", p(host+"/32"))
 	}
 	// A WAN neighbour that routes the gateway's other networks to it.
 	inet.AddRoute(t, p("100.64.0.0/16"), a("203.0.113.1"))
 	inet.AddRoute(t, p("10.0.0.0/24"), a("203.0.113.1"))
-	inet.AddRoute(t, p("fd00:1::/64"), a("2001:db8::1"))
 
 	internet, denied := listen(t, inet, "198.51.100.1"), listen(t, inet, "198.51.100.129")
 	metadata, private10, private192 := listen(t, inet, "169.254.169.254"), listen(t, inet, "10.99.0.80"), listen(t, inet, "192.168.99.80")
