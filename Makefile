@@ -3,6 +3,7 @@
 #   make demo    build mgmtnet and show it working (installs what it needs)
 #   make test    the whole test suite (installs what it needs; run as root)
 #   make bench   benchmarks, same flags every time
+#   make stress  the boot stress harness (not part of make test)
 #   make check   gofmt, go vet and the repository's meta tests
 #   make build   the binary, bin/mgmtnet
 
@@ -12,7 +13,7 @@ GOFLAGS  ?=
 BENCHCOUNT ?= 6
 export CGO_ENABLED ?= 0
 
-.PHONY: all build test demo demo-down cross bench check deps fuzz clean
+.PHONY: all build test demo demo-down cross bench check deps fuzz clean stress
 
 all: build
 
@@ -67,6 +68,16 @@ bench: deps build
 	$(GO) run ./test/bench/gateway -mgmtnet $(BIN) -nodes 65520 2>/dev/null | tee -a bench.txt
 	$(GO) run ./test/bench/dns -mgmtnet $(BIN) -sizes 1000,66000 -runs 3 -duration 10s 2>/dev/null | tee -a bench.txt
 
+# stress: $(STRESS_BOOTS) boots of the two-gateway egress testbed under
+# stress-ng --cpu 2, counting the boots in which a node did not reach both
+# gateways (tinc 1.0's packet-key race; README, Reliability).
+# STRESS_TOPOLOGY=legacy boots the 2015 topology for comparison.
+STRESS_BOOTS ?= 60
+STRESS_TOPOLOGY ?= tunnel-server
+stress: deps
+	@scripts/install-deps.sh stress
+	STRESS_BOOTS=$(STRESS_BOOTS) STRESS_TOPOLOGY=$(STRESS_TOPOLOGY) GO=$(GO) scripts/stress.sh
+
 # demo: a whole virtual testbed in network namespaces (root). KEEP=1 leaves
 # it up; "make demo-down" removes it.
 KEEP ?=
@@ -81,4 +92,4 @@ cross:
 	@scripts/cross.sh
 
 clean:
-	rm -rf bin bench.txt
+	rm -rf bin bench.txt stress.txt

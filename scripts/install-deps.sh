@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages mgmtnet's tests and demo use, when missing.
 # Safe to run repeatedly; does nothing when everything is there.
+# "install-deps.sh stress" also installs what "make stress" needs.
 set -euo pipefail
 
 # command -> Debian package
@@ -14,7 +15,11 @@ declare -A need=(
   [/usr/bin/time]=time
   [dnsperf]=dnsperf
   [dnsmasq]=dnsmasq-base
+  [tcpdump]=tcpdump
 )
+if [ "${1:-}" = stress ]; then
+  need[stress-ng]=stress-ng
+fi
 missing=()
 for cmd in "${!need[@]}"; do
   PATH=$PATH:/usr/sbin:/sbin command -v "$cmd" >/dev/null 2>&1 || missing+=("${need[$cmd]}")

@@ -29,6 +29,10 @@ type NodeSpec struct {
 	ID      uint16
 	Island  uint64 // 1 or 2
 	Slivers int    // sliver namespaces (slices 1..Slivers, containers 1..Slivers)
+	// OldFirmware runs the node's tincd without TunnelServer, as the 2015
+	// firmware does: it forwards what it learns from one gateway to the
+	// others (the key-race tests' legacy node).
+	OldFirmware bool
 }
 
 // Spec describes a virtual testbed.
@@ -162,17 +166,23 @@ func (tb *Testbed) Mgmtnet(ctx context.Context, n *Netns, args ...string) (strin
 // NodeBoot runs "mgmtnet node-boot" on a node, as its boot script would.
 func (tb *Testbed) NodeBoot(ctx context.Context, n *Node, extra ...string) (string, error) {
 	args := append([]string{"node-boot", "--uci", n.UCI, "--tinc-dir", n.TincDir,
-		"--gateways-dir", filepath.Join(n.Dir, "etc/confine/tinc-gateways"), "--tincd", tb.nodeTincd()}, extra...)
+		"--gateways-dir", filepath.Join(n.Dir, "etc/confine/tinc-gateways"), "--tincd", tb.nodeTincd(n)}, extra...)
 	return tb.Mgmtnet(ctx, n.NS, args...)
 }
 
-// nodeTincd returns the tincd the nodes run: tincd at debug level 1, so
-// that their logs say which connections came and went (a failed test
-// prints them).
-func (tb *Testbed) nodeTincd() string {
-	path := filepath.Join(tb.Lab.Dir, "tincd-d1")
+// nodeTincd returns the tincd a node runs: tincd at debug level 1, so
+// that its log says which connections came and went (a failed test prints
+// it). An OldFirmware node's wrapper first drops TunnelServer from the
+// tinc.conf node-boot wrote.
+func (tb *Testbed) nodeTincd(n *Node) string {
+	name, script := "tincd-d1", "#!/bin/sh\nexec tincd -d1 \"$@\"\n"
+	if n.Spec.OldFirmware {
+		name = "tincd-old-" + n.TincName
+		script = fmt.Sprintf("#!/bin/sh\nsed -i '/^TunnelServer/Id' %q\nexec tincd -d1 \"$@\"\n", filepath.Join(n.TincDir, "tinc.conf"))
+	}
+	path := filepath.Join(tb.Lab.Dir, name)
 	if _, err := os.Stat(path); err != nil {
-		os.WriteFile(path, []byte("#!/bin/sh\nexec tincd -d1 \"$@\"\n"), 0o755)
+		os.WriteFile(path, []byte(script), 0o755)
 	}
 	return path
 }
@@ -571,7 +581,7 @@ func (tb *Testbed) Boot(ctx context.Context) error {
 	for _, n := range tb.Nodes {
 		err := WaitFor(ctx, 30*time.Second, 200*time.Millisecond, func() error { return n.NS.Ping6(ctx, tb.Server.Addr.String()) })
 		if err != nil {
-			return fmt.Errorf("%s does not reach the server over the overlay: %w\n%s's tincd log:\n%s%s", n.TincName, err, n.TincName, tail(n.TincLog(), 40), tb.serverTincLines(ctx, n))
+			return fmt.Errorf("%s does not reach the server over the overlay: %w\n%s's tincd log:\n%s%s", n.TincName, err, n.TincName, tail(n.TincLog(), 40), tb.Diagnose(ctx, n, tb.Server))
 		}
 	}
 	return nil
@@ -760,26 +770,4 @@ func (tb *Testbed) RegisterHost(id uint64) error {
 	tb.File.Hosts = append(tb.File.Hosts, registry.FileMember{ID: id, Name: fmt.Sprintf("laptop-%d", id),
 		Tinc: &registry.FileTinc{Name: name, PubKey: string(pub)}})
 	return tb.WriteRegistry()
-}
-
-// serverTincLines is what the server knows about n, for a failed boot:
-// its tincd's lines from the gateway daemon's log, its IPv6 routes and a
-// ping the other way.
-func (tb *Testbed) serverTincLines(ctx context.Context, n *Node) string {
-	var b strings.Builder
-	if g := tb.Server.Gateway; g != nil {
-		var lines []string
-		for _, l := range strings.Split(g.Log(), "\n") {
-			if strings.Contains(l, "msg=tincd") || strings.Contains(l, "level=INFO") || strings.Contains(l, "level=WARN") || strings.Contains(l, "level=ERROR") {
-				lines = append(lines, l)
-			}
-		}
-		fmt.Fprintf(&b, "\nserver's tincd and daemon lines:\n%s", tail(strings.Join(lines, "\n"), 60))
-	}
-	r, _ := tb.Server.NS.Run(ctx, "ip", "-6", "route")
-	nr, _ := n.NS.Run(ctx, "ip", "-6", "route")
-	a, _ := n.NS.Run(ctx, "ip", "-6", "addr")
-	p, err := tb.Server.NS.Run(ctx, "ping", "-6", "-n", "-c", "1", "-W", "1", n.Addr.String())
-	fmt.Fprintf(&b, "\nserver ip -6 route:\n%s\n%s ip -6 route:\n%s\n%s ip -6 addr:\n%s\nserver -> %s ping: %v\n%s", r, n.TincName, nr, n.TincName, a, n.Addr, err, p)
-	return b.String()
 }

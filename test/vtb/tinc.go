@@ -124,6 +124,6 @@ func (tb *Testbed) StopNodeTincd(ctx context.Context, n *Node) error {
 
 // StartNodeTincd starts a node's tincd with its files, as node-boot does.
 func (tb *Testbed) StartNodeTincd(ctx context.Context, n *Node) error {
-	_, err := n.NS.Run(ctx, tb.nodeTincd(), "-c", n.TincDir, "--pidfile="+n.PidFile(), "--logfile="+filepath.Join(n.TincDir, "tinc.log"))
+	_, err := n.NS.Run(ctx, tb.nodeTincd(n), "-c", n.TincDir, "--pidfile="+n.PidFile(), "--logfile="+filepath.Join(n.TincDir, "tinc.log"))
 	return err
 }
