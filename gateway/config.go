@@ -145,6 +145,19 @@ type TincConfig struct {
 	Tincd        string `yaml:"tincd"`
 	PidFile      string `yaml:"pidfile"`
 	LogFile      string `yaml:"logfile"`
+	// UDPWatchdog finds peers whose UDP is dead while their meta
+	// connection lives (tinc 1.0's stale packet key) and repairs them
+	// (udpwatch.go). Managed tincd only.
+	UDPWatchdog UDPWatchdogConfig `yaml:"udp_watchdog"`
+}
+
+// UDPWatchdogConfig is tinc.udp_watchdog: every Interval the daemon pings
+// each connected peer's management address through tinc; a peer that
+// stays silent for Misses intervals in a row is repaired. Interval 0
+// turns the watchdog off.
+type UDPWatchdogConfig struct {
+	Interval Duration `yaml:"interval"`
+	Misses   int      `yaml:"misses"`
 }
 
 // PollConfig times the registry polls.
@@ -187,7 +200,8 @@ func DefaultConfig() Config {
 	return Config{
 		Registry: RegistryConfig{Timeout: Duration(DefaultRegistryTimeout)},
 		Identity: IdentityConfig{TincName: "server"},
-		Tinc:     TincConfig{TunnelServer: true, Dir: "/etc/tinc/confine", Net: "confine", Tincd: "tincd"},
+		Tinc: TincConfig{TunnelServer: true, Dir: "/etc/tinc/confine", Net: "confine", Tincd: "tincd",
+			UDPWatchdog: UDPWatchdogConfig{Interval: Duration(time.Second), Misses: 3}},
 		Poll:     PollConfig{Interval: Duration(60 * time.Second), FullResync: Duration(10 * time.Minute)},
 		Guard:    GuardConfig{MaxRemoveFraction: 0.5},
 		StateDir: "/var/lib/mgmtnet", StatusSocket: "/run/mgmtnet/status.sock",
@@ -259,6 +273,9 @@ func (c Config) Validate() error {
 	}
 	if c.Tinc.Manage && c.Tinc.Tincd == "" {
 		return errors.New("tinc.tincd: required when tinc.manage is true")
+	}
+	if w := c.Tinc.UDPWatchdog; w.Interval != 0 && (w.Interval.D() < 100*time.Millisecond || w.Interval.D() > time.Minute || w.Misses < 1 || w.Misses > 60) {
+		return fmt.Errorf("tinc.udp_watchdog: interval %s and misses %d: want an interval from 100ms to 1m (0 turns it off) and 1 to 60 misses", w.Interval.D(), w.Misses)
 	}
 	if c.Poll.Interval.D() < time.Second {
 		return fmt.Errorf("poll.interval %s: must be at least 1s", c.Poll.Interval.D())

@@ -136,6 +136,15 @@ type Daemon struct {
 	// expected are the refusals expectRefusals foresees, by "member
 	// prefix"; read by tincd's log reader.
 	expected atomic.Pointer[map[string]bool]
+
+	// The UDP watchdog (udpwatch.go): its targets, rebuilt when the
+	// snapshot changes; the peers it finds dead; the repairs.
+	udpT       atomic.Pointer[udpTargets]
+	udpTB      *mesh.Testbed
+	udpDeadC   chan []string
+	udpRepairs int
+	udpLast    []UDPRepair
+	lastHUP    time.Time
 }
 
 // New returns a daemon for a validated cfg.
@@ -148,7 +157,7 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 	}
 	d := &Daemon{cfg: cfg, opts: opts, log: opts.Logger, tincd: opts.Tincd, link: opts.Link, m: newMetrics(),
 		statusReq: make(chan chan Status), pollReq: make(chan chan Status), probeC: make(chan ProbeResult),
-		egress: opts.Egress}
+		egress: opts.Egress, udpDeadC: make(chan []string, 1)}
 	if !cfg.Tinc.Manage {
 		d.peerLog = cfg.Tinc.LogFile
 	}
@@ -605,6 +614,7 @@ func (d *Daemon) signalPending(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("restart tincd: %w", err)
 		}
+		d.lastHUP = time.Now()
 		d.restartPending, d.hupPending = false, false
 		d.restarts++
 		d.m.restarts.Inc()
@@ -647,6 +657,7 @@ func (d *Daemon) reload() error {
 	if err := d.tincd.Reload(); err != nil {
 		return err
 	}
+	d.lastHUP = time.Now()
 	d.hups++
 	d.m.tincdHUP()
 	return nil
@@ -768,6 +779,7 @@ func (d *Daemon) status() Status {
 	s.Egress = d.egressStatus()
 	s.DNS = d.dnsStatus()
 	s.RefusedSubnets = d.refused.list()
+	s.UDPWatchdog = UDPWatchdogStatus{Enabled: d.cfg.Tinc.Manage && d.cfg.Tinc.UDPWatchdog.Interval > 0, Repairs: d.udpRepairs, Last: append([]UDPRepair(nil), d.udpLast...)}
 	return s
 }
 
@@ -955,6 +967,19 @@ func (d *Daemon) Run(ctx context.Context) error {
 			d.stopProbes()
 		}
 	}()
+	if wd := d.cfg.Tinc.UDPWatchdog; d.cfg.Tinc.Manage && wd.Interval > 0 {
+		wctx, stop := context.WithCancel(ctx)
+		defer stop()
+		go runUDPWatch(wctx, newUDPWatch(wd.Interval.D(), wd.Misses), d.udpT.Load, func() []string {
+			var out []string
+			for _, p := range d.tincd.Peers() {
+				if p.Connected {
+					out = append(out, p.Name)
+				}
+			}
+			return out
+		}, d.udpDeadC, d.log.Debug)
+	}
 	// The DNS server binds its own sockets: a bind error ends the daemon
 	// at start, where the operator sees it, rather than later.
 	if err := d.startDNS(ctx); err != nil {
@@ -993,8 +1018,14 @@ func (d *Daemon) Run(ctx context.Context) error {
 				restartC = time.After(d.restartWait)
 			}
 		}
+		if d.tb != d.udpTB {
+			d.udpTB = d.tb
+			d.udpT.Store(d.udpTargetsOf())
+		}
 		d.publish()
 		select {
+		case names := <-d.udpDeadC:
+			d.repairUDP(names)
 		case <-ctx.Done():
 			sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			err := d.tincd.Stop(sctx)
@@ -1112,6 +1143,7 @@ func (d *Daemon) startTincd(ctx context.Context) bool {
 		return false
 	}
 	d.tincdStarted = time.Now()
+	d.lastHUP = d.tincdStarted // tincd counts host file changes from its start
 	d.configureLink(ctx)
 	return true
 }

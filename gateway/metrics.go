@@ -18,6 +18,7 @@ type metrics struct {
 	egressAnnounced                   prometheus.Gauge
 	egressPackets                     *prometheus.GaugeVec
 	unauthorized                      *prometheus.CounterVec
+	udpRepairs                        prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -46,7 +47,9 @@ func newMetrics() *metrics {
 		unauthorized: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mgmtnet_tinc_unauthorized_subnets_total",
 			Help: "Subnet announcements tincd refused because the announcing member's host file does not grant them, by member."}, []string{"member"}),
 	}
-	m.reg.MustRegister(m.unauthorized, m.probes, m.egressAnnounced, m.egressPackets, m.syncs, m.syncErrors, m.lastSync, m.members, m.rejected, m.written, m.unchanged,
+	m.udpRepairs = prometheus.NewCounter(prometheus.CounterOpts{Name: "mgmtnet_tinc_udp_repairs_total",
+		Help: "Peers whose meta connection lived while they did not answer through tinc (a stale packet key), repaired by closing that connection."})
+	m.reg.MustRegister(m.udpRepairs, m.unauthorized, m.probes, m.egressAnnounced, m.egressPackets, m.syncs, m.syncErrors, m.lastSync, m.members, m.rejected, m.written, m.unchanged,
 		m.removed, m.hups, m.restarts, m.peersConnected, m.snapshotFromCache)
 	return m
 }

@@ -42,6 +42,9 @@ type Status struct {
 	// RefusedSubnets are the Subnet announcements tincd refused since the
 	// daemon started, by member and Subnet.
 	RefusedSubnets []RefusalCount `json:"refused_subnets"`
+	// UDPWatchdog counts the peers repaired because their meta connection
+	// lived while they did not answer through tinc.
+	UDPWatchdog UDPWatchdogStatus `json:"udp_watchdog"`
 }
 
 // RegistryStatus is the registry side of Status.

@@ -61,6 +61,9 @@ type Spec struct {
 	// false: the controller's topology, in which every member learns every
 	// other (the attack tests' control).
 	LegacyTopology bool
+	// NoUDPWatchdog turns the gateway daemons' UDP watchdog off
+	// (tinc.udp_watchdog.interval 0s): the stale-key test's control.
+	NoUDPWatchdog bool
 }
 
 // DefaultSpec is the demo's testbed: two islands, a server in both, three
@@ -607,6 +610,10 @@ func (tb *Testbed) GatewayConfigYAMLFor(srv *Server) string {
 	if poll == 0 {
 		poll = 2 * time.Second
 	}
+	watchdog := time.Second
+	if tb.Spec.NoUDPWatchdog {
+		watchdog = 0
+	}
 	regHost := "127.0.0.1"
 	if srv != tb.Server {
 		regHost = "10.241.1.1"
@@ -622,13 +629,15 @@ tinc:
   net: confine
   manage: true
   tunnel_server: %t
+  udp_watchdog:
+    interval: %s
 poll:
   interval: %s
   full_resync: 1m
 state_dir: %s
 status_socket: %s
 metrics_listen: 127.0.0.1:9101
-`, regHost, registryPort, srv.TincName, srv.TincDir, !tb.Spec.LegacyTopology, poll, srv.StateDir, srv.StatusSocket) + tb.egressYAML() + tb.dnsYAML(srv)
+`, regHost, registryPort, srv.TincName, srv.TincDir, !tb.Spec.LegacyTopology, watchdog, poll, srv.StateDir, srv.StatusSocket) + tb.egressYAML() + tb.dnsYAML(srv)
 }
 
 // StartGateway starts "mgmtnet gateway" in the server's namespace (debug
@@ -703,6 +712,13 @@ type GatewayStatus struct {
 		Subnet string `json:"subnet"`
 		Count  int    `json:"count"`
 	} `json:"refused_subnets"`
+	UDPWatchdog struct {
+		Enabled bool `json:"enabled"`
+		Repairs int  `json:"repairs"`
+		Last    []struct {
+			Peer string `json:"peer"`
+		} `json:"last"`
+	} `json:"udp_watchdog"`
 }
 
 // Refused reports whether the gateway's tincd refused subnet (in tinc's
