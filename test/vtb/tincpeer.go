@@ -72,7 +72,10 @@ func DialTincPeer(ns *Netns, addr, name string, key *rsa.PrivateKey, srv *Server
 	}
 	conn.SetDeadline(time.Now().Add(timeout))
 	p := &TincPeer{conn: conn, r: bufio.NewReader(conn), w: conn, Name: name, Lines: make(chan string, 1024)}
-	fail := func(err error) (*TincPeer, error) { conn.Close(); return nil, fmt.Errorf("tinc peer %s: %w", name, err) }
+	fail := func(err error) (*TincPeer, error) {
+		conn.Close()
+		return nil, fmt.Errorf("tinc peer %s: %w", name, err)
+	}
 	if err := p.send("0 %s 17", name); err != nil {
 		return fail(err)
 	}
