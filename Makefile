@@ -36,14 +36,12 @@ check:
 # lets them skip (with a message saying what is missing).
 export MGMTNET_REQUIRE_E2E ?= 1
 #
-# The end-to-end tests run after the others, alone: run beside the other
-# packages' tests (which make their own namespaces, nftables tables and
-# tun pairs) a node of the virtual testbed was twice seen connected to the
-# server yet not reaching it for 30 s; the cause is not found yet (the
-# testbed now prints both sides' tinc state when it happens).
+# The end-to-end tests run alongside the other packages' tests again: the
+# node that was seen connected yet not reaching the server was tinc 1.0's
+# packet-key race (README, Reliability), which the tunnel-server topology
+# and the gateway's UDP watchdog bound.
 test: deps check
-	$(GO) test -count=1 -timeout 30m $$($(GO) list ./... | grep -v /test/e2e)
-	$(GO) test -count=1 -timeout 30m ./test/e2e/
+	$(GO) test -count=1 -timeout 30m ./...
 
 # fuzz runs every fuzz target for FUZZTIME each (the seed corpora already
 # run in "make test").
