@@ -15,6 +15,7 @@ import (
 	"golang.org/x/net/ipv6"
 
 	"github.com/confine-project/mgmtnet/addressing"
+	"github.com/confine-project/mgmtnet/mesh"
 )
 
 // The UDP watchdog. tinc 1.0 seals a peer's UDP packets with the packet
@@ -129,25 +130,28 @@ func (w *udpWatch) dead(now time.Time, expect func(string) bool) []string {
 	return out
 }
 
-// silentFor is how long name has not answered while connected.
-func (w *udpWatch) silentFor(name string, now time.Time) time.Duration {
-	p := w.peers[name]
-	if p == nil || p.since.IsZero() {
-		return 0
-	}
-	last := p.since
-	if p.lastReply.After(last) {
-		last = p.lastReply
-	}
-	return now.Sub(last)
+// udpTargets is what the watchdog probes: the applied snapshot (never
+// changed once built, so shared with the watchdog's goroutine) and this
+// gateway's own address.
+type udpTargets struct {
+	src netip.Addr
+	tb  *mesh.Testbed
 }
 
-// udpTargets is what the watchdog probes: connected peers' management
-// addresses, by tinc name, and whether each is expected to answer.
-type udpTargets struct {
-	src    netip.Addr
-	addrs  map[string]netip.Addr
-	expect map[string]bool
+// addr is a peer's management address.
+func (t *udpTargets) addr(name string) (netip.Addr, bool) {
+	m, ok := t.tb.Lookup(name)
+	if !ok {
+		return netip.Addr{}, false
+	}
+	return m.Addr, true
+}
+
+// expect reports whether a peer always answers pings: nodes and servers
+// do; hosts (laptops) are expected only once they have answered.
+func (t *udpTargets) expect(name string) bool {
+	m, ok := t.tb.Lookup(name)
+	return ok && (m.Kind == addressing.KindNode || m.Kind == addressing.KindServer)
 }
 
 // runUDPWatch probes until ctx ends, and sends the peers to repair to
@@ -202,7 +206,7 @@ func runUDPWatch(ctx context.Context, w *udpWatch, targets func() *udpTargets, c
 		w.connected(connected(), now)
 		clear(who)
 		for n := range w.peers {
-			a, ok := t.addrs[n]
+			a, ok := t.addr(n)
 			if !ok || w.peers[n].since.IsZero() {
 				continue
 			}
@@ -214,7 +218,7 @@ func runUDPWatch(ctx context.Context, w *udpWatch, targets func() *udpTargets, c
 				w.sent(n)
 			}
 		}
-		names := w.dead(now, func(n string) bool { return t.expect[n] })
+		names := w.dead(now, t.expect)
 		mu.Unlock()
 		if len(names) > 0 {
 			select {
@@ -269,16 +273,11 @@ func (d *Daemon) udpTargetsOf() *udpTargets {
 	if d.tb == nil {
 		return nil
 	}
-	t := &udpTargets{addrs: map[string]netip.Addr{}, expect: map[string]bool{}}
-	for m := range d.tb.All() {
-		if m.TincName == d.cfg.Identity.TincName {
-			t.src = m.Addr
-			continue
-		}
-		t.addrs[m.TincName] = m.Addr
-		t.expect[m.TincName] = m.Kind == addressing.KindNode || m.Kind == addressing.KindServer
+	me, ok := d.tb.Lookup(d.cfg.Identity.TincName)
+	if !ok {
+		return nil
 	}
-	return t
+	return &udpTargets{src: me.Addr, tb: d.tb}
 }
 
 // repairUDP closes the meta connections of peers whose UDP is dead: their
