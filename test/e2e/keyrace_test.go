@@ -3,11 +3,16 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/confine-project/mgmtnet/test/vtb"
+	"github.com/confine-project/mgmtnet/vpn"
 )
 
 // TestStaleKeyRecovery forces tinc 1.0's stale-key state and shows the
@@ -50,6 +55,10 @@ func TestStaleKeyRecovery(t *testing.T) {
 			if err := vtb.WaitFor(ctx, 20*time.Second, 200*time.Millisecond, reach); err != nil {
 				t.Fatalf("before the attack: %v", err)
 			}
+			// The forged key matters only once the server sends to node_2
+			// over UDP: before PMTU discovery has found a size, tinc 1.0
+			// sends over TCP (and a forged key is harmless then).
+			waitPMTU(t, srv, n.TincName)
 			var p *vtb.TincPeer
 			err = vtb.WaitFor(ctx, 20*time.Second, 500*time.Millisecond, func() error {
 				var err error
@@ -102,5 +111,33 @@ func TestStaleKeyRecovery(t *testing.T) {
 				t.Errorf("metrics: want mgmtnet_tinc_udp_repairs_total 1 (err %v)", err)
 			}
 		})
+	}
+}
+
+// waitPMTU waits until srv's tincd has found a UDP path MTU for peer (its
+// SIGUSR2 node dump says "(min N" with N > 0), that is, until it sends to
+// peer over UDP.
+func waitPMTU(t *testing.T, srv *vtb.Server, peer string) {
+	t.Helper()
+	re := regexp.MustCompile(` ` + peer + ` at .* pmtu \d+ \(min (\d+) max`)
+	err := vtb.WaitFor(context.Background(), 30*time.Second, 500*time.Millisecond, func() error {
+		from := len(srv.Gateway.Log())
+		if _, err := vpn.Signal(filepath.Join(srv.TincDir, "tinc.pid"), syscall.SIGUSR2); err != nil {
+			return err
+		}
+		time.Sleep(300 * time.Millisecond)
+		log := srv.Gateway.Log()
+		if from > len(log) {
+			from = 0
+		}
+		for _, m := range re.FindAllStringSubmatch(log[from:], -1) {
+			if min, _ := strconv.Atoi(m[1]); min > 0 {
+				return nil
+			}
+		}
+		return fmt.Errorf("%s has no UDP path MTU for %s yet", srv.TincName, peer)
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
