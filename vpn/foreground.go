@@ -10,7 +10,17 @@ import (
 	"os/exec"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
+
+// MaxFiles is the RLIMIT_NOFILE Foreground gives tincd. tinc 1.0 waits
+// with select(), which holds fds below FD_SETSIZE (1024) only: Debian's
+// fortified build aborts ("bit out of range 0 - FD_SETSIZE on fd_set")
+// the moment a meta connection gets fd 1024 under a higher limit, taking
+// the gateway down for every node. At 1024, accept() fails there instead
+// and tincd lives on.
+const MaxFiles = 1024
 
 // DefaultKillAfter is how long Process.Stop waits after SIGTERM before it
 // sends SIGKILL.
@@ -72,6 +82,14 @@ func (f *Foreground) Start() (*Process, error) {
 		return nil, fmt.Errorf("start %s: %w", cmd, err)
 	}
 	w.Close()
+	// Set at once, before tincd has accepted anything: the limit holds for
+	// every fd it opens after its first few.
+	if err := capFiles(cmd.Process.Pid); err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		r.Close()
+		return nil, fmt.Errorf("start %s: limit its open files to %d: %w", bin, MaxFiles, err)
+	}
 	p := &Process{cmd: cmd, done: make(chan struct{})}
 	lines := make(chan struct{})
 	go func() {
@@ -160,4 +178,14 @@ func (p *Process) Stop(ctx context.Context, killAfter time.Duration) error {
 	_ = p.cmd.Process.Kill()
 	<-p.done
 	return nil
+}
+
+// capFiles lowers pid's RLIMIT_NOFILE, soft and hard, to MaxFiles at most.
+func capFiles(pid int) error {
+	var l unix.Rlimit
+	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, nil, &l); err != nil {
+		return err
+	}
+	l.Cur, l.Max = min(l.Cur, MaxFiles), min(l.Max, MaxFiles)
+	return unix.Prlimit(pid, unix.RLIMIT_NOFILE, &l, nil)
 }
