@@ -314,7 +314,7 @@ func (d *Daemon) repairUDP(names []string) {
 			d.udpLast = d.udpLast[1:]
 		}
 		d.log.Warn("udp watchdog: the peer's meta connection lives but it has not answered through tinc; closing that connection so that tinc exchanges packet keys anew (tinc 1.0's stale packet key)",
-			"peer", n, "silent_for", fmt.Sprint(time.Duration(d.cfg.Tinc.UDPWatchdog.Misses)*d.cfg.Tinc.UDPWatchdog.Interval.D()))
+			"peer", n, "silent_at_least", fmt.Sprint(time.Duration(d.cfg.Tinc.UDPWatchdog.Misses)*d.cfg.Tinc.UDPWatchdog.Interval.D()))
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -57,12 +58,8 @@ func TestStressBoot(t *testing.T) {
 }
 
 func firstLine(s string) string {
-	for i, c := range s {
-		if c == '\n' {
-			return s[:i]
-		}
-	}
-	return s
+	l, _, _ := strings.Cut(s, "\n")
+	return l
 }
 
 // stressBoot is one boot of the stress harness, in its own lab: the time

@@ -34,7 +34,7 @@ func (tb *Testbed) Diagnose(ctx context.Context, n *Node, g *Server) string {
 	// Debug level 5 on both: SIGINT toggles it in tinc 1.0.
 	_, nodeErr := vpn.Signal(n.PidFile(), syscall.SIGINT)
 	_, gwErr := vpn.Signal(gwPid, syscall.SIGINT)
-	capture := func(ns *Netns, name string) chan string {
+	capture := func(ns *Netns) chan string {
 		c := make(chan string, 1)
 		go func() {
 			out, _ := ns.Run(ctx, "timeout", "4", "tcpdump", "-n", "-l", "-i", "any", "-c", "80", "tcp or udp")
@@ -42,7 +42,7 @@ func (tb *Testbed) Diagnose(ctx context.Context, n *Node, g *Server) string {
 		}()
 		return c
 	}
-	nodeCap, gwCap := capture(n.NS, n.TincName), capture(g.NS, g.TincName)
+	nodeCap, gwCap := capture(n.NS), capture(g.NS)
 	time.Sleep(500 * time.Millisecond) // tcpdump is listening
 	n2g, errN := n.NS.Run(ctx, "ping", "-6", "-n", "-c", "3", "-i", "0.5", "-W", "1", g.Addr.String())
 	g2n, errG := g.NS.Run(ctx, "ping", "-6", "-n", "-c", "3", "-i", "0.5", "-W", "1", n.Addr.String())

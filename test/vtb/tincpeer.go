@@ -15,6 +15,7 @@ import (
 	"math/big"
 	"net"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/confine-project/mgmtnet/addressing"
@@ -29,6 +30,7 @@ import (
 type TincPeer struct {
 	conn net.Conn
 	r    *bufio.Reader
+	wmu  sync.Mutex // the reader's PONG and a test's requests share the stream
 	w    io.Writer
 	Name string
 	// Lines are the requests the other side sent after ACK.
@@ -195,6 +197,8 @@ func cfb(key []byte, keyLen int, encrypt bool) (cipher.Stream, error) {
 func (p *TincPeer) Send(format string, args ...any) error { return p.send(format, args...) }
 
 func (p *TincPeer) send(format string, args ...any) error {
+	p.wmu.Lock()
+	defer p.wmu.Unlock()
 	_, err := fmt.Fprintf(p.w, format+"\n", args...)
 	return err
 }
