@@ -149,6 +149,12 @@ type TincConfig struct {
 	// connection lives (tinc 1.0's stale packet key) and repairs them
 	// (udpwatch.go). Managed tincd only.
 	UDPWatchdog UDPWatchdogConfig `yaml:"udp_watchdog"`
+	// MaxMembers is the most members (other than gateways) whose host
+	// files the gateway holds, whatever the registry assigns it (tunnel
+	// server only; mesh.Assignment). 0 means mesh.MaxCapacity; the
+	// daemon also keeps it below what tincd's 1024 descriptors leave
+	// after the links to the other gateways.
+	MaxMembers int `yaml:"max_members"`
 }
 
 // UDPWatchdogConfig is tinc.udp_watchdog: every Interval the daemon pings
@@ -273,6 +279,9 @@ func (c Config) Validate() error {
 	}
 	if c.Tinc.Manage && c.Tinc.Tincd == "" {
 		return errors.New("tinc.tincd: required when tinc.manage is true")
+	}
+	if c.Tinc.MaxMembers < 0 || c.Tinc.MaxMembers > mesh.MaxCapacity {
+		return fmt.Errorf("tinc.max_members %d: want 1..%d, or 0 for %d", c.Tinc.MaxMembers, mesh.MaxCapacity, mesh.MaxCapacity)
 	}
 	if w := c.Tinc.UDPWatchdog; w.Interval != 0 && (w.Interval.D() < 100*time.Millisecond || w.Interval.D() > time.Minute || w.Misses < 1 || w.Misses > 60) {
 		return fmt.Errorf("tinc.udp_watchdog: interval %s and misses %d: want an interval from 100ms to 1m (0 turns it off) and 1 to 60 misses", w.Interval.D(), w.Misses)

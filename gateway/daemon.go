@@ -143,6 +143,10 @@ type Daemon struct {
 	udpTB      *mesh.Testbed
 	udpDeadC   chan []string
 	udpRepairs int
+	// The assignment of the last snapshot asked about (assign.go).
+	assignTB      *mesh.Testbed
+	assignSt      AssignmentStatus
+	assignRefused map[string]bool
 	udpLast    []UDPRepair
 	lastHUP    time.Time
 }
@@ -325,9 +329,17 @@ func (d *Daemon) desired(tb *mesh.Testbed) (tincgen.Files, string, error) {
 }
 
 func (d *Daemon) syncOptions(own string, dry bool) tincgen.SyncOptions {
-	return tincgen.SyncOptions{DryRun: dry, MaxRemoveFraction: d.cfg.Guard.MaxRemoveFraction, Force: d.opts.Force,
+	o := tincgen.SyncOptions{DryRun: dry, MaxRemoveFraction: d.cfg.Guard.MaxRemoveFraction, Force: d.opts.Force,
 		Owned:  func(name string) bool { return name != own && tincgen.OwnedName(name) },
 		Logger: d.log}
+	if d.cfg.Tinc.TunnelServer {
+		// TunnelServer implies StrictSubnets: tincd re-reads every
+		// file's Subnets on SIGHUP, so a change of Subnets alone (another
+		// gateway's relay routes, a node's egress /32) need not close
+		// that peer's connection.
+		o.KeepTime = func(name string) bool { return name != own }
+	}
+	return o
 }
 
 // reconcile fetches and applies. full compares every file even on 304.
@@ -439,12 +451,16 @@ func (d *Daemon) apply(ctx context.Context, tb *mesh.Testbed, repair bool) error
 			}
 		}
 		if d.cfg.Tinc.TunnelServer && len(ch.Added)+len(ch.Changed)+len(ch.Removed) > 0 {
-			// The other gateways' files carry every member's relay
-			// Subnets.
+			// The other gateways' files carry their members' relay
+			// Subnets, and the assignment may move members onto or off
+			// this gateway.
 			for _, t := range []*mesh.Testbed{d.tb, tb} {
 				for _, g := range t.Gateways() {
 					opts.Only[g.TincName] = true
 				}
+			}
+			for _, n := range d.heldChanges(d.tb, tb) {
+				opts.Only[n] = true
 			}
 		}
 	}
@@ -779,6 +795,7 @@ func (d *Daemon) status() Status {
 	s.Egress = d.egressStatus()
 	s.DNS = d.dnsStatus()
 	s.RefusedSubnets = d.refused.list()
+	s.Assignment, _ = d.assignment(d.tb)
 	s.UDPWatchdog = UDPWatchdogStatus{Enabled: d.cfg.Tinc.Manage && d.cfg.Tinc.UDPWatchdog.Interval > 0, Repairs: d.udpRepairs, Last: append([]UDPRepair(nil), d.udpLast...)}
 	return s
 }
@@ -1198,11 +1215,14 @@ func (d *Daemon) tampered(names map[string]bool) bool {
 	if len(names) > 1000 {
 		return true // many events at once: let apply compare everything
 	}
+	o := d.hostOptions(d.tb)
 	for name := range names {
 		// Never a blocking open: a FIFO here would hang the loop.
 		b, err := tincgen.ReadHostFile(filepath.Join(d.cfg.HostsDir(), name))
 		special := errors.Is(err, tincgen.ErrNotRegular)
 		m, listed := d.tb.Lookup(name)
+		// A member assigned to other gateways has no file here.
+		listed = listed && tincgen.Holds(d.tb, o, m)
 		if !listed {
 			if (err == nil || special) && tincgen.OwnedName(name) && name != d.cfg.Identity.TincName {
 				return true // a stale file of ours appeared
@@ -1212,7 +1232,7 @@ func (d *Daemon) tampered(names map[string]bool) bool {
 		if err != nil {
 			return true // deleted, unreadable, or not a regular file
 		}
-		want, werr := tincgen.MemberFile(d.tb, m, d.hostOptions(d.tb), d.nodeEgress)
+		want, werr := tincgen.MemberFile(d.tb, m, o, d.nodeEgress)
 		if werr != nil || !bytes.Equal(b, want) {
 			return true
 		}

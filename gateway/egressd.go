@@ -61,6 +61,7 @@ func (d *Daemon) hostOptions(tb *mesh.Testbed) tincgen.HostOptions {
 	o := tincgen.HostOptions{Island: d.cfg.Island}
 	if d.cfg.Tinc.TunnelServer {
 		o.Gateway = d.cfg.Identity.TincName
+		_, o.Refused = d.assignment(tb)
 	}
 	if s, ok := d.serviceSubnet(); ok {
 		o.Extra = map[string][]tincgen.Subnet{d.cfg.Identity.TincName: {s}}

@@ -19,6 +19,7 @@ type metrics struct {
 	egressPackets                     *prometheus.GaugeVec
 	unauthorized                      *prometheus.CounterVec
 	udpRepairs                        prometheus.Counter
+	assigned, refusedMembers          prometheus.Gauge
 }
 
 func newMetrics() *metrics {
@@ -49,7 +50,11 @@ func newMetrics() *metrics {
 	}
 	m.udpRepairs = prometheus.NewCounter(prometheus.CounterOpts{Name: "mgmtnet_tinc_udp_repairs_total",
 		Help: "Peers whose meta connection lived while they did not answer through tinc (a stale packet key), repaired by closing that connection."})
-	m.reg.MustRegister(m.udpRepairs, m.unauthorized, m.probes, m.egressAnnounced, m.egressPackets, m.syncs, m.syncErrors, m.lastSync, m.members, m.rejected, m.written, m.unchanged,
+	m.assigned = prometheus.NewGauge(prometheus.GaugeOpts{Name: "mgmtnet_assigned_members",
+		Help: "Members the registry's snapshot assigns to this gateway (tunnel-server topology)."})
+	m.refusedMembers = prometheus.NewGauge(prometheus.GaugeOpts{Name: "mgmtnet_refused_members",
+		Help: "Assigned members this gateway refuses: beyond tinc.max_members or tincd's descriptors."})
+	m.reg.MustRegister(m.assigned, m.refusedMembers, m.udpRepairs, m.unauthorized, m.probes, m.egressAnnounced, m.egressPackets, m.syncs, m.syncErrors, m.lastSync, m.members, m.rejected, m.written, m.unchanged,
 		m.removed, m.hups, m.restarts, m.peersConnected, m.snapshotFromCache)
 	return m
 }

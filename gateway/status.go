@@ -45,6 +45,9 @@ type Status struct {
 	// UDPWatchdog counts the peers repaired because their meta connection
 	// lived while they did not answer through tinc.
 	UDPWatchdog UDPWatchdogStatus `json:"udp_watchdog"`
+	// Assignment is this gateway's share of the assignment of members
+	// to gateways.
+	Assignment AssignmentStatus `json:"assignment"`
 }
 
 // RegistryStatus is the registry side of Status.

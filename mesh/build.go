@@ -245,6 +245,9 @@ func validate(plan addressing.Plan, c *Candidate, keys *KeyCache) (v validated, 
 	if m.DNS, w = dnsServiceOf(plan, c.Properties); w != "" {
 		v.warnings = append(v.warnings, w)
 	}
+	if m.Capacity, w = capacityOf(c.Properties); w != "" {
+		v.warnings = append(v.warnings, w)
+	}
 	return v, false, nil
 }
 

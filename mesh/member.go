@@ -51,6 +51,9 @@ type Member struct {
 	// DNS is the DNS service address the member announces, from its
 	// DNSServiceProperty (servers only, see Policy).
 	DNS Service
+	// Capacity is how many members may be assigned to the member when it
+	// is a gateway, from its CapacityProperty; 0 means DefaultCapacity.
+	Capacity int
 }
 
 // IsGateway reports whether others can connect to the member: it has tinc
@@ -71,7 +74,7 @@ func label(kind addressing.Kind, id uint64, tincName string) string {
 // Equal reports whether two members are the same in every field.
 func (m *Member) Equal(o *Member) bool {
 	if m.Kind != o.Kind || m.ID != o.ID || m.Name != o.Name || m.TincName != o.TincName ||
-		m.Addr != o.Addr || m.PubKey != o.PubKey || m.Island != o.Island || m.Egress != o.Egress || m.DNS != o.DNS ||
+		m.Addr != o.Addr || m.PubKey != o.PubKey || m.Island != o.Island || m.Egress != o.Egress || m.DNS != o.DNS || m.Capacity != o.Capacity ||
 		len(m.Properties) != len(o.Properties) ||
 		!slices.Equal(m.Subnets, o.Subnets) || !slices.Equal(m.Addresses, o.Addresses) {
 		return false

@@ -8,6 +8,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/confine-project/mgmtnet/addressing"
 )
@@ -20,6 +21,9 @@ type Testbed struct {
 	members []Member
 	index   map[string]int
 	version string
+
+	assignOnce sync.Once
+	assignment *Assignment
 }
 
 func newTestbed(plan addressing.Plan, ms []Member) *Testbed {

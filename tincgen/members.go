@@ -87,10 +87,13 @@ type HostOptions struct {
 	// this tinc name in the tunnel-server topology (docs/topology.md): every
 	// gateway's file carries the covering Subnet of the management /48
 	// (CoverWeight), and every other gateway's file also carries the
-	// Subnets of every member that is not a gateway, as relay routes
+	// Subnets of the members assigned to that gateway, as relay routes
 	// (RelayWeight plus the other gateway's distance after this one in
 	// tinc-name order). Empty: the controller's files.
 	Gateway string
+	// Refused are clients assigned to Gateway that it does not hold
+	// anyway: the ones beyond its own limit (see Holds).
+	Refused map[string]bool
 }
 
 // CoverWeight is the weight of the covering /48 Subnet every gateway
@@ -121,19 +124,16 @@ const RelayWeight = 100
 // gateways running StrictSubnets accept both (design.md). Without egress
 // the files are the controller's, byte for byte. mesh validated every
 // member, so an invalid host file here is a bug; it is still checked
-// (Host.Validate) and reported rather than written.
+// (Host.Validate) and reported rather than written. With o.Gateway set,
+// only the members that gateway holds are rendered (see Holds).
 func HostFilesWith(tb *mesh.Testbed, o HostOptions) (Files, error) {
 	nodeEgress := OffersEgress(tb, o.Egress)
 	files := make(Files, tb.Len())
-	var relays []Subnet
-	if o.Gateway != "" {
-		var err error
-		if relays, err = relaySubnets(tb, nodeEgress); err != nil {
-			return nil, err
-		}
-	}
 	for m := range tb.All() {
-		b, err := memberFile(tb, m, o, nodeEgress, relays)
+		if !Holds(tb, o, m) {
+			continue
+		}
+		b, err := MemberFile(tb, m, o, nodeEgress)
 		if err != nil {
 			return nil, err
 		}
@@ -142,13 +142,32 @@ func HostFilesWith(tb *mesh.Testbed, o HostOptions) (Files, error) {
 	return files, nil
 }
 
-// relaySubnets returns the Subnets, without weight, of every member of tb
-// that is not a gateway: what one gateway relays to another for members
-// not connected to it.
-func relaySubnets(tb *mesh.Testbed, nodeEgress bool) ([]Subnet, error) {
+// Holds reports whether the hosts directory HostFilesWith renders with o
+// holds m's file. Without o.Gateway it holds every member. A gateway of
+// the tunnel-server topology holds every gateway, and of the other members
+// (its clients) only those tb.Assignment() assigns to it and o.Refused
+// does not name: tincd refuses a member whose host file it does not have,
+// so a gateway never takes more members than it can. A gateway that is not
+// a gateway of tb (not in the registry yet) holds every member, as the
+// controller's gateways do.
+func Holds(tb *mesh.Testbed, o HostOptions, m *mesh.Member) bool {
+	if o.Gateway == "" || m.IsGateway() || m.TincName == o.Gateway {
+		return true
+	}
+	if own, ok := tb.Lookup(o.Gateway); !ok || !own.IsGateway() {
+		return true
+	}
+	return tb.Assignment().Holds(o.Gateway, m.TincName) && !o.Refused[m.TincName]
+}
+
+// relaySubnets returns the Subnets, without weight, of the clients of
+// gateway g (the members tb.Assignment() assigns to it): what another
+// gateway relays to g for them when they are not connected to it.
+func relaySubnets(tb *mesh.Testbed, g string, nodeEgress bool) ([]Subnet, error) {
 	var out []Subnet
-	for m := range tb.All() {
-		if m.IsGateway() {
+	for _, name := range tb.Assignment().On(g) {
+		m, ok := tb.Lookup(name)
+		if !ok {
 			continue
 		}
 		for _, p := range m.Subnets {
@@ -188,19 +207,6 @@ func relayDistance(tb *mesh.Testbed, own, other string) int {
 // HostFilesWith does, given what OffersEgress says of tb: to compare a
 // file on disk without rendering them all.
 func MemberFile(tb *mesh.Testbed, m *mesh.Member, o HostOptions, nodeEgress bool) ([]byte, error) {
-	var relays []Subnet
-	if o.Gateway != "" && m.IsGateway() && m.TincName != o.Gateway {
-		var err error
-		if relays, err = relaySubnets(tb, nodeEgress); err != nil {
-			return nil, err
-		}
-	}
-	return memberFile(tb, m, o, nodeEgress, relays)
-}
-
-// memberFile renders m's file; relays are the relay Subnets (see
-// relaySubnets) when o.Gateway is set.
-func memberFile(tb *mesh.Testbed, m *mesh.Member, o HostOptions, nodeEgress bool, relays []Subnet) ([]byte, error) {
 	plan := tb.Plan()
 	if e, ok := o.Egress[m.TincName]; ok && e != m.Egress {
 		c := *m
@@ -231,6 +237,10 @@ func memberFile(tb *mesh.Testbed, m *mesh.Member, o HostOptions, nodeEgress bool
 		}
 		h.Subnets = append(h.Subnets, Subnet{Prefix: plan.Mgmt(), Weight: CoverWeight})
 		if m.TincName != o.Gateway {
+			relays, err := relaySubnets(tb, m.TincName, nodeEgress)
+			if err != nil {
+				return nil, err
+			}
 			w := RelayWeight + relayDistance(tb, o.Gateway, m.TincName)
 			for _, r := range relays {
 				h.Subnets = append(h.Subnets, Subnet{Prefix: r.Prefix, Weight: w})

@@ -47,6 +47,13 @@ type SyncOptions struct {
 	// with nothing changed. fetch-hosts records there that a tincd reload
 	// is pending.
 	BeforeWrite func() error
+	// KeepTime, when set, names files that keep their modification time
+	// when only their Subnet lines change. tinc 1.0 closes, on SIGHUP, the
+	// connection of every peer whose host file is newer than its last
+	// reload; with StrictSubnets it re-reads every file's Subnets on the
+	// same SIGHUP anyway. So a gateway that rewrites another gateway's
+	// relay routes, or a node's egress /32, keeps that connection up.
+	KeepTime func(name string) bool
 	// Logger gets a warning for each file with a name Sync writes or owns
 	// that is not a regular file (a FIFO, socket, symlink, device). Nil
 	// discards them.
@@ -311,8 +318,12 @@ func syncDir(dir string, files Files, opts SyncOptions, hooks *syncHooks) (Repor
 			return Report{}, fmt.Errorf("sync %s: %w", dir, err)
 		}
 	}
+	var keep map[string]unix.Timespec
+	if opts.KeepTime != nil {
+		keep = keepTimes(dir, write, existing, files, opts.KeepTime)
+	}
 	// Add before delete: write everything, then remove.
-	werr := writeAll(dir, write, files, hooks)
+	werr := writeAll(dir, write, files, keep, hooks)
 	if werr == nil {
 		for _, name := range remove {
 			if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -345,7 +356,7 @@ func syncDir(dir string, files Files, opts SyncOptions, hooks *syncHooks) (Repor
 // The file operations are raw system calls relative to the directory's
 // descriptor: os.File's poller registration and path lookups cost more than
 // the write itself for a 1 KB host file.
-func writeAll(dir string, names []string, files Files, hooks *syncHooks) error {
+func writeAll(dir string, names []string, files Files, keep map[string]unix.Timespec, hooks *syncHooks) error {
 	if len(names) == 0 {
 		return nil
 	}
@@ -363,6 +374,11 @@ func writeAll(dir string, names []string, files Files, hooks *syncHooks) error {
 			return fmt.Errorf("write host file %s: %w", names[i], err)
 		}
 		temps[i] = tmp
+		if t, ok := keep[names[i]]; ok {
+			if err := unix.UtimesNanoAt(dfd, tmp, []unix.Timespec{t, t}, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+				return fmt.Errorf("write host file %s: keep its modification time: %w", names[i], err)
+			}
+		}
 		return nil
 	})
 	if err == nil {
@@ -391,6 +407,48 @@ func writeAll(dir string, names []string, files Files, hooks *syncHooks) error {
 		}
 	}
 	return err
+}
+
+// keepTimes returns the modification times to keep (see
+// SyncOptions.KeepTime): of the regular files among names that keep says
+// so of and whose new content differs from the old in Subnet lines only.
+func keepTimes(dir string, names []string, existing map[string]fs.FileMode, files Files, keep func(string) bool) map[string]unix.Timespec {
+	out := map[string]unix.Timespec{}
+	for _, name := range names {
+		if typ, ok := existing[name]; !ok || !typ.IsRegular() || !keep(name) {
+			continue
+		}
+		path := filepath.Join(dir, name)
+		var st unix.Stat_t
+		if err := unix.Lstat(path, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+			continue
+		}
+		old, err := ReadHostFile(path)
+		if err != nil || !SubnetsOnly(old, files[name]) {
+			continue
+		}
+		out[name] = st.Mtim
+	}
+	return out
+}
+
+// SubnetsOnly reports whether host files a and b differ in their Subnet
+// lines at most.
+func SubnetsOnly(a, b []byte) bool {
+	strip := func(x []byte) []byte {
+		var out []byte
+		for line := range bytes.Lines(x) {
+			k := bytes.TrimSpace(line)
+			if i := bytes.IndexAny(k, "= \t"); i >= 0 {
+				k = k[:i]
+			}
+			if !bytes.EqualFold(k, []byte("Subnet")) {
+				out = append(out, line...)
+			}
+		}
+		return out
+	}
+	return bytes.Equal(strip(a), strip(b))
 }
 
 // writeTemp creates the new file name in the directory dfd with content b
