@@ -56,6 +56,7 @@ func TestValidate(t *testing.T) {
 		{"tincd", func(c *Config) { c.Tinc.Manage, c.Tinc.Tincd = true, "" }, "tinc.tincd"},
 		{"interval", func(c *Config) { c.Poll.Interval = Duration(time.Millisecond) }, "poll.interval"},
 		{"udp watchdog interval", func(c *Config) { c.Tinc.UDPWatchdog.Interval = Duration(time.Millisecond) }, "tinc.udp_watchdog: interval 1ms"},
+		{"max members", func(c *Config) { c.Tinc.MaxMembers = 1001 }, "tinc.max_members 1001: want 1..1000"},
 		{"udp watchdog misses", func(c *Config) { c.Tinc.UDPWatchdog.Misses = 0 }, "tinc.udp_watchdog: interval 1s and misses 0"},
 		{"full resync", func(c *Config) { c.Poll.FullResync = Duration(time.Second) }, "poll.full_resync"},
 		{"guard", func(c *Config) { c.Guard.MaxRemoveFraction = 1.5 }, "guard.max_remove_fraction"},

@@ -147,8 +147,8 @@ type Daemon struct {
 	assignTB      *mesh.Testbed
 	assignSt      AssignmentStatus
 	assignRefused map[string]bool
-	udpLast    []UDPRepair
-	lastHUP    time.Time
+	udpLast       []UDPRepair
+	lastHUP       time.Time
 }
 
 // New returns a daemon for a validated cfg.

@@ -240,8 +240,17 @@ func RegistryGateways(cfg Config, declared netip.Prefix, cands []mesh.Candidate)
 		notes = append(notes, "warning: "+p.String())
 	}
 	own := cfg.TincName()
+	// The node connects to the gateways the testbed's assignment gives it
+	// (mesh.Assignment), which are the ones that hold its host file. A
+	// node the registry does not list as a member (no key yet, or
+	// rejected) has no assignment: it gets every gateway, as in the
+	// controller's topology.
+	assigned, ok := res.Testbed.Assignment().Of(own)
+	if ok && len(assigned) == 0 {
+		notes = append(notes, fmt.Sprintf("no gateway has room for %s (every gateway is at its %s): connecting to none until the registry adds gateways", own, mesh.CapacityProperty))
+	}
 	for _, m := range res.Testbed.Gateways() {
-		if m.TincName == own {
+		if m.TincName == own || (ok && !slices.Contains(assigned, m.TincName)) {
 			continue
 		}
 		gws = append(gws, Gateway{Name: m.TincName, Host: tincgen.RenderHost(tincgen.NodeGatewayHost(plan, m, island)), Egress: m.Egress.Offered})

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -197,5 +198,42 @@ func TestUnifiedDiffChange(t *testing.T) {
 	want := "--- a\n+++ b\n@@ -1,6 +1,6 @@\n 1\n 2\n-3\n+three\n 4\n 5\n 6\n@@ -9,4 +9,4 @@\n 9\n 10\n 11\n-12\n+twelve\n"
 	if d := cmp.Diff(want, tincgen.UnifiedDiff("a", "b", []byte(a), []byte(b))); d != "" {
 		t.Errorf("diff (-want +got):\n%s", d)
+	}
+}
+
+// TestPlanAssignedGateways: in a testbed larger than its gateways'
+// capacity, the node connects to the gateways the assignment gives it
+// (those that hold its file), not to every gateway.
+func TestPlanAssignedGateways(t *testing.T) {
+	cfg := node31(t)
+	cands := registryCandidates(t)
+	cands[0].Properties = map[string]string{mesh.CapacityProperty: "7"}
+	gw := string(readTestdata(t, "gw.pub"))
+	plan, _ := addressing.New(netip.MustParsePrefix("fdf5:5351:1dfd::/48"))
+	for id := uint64(10); id < 16; id++ {
+		a, _ := plan.ServerAddr(id)
+		cands = append(cands, mesh.Candidate{Kind: addressing.KindServer, ID: id, MgmtAddr: a.String(), Backend: "tinc",
+			Properties: map[string]string{mesh.CapacityProperty: "7"}, // 7 gateways × 7 / 23 members: 2 each
+			Tinc: &mesh.CandidateTinc{Name: fmt.Sprintf("server_%d", id), PubKey: gw,
+				Addresses: []mesh.CandidateAddress{{Addr: fmt.Sprintf("192.0.2.%d", id)}}}})
+	}
+	node := string(readTestdata(t, "node.pub"))
+	for id := uint64(40); id < 60; id++ {
+		a, _ := plan.NodeAddr(uint16(id))
+		cands = append(cands, mesh.Candidate{Kind: addressing.KindNode, ID: id, MgmtAddr: a.String(), Backend: "tinc",
+			Tinc: &mesh.CandidateTinc{Name: fmt.Sprintf("node_%d", id), PubKey: node}})
+	}
+	gws, _, notes, err := RegistryGateways(cfg, plan.Mgmt(), cands)
+	if err != nil || len(notes) != 0 {
+		t.Fatalf("err %v, notes %q", err, notes)
+	}
+	want, _ := mesh.Build(plan, cands).Testbed.Assignment().Of("node_31")
+	var got []string
+	for _, g := range gws {
+		got = append(got, g.Name)
+	}
+	slices.Sort(want)
+	if len(want) != 2 || !slices.Equal(got, want) {
+		t.Errorf("node_31 connects to %v; want its 2 assigned gateways %v", got, want)
 	}
 }
