@@ -3,10 +3,12 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -396,12 +398,34 @@ func tincLogSubnet(s tincgen.Subnet) string {
 // tincd to dump its graph (SIGUSR2) and reads the dump from its log.
 func nodeGraph(t *testing.T, ctx context.Context, n *vtb.Node) []string {
 	t.Helper()
+	return slices.Sorted(maps.Keys(nodeGraphStatus(t, ctx, n)))
+}
+
+// reachableGraph is nodeGraph's reachable nodes only: a host file on disk
+// (a gateway the node does not connect to) makes a node known to tincd,
+// but not reachable.
+func reachableGraph(t *testing.T, ctx context.Context, n *vtb.Node) []string {
+	t.Helper()
+	var out []string
+	for name, st := range nodeGraphStatus(t, ctx, n) {
+		if st&0x10 != 0 { // node_status_t.reachable (node.h), little-endian bit 4
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// nodeGraphStatus returns the nodes of the graph dump with their status
+// word.
+func nodeGraphStatus(t *testing.T, ctx context.Context, n *vtb.Node) map[string]uint64 {
+	t.Helper()
 	logPath := filepath.Join(n.TincDir, "tinc.log")
 	before, _ := os.ReadFile(logPath)
 	if _, err := vpn.Signal(n.PidFile(), syscall.SIGUSR2); err != nil {
 		t.Fatalf("dump %s's graph: %v", n.TincName, err)
 	}
-	var names []string
+	var names map[string]uint64
 	err := vtb.WaitFor(ctx, 10*time.Second, 100*time.Millisecond, func() error {
 		b, _ := os.ReadFile(logPath)
 		if len(b) < len(before) {
@@ -413,13 +437,17 @@ func nodeGraph(t *testing.T, ctx context.Context, n *vtb.Node) []string {
 		if i < 0 || j < i {
 			return fmt.Errorf("no graph dump in %s yet", logPath)
 		}
-		names = nil
+		names = map[string]uint64{}
 		for _, l := range strings.Split(dump[i:j], "\n")[1:] {
 			if _, rest, ok := strings.Cut(l, "]: "); ok {
 				l = rest
 			}
 			if f := strings.Fields(l); len(f) > 2 && f[1] == "at" {
-				names = append(names, f[0])
+				var st uint64
+				if i := slices.Index(f, "status"); i > 0 && i+1 < len(f) {
+					st, _ = strconv.ParseUint(f[i+1], 16, 32)
+				}
+				names[f[0]] = st
 			}
 		}
 		return nil
@@ -427,6 +455,5 @@ func nodeGraph(t *testing.T, ctx context.Context, n *vtb.Node) []string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	slices.Sort(names)
 	return names
 }

@@ -53,6 +53,12 @@ type Spec struct {
 	// a second egress gateway in both islands.
 	Egress        bool
 	SecondGateway bool
+	// ThirdGateway adds server 4 ("server_4", weight 30) as well; it
+	// implies SecondGateway.
+	ThirdGateway bool
+	// Capacity, when set, is every server's mgmtnet.capacity in the
+	// registry: how many members the assignment gives each gateway.
+	Capacity int
 	// DNS makes every gateway daemon serve DNS for DNSZone and announce
 	// DNSServiceAddr (weight 10 for the server, 20 for server 3); it
 	// implies GatewayDaemon.
@@ -233,8 +239,13 @@ func Build(ctx context.Context, lab *Lab, spec Spec) (*Testbed, error) {
 		return nil, err
 	}
 	tb.Server = srv
-	if spec.SecondGateway {
+	if spec.SecondGateway || spec.ThirdGateway {
 		if _, err := tb.buildServer(ctx, 3, 3, 20); err != nil {
+			return nil, err
+		}
+	}
+	if spec.ThirdGateway {
+		if _, err := tb.buildServer(ctx, 4, 4, 30); err != nil {
 			return nil, err
 		}
 	}
@@ -317,6 +328,12 @@ func (tb *Testbed) buildServer(ctx context.Context, id uint64, octet, weight int
 			m.Properties = map[string]string{}
 		}
 		m.Properties[mesh.DNSServiceProperty] = fmt.Sprintf("%s,weight=%d", tb.DNSServiceAddr(), weight)
+	}
+	if spec.Capacity > 0 {
+		if m.Properties == nil {
+			m.Properties = map[string]string{}
+		}
+		m.Properties[mesh.CapacityProperty] = fmt.Sprint(spec.Capacity)
 	}
 	tb.File.Servers = append(tb.File.Servers, m)
 	tb.Gateways = append(tb.Gateways, srv)
@@ -719,6 +736,17 @@ type GatewayStatus struct {
 			Peer string `json:"peer"`
 		} `json:"last"`
 	} `json:"udp_watchdog"`
+	Assignment struct {
+		Enabled   bool     `json:"enabled"`
+		Gateways  int      `json:"gateways"`
+		PerMember int      `json:"per_member"`
+		Capacity  int      `json:"capacity"`
+		Limit     int      `json:"limit"`
+		Assigned  int      `json:"assigned"`
+		Held      int      `json:"held"`
+		Refused   []string `json:"refused"`
+		Unplaced  int      `json:"unplaced"`
+	} `json:"assignment"`
 }
 
 // Refused reports whether the gateway's tincd refused subnet (in tinc's
