@@ -14,7 +14,9 @@ import (
 // FirmwareGateways returns the gateways the firmware shipped, for when the
 // registry does not answer (at first boot a node usually cannot reach it
 // before tinc is up): the existing host file of cfg.TincGateway in
-// tincDir/hosts, kept as it is, and every file in gatewaysDir whose name is
+// tincDir/hosts, kept as it is, the other host files there that have an
+// Address (gateways an earlier boot got from the registry), and every file
+// in gatewaysDir whose name is
 // a valid tinc name (other than the node's own and cfg.TincGateway when
 // hosts/ already has it), copied. A file that tincgen.ParseHost rejects, or
 // that has no Address or no public key, is skipped and named in notes. A
@@ -53,6 +55,29 @@ func FirmwareGateways(cfg Config, tincDir, gatewaysDir string) (gws []Gateway, n
 			}
 		} else if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return nil, notes, fmt.Errorf("gateway host file: %w", err)
+		}
+	}
+	// The other gateways in hosts/: those an earlier boot took from the
+	// registry (with the assignment of members to gateways, cfg.TincGateway
+	// may not be one of them and may refuse this node), and an old image's
+	// files. A file there without an Address is not a gateway's.
+	if entries, err := os.ReadDir(filepath.Join(tincDir, HostsDir)); err == nil {
+		for _, e := range entries {
+			name := e.Name()
+			if !tincgen.ValidName(name) || seen[name] || !e.Type().IsRegular() {
+				continue
+			}
+			path := filepath.Join(tincDir, HostsDir, name)
+			b, err := tincgen.ReadRegularFile(path)
+			if err != nil {
+				continue
+			}
+			if h, err := tincgen.ParseHost(b); err != nil || len(h.Addresses) == 0 {
+				continue
+			}
+			if err := add(name, path); err != nil {
+				return nil, notes, err
+			}
 		}
 	}
 	if gatewaysDir == "" {

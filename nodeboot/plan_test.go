@@ -237,3 +237,30 @@ func TestPlanAssignedGateways(t *testing.T) {
 		t.Errorf("node_31 connects to %v; want its 2 assigned gateways %v", got, want)
 	}
 }
+
+// TestPlanFirmwareEarlierGateways: offline, a node also connects to the
+// gateways an earlier boot got from the registry (their files in hosts/),
+// since with the assignment of members to gateways the firmware's
+// tinc_gateway may not hold it; a file there without an Address (the
+// node's own) is not a gateway.
+func TestPlanFirmwareEarlierGateways(t *testing.T) {
+	cfg := node31(t)
+	dir := t.TempDir()
+	os.MkdirAll(filepath.Join(dir, "hosts"), 0o755)
+	server := readTestdata(t, "firmware/tinc/hosts/server")
+	os.WriteFile(filepath.Join(dir, "hosts", "server"), server, 0o644)
+	os.WriteFile(filepath.Join(dir, "hosts", "server_3"), []byte("Address = 192.0.2.3\n"+string(readTestdata(t, "gw.pub"))), 0o644)
+	os.WriteFile(filepath.Join(dir, "hosts", "node_31"), []byte("Subnet = fdf5:5351:1dfd:1f:0:0:0:0/64\n"+string(readTestdata(t, "node.pub"))), 0o644)
+	os.WriteFile(filepath.Join(dir, "hosts", "node_9"), readTestdata(t, "node.pub"), 0o644)
+	gws, notes, err := FirmwareGateways(cfg, dir, "")
+	if err != nil || len(notes) != 0 {
+		t.Fatalf("err %v, notes %q", err, notes)
+	}
+	var names []string
+	for _, g := range gws {
+		names = append(names, g.Name)
+	}
+	if !slices.Equal(names, []string{"server", "server_3"}) {
+		t.Errorf("offline gateways %v, want [server server_3]", names)
+	}
+}
