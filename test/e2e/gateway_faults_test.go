@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/confine-project/mgmtnet/addressing"
+	"github.com/confine-project/mgmtnet/mesh"
 	"github.com/confine-project/mgmtnet/mesh/registry"
 	"github.com/confine-project/mgmtnet/test/vtb"
 	"github.com/confine-project/mgmtnet/tincgen"
@@ -410,15 +411,17 @@ func TestGatewayKilledMidSync(t *testing.T) {
 	t.Logf("killed with %d entries in the hosts directory", len(entries))
 	checkHostsDir(t, s.hosts) // whatever is there is whole
 	g2 := startGateway(t, s.config, s.socket)
-	g2.waitStatus(t, "converged", 120*time.Second, func(st *vtb.GatewayStatus) error {
+	st := g2.waitStatus(t, "converged", 120*time.Second, func(st *vtb.GatewayStatus) error {
 		if st.LastSync == nil || st.LastError != "" || st.Members["nodes"] != n {
 			return fmt.Errorf("not converged: %q", st.LastError)
 		}
 		return nil
 	})
+	// The only gateway holds as many nodes as its capacity (the
+	// assignment), and its own file.
 	files := checkHostsDir(t, s.hosts)
-	if len(files) != n+1 {
-		t.Fatalf("%d host files after convergence, want %d", len(files), n+1)
+	if a := st.Assignment; a.Held != mesh.DefaultCapacity || a.Unplaced != n-mesh.DefaultCapacity || len(files) != a.Held+1 {
+		t.Fatalf("%d host files after convergence, assignment %+v; want %d", len(files), a, mesh.DefaultCapacity+1)
 	}
 	left, _ := filepath.Glob(filepath.Join(s.hosts, ".mgmtnet-*"))
 	if len(left) != 0 {
