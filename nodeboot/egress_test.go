@@ -55,7 +55,7 @@ func TestPlanEgress(t *testing.T) {
 	}
 	for _, c := range []struct{ name, want string }{
 		{"hosts/node_31", "Subnet = 100.64.0.31\n"},
-		{"tinc.conf", "Interface = confine\nPingInterval = 10\nPingTimeout = 2\nMaxTimeout = 10\n"},
+		{"tinc.conf", "MaxTimeout = 20\nInterface = confine\nPingInterval = 10\nPingTimeout = 2\n"},
 		{"tinc-up", `ip -4 route replace default dev "$INTERFACE" table 7465 proto 74` + "\n"},
 	} {
 		if got := file(d, c.name); !strings.Contains(got, c.want) {

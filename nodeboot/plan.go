@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io/fs"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/confine-project/mgmtnet/addressing"
@@ -51,19 +53,36 @@ const TincInterface = "confine"
 // loss, cut cable) is found out by pings, within PingInterval +
 // PingTimeout. tinc's defaults (60 s + 5 s) would leave the slivers
 // without Internet for a minute; 10 s + 2 s cost one small meta packet
-// every 10 s per idle connection (6 600/s at a gateway with 66 000 idle
-// nodes, against 1 100/s with the defaults).
+// every 10 s per idle connection (80/s at a gateway holding 800 idle
+// nodes, against 13/s with the defaults).
 const (
 	egressPingInterval = "10"
 	egressPingTimeout  = "2"
-	// egressMaxTimeout caps tinc's reconnect backoff (5 s more per failed
-	// attempt, up to 900 s by default): a gateway that restarts tincd to
-	// announce or withdraw egress is tried again within 10 s, so traffic
-	// returns to the preferred gateway soon after it announces again.
-	// The cost is one connection attempt every 10 s to a gateway that
-	// is down.
-	egressMaxTimeout = "10"
 )
+
+// Reconnect timers of every node. tinc 1.0 retries a lost gateway 5 s
+// later, then 5 s more per failed attempt, up to MaxTimeout (900 s by
+// default), and a gateway accepts at most 10 new connections a second,
+// refusing (tarpitting) the rest. After a gateway restart its nodes all
+// lose it in the same second; with one MaxTimeout they would come back in
+// waves, each admitting about 10 of them and sending the rest to wait a
+// whole MaxTimeout again. So each node's MaxTimeout is minMaxTimeout plus
+// a share of maxTimeoutSpread fixed by its name (MaxTimeout): the retries
+// spread out over the interval, and the gateway admits 10 a second
+// continuously. A node retries a gateway that is down at most every
+// 20 s, and is back on a restarted one within about that once admitted.
+const (
+	minMaxTimeout    = 10
+	maxTimeoutSpread = 11
+)
+
+// MaxTimeout is the tinc MaxTimeout node-boot writes for the node of
+// this tinc name: 10..20 s, fixed by a hash of the name.
+func MaxTimeout(tincName string) int {
+	h := fnv.New32a()
+	h.Write([]byte(tincName))
+	return minMaxTimeout + int(h.Sum32()%maxTimeoutSpread)
+}
 
 // PlanOptions are the optional parts of a node's plan.
 type PlanOptions struct {
@@ -148,7 +167,7 @@ func PlanWith(cfg Config, pub []byte, gateways []Gateway, o PlanOptions) (Desire
 	// The tunnel-server topology (docs/topology.md): the node's tincd
 	// forwards nothing between its gateways and routes by its host files
 	// alone, which the registry grants.
-	opts := []tincgen.Option{{Key: "TunnelServer", Value: "yes"}}
+	opts := []tincgen.Option{{Key: "TunnelServer", Value: "yes"}, {Key: "MaxTimeout", Value: strconv.Itoa(MaxTimeout(own))}}
 	if o.Egress {
 		ea, err := plan.EgressIPv4(cfg.NodeID)
 		if err != nil {
@@ -157,8 +176,7 @@ func PlanWith(cfg Config, pub []byte, gateways []Gateway, o PlanOptions) (Desire
 		subnets = append(subnets, tincgen.NewSubnet(netip.PrefixFrom(ea, 32)))
 		tincUp = append(tincUp, o.EgressUp...)
 		opts = append(opts, []tincgen.Option{{Key: "Interface", Value: TincInterface},
-			{Key: "PingInterval", Value: egressPingInterval}, {Key: "PingTimeout", Value: egressPingTimeout},
-			{Key: "MaxTimeout", Value: egressMaxTimeout}}...)
+			{Key: "PingInterval", Value: egressPingInterval}, {Key: "PingTimeout", Value: egressPingTimeout}}...)
 	}
 	files := []File{
 		{Name: HostsDir + "/" + own, Mode: 0o644, Data: tincgen.RenderHost(tincgen.Host{

@@ -128,8 +128,8 @@ func TestPlanConnectOrder(t *testing.T) {
 		gws         []string
 		want        string
 	}{
-		{"tinc_gateway first", "server_9", []string{"server", "server_9", "host_3"}, "Name = node_31\nConnectTo = server_9\nConnectTo = host_3\nConnectTo = server\nTunnelServer = yes\n"},
-		{"tinc_gateway absent: sorted", "server", []string{"server_9", "host_3"}, "Name = node_31\nConnectTo = host_3\nConnectTo = server_9\nTunnelServer = yes\n"},
+		{"tinc_gateway first", "server_9", []string{"server", "server_9", "host_3"}, "Name = node_31\nConnectTo = server_9\nConnectTo = host_3\nConnectTo = server\nTunnelServer = yes\nMaxTimeout = 20\n"},
+		{"tinc_gateway absent: sorted", "server", []string{"server_9", "host_3"}, "Name = node_31\nConnectTo = host_3\nConnectTo = server_9\nTunnelServer = yes\nMaxTimeout = 20\n"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -262,5 +262,25 @@ func TestPlanFirmwareEarlierGateways(t *testing.T) {
 	}
 	if !slices.Equal(names, []string{"server", "server_3"}) {
 		t.Errorf("offline gateways %v, want [server server_3]", names)
+	}
+}
+
+// TestMaxTimeoutSpread: nodes' MaxTimeout is fixed per node and spread
+// over 10..20 s, so that their retries after a gateway restart do not
+// arrive in waves.
+func TestMaxTimeoutSpread(t *testing.T) {
+	count := map[int]int{}
+	for id := 1; id <= 1000; id++ {
+		name := fmt.Sprintf("node_%d", id)
+		v := MaxTimeout(name)
+		if v < 10 || v > 20 || v != MaxTimeout(name) {
+			t.Fatalf("%s: MaxTimeout %d", name, v)
+		}
+		count[v]++
+	}
+	for v := 10; v <= 20; v++ {
+		if count[v] < 50 || count[v] > 130 {
+			t.Errorf("MaxTimeout %d for %d of 1000 nodes; want about 91", v, count[v])
+		}
 	}
 }
