@@ -16,7 +16,8 @@
 //
 // The package does not validate members against the addressing plan, nor
 // write tinc files, nor run DNS: mesh.Build validates candidates, and other
-// packages act on the resulting mesh.Testbed. The server implements no
+// packages act on the resulting mesh.Testbed. (The Server runs mesh.Build
+// on its File only to show each member's gateways, mesh.Assignment.) The server implements no
 // writes, authentication, or resources beyond those the management network
 // needs.
 package registry

@@ -221,6 +221,32 @@ func (f *File) mgmtAddrFunc() func(addressing.Kind, *FileMember) string {
 	}
 }
 
+// assignment is the assignment of members to gateways (mesh.Assignment)
+// of the members of f that mesh.Build accepts.
+func (f *File) assignment() *mesh.Assignment {
+	plan, err := addressing.New(f.MgmtPrefix)
+	if err != nil {
+		plan = addressing.Default()
+	}
+	mgmtAddr := f.mgmtAddrFunc()
+	var cands []mesh.Candidate
+	for _, g := range f.groups() {
+		for i := range g.members {
+			m := &g.members[i]
+			c := mesh.Candidate{Kind: g.kind, ID: m.ID, Name: m.Name, Island: m.Island, MgmtAddr: mgmtAddr(g.kind, m),
+				Backend: m.Backend, Properties: m.Properties}
+			if m.Tinc != nil {
+				c.Tinc = &mesh.CandidateTinc{Name: m.Tinc.Name, PubKey: m.Tinc.PubKey}
+				for _, a := range m.Tinc.Addresses {
+					c.Tinc.Addresses = append(c.Tinc.Addresses, mesh.CandidateAddress{Addr: a.Addr, Port: a.Port, Island: a.Island})
+				}
+			}
+			cands = append(cands, c)
+		}
+	}
+	return mesh.BuildWith(plan, cands, mesh.BuildOptions{Keys: mesh.NewKeyCache()}).Testbed.Assignment()
+}
+
 // SyntheticSpec describes a synthetic testbed; see Synthetic.
 type SyntheticSpec struct {
 	Nodes, Hosts, Servers int

@@ -202,6 +202,11 @@ type (
 		MgmtNet    any                `json:"mgmt_net"`
 		Tinc       json.RawMessage    `json:"tinc,omitempty"` // v1 only; "null" when no key
 		Properties *map[string]string `json:"properties,omitempty"`
+		// Gateways is mgmtnet's addition to the controller's member
+		// (v1 only): the gateways the testbed's assignment gives a member
+		// that is not a gateway (mesh.Assignment), best first. Clients
+		// compute it themselves; this makes it visible.
+		Gateways []string `json:"mgmtnet_gateways,omitempty"`
 	}
 	outIsland struct {
 		URI         string `json:"uri"`
@@ -232,6 +237,7 @@ func render(f *File) *rendered {
 	base := "@base-" + hex.EncodeToString(random[:]) + "@"
 	r := &rendered{placeholder: []byte(base), lists: map[string]*renderedList{}}
 	mgmtAddr := f.mgmtAddrFunc()
+	assigned := f.assignment()
 	ref := func(id uint64) *outRef {
 		if id == 0 {
 			return nil
@@ -271,6 +277,9 @@ func render(f *File) *rendered {
 					}
 					t.Addresses = append(t.Addresses, outAddress{Addr: a.Addr, Port: port, Island: ref(a.Island)})
 				}
+			}
+			if t != nil && f.Dialect != DialectV0 {
+				o.Gateways, _ = assigned.Of(t.Name)
 			}
 			if f.Dialect == DialectV0 {
 				mn := outMgmtNetV0{Addr: addr, Backend: backend}

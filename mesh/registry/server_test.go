@@ -427,3 +427,33 @@ func TestServerManyHosts(t *testing.T) {
 		t.Errorf("rendered %d times, want twice", n)
 	}
 }
+
+// TestServerAssignment: a member that is not a gateway carries the
+// gateways the testbed's assignment gives it; gateways carry none.
+func TestServerAssignment(t *testing.T) {
+	f, err := Synthetic(SyntheticSpec{Nodes: 3, Servers: 3, Keys: 2, KeyBits: 2048})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := NewServer(f, nil)
+	r, _ := do(srv, "GET", "http://example.com/api/nodes/1/")
+	if r.Status != 200 || !strings.Contains(r.Body, `"mgmtnet_gateways":["`) {
+		t.Fatalf("node 1: %d %s", r.Status, r.Body)
+	}
+	var n struct {
+		Gateways []string `json:"mgmtnet_gateways"`
+	}
+	json.Unmarshal([]byte(r.Body), &n)
+	if len(n.Gateways) != 3 {
+		t.Errorf("node 1's gateways %v, want all 3 (the testbed fits)", n.Gateways)
+	}
+	for _, s := range f.Servers {
+		if len(s.Tinc.Addresses) == 0 {
+			t.Fatalf("synthetic server %d has no tinc address", s.ID)
+		}
+	}
+	r, _ = do(srv, "GET", "http://example.com/api/servers/")
+	if r.Status != 200 || strings.Contains(r.Body, "mgmtnet_gateways") {
+		t.Errorf("servers (all gateways): %d %s", r.Status, r.Body)
+	}
+}
