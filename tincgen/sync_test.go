@@ -642,3 +642,46 @@ func TestSyncOnly(t *testing.T) {
 		t.Error("node_4 outside Only was removed")
 	}
 }
+
+// TestSyncKeepTime: with KeepTime, a file whose Subnet lines alone change
+// keeps its mtime (tinc 1.0 then keeps that peer's connection on
+// SIGHUP); any other change, or a file KeepTime does not name, gets a new
+// one.
+func TestSyncKeepTime(t *testing.T) {
+	dir := t.TempDir()
+	key := "-----BEGIN RSA PUBLIC KEY-----\nAAAA\n-----END RSA PUBLIC KEY-----\n"
+	files := Files{
+		"server_3": []byte("Address = 192.0.2.3\nSubnet = fd00::/48#1000\n" + key),
+		"node_1":   []byte("Subnet = fd00:0:0:1::/64\n" + key),
+		"node_2":   []byte("Subnet = fd00:0:0:2::/64\n" + key),
+	}
+	if _, err := Sync(dir, files, SyncOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	old := time.Unix(1_700_000_000, 0)
+	for name := range files {
+		os.Chtimes(filepath.Join(dir, name), old, old)
+	}
+	next := Files{
+		"server_3": []byte("Address = 192.0.2.3\nSubnet = fd00::/48#1000\nSubnet = fd00:0:0:9::/64#101\n" + key), // Subnets only
+		"node_1":   []byte("Subnet = fd00:0:0:1::/64\n" + strings.Replace(key, "AAAA", "BBBB", 1)),               // a new key
+		"node_2":   []byte("Subnet = fd00:0:0:2::/64\nSubnet = 100.64.0.2/32\n" + key),                          // Subnets only, not named
+	}
+	rep, err := Sync(dir, next, SyncOptions{KeepTime: func(n string) bool { return n != "node_2" }})
+	if err != nil || len(rep.Written) != 3 {
+		t.Fatalf("written %v, err %v", rep.Written, err)
+	}
+	for name, keep := range map[string]bool{"server_3": true, "node_1": false, "node_2": false} {
+		st, _ := os.Stat(filepath.Join(dir, name))
+		if got := st.ModTime().Equal(old); got != keep {
+			t.Errorf("%s: mtime kept %v, want %v", name, got, keep)
+		}
+		b, _ := os.ReadFile(filepath.Join(dir, name))
+		if string(b) != string(next[name]) {
+			t.Errorf("%s: content %q", name, b)
+		}
+	}
+	if !SubnetsOnly([]byte("subnet=1\nA = b\n"), []byte("A = b\nSubnet = 2\n")) || SubnetsOnly([]byte("A = b\n"), []byte("A = c\n")) {
+		t.Error("SubnetsOnly")
+	}
+}
