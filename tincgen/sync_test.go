@@ -665,7 +665,7 @@ func TestSyncKeepTime(t *testing.T) {
 	next := Files{
 		"server_3": []byte("Address = 192.0.2.3\nSubnet = fd00::/48#1000\nSubnet = fd00:0:0:9::/64#101\n" + key), // Subnets only
 		"node_1":   []byte("Subnet = fd00:0:0:1::/64\n" + strings.Replace(key, "AAAA", "BBBB", 1)),               // a new key
-		"node_2":   []byte("Subnet = fd00:0:0:2::/64\nSubnet = 100.64.0.2/32\n" + key),                          // Subnets only, not named
+		"node_2":   []byte("Subnet = fd00:0:0:2::/64\nSubnet = 100.64.0.2/32\n" + key),                           // Subnets only, not named
 	}
 	rep, err := Sync(dir, next, SyncOptions{KeepTime: func(n string) bool { return n != "node_2" }})
 	if err != nil || len(rep.Written) != 3 {
