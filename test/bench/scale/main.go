@@ -149,12 +149,8 @@ func report(o options, rs []*result, took time.Duration) {
 	fmt.Println("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|")
 	for _, r := range rs {
 		connect := fmtDur(r.connect)
-		if r.connect <= 0 && r.connectBudget > 0 {
-			connect = fmt.Sprintf("not in %s (%d/%d)", fmtDur(r.connectBudget), r.connected, r.n)
-		}
-		back := fmtDur(r.reconnect)
-		if r.reconnect <= 0 && r.reconnectBudget > 0 {
-			back = "not in " + fmtDur(r.reconnectBudget)
+		if r.connect <= 0 && r.connectTook > 0 {
+			connect = fmt.Sprintf("not settled: %d/%d in %s", r.connected, r.n, fmtDur(r.connectTook))
 		}
 		okN := 0
 		for _, x := range r.reach {
@@ -162,9 +158,19 @@ func report(o options, rs []*result, took time.Duration) {
 				okN++
 			}
 		}
-		fmt.Printf("| %s | %d | %s | %.3f | %.3f | %d | %s | %d | %.1f | %.3f | %.3f | %s | %d/%d | %d | %d/%d ok |\n",
-			r.topo, r.n, connect, r.nodeCPUJoin, r.nodeIdle, r.nodeRSS, graph(r), r.gwConns, r.gwRSS, r.gwCPUJoin, r.gwIdle,
-			back, r.flapsSteady, r.flapsRestart, r.throttled, okN, len(r.reach))
+		cpu, idle, gwCPU, gwIdle, back, flaps := "-", "-", "-", "-", "-", "-"
+		if r.measured {
+			cpu, idle = fmt.Sprintf("%.3f", r.nodeCPUJoin), fmt.Sprintf("%.3f", r.nodeIdle)
+			gwCPU, gwIdle = fmt.Sprintf("%.3f", r.gwCPUJoin), fmt.Sprintf("%.3f", r.gwIdle)
+			back = fmtDur(r.reconnect)
+			if r.reconnect <= 0 {
+				back = "not in " + fmtDur(r.reconnectBudget)
+			}
+			flaps = fmt.Sprintf("%d/%d", r.flapsSteady, r.flapsRestart)
+		}
+		fmt.Printf("| %s | %d | %s | %s | %s | %s | %s | %d | %.1f | %s | %s | %s | %s | %d | %d/%d ok |\n",
+			r.topo, r.n, connect, cpu, idle, kb(r.nodeRSS), graph(r), r.gwConns, r.gwRSS, gwCPU, gwIdle,
+			back, flaps, r.throttled, okN, len(r.reach))
 	}
 	fmt.Println()
 	fmt.Println("CPU/join is the CPU time above the idle rate spent in the join window, divided by the joins plus the leaves (each")
@@ -197,7 +203,7 @@ func report(o options, rs []*result, took time.Duration) {
 	for _, topo := range []string{topoLegacy, topoTunnel} {
 		var xs, ys []float64
 		for _, r := range rs {
-			if r.topo == topo && r.connect > 0 {
+			if r.topo == topo && r.measured {
 				xs, ys = append(xs, float64(r.n)), append(ys, r.nodeCPUJoin)
 			}
 		}
@@ -215,6 +221,13 @@ func report(o options, rs []*result, took time.Duration) {
 		}
 		fmt.Printf("- %s: %.3g ms × N^%.2f (R² %.3f, %d points); %s\n", topo, a, b, r2, len(xs), strings.Join(ext, ", "))
 	}
+}
+
+func kb(v int64) string {
+	if v <= 0 {
+		return "-"
+	}
+	return strconv.FormatInt(v, 10)
 }
 
 func graph(r *result) string {

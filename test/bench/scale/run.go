@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/confine-project/mgmtnet/test/vtb"
+	"golang.org/x/sys/unix"
 )
 
 // options are the knobs of one run, from the flags.
@@ -31,8 +32,9 @@ type result struct {
 	topo string
 	n    int
 
-	connect, connectBudget time.Duration
-	connected              int // nodes up to all their gateways at the end of the connect phase
+	connect, connectTook time.Duration // connect is 0 when it did not settle
+	connected            int           // nodes up to all their gateways at the end of the connect phase
+	measured             bool          // the CPU and restart phases ran
 
 	nodeCPUJoin float64 // ms per join or leave, median of the samples
 	nodeIdle    float64 // ms of CPU per second, median
@@ -149,9 +151,29 @@ func run(ctx context.Context, o options, topo string, n int, logf func(string, .
 	}
 
 	// Connect: the probes, then the crowd at o.rate a second (a gateway's
-	// tincd accepts 10 connections a second and tarpits the rest).
-	res.connectBudget = max(120*time.Second, time.Duration(n)*time.Second/10*2)
+	// tincd accepts 10 connections a second and tarpits the rest), and
+	// no faster than the nodes come up and the machine keeps up: no more
+	// than o.rate nodes (one second's worth) may be started and not yet
+	// up, and the CPU must be startIdle idle. Without that, a legacy start
+	// drives the crowd's shared CPU into ping timeouts that feed on
+	// themselves, which no testbed of nodes with CPUs of their own sees.
+	connectBudget := max(180*time.Second, time.Duration(n)*time.Second/10*2, time.Duration(1.5*float64(n)/o.rate*float64(time.Second)))
 	t0 := time.Now()
+	deadline := t0.Add(connectBudget)
+	gate, err := newIdleGate()
+	if err != nil {
+		return nil, err
+	}
+	// A network whose count of nodes up has not grown for a minute will
+	// not settle: give up early rather than at the budget.
+	const stall = time.Minute
+	best, bestAt := 0, t0
+	stalled := func(up int) bool {
+		if up > best {
+			best, bestAt = up, time.Now()
+		}
+		return time.Since(bestAt) > stall
+	}
 	for i, d := range l.probes {
 		t, err := start(lab, probeNS[i], d, "tinc.log", false)
 		if err != nil {
@@ -161,46 +183,83 @@ func run(ctx context.Context, o options, topo string, n int, logf func(string, .
 	}
 	nodes := slices.Clone(probes)
 	interval := time.Duration(float64(time.Second) / o.rate)
-	lastLog := time.Now()
-	for i, d := range l.crowd {
-		if err := sleepUntil(ctx, t0.Add(time.Duration(i)*interval)); err != nil {
+	pending := max(int(o.rate), 2)
+	lastLog, next := time.Now(), t0
+	progress := func(up int) {
+		if time.Since(lastLog) >= 10*time.Second {
+			lastLog = time.Now()
+			logf("%s N=%d: started %d/%d, %d up to all their gateways", topo, n, len(nodes), n, up)
+		}
+	}
+start:
+	for _, d := range l.crowd {
+		if err := sleepUntil(ctx, next); err != nil {
 			return nil, err
 		}
+		for {
+			up := countUp(nodes)
+			progress(up)
+			if len(nodes)-up < pending {
+				break
+			}
+			if time.Now().After(deadline) || stalled(up) {
+				res.note("start stopped after %s: %d of %d nodes started", fmtDur(time.Since(t0)), len(nodes), n)
+				break start
+			}
+			if err := sleep(ctx, 200*time.Millisecond); err != nil {
+				return nil, err
+			}
+		}
+		if err := gate.wait(ctx, startIdle, deadline); err != nil {
+			return nil, err
+		}
+		next = time.Now().Add(interval)
 		t, err := start(lab, crowdNS, d, "tinc.log", false)
 		if err != nil {
 			return nil, err
 		}
 		crowd = append(crowd, t)
 		nodes = append(nodes, t)
-		if time.Since(lastLog) > 5*time.Second {
-			lastLog = time.Now()
-			logf("%s N=%d: started %d/%d, %d up to all their gateways", topo, n, len(nodes), n, countUp(nodes))
-		}
 	}
-	err = waitFor(ctx, t0.Add(res.connectBudget), func() (bool, string) {
+	err = waitFor(ctx, deadline, func() (bool, string) {
 		up := countUp(nodes)
-		return up == len(nodes), fmt.Sprintf("%d/%d nodes up to all their gateways", up, len(nodes))
+		return up == n || stalled(up), fmt.Sprintf("%d/%d nodes up to all their gateways", up, n)
 	}, func(s string) { logf("%s N=%d: %s", topo, n, s) })
 	if err != nil {
 		return nil, err
 	}
-	res.connected = countUp(nodes)
-	if res.connected == len(nodes) {
+	res.connected, res.connectTook = countUp(nodes), time.Since(t0)
+	if res.connected == n {
 		res.connect = time.Since(t0)
 	} else {
-		res.note("connect did not settle within %s: %d/%d nodes up to all their gateways; the figures below are of an unsettled network", fmtDur(res.connectBudget), res.connected, len(nodes))
+		res.note("connect did not settle: %d/%d nodes up to all their gateways after %s (budget %s, or %s without a new node up)",
+			res.connected, n, fmtDur(res.connectTook), fmtDur(connectBudget), stall)
 	}
-	logf("%s N=%d: connect phase done in %s (%d/%d up); settling %s", topo, n, fmtDur(time.Since(t0)), res.connected, len(nodes), o.settle)
+	logf("%s N=%d: connect phase done in %s (%d/%d up); settling %s", topo, n, fmtDur(time.Since(t0)), res.connected, n, o.settle)
 	if err := sleep(ctx, o.settle); err != nil {
+		return nil, err
+	}
+	if err := gate.wait(ctx, 0.7, time.Now().Add(time.Minute)); err != nil {
 		return nil, err
 	}
 	if err := alive(gws); err != nil {
 		res.note("%v", err)
 		return res, nil
 	}
+	samples := pickSamples(crowd, o.samples)
+	if res.connect <= 0 {
+		// Joins and a restart would only measure the churn.
+		res.note("CPU and restart phases skipped: the network did not settle")
+		memory(ctx, res, samples, gws)
+		res.reach = reachability(ctx, probes, probeNS, gws)
+		for _, t := range gws {
+			res.throttled += t.watch.throttled
+		}
+		return res, nil
+	}
 
 	// CPU: an idle window, then a window with joins and leaves.
-	samples := pickSamples(crowd, o.samples)
+	res.measured = true
 	all := append(slices.Clone(samples), gws...)
 	flapBase := closings(gws, func(string) bool { return false })
 	logf("%s N=%d: idle window %s on %d sample nodes", topo, n, o.window, len(samples))
@@ -223,16 +282,26 @@ func run(ctx context.Context, o options, topo string, n int, logf func(string, .
 	j0 := time.Now()
 	failed := 0
 	joinerNames := map[string]bool{}
+	// A joiner that does not connect is given up after 30 s, and no new
+	// one starts after the phase's budget: a saturated network is a result.
+	joinBudget := max(3*o.window, time.Minute)
 	for i, d := range l.joiners {
+		if time.Since(j0) > joinBudget {
+			res.note("join phase over its budget of %s: %d of %d joiners not started", fmtDur(joinBudget), o.joins-i, o.joins)
+			break
+		}
 		joinerNames[d.name] = true
 		if err := sleepUntil(ctx, j0.Add(time.Duration(i)*o.window/time.Duration(max(o.joins, 1)))); err != nil {
+			return nil, err
+		}
+		if err := gate.wait(ctx, startIdle, j0.Add(joinBudget)); err != nil {
 			return nil, err
 		}
 		t, err := start(lab, crowdNS, d, "tinc.log", false)
 		if err != nil {
 			return nil, err
 		}
-		err = waitFor(ctx, time.Now().Add(30*time.Second), func() (bool, string) {
+		err = waitFor(ctx, time.Now().Add(min(30*time.Second, time.Until(j0.Add(joinBudget)))), func() (bool, string) {
 			t.watch.poll()
 			return t.watch.upTo(t.connectTo), ""
 		}, nil)
@@ -256,7 +325,7 @@ func run(ctx context.Context, o options, topo string, n int, logf func(string, .
 	}
 	res.joinTime = time.Since(j0)
 	if failed > 0 {
-		res.note("%d of %d joiners did not connect to all their gateways within 30 s", failed, o.joins)
+		res.note("%d joiners did not connect to all their gateways in time (30 s each, the phase's budget in all)", failed)
 	}
 	events := float64(2 * max(res.joins, 1))
 	var perJoin, idleMS []float64
@@ -274,36 +343,11 @@ func run(ctx context.Context, o options, topo string, n int, logf func(string, .
 	}
 	res.flapsSteady = closings(gws, func(p string) bool { return joinerNames[p] }) - flapBase
 
-	// Memory and graph size.
-	var rss []float64
-	for _, t := range samples {
-		rss = append(rss, float64(vtb.ProcKB(t.proc.Pid(), "VmRSS")))
-	}
-	res.nodeRSS = int64(median(rss))
-	if len(samples) > 0 {
-		samples[0].proc.Signal(syscall.SIGUSR2)
-		sleep(ctx, time.Second)
-		b, _ := os.ReadFile(samples[0].watch.path)
-		res.graphNodes, res.graphEdges = graphSize(string(b))
-	}
-	for _, g := range gws {
-		g.watch.poll()
-		res.gwConns = max(res.gwConns, g.watch.count())
-		res.gwRSS = max(res.gwRSS, float64(vtb.ProcKB(g.proc.Pid(), "VmRSS"))/1024)
-	}
+	memory(ctx, res, samples, gws)
 
 	// Reachability, in the steady state.
 	logf("%s N=%d: reachability", topo, n)
-	for i, p := range probes {
-		for j, q := range probes {
-			if i != j {
-				res.reach = append(res.reach, ping(ctx, probeNS[i], p.name, q.name, q.mgmt.String()))
-			}
-		}
-		for _, g := range gws {
-			res.reach = append(res.reach, ping(ctx, probeNS[i], p.name, g.name, g.mgmt.String()))
-		}
-	}
+	res.reach = reachability(ctx, probes, probeNS, gws)
 
 	// Restart the first gateway's tincd.
 	g := gws[0]
@@ -346,9 +390,65 @@ func run(ctx context.Context, o options, topo string, n int, logf func(string, .
 	return res, nil
 }
 
+// nodeNice is the nice value of the nodes' tincds.
+const nodeNice = 19
+
+// startIdle is how idle the machine must be for the next node to start
+// or join.
+const startIdle = 0.3
+
+// memory records the sample nodes' memory and tinc graph (a SIGUSR2
+// dump of the first), and the gateways' connections and memory.
+func memory(ctx context.Context, res *result, samples, gws []*tincd) {
+	var rss []float64
+	for _, t := range samples {
+		rss = append(rss, float64(vtb.ProcKB(t.proc.Pid(), "VmRSS")))
+	}
+	res.nodeRSS = int64(median(rss))
+	if len(samples) > 0 {
+		samples[0].proc.Signal(syscall.SIGUSR2)
+		sleep(ctx, time.Second)
+		b, _ := os.ReadFile(samples[0].watch.path)
+		res.graphNodes, res.graphEdges = graphSize(string(b))
+	}
+	for _, g := range gws {
+		g.watch.poll()
+		res.gwConns = max(res.gwConns, g.watch.count())
+		res.gwRSS = max(res.gwRSS, float64(vtb.ProcKB(g.proc.Pid(), "VmRSS"))/1024)
+	}
+}
+
+// reachability pings, all at once, from every probe to the others and
+// to every gateway.
+func reachability(ctx context.Context, probes []*tincd, probeNS []*vtb.Netns, gws []*tincd) []reach {
+	type target struct {
+		from int
+		to   *tincd
+	}
+	var targets []target
+	for i := range probes {
+		for j, q := range probes {
+			if i != j {
+				targets = append(targets, target{i, q})
+			}
+		}
+		for _, g := range gws {
+			targets = append(targets, target{i, g})
+		}
+	}
+	out := make([]reach, len(targets))
+	var wg sync.WaitGroup
+	for k, t := range targets {
+		wg.Go(func() { out[k] = ping(ctx, probeNS[t.from], probes[t.from].name, t.to.name, t.to.mgmt.String()) })
+	}
+	wg.Wait()
+	return out
+}
+
 // start starts tincd for d in ns, in the foreground at debug level 1
 // (connections only) with its log in d's directory. A gateway's tincd
-// gets RLIMIT_NOFILE 1024 at once, as vpn gives a managed one.
+// gets RLIMIT_NOFILE 1024 at once, as vpn gives a managed one; a node's
+// runs at nodeNice.
 func start(lab *vtb.Lab, ns *vtb.Netns, d *daemon, logName string, gateway bool) (*tincd, error) {
 	logPath := filepath.Join(d.dir, logName)
 	p, err := lab.Start(ns, d.name+"-"+strings.TrimSuffix(logName, ".log"), "tincd", "-c", d.dir, "-D", "-d1",
@@ -357,10 +457,19 @@ func start(lab *vtb.Lab, ns *vtb.Netns, d *daemon, logName string, gateway bool)
 		return nil, err
 	}
 	if gateway {
-		if err := capFiles(p.Pid()); err != nil {
-			p.Kill()
-			return nil, fmt.Errorf("start %s: %w", d.name, err)
+		err = capFiles(p.Pid())
+	} else if nodeNice != 0 {
+		// On a testbed every node has a CPU of its own, and so has every
+		// gateway; here they share two or so. The gateways get the CPU
+		// first, so that a crowd busy with a broadcast does not starve the
+		// machines it would not share a CPU with.
+		if err = unix.Setpriority(unix.PRIO_PROCESS, p.Pid(), nodeNice); err != nil {
+			err = fmt.Errorf("renice %d: %w", p.Pid(), err)
 		}
+	}
+	if err != nil {
+		p.Kill()
+		return nil, fmt.Errorf("start %s: %w", d.name, err)
 	}
 	return &tincd{daemon: d, proc: p, watch: newLogWatch(logPath)}, nil
 }
@@ -515,4 +624,36 @@ func fmtDur(d time.Duration) string {
 		return "-"
 	}
 	return d.Round(100 * time.Millisecond).String()
+}
+
+// idleGate paces starts and joins by how idle the machine has been
+// since the last one: on a testbed every node has a CPU of its own, here
+// a crowd shares a few, and a start that outruns them measures the
+// harness, not tinc.
+type idleGate struct{ idle, total uint64 }
+
+func newIdleGate() (*idleGate, error) {
+	g := &idleGate{}
+	var err error
+	g.idle, g.total, err = cpuIdle()
+	return g, err
+}
+
+// wait returns once the machine was at least minIdle idle (0 to 1) since
+// the last call, or over the last 200 ms, or at deadline.
+func (g *idleGate) wait(ctx context.Context, minIdle float64, deadline time.Time) error {
+	for {
+		idle, total, err := cpuIdle()
+		if err != nil {
+			return err
+		}
+		ok := total > g.total && float64(idle-g.idle)/float64(total-g.total) >= minIdle
+		g.idle, g.total = idle, total
+		if ok || time.Now().After(deadline) {
+			return nil
+		}
+		if err := sleep(ctx, 200*time.Millisecond); err != nil {
+			return err
+		}
+	}
 }

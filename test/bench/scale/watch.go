@@ -187,3 +187,28 @@ func machine() string {
 	return fmt.Sprintf("Linux %s, %s, %d CPUs, %.1f GiB RAM", unix.ByteSliceToString(u.Release[:]), model,
 		numCPU(), float64(si.Totalram)*float64(si.Unit)/(1<<30))
 }
+
+// cpuIdle returns the machine's idle and total CPU time so far, in
+// clock ticks, from the first line of /proc/stat.
+func cpuIdle() (idle, total uint64, err error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0, fmt.Errorf("read cpu times: %w", err)
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 5 || f[0] != "cpu" {
+		return 0, 0, fmt.Errorf("read cpu times: unexpected /proc/stat line %q", line)
+	}
+	for i, s := range f[1:] {
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			return 0, 0, fmt.Errorf("read cpu times: %w", err)
+		}
+		total += v
+		if i == 3 || i == 4 { // idle, iowait
+			idle += v
+		}
+	}
+	return idle, total, nil
+}
