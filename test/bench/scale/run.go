@@ -353,7 +353,7 @@ start:
 	g := gws[0]
 	g.watch.poll()
 	res.reconnectWant = g.watch.count()
-	res.reconnectBudget = max(60*time.Second, time.Duration(n)*time.Second/10*3)
+	res.reconnectBudget = max(90*time.Second, time.Duration(n)*time.Second/10*6)
 	others := gws[1:]
 	notG := func(p string) bool { return p == g.name || joinerNames[p] }
 	before := closings(others, notG)
