@@ -125,6 +125,11 @@ func bench(ctx context.Context, o options, topologies []string, sizes []int, nke
 		for _, n := range sizes {
 			r, err := run(ctx, o, topo, n, logf)
 			if ctx.Err() != nil {
+				if len(results) > 0 {
+					fmt.Println("Interrupted: the runs that finished.")
+					fmt.Println()
+					report(o, results, time.Since(start))
+				}
 				return ctx.Err()
 			}
 			if err != nil {
@@ -160,7 +165,7 @@ func report(o options, rs []*result, took time.Duration) {
 		}
 		cpu, idle, gwCPU, gwIdle, back, flaps := "-", "-", "-", "-", "-", "-"
 		if r.measured {
-			cpu, idle = fmt.Sprintf("%.3f", r.nodeCPUJoin), fmt.Sprintf("%.3f", r.nodeIdle)
+			cpu, idle = fmt.Sprintf("%.3f ±%.3f", r.nodeCPUJoin, r.nodeSpread), fmt.Sprintf("%.3f", r.nodeIdle)
 			gwCPU, gwIdle = fmt.Sprintf("%.3f", r.gwCPUJoin), fmt.Sprintf("%.3f", r.gwIdle)
 			back = fmtDur(r.reconnect)
 			if r.reconnect <= 0 {
@@ -173,10 +178,14 @@ func report(o options, rs []*result, took time.Duration) {
 			back, flaps, r.throttled, okN, len(r.reach))
 	}
 	fmt.Println()
-	fmt.Println("CPU/join is the CPU time above the idle rate spent in the join window, divided by the joins plus the leaves (each")
-	fmt.Println("counted as one join); a value near zero or below is noise around no cost. Flaps are meta connections the gateways")
-	fmt.Println("closed other than the joiners' (steady: over both CPU windows) and the restarted gateway's (restart). Tarpit s are the")
-	fmt.Println("seconds in which a gateway's tincd throttled (more than 10 new connections; the rest were tarpitted).")
+	fmt.Print(`CPU/join is the CPU time above the idle rate spent in the join window, divided by the joins plus
+the leaves (each counted as one join), ± half the samples' interquartile range; a value within it is
+noise around no cost. Node tincds run at nice 19, and starts and joins wait for 30 % idle CPU: on a
+testbed every node has a CPU of its own. Flaps are meta connections the gateways lost other than the
+joiners' (steady: over both CPU windows) and the restarted gateway's (restart). Tarpit s are the
+seconds in which a gateway's tincd throttled (more than 10 new connections in a second; the rest
+were tarpitted).
+`)
 	for _, r := range rs {
 		if len(r.notes) == 0 && len(r.reach) == 0 {
 			continue
@@ -198,28 +207,58 @@ func report(o options, rs []*result, took time.Duration) {
 		}
 	}
 
-	fmt.Println("\nNode CPU per remote join, power-law fit (least squares on log-log, N ≥ 10, values > 0):")
+	fits(rs)
+}
+
+// fits prints a power-law fit, y = a·N^b, of the figures that grow with N,
+// per topology, over the runs that settled, with its extrapolation.
+func fits(rs []*result) {
+	metrics := []struct {
+		name, unit string
+		of         func(*result) (float64, bool) // false: leave the point out
+	}{
+		// A node's CPU per join counts only where it stands out of the
+		// samples' spread; below it, it is noise around no cost.
+		{"node CPU per remote join", "ms", func(r *result) (float64, bool) {
+			return r.nodeCPUJoin, r.nodeCPUJoin > 2*r.nodeSpread
+		}},
+		{"gateway CPU per join", "ms", func(r *result) (float64, bool) { return r.gwCPUJoin, true }},
+		{"gateway idle CPU", "ms/s", func(r *result) (float64, bool) { return r.gwIdle, true }},
+		{"gateway RSS", "MB", func(r *result) (float64, bool) { return r.gwRSS, true }},
+		{"gateway restart, connections back", "s", func(r *result) (float64, bool) { return r.reconnect.Seconds(), r.reconnect > 0 }},
+	}
+	fmt.Println("\nPower-law fits, y = a × N^b (least squares on log-log, over the runs that settled), extrapolated.")
+	fmt.Println("A gateway's figures are for one gateway that holds all N nodes; its tincd aborts at fd 1024 (select),")
+	fmt.Println("so beyond about 1 000 connections they are what it would need, not what it can do:")
 	fmt.Println()
-	for _, topo := range []string{topoLegacy, topoTunnel} {
-		var xs, ys []float64
-		for _, r := range rs {
-			if r.topo == topo && r.measured {
-				xs, ys = append(xs, float64(r.n)), append(ys, r.nodeCPUJoin)
+	for _, m := range metrics {
+		for _, topo := range []string{topoLegacy, topoTunnel} {
+			var xs, ys []float64
+			noise := 0
+			for _, r := range rs {
+				if r.topo != topo || !r.measured {
+					continue
+				}
+				if y, ok := m.of(r); ok && y > 0 {
+					xs, ys = append(xs, float64(r.n)), append(ys, y)
+				} else {
+					noise++
+				}
 			}
+			if len(xs)+noise == 0 {
+				continue
+			}
+			a, b, r2, ok := powerFit(xs, ys)
+			if !ok {
+				fmt.Printf("- %s, %s: no fit (%d points above noise, %d at or below it)\n", m.name, topo, len(xs), noise)
+				continue
+			}
+			var ext []string
+			for _, n := range []float64{2500, 10000, 66000} {
+				ext = append(ext, fmt.Sprintf("N=%g: %.3g %s", n, a*math.Pow(n, b), m.unit))
+			}
+			fmt.Printf("- %s, %s: %.3g %s × N^%.2f (R² %.3f, %d points); %s\n", m.name, topo, a, m.unit, b, r2, len(xs), strings.Join(ext, ", "))
 		}
-		if len(xs) == 0 {
-			continue
-		}
-		a, b, r2, ok := powerFit(xs, ys)
-		if !ok {
-			fmt.Printf("- %s: too few settled points above zero to fit (%d)\n", topo, len(xs))
-			continue
-		}
-		var ext []string
-		for _, n := range []float64{2500, 10000, 66000} {
-			ext = append(ext, fmt.Sprintf("N=%g: %.3g ms", n, a*math.Pow(n, b)))
-		}
-		fmt.Printf("- %s: %.3g ms × N^%.2f (R² %.3f, %d points); %s\n", topo, a, b, r2, len(xs), strings.Join(ext, ", "))
 	}
 }
 
@@ -233,6 +272,9 @@ func kb(v int64) string {
 func graph(r *result) string {
 	if r.graphNodes < 0 {
 		return "-"
+	}
+	if r.graphEdges < 0 {
+		return fmt.Sprintf("%d/?", r.graphNodes)
 	}
 	return fmt.Sprintf("%d/%d", r.graphNodes, r.graphEdges)
 }

@@ -37,6 +37,7 @@ type result struct {
 	measured             bool          // the CPU and restart phases ran
 
 	nodeCPUJoin float64 // ms per join or leave, median of the samples
+	nodeSpread  float64 // half the interquartile range of the samples' figures
 	nodeIdle    float64 // ms of CPU per second, median
 	nodeRSS     int64   // kB, median
 	graphNodes  int     // the first sample's tinc graph (SIGUSR2), -1 unknown
@@ -335,6 +336,7 @@ start:
 		idleMS = append(idleMS, idle[i]*1e3) // ns/ns -> ms/s
 	}
 	res.nodeCPUJoin, res.nodeIdle = median(perJoin), median(idleMS)
+	res.nodeSpread = (quantile(perJoin, 0.75) - quantile(perJoin, 0.25)) / 2
 	for k := range gws {
 		i := len(samples) + k
 		extra := float64(c2[i]-c1[i]) - idle[i]*float64(res.joinTime)
@@ -606,6 +608,21 @@ func sleep(ctx context.Context, d time.Duration) error {
 }
 
 func sleepUntil(ctx context.Context, t time.Time) error { return sleep(ctx, time.Until(t)) }
+
+// quantile returns the q-quantile of v (0 to 1), interpolated.
+func quantile(v []float64, q float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := slices.Clone(v)
+	slices.Sort(s)
+	x := q * float64(len(s)-1)
+	i := int(x)
+	if i+1 >= len(s) {
+		return s[len(s)-1]
+	}
+	return s[i] + (x-float64(i))*(s[i+1]-s[i])
+}
 
 func median(v []float64) float64 {
 	if len(v) == 0 {
