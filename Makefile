@@ -4,6 +4,7 @@
 #   make test    the whole test suite (installs what it needs; run as root)
 #   make bench   benchmarks, same flags every time
 #   make stress  the boot stress harness (not part of make test)
+#   make scale   real tincd at N = 100, 200, 400 nodes, legacy vs tunnel-server (not part of make test)
 #   make check   gofmt, go vet and the repository's meta tests
 #   make build   the binary, bin/mgmtnet
 
@@ -13,7 +14,7 @@ GOFLAGS  ?=
 BENCHCOUNT ?= 6
 export CGO_ENABLED ?= 0
 
-.PHONY: all build test demo demo-down cross bench check deps fuzz clean stress
+.PHONY: all build test demo demo-down cross bench check deps fuzz clean stress scale
 
 all: build
 
@@ -76,6 +77,20 @@ stress: deps
 	@scripts/install-deps.sh stress
 	STRESS_BOOTS=$(STRESS_BOOTS) STRESS_TOPOLOGY=$(STRESS_TOPOLOGY) GO=$(GO) scripts/stress.sh
 
+# scale: real tincd 1.0 in network namespaces (root), for each of
+# $(SCALE_TOPOLOGY) and each N in $(SCALE_N): $(SCALE_GATEWAYS) gateways
+# and N nodes (most of them in one namespace, DeviceType = dummy). It
+# times the connect phase and a gateway restart, and measures node CPU per
+# remote join, node and gateway memory and connections, and reachability
+# across gateways; a markdown table with a power-law fit goes to
+# scale.txt, progress to stderr. The default takes about 15 to 25 minutes.
+SCALE_N        ?= 100,200,400
+SCALE_TOPOLOGY ?= legacy,tunnel-server
+SCALE_GATEWAYS ?= 3
+SCALE_FLAGS    ?=
+scale: deps
+	$(GO) run ./test/bench/scale -n $(SCALE_N) -topology $(SCALE_TOPOLOGY) -gateways $(SCALE_GATEWAYS) $(SCALE_FLAGS) | tee scale.txt
+
 # demo: a whole virtual testbed in network namespaces (root). KEEP=1 leaves
 # it up; "make demo-down" removes it.
 KEEP ?=
@@ -90,4 +105,4 @@ cross:
 	@scripts/cross.sh
 
 clean:
-	rm -rf bin bench.txt stress.txt
+	rm -rf bin bench.txt stress.txt scale.txt
