@@ -87,9 +87,10 @@ stress: deps
 SCALE_N        ?= 100,200,400
 SCALE_TOPOLOGY ?= legacy,tunnel-server
 SCALE_GATEWAYS ?= 3
+SCALE_CAPACITY ?= 0.75
 SCALE_FLAGS    ?=
 scale: deps
-	$(GO) run ./test/bench/scale -n $(SCALE_N) -topology $(SCALE_TOPOLOGY) -gateways $(SCALE_GATEWAYS) $(SCALE_FLAGS) | tee scale.txt
+	$(GO) run ./test/bench/scale -n $(SCALE_N) -topology $(SCALE_TOPOLOGY) -gateways $(SCALE_GATEWAYS) -capacity $(SCALE_CAPACITY) $(SCALE_FLAGS) | tee scale.txt
 
 # demo: a whole virtual testbed in network namespaces (root). KEEP=1 leaves
 # it up; "make demo-down" removes it.

@@ -54,10 +54,11 @@ func main() {
 	samples := flag.Int("samples", 10, "crowd nodes whose CPU and memory are measured")
 	settle := flag.Duration("settle", 10*time.Second, "quiet time after the connect phase")
 	nkeys := flag.Int("keys", 8, "RSA keys to make and share among the members")
+	capacity := flag.Float64("capacity", 0, "tunnel-server: every gateway's mgmtnet.capacity as a share of the nodes (0.75 with 3 gateways puts each node on 2); 0: the registry default")
 	keep := flag.Bool("keep", false, "keep the temporary directories (tinc directories and logs) for inspection")
 	flag.Parse()
 
-	o := options{gateways: *gateways, joins: *joins, probes: 2, samples: *samples, window: *window, settle: *settle, rate: *rate, keep: *keep}
+	o := options{gateways: *gateways, joins: *joins, probes: 2, samples: *samples, window: *window, settle: *settle, rate: *rate, keep: *keep, capacity: *capacity}
 	sizes, err := parseSizes(*ns)
 	if err == nil {
 		err = o.check()
@@ -148,8 +149,12 @@ func report(o options, rs []*result, took time.Duration) {
 	ver, _ := exec.Command("tincd", "--version").Output()
 	v, _, _ := strings.Cut(string(ver), "\n")
 	fmt.Printf("# tinc scale harness, %s\n\n", time.Now().UTC().Format("2006-01-02 15:04 MST"))
-	fmt.Printf("%s; %s; %s. %d gateways, %d joiners over a %s window, %d sample nodes, crowd started at %g nodes/s; took %s.\n\n",
-		machine(), v, runtime.Version(), o.gateways, o.joins, o.window, o.samples, o.rate, took.Round(time.Second))
+	capacity := "the registry default"
+	if o.capacity > 0 {
+		capacity = fmt.Sprintf("%g × the nodes", o.capacity)
+	}
+	fmt.Printf("%s; %s; %s. %d gateways (tunnel-server capacity: %s), %d joiners over a %s window, %d sample nodes, crowd started at %g nodes/s; took %s.\n\n",
+		machine(), v, runtime.Version(), o.gateways, capacity, o.joins, o.window, o.samples, o.rate, took.Round(time.Second))
 	fmt.Println("| topology | N | connect | node CPU/join ms | node idle ms/s | node RSS kB | node graph nodes/edges | gw conns max | gw RSS MB max | gw CPU/join ms max | gw idle ms/s max | gw restart: back in | flaps steady/restart | tarpit s | reach |")
 	fmt.Println("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|")
 	for _, r := range rs {

@@ -23,6 +23,11 @@ type options struct {
 	window, settle                   time.Duration
 	rate                             float64 // crowd nodes started per second
 	keep                             bool    // keep the temporary directory
+	// capacity, when above 0, sets every gateway's mgmtnet.capacity to
+	// this share of the nodes in the tunnel-server topology, so that the
+	// assignment gives each node fewer gateways than all (0.75 with 3
+	// gateways: 2 each).
+	capacity float64
 	keys                             []keyPair
 }
 
@@ -91,7 +96,7 @@ func run(ctx context.Context, o options, topo string, n int, logf func(string, .
 	}
 
 	logf("%s N=%d: rendering %d gateways and %d nodes", topo, n, o.gateways, n+o.joins)
-	l, err := render(topo, n, o.gateways, o.joins, o.probes, o.keys, filepath.Join(root, "tinc"))
+	l, err := render(topo, n, o.gateways, o.joins, o.probes, o.capacity, o.keys, filepath.Join(root, "tinc"))
 	if err != nil {
 		return nil, err
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"math"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -81,7 +82,7 @@ type layout struct {
 // directory under root, for topology topo, with the repository's own
 // renderers: what the gateway daemon and node-boot would write, adjusted
 // only where a harness must (ports, dummy devices).
-func render(topo string, n, g, joins, probes int, keys []keyPair, root string) (*layout, error) {
+func render(topo string, n, g, joins, probes int, capacity float64, keys []keyPair, root string) (*layout, error) {
 	plan, err := addressing.New(prefix)
 	if err != nil {
 		return nil, err
@@ -101,6 +102,10 @@ func render(topo string, n, g, joins, probes int, keys []keyPair, root string) (
 				Addresses: []mesh.CandidateAddress{{Addr: gatewayAddr(i), Port: gatewayPort + i, Island: 1}}},
 			Properties: map[string]string{mesh.EgressProperty: fmt.Sprintf("weight=%d", 10*i)},
 		})
+		if capacity > 0 && topo == topoTunnel {
+			c := min(max(int(math.Ceil(capacity*float64(n+joins))), 1), mesh.MaxCapacity)
+			cands[len(cands)-1].Properties[mesh.CapacityProperty] = strconv.Itoa(c)
+		}
 	}
 	total := n + joins
 	for i := 1; i <= total; i++ {
