@@ -13,7 +13,10 @@
 // connections back (and the connections that drop elsewhere meanwhile),
 // and reachability between the probes and from them to every gateway.
 // Every phase has a time budget: a network that does not settle is a
-// result, printed as such.
+// result, printed as such. The crowd shares the machine's few CPUs where a
+// testbed's nodes have one each, so node tincds run at nice 19 and starts
+// and joins wait for the machine to be 30 % idle; figures measured in CPU
+// time (schedstat) do not depend on that, times to connect do.
 //
 // The topologies: "legacy" is the 2015 controller's full broadcast
 // (nodes without TunnelServer dial every gateway, gateways hold every
