@@ -28,7 +28,7 @@ type options struct {
 	// assignment gives each node fewer gateways than all (0.75 with 3
 	// gateways: 2 each).
 	capacity float64
-	keys                             []keyPair
+	keys     []keyPair
 }
 
 // result is what one (topology, N) run measured. A zero or negative
