@@ -6,7 +6,7 @@ import (
 	"slices"
 
 	"github.com/confine-project/mgmtnet/mesh"
-	"github.com/confine-project/mgmtnet/vpn"
+	"github.com/confine-project/mgmtnet/tinc"
 )
 
 // fdReserve is the descriptors a gateway's tincd needs besides its meta
@@ -47,14 +47,14 @@ type AssignmentStatus struct {
 }
 
 // limit is the most members this gateway holds with gateways in the
-// snapshot: tinc.max_members, and tincd's descriptors (vpn.MaxFiles) less
+// snapshot: tinc.max_members, and tincd's descriptors (tinc.MaxFiles) less
 // the reserve and one per other gateway.
 func (c *Config) limit(gateways int) int {
 	n := c.Tinc.MaxMembers
 	if n == 0 {
 		n = mesh.MaxCapacity
 	}
-	return max(0, min(n, vpn.MaxFiles-fdReserve-max(gateways-1, 0)))
+	return max(0, min(n, tinc.MaxFiles-fdReserve-max(gateways-1, 0)))
 }
 
 // assignment computes this gateway's share of tb's assignment and the

@@ -10,9 +10,10 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
+
 	"github.com/confine-project/mgmtnet/mesh"
 	"github.com/confine-project/mgmtnet/mesh/registry"
-	dto "github.com/prometheus/client_model/go"
 )
 
 // assignFile is a registry with three gateways (server, server_3,

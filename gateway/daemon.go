@@ -29,6 +29,7 @@ import (
 	"github.com/confine-project/mgmtnet/mesh"
 	mdns "github.com/confine-project/mgmtnet/mesh/dns"
 	"github.com/confine-project/mgmtnet/mesh/registry"
+	"github.com/confine-project/mgmtnet/tinc"
 	"github.com/confine-project/mgmtnet/tincgen"
 )
 
@@ -623,7 +624,7 @@ func (d *Daemon) signalPending(ctx context.Context) error {
 	}
 	if d.restartPending {
 		err := d.tincd.Restart(ctx)
-		if errors.Is(err, ErrUnmanaged) {
+		if errors.Is(err, tinc.ErrUnmanaged) {
 			d.restartPending = false
 			return fmt.Errorf("this gateway's own Subnets changed: restart tincd to apply them (tinc 1.0 does not reload its own Subnets; mgmtnet does not manage this tincd)")
 		}
@@ -1173,7 +1174,7 @@ func Cleanup(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if cfg.Tinc.Manage {
 		// tincd is a child of the daemon; a daemon that is gone left
 		// it to init. Stop it through its pid file.
-		if err := stopByPidFile(ctx, cfg.PidFile()); err != nil {
+		if err := tinc.StopByPidFile(ctx, cfg.PidFile(), 0); err != nil {
 			errs = append(errs, err)
 		}
 	}

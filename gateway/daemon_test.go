@@ -18,6 +18,7 @@ import (
 
 	"github.com/confine-project/mgmtnet/addressing"
 	"github.com/confine-project/mgmtnet/mesh/registry"
+	"github.com/confine-project/mgmtnet/tinc"
 )
 
 // fakeTincd is a strict fake of Tincd: it records calls and fails the test
@@ -66,10 +67,10 @@ func (f *fakeTincd) Stop(context.Context) error {
 	f.running = false
 	return nil
 }
-func (f *fakeTincd) State() TincdState {
+func (f *fakeTincd) State() tinc.State {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return TincdState{Managed: f.managed, Pid: 100, Running: f.running}
+	return tinc.State{Managed: f.managed, Pid: 100, Running: f.running}
 }
 func (f *fakeTincd) Events() <-chan TincdEvent { return nil }
 func (f *fakeTincd) Peers() []Peer             { return nil }

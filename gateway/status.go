@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/confine-project/mgmtnet/tinc"
 	"github.com/confine-project/mgmtnet/tincgen"
 )
 
@@ -35,7 +36,7 @@ type Status struct {
 	Syncs       int          `json:"syncs"`
 	LastError   string       `json:"last_error"`
 	ConfigError string       `json:"config_error"`
-	Tincd       TincdState   `json:"tincd"`
+	Tincd       tinc.State   `json:"tincd"`
 	Peers       []Peer       `json:"peers"`
 	Egress      EgressStatus `json:"egress"`
 	DNS         DNSStatus    `json:"dns"`

@@ -2,32 +2,21 @@ package gateway
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/netip"
 	"sync"
 	"syscall"
-	"time"
 
+	"github.com/confine-project/mgmtnet/tinc"
 	"github.com/confine-project/mgmtnet/vpn"
 )
 
-// Tincd is the tincd of the gateway's net, as the daemon drives it. The
-// real implementations are NewManagedTincd (tincd runs as our child) and
+// Tincd is the gateway's tincd as its supervision needs it: a
+// tinc.Controller, plus tincd's log and peers. The real implementations
+// are NewManagedTincd (tincd runs as our child, tinc.manage: true) and
 // NewUnmanagedTincd (someone else runs it; we only signal it).
 type Tincd interface {
-	// Start starts tincd; unmanaged, it does nothing.
-	Start(ctx context.Context) error
-	// Reload sends tincd one SIGHUP. The caller checks tinc.conf first.
-	Reload() error
-	// Restart stops tincd and starts it again: tinc 1.0 picks up a change
-	// of its own Subnets only this way. Unmanaged, it is an error.
-	Restart(ctx context.Context) error
-	// Stop stops tincd (SIGTERM, then SIGKILL); unmanaged, it does
-	// nothing.
-	Stop(ctx context.Context) error
-	// State reports whether tincd runs.
-	State() TincdState
+	tinc.Controller
 	// Events delivers tincd's log lines and unexpected exits; nil when
 	// there are none (unmanaged). Log lines may be dropped when the loop is
 	// busy (tincd must never block on its log); exits never are.
@@ -35,13 +24,6 @@ type Tincd interface {
 	// Peers returns the meta connections tincd's log reported, or nil when
 	// this Tincd cannot know (unmanaged).
 	Peers() []Peer
-}
-
-// TincdState is what status reports about tincd.
-type TincdState struct {
-	Managed bool `json:"managed"`
-	Pid     int  `json:"pid"`
-	Running bool `json:"running"`
 }
 
 // TincdEvent is a log line of tincd, or its exit.
@@ -54,12 +36,9 @@ type TincdEvent struct {
 	Err    error
 }
 
-// ErrUnmanaged is returned by the unmanaged Tincd's Restart.
-var ErrUnmanaged = errors.New("tincd is not managed by mgmtnet (tinc.manage: false): restart it by hand")
-
 // managedTincd runs tincd -D as a child and reports its exits.
 type managedTincd struct {
-	fg     vpn.Foreground
+	fg     tinc.Foreground
 	events chan TincdEvent
 
 	// peers is updated from every log line in the reader goroutine, so a
@@ -68,7 +47,7 @@ type managedTincd struct {
 	peers peers
 
 	mu   sync.Mutex
-	proc *vpn.Process
+	proc *tinc.Process
 }
 
 var _ Tincd = (*managedTincd)(nil)
@@ -79,7 +58,7 @@ var _ Tincd = (*managedTincd)(nil)
 // missed however busy the daemon's loop is.
 func NewManagedTincd(binary, dir, pidFile string, refused func(Refusal)) Tincd {
 	m := &managedTincd{events: make(chan TincdEvent, 4096), peers: peers{}}
-	m.fg = vpn.Foreground{Binary: binary, ConfDir: dir, PidFile: pidFile, Line: func(l string) {
+	m.fg = tinc.Foreground{Binary: binary, ConfDir: dir, PidFile: pidFile, Line: func(l string) {
 		m.pmu.Lock()
 		m.peers.line(l)
 		m.pmu.Unlock()
@@ -125,7 +104,7 @@ func (m *managedTincd) Reload() error {
 	p := m.proc
 	m.mu.Unlock()
 	if p == nil {
-		return fmt.Errorf("reload tincd: %w", vpn.ErrNotRunning)
+		return fmt.Errorf("reload tincd: %w", tinc.ErrNotRunning)
 	}
 	return p.Signal(syscall.SIGHUP)
 }
@@ -145,13 +124,13 @@ func (m *managedTincd) Stop(ctx context.Context) error {
 	if p == nil {
 		return nil
 	}
-	return p.Stop(ctx, vpn.DefaultKillAfter)
+	return p.Stop(ctx, tinc.DefaultKillAfter)
 }
 
-func (m *managedTincd) State() TincdState {
+func (m *managedTincd) State() tinc.State {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	s := TincdState{Managed: true}
+	s := tinc.State{Managed: true}
 	if m.proc != nil && m.proc.Running() {
 		s.Pid, s.Running = m.proc.Pid(), true
 	}
@@ -161,34 +140,16 @@ func (m *managedTincd) State() TincdState {
 func (m *managedTincd) Events() <-chan TincdEvent { return m.events }
 
 // unmanagedTincd signals a tincd someone else runs, through its pid file.
-type unmanagedTincd struct{ pidFile string }
+type unmanagedTincd struct{ tinc.PidFile }
 
-var _ Tincd = (*unmanagedTincd)(nil)
+var _ Tincd = unmanagedTincd{}
 
 // NewUnmanagedTincd returns a Tincd that only signals the tincd named by
 // pidFile and never starts or stops it.
-func NewUnmanagedTincd(pidFile string) Tincd { return &unmanagedTincd{pidFile: pidFile} }
+func NewUnmanagedTincd(pidFile string) Tincd { return unmanagedTincd{tinc.PidFile(pidFile)} }
 
-func (u *unmanagedTincd) Start(context.Context) error { return nil }
-func (u *unmanagedTincd) Stop(context.Context) error  { return nil }
-func (u *unmanagedTincd) Restart(context.Context) error {
-	return fmt.Errorf("restart tincd: %w", ErrUnmanaged)
-}
-
-func (u *unmanagedTincd) Reload() error {
-	if _, err := vpn.Signal(u.pidFile, syscall.SIGHUP); err != nil {
-		return fmt.Errorf("reload tincd: %w", err)
-	}
-	return nil
-}
-
-func (u *unmanagedTincd) State() TincdState {
-	pid, err := vpn.ReadPid(u.pidFile)
-	return TincdState{Pid: pid, Running: err == nil}
-}
-
-func (u *unmanagedTincd) Events() <-chan TincdEvent { return nil }
-func (u *unmanagedTincd) Peers() []Peer             { return nil }
+func (unmanagedTincd) Events() <-chan TincdEvent { return nil }
+func (unmanagedTincd) Peers() []Peer             { return nil }
 
 // Peers returns the peers tincd's log reported since it started.
 func (m *managedTincd) Peers() []Peer {
@@ -211,31 +172,4 @@ var _ Link = NetlinkLink{}
 // Configure sets the address and MTU of name and brings it up.
 func (NetlinkLink) Configure(ctx context.Context, name string, addr netip.Prefix, mtu int) error {
 	return vpn.ConfigureLink(ctx, name, addr, mtu)
-}
-
-// stopByPidFile stops the tincd named by a pid file (SIGTERM, then SIGKILL
-// after vpn.DefaultKillAfter). No tincd running is not an error.
-func stopByPidFile(ctx context.Context, pidFile string) error {
-	pid, err := vpn.Signal(pidFile, syscall.SIGTERM)
-	if errors.Is(err, vpn.ErrNotRunning) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("stop tincd: %w", err)
-	}
-	deadline := time.Now().Add(vpn.DefaultKillAfter)
-	for {
-		if _, err := vpn.ReadPid(pidFile); err != nil {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			syscall.Kill(pid, syscall.SIGKILL)
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("stop tincd (pid %d): %w", pid, ctx.Err())
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
 }

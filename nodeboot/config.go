@@ -7,7 +7,7 @@
 // It is an orchestrator, one layer above the leaf adapters: it reads the
 // UCI file (internal/uci), the addressing plan (addressing), the registry
 // (mesh/registry, validated by mesh), renders files with tincgen and drives
-// tincd through the Tincd interface, whose real implementation is vpn's.
+// tincd through a tinc.Controller, whose real implementation is tinc.Daemonized.
 // The work is split the usual way: LoadConfig validates the input once,
 // Plan computes the desired files purely, Apply writes the ones that
 // differ, and Run puts it together and decides start, SIGHUP or restart.

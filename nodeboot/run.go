@@ -14,8 +14,8 @@ import (
 	"time"
 
 	"github.com/confine-project/mgmtnet/mesh/registry"
+	"github.com/confine-project/mgmtnet/tinc"
 	"github.com/confine-project/mgmtnet/tincgen"
-	"github.com/confine-project/mgmtnet/vpn"
 )
 
 // Defaults of Options: a node at first boot usually cannot reach the
@@ -55,7 +55,7 @@ type Options struct {
 	// no file, no signal.
 	DryRun bool
 	// Tincd is the net's tincd; nil means do not touch tincd (--no-start).
-	Tincd Tincd
+	Tincd tinc.Controller
 	// KeyBits is the size of a new RSA key (default
 	// tincgen.DefaultKeyBits); Random its entropy (nil: crypto/rand).
 	KeyBits int
@@ -347,11 +347,8 @@ func tincd(ctx context.Context, opts Options, res *Result, changed, restart bool
 		}
 		return nil
 	}
-	pid, err := opts.Tincd.Running()
-	if err != nil && !errors.Is(err, vpn.ErrNotRunning) {
-		return fmt.Errorf("check tincd: %w", err)
-	}
-	running := err == nil
+	st := opts.Tincd.State()
+	running, pid := st.Running, st.Pid
 	if opts.DryRun {
 		switch {
 		case !running:
@@ -369,41 +366,37 @@ func tincd(ctx context.Context, opts Options, res *Result, changed, restart bool
 		}
 		return nil
 	}
+	// The one applier: it starts a stopped tincd, restarts for a change
+	// tinc 1.0 does not pick up on SIGHUP (its own Subnets, a new Name;
+	// confine.md §4), and checks tinc.conf before a SIGHUP.
+	a := &tinc.Applier{Dir: opts.TincDir, Ctl: opts.Tincd, StartStopped: true}
 	switch {
-	case !running:
-		pid, err := opts.Tincd.Start(ctx)
-		if err != nil {
-			return fmt.Errorf("start tincd: %w", err)
-		}
-		res.Tincd, res.Pid = TincdStarted, pid
-		res.say("started tincd (pid %d)", pid)
-	case !changed:
-		res.Tincd, res.Pid = TincdLeftAlone, pid
-		res.say("nothing changed; tincd (pid %d) left alone", pid)
 	case restart:
-		// tinc 1.0 does not pick up its own Subnets (or a new Name) on
-		// SIGHUP (confine.md §4).
-		newPid, err := opts.Tincd.Restart(ctx)
-		if err != nil {
-			return fmt.Errorf("restart tincd (pid %d): %w", pid, err)
+		a.Need(tinc.ActionRestart)
+	case changed:
+		a.Need(tinc.ActionReload)
+	}
+	done, started, err := a.Deliver(ctx)
+	if err != nil {
+		if running {
+			return fmt.Errorf("tincd (pid %d): %w", pid, err)
 		}
+		return err
+	}
+	newPid := opts.Tincd.State().Pid
+	switch {
+	case started:
+		res.Tincd, res.Pid = TincdStarted, newPid
+		res.say("started tincd (pid %d)", newPid)
+	case done == tinc.ActionRestart:
 		res.Tincd, res.Pid = TincdRestarted, newPid
 		res.say("restarted tincd (pid %d, was %d): its own host file or name changed", newPid, pid)
-	default:
-		// tincd exits on SIGHUP when tinc.conf is unreadable: check first.
-		conf := filepath.Join(opts.TincDir, ConfFile)
-		b, err := tincgen.ReadRegularFile(conf)
-		if err == nil {
-			_, err = tincgen.ParseConf(b)
-		}
-		if err != nil {
-			return fmt.Errorf("reload tincd: not signalling, tincd would exit: %s: %w", conf, err)
-		}
-		if err := opts.Tincd.Reload(); err != nil {
-			return fmt.Errorf("reload tincd (pid %d): %w", pid, err)
-		}
+	case done == tinc.ActionReload:
 		res.Tincd, res.Pid = TincdReloaded, pid
 		res.say("sent SIGHUP to tincd (pid %d)", pid)
+	default:
+		res.Tincd, res.Pid = TincdLeftAlone, pid
+		res.say("nothing changed; tincd (pid %d) left alone", pid)
 	}
 	return nil
 }

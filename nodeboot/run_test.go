@@ -15,10 +15,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/confine-project/mgmtnet/addressing"
 	"github.com/confine-project/mgmtnet/mesh/registry"
-	"github.com/confine-project/mgmtnet/vpn"
-	"github.com/google/go-cmp/cmp"
+	"github.com/confine-project/mgmtnet/tinc"
 )
 
 // fakeTincd is a strict fake of Tincd: it records every call, keeps a
@@ -31,45 +32,48 @@ type fakeTincd struct {
 	calls   []string
 }
 
-var _ Tincd = (*fakeTincd)(nil)
+var _ tinc.Controller = (*fakeTincd)(nil)
 
 func newFakeTincd(t *testing.T) *fakeTincd { return &fakeTincd{t: t, nextPid: 100} }
 
-func (f *fakeTincd) Running() (int, error) {
-	f.calls = append(f.calls, "Running")
-	if f.pid == 0 {
-		return 0, fmt.Errorf("fake: %w", vpn.ErrNotRunning)
-	}
-	return f.pid, nil
+// State is a query, not an action: it is not recorded.
+func (f *fakeTincd) State() tinc.State {
+	return tinc.State{Managed: true, Pid: f.pid, Running: f.pid != 0}
 }
 
-func (f *fakeTincd) Start(context.Context) (int, error) {
+func (f *fakeTincd) Start(context.Context) error {
 	f.calls = append(f.calls, "Start")
 	if f.pid != 0 {
 		f.t.Errorf("fake tincd: Start while running (pid %d)", f.pid)
-		return 0, errors.New("already running")
+		return errors.New("already running")
 	}
 	f.pid, f.nextPid = f.nextPid, f.nextPid+1
-	return f.pid, nil
+	return nil
 }
 
 func (f *fakeTincd) Reload() error {
 	f.calls = append(f.calls, "Reload")
 	if f.pid == 0 {
 		f.t.Errorf("fake tincd: Reload while not running")
-		return vpn.ErrNotRunning
+		return tinc.ErrNotRunning
 	}
 	return nil
 }
 
-func (f *fakeTincd) Restart(context.Context) (int, error) {
+func (f *fakeTincd) Restart(context.Context) error {
 	f.calls = append(f.calls, "Restart")
 	if f.pid == 0 {
 		f.t.Errorf("fake tincd: Restart while not running")
-		return 0, vpn.ErrNotRunning
+		return tinc.ErrNotRunning
 	}
 	f.pid, f.nextPid = f.nextPid, f.nextPid+1
-	return f.pid, nil
+	return nil
+}
+
+func (f *fakeTincd) Stop(context.Context) error {
+	f.calls = append(f.calls, "Stop")
+	f.pid = 0
+	return nil
 }
 
 // take returns the calls since the last take.
@@ -131,7 +135,7 @@ func snapshot(t *testing.T, dir string) string {
 	return b.String()
 }
 
-func testOptions(dir, reg string, tincd Tincd) Options {
+func testOptions(dir, reg string, tincd tinc.Controller) Options {
 	return Options{TincDir: dir, Registry: reg, GatewaysDir: filepath.Join(dir, "no-such-dir"),
 		Timeout: 2 * time.Second, Retries: -1, KeyBits: 2048, Tincd: tincd}
 }
@@ -154,23 +158,23 @@ func TestRunRegistry(t *testing.T) {
 	var key []byte
 	all := []string{"hosts/node_31", "hosts/server", "tinc-down", "tinc-up", "tinc.conf"}
 	steps := []step{
-		{name: "first boot", written: all, calls: []string{"Running", "Start"}, generated: true, line: "started tincd (pid 100)"},
-		{name: "again: nothing", calls: []string{"Running"}, line: "nothing changed; tincd (pid 100) left alone"},
+		{name: "first boot", written: all, calls: []string{"Start"}, generated: true, line: "started tincd (pid 100)"},
+		{name: "again: nothing", calls: nil, line: "nothing changed; tincd (pid 100) left alone"},
 		{name: "gateway changed in the registry", before: func(t *testing.T) {
 			f := testRegistry(t)
 			f.Servers[0].Tinc.Addresses[1].Addr = "10.241.0.253"
 			srv.SetFile(f)
-		}, written: []string{"hosts/server"}, calls: []string{"Running", "Reload"}, line: "sent SIGHUP to tincd (pid 100)"},
+		}, written: []string{"hosts/server"}, calls: []string{"Reload"}, line: "sent SIGHUP to tincd (pid 100)"},
 		{name: "own subnet changed", before: func(t *testing.T) {
 			cfg.Prefix = mustPrefix(t, "fd65:fc41:c50f::/48")
-		}, written: []string{"hosts/node_31", "tinc-down", "tinc-up"}, calls: []string{"Running", "Restart"}, line: "restarted tincd (pid 101, was 100)"},
+		}, written: []string{"hosts/node_31", "tinc-down", "tinc-up"}, calls: []string{"Restart"}, line: "restarted tincd (pid 101, was 100)"},
 		{name: "key deleted", before: func(t *testing.T) {
 			if err := os.Remove(keyPath); err != nil {
 				t.Fatal(err)
 			}
 			key = nil
-		}, written: []string{"hosts/node_31"}, calls: []string{"Running", "Restart"}, generated: true, line: "generated a new RSA key in " + keyPath},
-		{name: "tincd died", before: func(t *testing.T) { tincd.pid = 0 }, calls: []string{"Running", "Start"}, line: "started tincd (pid 103)"},
+		}, written: []string{"hosts/node_31"}, calls: []string{"Restart"}, generated: true, line: "generated a new RSA key in " + keyPath},
+		{name: "tincd died", before: func(t *testing.T) { tincd.pid = 0 }, calls: []string{"Start"}, line: "started tincd (pid 103)"},
 	}
 	for _, s := range steps {
 		t.Run(s.name, func(t *testing.T) {
@@ -265,7 +269,7 @@ func TestRunFirmwareFallback(t *testing.T) {
 	if b, _ := os.ReadFile(filepath.Join(hosts, "README")); string(b) != "not ours\n" {
 		t.Error("README was touched")
 	}
-	if d := cmp.Diff([]string{"Running", "Start"}, tincd.take()); d != "" {
+	if d := cmp.Diff([]string{"Start"}, tincd.take()); d != "" {
 		t.Errorf("tincd calls (-want +got):\n%s", d)
 	}
 }
@@ -350,7 +354,7 @@ func TestRunDryRun(t *testing.T) {
 			if after := snapshot(t, dir); after != before {
 				t.Errorf("dry run changed the directory:\nbefore:\n%s\nafter:\n%s", before, after)
 			}
-			if d := cmp.Diff([]string{"Running"}, tincd.take()); d != "" {
+			if d := cmp.Diff([]string(nil), tincd.take()); d != "" {
 				t.Errorf("tincd calls (-want +got):\n%s", d)
 			}
 			if !slices.Contains(res.Lines, tt.line) || res.Diff == "" {

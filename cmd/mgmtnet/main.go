@@ -3,6 +3,6 @@
 // packages; this file only hands the command line to internal/cli.
 package main
 
-import "github.com/confine-project/mgmtnet/internal/cli"
+import "github.com/confine-project/mgmtnet/cmd/mgmtnet/internal/cli"
 
 func main() { cli.Main() }

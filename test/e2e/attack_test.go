@@ -17,8 +17,8 @@ import (
 	"github.com/confine-project/mgmtnet/mesh"
 	"github.com/confine-project/mgmtnet/mesh/registry"
 	"github.com/confine-project/mgmtnet/test/vtb"
+	"github.com/confine-project/mgmtnet/tinc"
 	"github.com/confine-project/mgmtnet/tincgen"
-	"github.com/confine-project/mgmtnet/vpn"
 )
 
 // hijackPort is where the attacking node serves HTTP on the addresses it
@@ -422,7 +422,7 @@ func nodeGraphStatus(t *testing.T, ctx context.Context, n *vtb.Node) map[string]
 	t.Helper()
 	logPath := filepath.Join(n.TincDir, "tinc.log")
 	before, _ := os.ReadFile(logPath)
-	if _, err := vpn.Signal(n.PidFile(), syscall.SIGUSR2); err != nil {
+	if _, err := tinc.Signal(n.PidFile(), syscall.SIGUSR2); err != nil {
 		t.Fatalf("dump %s's graph: %v", n.TincName, err)
 	}
 	var names map[string]uint64

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/confine-project/mgmtnet/test/vtb"
-	"github.com/confine-project/mgmtnet/vpn"
+	"github.com/confine-project/mgmtnet/tinc"
 )
 
 // TestStaleKeyRecovery forces tinc 1.0's stale-key state and shows the
@@ -122,7 +122,7 @@ func waitPMTU(t *testing.T, srv *vtb.Server, peer string) {
 	re := regexp.MustCompile(` ` + peer + ` at .* pmtu \d+ \(min (\d+) max`)
 	err := vtb.WaitFor(context.Background(), 30*time.Second, 500*time.Millisecond, func() error {
 		from := len(srv.Gateway.Log())
-		if _, err := vpn.Signal(filepath.Join(srv.TincDir, "tinc.pid"), syscall.SIGUSR2); err != nil {
+		if _, err := tinc.Signal(filepath.Join(srv.TincDir, "tinc.pid"), syscall.SIGUSR2); err != nil {
 			return err
 		}
 		time.Sleep(300 * time.Millisecond)

@@ -9,7 +9,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/confine-project/mgmtnet/vpn"
+	"github.com/confine-project/mgmtnet/tinc"
 )
 
 // Diagnose is what a failed reachability check between node n and gateway
@@ -32,8 +32,8 @@ func (tb *Testbed) Diagnose(ctx context.Context, n *Node, g *Server) string {
 		gwFrom = len(g.Gateway.Log())
 	}
 	// Debug level 5 on both: SIGINT toggles it in tinc 1.0.
-	_, nodeErr := vpn.Signal(n.PidFile(), syscall.SIGINT)
-	_, gwErr := vpn.Signal(gwPid, syscall.SIGINT)
+	_, nodeErr := tinc.Signal(n.PidFile(), syscall.SIGINT)
+	_, gwErr := tinc.Signal(gwPid, syscall.SIGINT)
 	capture := func(ns *Netns) chan string {
 		c := make(chan string, 1)
 		go func() {
@@ -49,10 +49,10 @@ func (tb *Testbed) Diagnose(ctx context.Context, n *Node, g *Server) string {
 	nodeDump, gwDump := <-nodeCap, <-gwCap
 	// Back to the configured level.
 	if nodeErr == nil {
-		vpn.Signal(n.PidFile(), syscall.SIGINT)
+		tinc.Signal(n.PidFile(), syscall.SIGINT)
 	}
 	if gwErr == nil {
-		vpn.Signal(gwPid, syscall.SIGINT)
+		tinc.Signal(gwPid, syscall.SIGINT)
 	}
 	fmt.Fprintf(&b, "\n== diagnosis: %s <-> %s (both tincds at debug 5 for the pings below; SIGINT errors: node %v, gateway %v)\n", n.TincName, g.TincName, nodeErr, gwErr)
 	fmt.Fprintf(&b, "%s -> %s ping: %v\n%s\n%s -> %s ping: %v\n%s\n", n.TincName, g.TincName, errN, n2g, g.TincName, n.TincName, errG, g2n)

@@ -12,7 +12,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/confine-project/mgmtnet/vpn"
+	"github.com/confine-project/mgmtnet/tinc"
 )
 
 // BuildMgmtnet builds the mgmtnet binary into dir and returns its path.
@@ -108,10 +108,10 @@ func (tb *Testbed) RestartNodeTincd(ctx context.Context, n *Node) error {
 // StopNodeTincd stops the tincd node-boot started on a node, by its pid
 // file, and waits until it has exited.
 func (tb *Testbed) StopNodeTincd(ctx context.Context, n *Node) error {
-	if pid, err := vpn.Signal(n.PidFile(), syscall.SIGTERM); err == nil {
+	if pid, err := tinc.Signal(n.PidFile(), syscall.SIGTERM); err == nil {
 		// tincd removes its pid file as it exits.
 		if err := WaitFor(ctx, 10*time.Second, 50*time.Millisecond, func() error {
-			if _, err := vpn.ReadPid(n.PidFile()); err == nil {
+			if _, err := tinc.ReadPid(n.PidFile()); err == nil {
 				return fmt.Errorf("%s's tincd (pid %d) still runs", n.TincName, pid)
 			}
 			return nil

@@ -1,4 +1,4 @@
-package vpn
+package tinc
 
 import (
 	"bufio"
@@ -21,10 +21,6 @@ import (
 // the gateway down for every node. At 1024, accept() fails there instead
 // and tincd lives on.
 const MaxFiles = 1024
-
-// DefaultKillAfter is how long Process.Stop waits after SIGTERM before it
-// sends SIGKILL.
-const DefaultKillAfter = 5 * time.Second
 
 // Foreground runs tincd in the foreground ("tincd -c DIR -D") as a child of
 // this process, for a daemon that supervises it. tincd then logs to its
@@ -156,28 +152,14 @@ func (p *Process) Signal(sig syscall.Signal) error {
 	return nil
 }
 
-// Stop sends SIGTERM (tincd runs tinc-down and exits), waits up to
-// killAfter (default DefaultKillAfter), then sends SIGKILL and waits for
-// the exit. It returns nil once the process is gone.
+// Stop stops the process by the stop policy (StopPid): SIGTERM, then
+// SIGKILL after killAfter (default DefaultKillAfter). It returns nil once
+// the process is gone.
 func (p *Process) Stop(ctx context.Context, killAfter time.Duration) error {
-	if killAfter <= 0 {
-		killAfter = DefaultKillAfter
-	}
 	if !p.Running() {
 		return nil
 	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	t := time.NewTimer(killAfter)
-	defer t.Stop()
-	select {
-	case <-p.done:
-		return nil
-	case <-t.C:
-	case <-ctx.Done():
-	}
-	_ = p.cmd.Process.Kill()
-	<-p.done
-	return nil
+	return StopPid(ctx, p.Pid(), killAfter, func() bool { return !p.Running() })
 }
 
 // capFiles lowers pid's RLIMIT_NOFILE, soft and hard, to MaxFiles at most.

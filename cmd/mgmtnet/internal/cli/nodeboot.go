@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/confine-project/mgmtnet/nodeboot"
-	"github.com/confine-project/mgmtnet/vpn"
+	"github.com/confine-project/mgmtnet/tinc"
 )
 
 const nodeBootSynopsis = `  mgmtnet node-boot [--uci FILE] [--tinc-dir DIR] [--registry URI] [--gateways-dir DIR]
@@ -62,7 +62,7 @@ func runNodeBoot(ctx context.Context, env Env, args []string) error {
 	fs.BoolVar(&f.noStart, "no-start", false, "never start or signal tincd")
 	fs.BoolVar(&f.dryRun, "dry-run", false, "print what would change (with a diff) and change nothing")
 	fs.StringVar(&f.pidFile, "pidfile", "", "tincd pid `file` (default /var/run/tinc.confine.pid for the default --tinc-dir, else DIR/tinc.pid)")
-	fs.StringVar(&f.tincd, "tincd", vpn.DefaultTincd, "tincd `executable`")
+	fs.StringVar(&f.tincd, "tincd", tinc.DefaultTincd, "tincd `executable`")
 	fs.BoolVar(&f.json, "json", false, "print a summary as one JSON object instead of one line per action")
 	pos, err := parseInterspersed(fs, args, env.Stdout)
 	if err != nil {
@@ -117,8 +117,8 @@ func runNodeBoot(ctx context.Context, env Env, args []string) error {
 }
 
 // newTincd wires the real tincd for the flags.
-func newTincd(f nodeBootFlags) *vpn.Tincd {
-	t := &vpn.Tincd{Binary: f.tincd, PidFile: f.pidFile}
+func newTincd(f nodeBootFlags) *tinc.Daemonized {
+	t := &tinc.Daemonized{Binary: f.tincd, PidFile: f.pidFile}
 	if filepath.Clean(f.tincDir) == nodeboot.DefaultTincDir {
 		t.Net = "confine"
 		return t
@@ -130,8 +130,6 @@ func newTincd(f nodeBootFlags) *vpn.Tincd {
 	}
 	return t
 }
-
-var _ nodeboot.Tincd = (*vpn.Tincd)(nil)
 
 func printNodeBoot(w io.Writer, asJSON bool, res *nodeboot.Result, runErr error) {
 	if asJSON {

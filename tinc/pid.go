@@ -1,10 +1,4 @@
-// Package vpn manages this host's side of the tinc VPN: finding and
-// signalling the tincd of a net, and (in later stages) its lifecycle, the
-// tun link and node egress routing.
-//
-// It touches only processes it can identify as tincd through their pid
-// file and /proc, and never parses or renders tinc files (that is tincgen).
-package vpn
+package tinc
 
 import (
 	"errors"

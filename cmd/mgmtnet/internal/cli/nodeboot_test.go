@@ -7,8 +7,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/confine-project/mgmtnet/vpn"
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/confine-project/mgmtnet/tinc"
 )
 
 const nodeBootUCI = `config node node
@@ -103,7 +104,7 @@ func TestNodeBootTincdWiring(t *testing.T) {
 		{"/tmp/t", "", []string{"-c", "/tmp/t", "--pidfile=/tmp/t/tinc.pid", "--logfile=/tmp/t/tinc.log"}},
 	}
 	for _, tt := range tests {
-		got := newTincd(nodeBootFlags{tincDir: tt.dir, pidFile: tt.pid, tincd: vpn.DefaultTincd}).Args()
+		got := newTincd(nodeBootFlags{tincDir: tt.dir, pidFile: tt.pid, tincd: tinc.DefaultTincd}).Args()
 		if d := cmp.Diff(tt.want, got); d != "" {
 			t.Errorf("%s: args (-want +got):\n%s", tt.dir, d)
 		}

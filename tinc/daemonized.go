@@ -1,4 +1,4 @@
-package vpn
+package tinc
 
 import (
 	"bytes"
@@ -14,17 +14,17 @@ import (
 	"time"
 )
 
-// Defaults of Tincd.
+// Defaults of Daemonized and Foreground.
 const (
 	DefaultTincd        = "tincd"
 	DefaultStartTimeout = 10 * time.Second
-	DefaultStopTimeout  = 10 * time.Second
 )
 
-// Tincd starts, signals and stops the tincd of one net, identified by its
-// pid file. tinc 1.0's tincd daemonizes itself: Start runs it, and waits
-// until the pid file names a running tincd.
-type Tincd struct {
+// Daemonized is the Controller of a tincd that daemonizes itself, as
+// tinc 1.0 does unless told -D (a node's, started by node-boot): it is
+// identified by its pid file. Start runs it and waits until the pid file
+// names a running tincd.
+type Daemonized struct {
 	// Binary is the tincd executable; default DefaultTincd (from PATH).
 	Binary string
 	// Net, when set, starts tincd as "tincd -n <Net>", which uses
@@ -38,13 +38,15 @@ type Tincd struct {
 	// LogFile, when set, is passed as --logfile (otherwise tincd logs to
 	// syslog).
 	LogFile string
-	// StartTimeout and StopTimeout bound the waits for the pid file and
-	// for the exit after SIGTERM. Defaults DefaultStartTimeout and
-	// DefaultStopTimeout.
-	StartTimeout, StopTimeout time.Duration
+	// StartTimeout bounds the wait for the pid file; default
+	// DefaultStartTimeout.
+	StartTimeout time.Duration
+	// KillAfter is how long Stop waits after SIGTERM before SIGKILL;
+	// default DefaultKillAfter.
+	KillAfter time.Duration
 }
 
-func (t *Tincd) pidFile() string {
+func (t *Daemonized) pidFile() string {
 	if t.PidFile == "" && t.Net != "" {
 		return DefaultPidFile(t.Net)
 	}
@@ -53,7 +55,7 @@ func (t *Tincd) pidFile() string {
 
 // Args returns tincd's arguments: "-n <net>" or "-c <dir>", then
 // "--pidfile=" (unless it is the net's default) and "--logfile=" when set.
-func (t *Tincd) Args() []string {
+func (t *Daemonized) Args() []string {
 	var args []string
 	if t.Net != "" {
 		args = append(args, "-n", t.Net)
@@ -72,7 +74,7 @@ func (t *Tincd) Args() []string {
 // Running returns the pid of the running tincd. When none runs the error
 // wraps ErrNotRunning; a pid file that holds no pid at all (left empty by
 // a power cut) counts as none.
-func (t *Tincd) Running() (int, error) {
+func (t *Daemonized) Running() (int, error) {
 	pf := t.pidFile()
 	if pf == "" {
 		return 0, errors.New("tincd: no pid file configured")
@@ -99,10 +101,17 @@ func garbagePidFile(path string) bool {
 	return err != nil
 }
 
+var _ Controller = (*Daemonized)(nil)
+
 // Start runs tincd and waits (up to StartTimeout) until its pid file names
-// a running tincd, then returns that pid. tincd's own messages before it
+// a running tincd (State then has its pid). tincd's own messages before it
 // detaches (a bad tinc.conf, a missing key) are part of the error.
-func (t *Tincd) Start(ctx context.Context) (int, error) {
+func (t *Daemonized) Start(ctx context.Context) error {
+	_, err := t.start(ctx)
+	return err
+}
+
+func (t *Daemonized) start(ctx context.Context) (int, error) {
 	if pid, err := t.Running(); err == nil {
 		return pid, fmt.Errorf("start tincd: already running (pid %d)", pid)
 	}
@@ -150,45 +159,36 @@ func outputSuffix(b []byte) string {
 
 // Reload sends the running tincd one SIGHUP: tinc 1.0 re-reads tinc.conf
 // and the host files. It exits if tinc.conf is unreadable, so callers
-// check tinc.conf first.
-func (t *Tincd) Reload() error {
-	_, err := Signal(t.pidFile(), syscall.SIGHUP)
-	return err
-}
-
-// Stop sends the running tincd SIGTERM and waits (up to StopTimeout) for
-// the process to exit; tincd runs tinc-down on the way. It does not fall
-// back to SIGKILL: a tincd that does not exit is an error to look at.
-func (t *Tincd) Stop(ctx context.Context) error {
-	pid, err := Signal(t.pidFile(), syscall.SIGTERM)
-	if err != nil {
-		return err
-	}
-	timeout := t.StopTimeout
-	if timeout <= 0 {
-		timeout = DefaultStopTimeout
-	}
-	deadline := time.Now().Add(timeout)
-	for alive(pid) {
-		if time.Now().After(deadline) {
-			return fmt.Errorf("tincd (pid %d) has not exited %s after SIGTERM", pid, timeout)
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("wait for tincd (pid %d) to exit: %w", pid, ctx.Err())
-		case <-time.After(50 * time.Millisecond):
-		}
+// check tinc.conf first (CheckConf, or Reload the function, does).
+func (t *Daemonized) Reload() error {
+	if _, err := Signal(t.pidFile(), syscall.SIGHUP); err != nil {
+		return fmt.Errorf("reload tincd: %w", err)
 	}
 	return nil
 }
 
-// Restart stops the running tincd and starts it again, returning the new
-// pid. tinc 1.0 needs this to announce changed own Subnets.
-func (t *Tincd) Restart(ctx context.Context) (int, error) {
+// Stop stops the running tincd by the stop policy (StopPid): SIGTERM,
+// tinc-down runs on the way out, then SIGKILL after KillAfter. No tincd
+// running is not an error.
+func (t *Daemonized) Stop(ctx context.Context) error {
+	return StopByPidFile(ctx, t.pidFile(), t.KillAfter)
+}
+
+// Restart stops the running tincd and starts it again. tinc 1.0 needs
+// this to announce a changed Name, or its own Subnets without
+// TunnelServer.
+func (t *Daemonized) Restart(ctx context.Context) error {
 	if err := t.Stop(ctx); err != nil {
-		return 0, err
+		return err
 	}
 	return t.Start(ctx)
+}
+
+// State reports the tincd of the pid file: Managed, since Start and Stop
+// work, and its pid when it runs.
+func (t *Daemonized) State() State {
+	pid, err := t.Running()
+	return State{Managed: true, Pid: pid, Running: err == nil}
 }
 
 // alive reports whether pid still exists as a process that is not a

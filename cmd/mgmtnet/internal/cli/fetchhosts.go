@@ -12,14 +12,13 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/confine-project/mgmtnet/addressing"
 	"github.com/confine-project/mgmtnet/mesh"
 	"github.com/confine-project/mgmtnet/mesh/registry"
+	"github.com/confine-project/mgmtnet/tinc"
 	"github.com/confine-project/mgmtnet/tincgen"
-	"github.com/confine-project/mgmtnet/vpn"
 )
 
 const fetchHostsSynopsis = `  mgmtnet fetch-hosts BASE_URI [--hosts-dir DIR] [--island ID] [--ca FILE] [--insecure]
@@ -104,7 +103,7 @@ func runFetchHosts(ctx context.Context, env Env, args []string) error {
 		f.cache = filepath.Join(filepath.Dir(filepath.Clean(f.hostsDir)), ".mgmtnet-fetch-hosts.json")
 	}
 	if f.pidFile == "" {
-		f.pidFile = vpn.DefaultPidFile(f.net)
+		f.pidFile = tinc.DefaultPidFile(f.net)
 	}
 	return fetchHosts(ctx, env, pos[0], island, declared, f)
 }
@@ -295,18 +294,7 @@ func fetchHosts(ctx context.Context, env Env, base string, island uint64, declar
 // reloadTincd checks tinc.conf (tincd exits on SIGHUP when it cannot read
 // it) and sends one SIGHUP.
 func reloadTincd(hostsDir, pidFile string) error {
-	conf := filepath.Join(filepath.Dir(hostsDir), "tinc.conf")
-	b, err := tincgen.ReadRegularFile(conf)
-	if err != nil {
-		return fmt.Errorf("reload tincd: not signalling, tincd would exit: %w", err)
-	}
-	if _, err := tincgen.ParseConf(b); err != nil {
-		return fmt.Errorf("reload tincd: not signalling, tincd would exit: %s: %w", conf, err)
-	}
-	if _, err := vpn.Signal(pidFile, syscall.SIGHUP); err != nil {
-		return fmt.Errorf("reload tincd: %w", err)
-	}
-	return nil
+	return tinc.Reload(filepath.Dir(hostsDir), tinc.PidFile(pidFile))
 }
 
 func printFetchSummary(env Env, asJSON bool, s fetchSummary) error {
