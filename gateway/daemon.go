@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"maps"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/netip"
@@ -26,9 +25,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/confine-project/mgmtnet/addressing"
+	"github.com/confine-project/mgmtnet/authdns"
 	"github.com/confine-project/mgmtnet/mesh"
-	mdns "github.com/confine-project/mgmtnet/mesh/dns"
 	"github.com/confine-project/mgmtnet/mesh/registry"
+	"github.com/confine-project/mgmtnet/source"
 	"github.com/confine-project/mgmtnet/tinc"
 	"github.com/confine-project/mgmtnet/tincgen"
 )
@@ -65,6 +65,9 @@ type Options struct {
 	Reload <-chan os.Signal
 	// OnEvent, if set, is called from the daemon's goroutine.
 	OnEvent func(Event)
+	// Client are the registry client's base options (retries, stall
+	// timeout); the config's TLS and registry.timeout go on top.
+	Client registry.Options
 	// Force lets a sync remove more than guard.max_remove_fraction of the
 	// host files (an operator's deliberate bulk decommission, with --once
 	// --force). The daemon itself never forces.
@@ -74,13 +77,17 @@ type Options struct {
 // Daemon is the gateway daemon. Run owns its state; other goroutines
 // reach it only through Status and Poll.
 type Daemon struct {
-	cfg    Config
-	opts   Options
-	log    *slog.Logger
-	tincd  Tincd
-	link   Link
-	client *registry.Client
-	m      *metrics
+	cfg   Config
+	opts  Options
+	log   *slog.Logger
+	tincd Tincd
+	link  Link
+	m     *metrics
+	// src is where snapshots come from (fetch, validate, guard,
+	// last-known-good cache); tinc applies them to tincd (SIGHUP or
+	// restart, pending until delivered).
+	src  *source.Source
+	tinc *tinc.Applier
 
 	statusReq chan chan Status
 	pollReq   chan chan Status
@@ -107,12 +114,7 @@ type Daemon struct {
 	tincdStarted time.Time // when startTincd last succeeded
 	touched      bool      // apply wrote or removed host files (see takeTouched)
 	incremental  bool      // the next apply may sync only what changed since d.tb
-	keys         *mesh.KeyCache
-	// hupPending and restartPending survive a failed signal: the files are
-	// written, so the next reconcile must still deliver it (a revoked
-	// member must not keep its access because one SIGHUP failed).
-	hupPending, restartPending bool
-	published                  atomic.Pointer[Status]
+	published    atomic.Pointer[Status]
 
 	// Egress (egressd.go).
 	health                 *health
@@ -128,7 +130,7 @@ type Daemon struct {
 	ownSubnets *string
 	nodeEgress bool // the last applied files carried the nodes' egress /32s
 
-	dns    *mdns.Server // nil when not serving
+	dns    *authdns.Server // nil when not serving
 	dnsErr string
 
 	// refused counts the Subnet announcements tincd refused; written by
@@ -179,23 +181,32 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 	if d.egress == nil {
 		d.egress = NewNftEgress()
 	}
-	if err := d.newClient(); err != nil {
+	d.tinc = &tinc.Applier{Dir: cfg.Tinc.Dir, Ctl: d.tincd}
+	if err := d.newSource(); err != nil {
 		return nil, err
 	}
 	return d, nil
 }
 
-func (d *Daemon) newClient() error {
-	// registry.timeout bounds one whole fetch, retries and body reads
-	// included (a registry that drips its answer cannot hold the loop
-	// longer), and is at most MaxRegistryTimeout, well before systemd's
-	// watchdog. Each stall within it is bounded by the client's default.
-	c, err := registry.New(d.cfg.Registry.URL, registry.Options{CAFile: d.cfg.Registry.CA, Insecure: d.cfg.Registry.Insecure,
-		FetchTimeout: d.cfg.Registry.Timeout.D(), Logger: d.log})
+// newSource makes the snapshot source of the config. registry.timeout
+// bounds one whole fetch, retries and body reads included (a registry
+// that drips its answer cannot hold the loop longer), and is at most
+// MaxRegistryTimeout, well before systemd's watchdog. Each stall within
+// it is bounded by the client's default. A snapshot already in use stays
+// the one the guard compares with.
+func (d *Daemon) newSource() error {
+	co := d.opts.Client
+	co.CAFile, co.Insecure, co.FetchTimeout = d.cfg.Registry.CA, d.cfg.Registry.Insecure, d.cfg.Registry.Timeout.D()
+	src, err := source.New(source.Config{URL: d.cfg.Registry.URL, Client: co,
+		Prefix: d.cfg.declaredPrefix(), Egress: d.cfg.egressPrefix(), Policy: d.cfg.policy(),
+		Guard: d.cfg.guard(d.opts.Force), Cache: d.cfg.SnapshotFile(), Logger: d.log})
 	if err != nil {
-		return fmt.Errorf("registry client: %w", err)
+		return err
 	}
-	d.client = c
+	if d.src != nil && d.src.Current() != nil {
+		src.Use(d.src.Current())
+	}
+	d.src = src
 	return nil
 }
 
@@ -270,21 +281,16 @@ func (d *Daemon) Once(ctx context.Context) error {
 // Check fetches once and writes the unified diff of what a reconcile would
 // change to w. It changes nothing.
 func (d *Daemon) Check(ctx context.Context, w io.Writer) (changed bool, err error) {
-	snap, err := d.client.Fetch(ctx, nil)
-	if err != nil {
-		return false, fmt.Errorf("fetch members from %s: %w", d.cfg.Registry.URL, err)
-	}
-	res, _, err := d.build(snap.Prefix, snap.Candidates)
+	d.src.Forget()
+	snap, err := d.src.Fetch(ctx)
 	if err != nil {
 		return false, err
 	}
-	for _, p := range snap.Problems {
+	d.logNotes(snap)
+	for _, p := range snap.Rejected {
 		fmt.Fprintf(w, "# rejected %s\n", p)
 	}
-	for _, p := range res.Rejected {
-		fmt.Fprintf(w, "# rejected %s\n", p)
-	}
-	files, own, err := d.desired(res.Testbed)
+	files, own, err := d.desired(snap.Testbed)
 	if err != nil {
 		return false, err
 	}
@@ -296,23 +302,12 @@ func (d *Daemon) Check(ctx context.Context, w io.Writer) (changed bool, err erro
 	return rep.Changed(), err
 }
 
-// build validates candidates against the configured or chosen prefix.
-func (d *Daemon) build(regPrefix netip.Prefix, cands []mesh.Candidate) (mesh.Result, netip.Prefix, error) {
-	prefix, note := mesh.ChoosePrefix(regPrefix, addressing.DefaultMgmtPrefix(), cands)
-	if p := d.cfg.declaredPrefix(); p.IsValid() {
-		prefix, note = p, ""
+// logNotes logs how the prefix of a snapshot was chosen, when the
+// registry's own did not hold the members.
+func (d *Daemon) logNotes(snap source.Snapshot) {
+	for _, n := range snap.Notes {
+		d.log.Warn(n)
 	}
-	if note != "" {
-		d.log.Warn(note)
-	}
-	plan, err := addressing.NewFromConfig(addressing.Config{Mgmt: prefix, Egress: d.cfg.egressPrefix()})
-	if err != nil {
-		return mesh.Result{}, prefix, fmt.Errorf("management prefix %s: %w", prefix, err)
-	}
-	if d.keys == nil {
-		d.keys = mesh.NewKeyCache()
-	}
-	return mesh.BuildWith(plan, cands, mesh.BuildOptions{Keys: d.keys, Policy: d.cfg.policy()}), prefix, nil
 }
 
 // desired renders the host files of tb, this gateway's own included: the
@@ -330,7 +325,8 @@ func (d *Daemon) desired(tb *mesh.Testbed) (tincgen.Files, string, error) {
 }
 
 func (d *Daemon) syncOptions(own string, dry bool) tincgen.SyncOptions {
-	o := tincgen.SyncOptions{DryRun: dry, MaxRemoveFraction: d.cfg.Guard.MaxRemoveFraction, Force: d.opts.Force,
+	g := d.cfg.guard(d.opts.Force)
+	o := tincgen.SyncOptions{DryRun: dry, MaxRemoveFraction: g.Fraction(), Force: g.Force,
 		Owned:  func(name string) bool { return name != own && tincgen.OwnedName(name) },
 		Logger: d.log}
 	if d.cfg.Tinc.TunnelServer {
@@ -374,10 +370,12 @@ func (d *Daemon) reconcile(ctx context.Context, full bool) error {
 }
 
 func (d *Daemon) reconcile1(ctx context.Context, full bool) error {
-	snap, err := d.client.Fetch(ctx, d.validators)
+	snap, err := d.src.Fetch(ctx)
 	if err != nil {
-		d.regErr = err.Error()
-		return fmt.Errorf("fetch members from %s: %w", d.cfg.Registry.URL, err)
+		if !errors.Is(err, mesh.ErrMassDeletion) {
+			d.regErr = err.Error()
+		}
+		return err
 	}
 	d.regErr = ""
 	if snap.NotModified {
@@ -392,19 +390,13 @@ func (d *Daemon) reconcile1(ctx context.Context, full bool) error {
 		d.m.lastSync.SetToCurrentTime()
 		return d.signalPending(ctx)
 	}
-	res, prefix, err := d.build(snap.Prefix, snap.Candidates)
-	if err != nil {
-		return err
-	}
+	d.logNotes(snap)
 	var rejected []string
-	for _, p := range snap.Problems {
-		rejected = append(rejected, p.String())
-	}
-	for _, p := range res.Rejected {
+	for _, p := range snap.Rejected {
 		rejected = append(rejected, p.String())
 	}
 	var warnings []string
-	for _, p := range res.Warnings {
+	for _, p := range snap.Warnings {
 		warnings = append(warnings, p.String())
 		if !slices.Contains(d.warnings, p.String()) {
 			// Once per snapshot that brings it: a registry field that
@@ -412,21 +404,21 @@ func (d *Daemon) reconcile1(ctx context.Context, full bool) error {
 			d.log.Warn("registry member kept without a part of it", "problem", p.String())
 		}
 	}
+	// The DNS zone follows the source, not the host files: a snapshot
+	// that validated is served even when writing the files failed.
+	d.dnsSetTestbed(snap.Testbed)
 	d.incremental = !full
-	if err := d.apply(ctx, res.Testbed, false); err != nil {
+	if err := d.apply(ctx, snap.Testbed, false); err != nil {
 		if errors.Is(err, tincgen.ErrMassDeletion) {
-			return fmt.Errorf("%w: the registry returned %d members (%d rejected); keeping the old snapshot", err, res.Testbed.Len(), len(rejected))
+			return fmt.Errorf("%w: the registry returned %d members (%d rejected); keeping the old snapshot", err, snap.Testbed.Len(), len(rejected))
 		}
 		return err
 	}
-	d.prefix, d.validators, d.rejected, d.warnings = prefix, snap.Validators, rejected, warnings
+	d.src.Commit(snap)
+	d.prefix, d.validators, d.rejected, d.warnings = snap.Prefix, snap.Validators, rejected, warnings
 	d.fromCache = false
 	d.m.snapshotFromCache.Set(0)
 	d.m.rejected.Set(float64(len(rejected)))
-	if err := saveSnapshot(d.cfg.SnapshotFile(), snapshot{Saved: time.Now().UTC(), RegistryURL: d.cfg.Registry.URL,
-		Prefix: prefix.String(), Validators: snap.Validators, Candidates: snap.Candidates}); err != nil {
-		d.log.Warn("cannot save the last-known-good snapshot", "err", err)
-	}
 	return nil
 }
 
@@ -481,7 +473,6 @@ func (d *Daemon) apply(ctx context.Context, tb *mesh.Testbed, repair bool) error
 	d.m.removed.Add(float64(len(rep.Removed)))
 	d.tb = tb
 	d.nodeEgress = nodeEgress
-	d.dnsSetTestbed(tb)
 	if !repair {
 		d.lastSync = time.Now()
 		d.m.lastSync.SetToCurrentTime()
@@ -501,10 +492,10 @@ func (d *Daemon) apply(ctx context.Context, tb *mesh.Testbed, repair bool) error
 				// re-reads every host file on SIGHUP, its own included, and
 				// announces or withdraws what changed (net.c).
 				d.log.Info("this gateway's own Subnets changed; reloading tincd", "name", own, "subnets", subs)
-				d.hupPending = true
+				d.tinc.Need(tinc.ActionReload)
 			} else {
 				d.log.Info("this gateway's own Subnets changed; restarting tincd", "name", own, "subnets", subs)
-				d.restartPending = true
+				d.tinc.Need(tinc.ActionRestart)
 			}
 		}
 		d.ownSubnets = &subs
@@ -515,7 +506,7 @@ func (d *Daemon) apply(ctx context.Context, tb *mesh.Testbed, repair bool) error
 		d.ownSubnets = &empty
 	}
 	if rep.Changed() {
-		d.hupPending = true
+		d.tinc.Need(tinc.ActionReload)
 	}
 	if d.cfg.Tinc.TunnelServer {
 		d.expectRefusals(tb)
@@ -566,14 +557,14 @@ func (d *Daemon) applyConf(tb *mesh.Testbed) error {
 	d.log.Info("tinc.conf updated for the tunnel-server topology", "connect_to", strings.Join(dial, " "))
 	switch {
 	case c.IsTunnelServer():
-		d.hupPending = true
+		d.tinc.Need(tinc.ActionReload)
 	case !d.tincd.State().Managed:
 		// tincd reads TunnelServer only at start, and mgmtnet does not
 		// run this one: the HUP applies the rest.
 		d.log.Warn("tinc.conf now sets TunnelServer: restart tincd by hand for it to take effect (tinc.manage is false)", "conf", path)
-		d.hupPending = true
+		d.tinc.Need(tinc.ActionReload)
 	default:
-		d.restartPending = true
+		d.tinc.Need(tinc.ActionRestart)
 	}
 	return nil
 }
@@ -611,37 +602,28 @@ func (d *Daemon) refusal(r Refusal) {
 	d.log.Warn("tincd refused a Subnet that the registry does not grant", "member", r.Member, "subnet", r.Subnet, "from", r.From)
 }
 
-// signalPending delivers a restart or SIGHUP that host file changes call
-// for, also one that failed before. A tincd that does not run needs none:
-// it reads the files when it starts.
+// signalPending delivers the restart or SIGHUP that changes call for (the
+// tinc applier keeps one that failed pending). A tincd that does not run
+// needs none: it reads the files when it starts.
 func (d *Daemon) signalPending(ctx context.Context) error {
-	if !d.restartPending && !d.hupPending {
-		return nil
+	done, _, err := d.tinc.Deliver(ctx)
+	if errors.Is(err, tinc.ErrUnmanaged) {
+		return fmt.Errorf("this gateway's own Subnets changed: restart tincd to apply them (tinc 1.0 does not reload its own Subnets without TunnelServer; mgmtnet does not manage this tincd)")
 	}
-	if !d.tincd.State().Running {
-		d.restartPending, d.hupPending = false, false
-		return nil
+	if err != nil {
+		return err
 	}
-	if d.restartPending {
-		err := d.tincd.Restart(ctx)
-		if errors.Is(err, tinc.ErrUnmanaged) {
-			d.restartPending = false
-			return fmt.Errorf("this gateway's own Subnets changed: restart tincd to apply them (tinc 1.0 does not reload its own Subnets; mgmtnet does not manage this tincd)")
-		}
-		if err != nil {
-			return fmt.Errorf("restart tincd: %w", err)
-		}
+	switch done {
+	case tinc.ActionRestart:
 		d.lastHUP = time.Now()
-		d.restartPending, d.hupPending = false, false
 		d.restarts++
 		d.m.restarts.Inc()
 		d.configureLink(ctx)
-		return nil
+	case tinc.ActionReload:
+		d.lastHUP = time.Now()
+		d.hups++
+		d.m.tincdHUP()
 	}
-	if err := d.reload(); err != nil {
-		return err
-	}
-	d.hupPending = false
 	return nil
 }
 
@@ -660,18 +642,10 @@ func subnetLines(b []byte) string {
 	return strings.Join(l, " ")
 }
 
-// reload checks tinc.conf (tincd exits on SIGHUP when it cannot read it)
-// and sends one SIGHUP.
+// reload checks tinc.conf and sends one SIGHUP now (the UDP watchdog's
+// repair), outside what the applier has pending.
 func (d *Daemon) reload() error {
-	conf := filepath.Join(d.cfg.Tinc.Dir, "tinc.conf")
-	b, err := tincgen.ReadRegularFile(conf)
-	if err != nil {
-		return fmt.Errorf("reload tincd: not signalling, tincd would exit: %w", err)
-	}
-	if _, err := tincgen.ParseConf(b); err != nil {
-		return fmt.Errorf("reload tincd: not signalling, tincd would exit: %s: %w", conf, err)
-	}
-	if err := d.tincd.Reload(); err != nil {
+	if err := tinc.Reload(d.cfg.Tinc.Dir, d.tincd); err != nil {
 		return err
 	}
 	d.lastHUP = time.Now()
@@ -727,27 +701,24 @@ func (d *Daemon) tincIface() string {
 
 // loadCache applies the last-known-good snapshot from disk.
 func (d *Daemon) loadCache(ctx context.Context) error {
-	s, err := loadSnapshot(d.cfg.SnapshotFile())
+	snap, err := d.src.Load()
 	if err != nil {
 		return err
 	}
-	p, _ := netip.ParsePrefix(s.Prefix)
-	res, prefix, err := d.build(p, s.Candidates)
-	if err != nil {
+	d.dnsSetTestbed(snap.Testbed)
+	if err := d.apply(ctx, snap.Testbed, false); err != nil {
 		return err
 	}
-	if err := d.apply(ctx, res.Testbed, false); err != nil {
-		return err
-	}
-	d.prefix, d.validators = prefix, s.Validators
+	d.src.Commit(snap)
+	d.prefix, d.validators = snap.Prefix, snap.Validators
 	d.rejected = d.rejected[:0]
-	for _, p := range res.Rejected {
+	for _, p := range snap.Rejected {
 		d.rejected = append(d.rejected, p.String())
 	}
 	d.m.rejected.Set(float64(len(d.rejected)))
 	d.fromCache = true
 	d.m.snapshotFromCache.Set(1)
-	d.log.Warn(fmt.Sprintf("registry unreachable; running on the last-known-good snapshot of %s", s.Saved.Format(time.RFC3339)))
+	d.log.Warn(fmt.Sprintf("registry unreachable; running on the last-known-good snapshot of %s", snap.Saved.Format(time.RFC3339)))
 	return nil
 }
 
@@ -838,15 +809,15 @@ func (d *Daemon) reloadConfig(ctx context.Context) {
 			d.cfg.Identity, d.cfg.Tinc, d.cfg.StateDir, d.cfg.StatusSocket, d.cfg.StatusSocketGroup, d.cfg.MetricsListen
 	}
 	refetch := n.Registry != d.cfg.Registry || n.Prefix != d.cfg.Prefix || n.Island != d.cfg.Island ||
-		n.Egress.Prefix != d.cfg.Egress.Prefix
+		n.Egress.Prefix != d.cfg.Egress.Prefix || !reflect.DeepEqual(n.policy(), d.cfg.policy()) || n.Guard != d.cfg.Guard
 	if n.equal(d.cfg) {
 		d.event(EventReloaded)
 		return
 	}
 	old := d.cfg
 	d.cfg = n
-	if n.Registry != old.Registry {
-		if err := d.newClient(); err != nil {
+	if refetch {
+		if err := d.newSource(); err != nil {
 			d.cfg = old
 			d.configErr = "reload config: " + err.Error()
 			d.log.Error("invalid config; the old config keeps running", "err", err)
@@ -857,6 +828,7 @@ func (d *Daemon) reloadConfig(ctx context.Context) {
 	d.log.Info("config reloaded", "file", d.opts.ConfigPath)
 	if refetch {
 		d.validators = nil
+		d.src.Forget()
 		d.reconcile(ctx, true)
 	}
 	if !reflect.DeepEqual(n.DNS, old.DNS) {
@@ -883,10 +855,6 @@ func (d *Daemon) reloadConfig(ctx context.Context) {
 		d.applyEgressKernel(ctx)
 	}
 	d.event(EventReloaded)
-}
-
-func jitter(d time.Duration) time.Duration {
-	return time.Duration(float64(d) * (0.9 + 0.2*rand.Float64()))
 }
 
 // Run runs the daemon until ctx ends, then stops a managed tincd and
@@ -959,16 +927,15 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 	}
 	// First sync, or the cache.
-	backoff := time.Second
-	next := jitter(d.cfg.Poll.Interval.D())
+	// The one retry policy (source.Backoff): 1 s after a failure,
+	// doubling up to the poll interval.
+	backoff := source.Backoff{Min: time.Second, Max: time.Hour}
 	if err := d.reconcile(ctx, true); err != nil && d.tb == nil {
 		if cerr := d.loadCache(ctx); cerr != nil {
 			d.log.Error("no snapshot to fall back on", "err", cerr)
 		}
 	}
-	if d.lastErr != "" {
-		next = backoff
-	}
+	next := backoff.Next(d.lastErr != "", d.cfg.Poll.Interval.D())
 	if d.takeTouched() {
 		ignoreOwnEvents()
 	}
@@ -1019,13 +986,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	var restartC <-chan time.Time
 
 	resetPoll := func() {
-		if d.lastErr != "" || d.regErr != "" {
-			backoff = min(backoff*2, d.cfg.Poll.Interval.D())
-			poll.Reset(backoff)
-		} else {
-			backoff = time.Second
-			poll.Reset(jitter(d.cfg.Poll.Interval.D()))
-		}
+		poll.Reset(backoff.Next(d.lastErr != "" || d.regErr != "", d.cfg.Poll.Interval.D()))
 	}
 	for {
 		if d.cfg.Tinc.Manage && d.tb != nil && restartC == nil && !d.tincd.State().Running {

@@ -169,13 +169,12 @@ func (r *rig) writeConfig(extra string) {
 
 func (r *rig) start() {
 	r.t.Helper()
+	// The registry client retries 5xx with backoff; keep tests quick.
 	d, err := New(r.cfg, Options{ConfigPath: r.path, Tincd: r.tincd, Egress: r.egress, Notify: func(string) {}, Logger: r.log,
-		OnEvent: func(e Event) { r.events <- e }})
+		OnEvent: func(e Event) { r.events <- e }, Client: registry.Options{Retries: -1, Timeout: 5 * time.Second}})
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	// The registry client retries 5xx with backoff; keep tests quick.
-	d.client, _ = registry.New(r.cfg.Registry.URL, registry.Options{Retries: -1, Timeout: 5 * time.Second})
 	r.d = d
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel, r.done = cancel, make(chan error, 1)

@@ -11,8 +11,8 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/confine-project/mgmtnet/authdns"
 	"github.com/confine-project/mgmtnet/mesh"
-	mdns "github.com/confine-project/mgmtnet/mesh/dns"
 	"github.com/confine-project/mgmtnet/tincgen"
 )
 
@@ -39,8 +39,8 @@ type DNSConfig struct {
 }
 
 // dnsConfig converts the YAML into mesh/dns's Config, validated.
-func (c DNSConfig) dnsConfig() (mdns.Config, error) {
-	out := mdns.Config{Zone: c.Zone}
+func (c DNSConfig) dnsConfig() (authdns.Config, error) {
+	out := authdns.Config{Zone: c.Zone}
 	prefixes := func(key string, l []string) ([]netip.Prefix, error) {
 		var ps []netip.Prefix
 		for _, s := range l {
@@ -59,7 +59,7 @@ func (c DNSConfig) dnsConfig() (mdns.Config, error) {
 	servers := func(key string, l []string) ([]netip.AddrPort, error) {
 		var as []netip.AddrPort
 		for _, s := range l {
-			a, err := mdns.ParseServerAddr(s, 53)
+			a, err := authdns.ParseServerAddr(s, 53)
 			if err != nil {
 				return nil, fmt.Errorf("dns.%s %q: %w", key, s, err)
 			}
@@ -81,7 +81,7 @@ func (c DNSConfig) dnsConfig() (mdns.Config, error) {
 		return out, err
 	}
 	if a, ok := c.serviceAddr(); ok {
-		out.NS = []mdns.NameServer{{Name: "ns." + strings.TrimSuffix(c.Zone, ".") + ".", Addrs: []netip.Addr{a}}}
+		out.NS = []authdns.NameServer{{Name: "ns." + strings.TrimSuffix(c.Zone, ".") + ".", Addrs: []netip.Addr{a}}}
 	}
 	if err := out.Validate(); err != nil {
 		return out, fmt.Errorf("dns: %w", err)
@@ -172,7 +172,7 @@ func (d *Daemon) startDNS(ctx context.Context) error {
 			return fmt.Errorf("dns service address: %w", err)
 		}
 	}
-	srv, err := mdns.New(cfg, mdns.ServerOptions{Listen: d.cfg.DNS.listen(), Logger: d.log.With("part", "dns"), Registerer: d.m.reg})
+	srv, err := authdns.New(cfg, authdns.ServerOptions{Listen: d.cfg.DNS.listen(), Logger: d.log.With("part", "dns"), Registerer: d.m.reg})
 	if err != nil {
 		return err
 	}

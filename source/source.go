@@ -175,6 +175,10 @@ func (s *Source) Commit(snap Snapshot) {
 	}
 }
 
+// Use makes tb the snapshot in use without ETags (a Source made anew for
+// a changed config keeps guarding what runs).
+func (s *Source) Use(tb *mesh.Testbed) { s.current, s.validators = tb, nil }
+
 // Forget drops the ETags, so that the next Fetch gets everything (a
 // changed registry, prefix or plan).
 func (s *Source) Forget() { s.validators = nil }

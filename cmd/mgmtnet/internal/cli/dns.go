@@ -17,7 +17,7 @@ import (
 
 	"github.com/confine-project/mgmtnet/addressing"
 	"github.com/confine-project/mgmtnet/mesh"
-	meshdns "github.com/confine-project/mgmtnet/mesh/dns"
+	"github.com/confine-project/mgmtnet/authdns"
 	"github.com/confine-project/mgmtnet/mesh/registry"
 )
 
@@ -100,7 +100,7 @@ func runDNS(ctx context.Context, env Env, args []string) error {
 	fs.Var(&f.forward, "forward", "upstream resolver `ADDR` (IP or IP:port) for names outside the zones; repeatable (default: none, such names are REFUSED)")
 	fs.Var(&f.notify, "notify", "secondary `ADDR` (IP or IP:port) sent a NOTIFY on every change; repeatable")
 	fs.Var(&f.nss, "ns-addr", "`address` of the name server ns.ZONE; repeatable (default: the --listen addresses that are neither loopback nor wildcard)")
-	fs.DurationVar(&f.ttl, "ttl", meshdns.DefaultTTL, "TTL of answers")
+	fs.DurationVar(&f.ttl, "ttl", authdns.DefaultTTL, "TTL of answers")
 	fs.DurationVar(&f.poll, "poll", time.Minute, "how often to poll the registry")
 	fs.DurationVar(&f.timeout, "timeout", dnsFetchTimeout, "deadline of one whole poll of the registry: every request, retry and body read (each stall is bounded by at most 30s)")
 	fs.StringVar(&f.prefix, "prefix", "", "management `/48` (default: the registry's, checked against the members' addresses)")
@@ -141,7 +141,7 @@ func runDNS(ctx context.Context, env Env, args []string) error {
 		}
 	}
 	if len(cfg.NS) == 0 {
-		cfg.NS = []meshdns.NameServer{{Name: meshdns.DefaultNSLabel + "." + cfg.Zone, Addrs: dnsServiceAddrs(listen)}}
+		cfg.NS = []authdns.NameServer{{Name: authdns.DefaultNSLabel + "." + cfg.Zone, Addrs: dnsServiceAddrs(listen)}}
 	}
 	if err := cfg.Validate(); err != nil {
 		return usageError{err}
@@ -155,7 +155,7 @@ func runDNS(ctx context.Context, env Env, args []string) error {
 		return fmt.Errorf("registry client: %w", err)
 	}
 	reg := prometheus.NewRegistry()
-	srv, err := meshdns.New(cfg, meshdns.ServerOptions{Listen: listen, Logger: env.Logger, Registerer: reg})
+	srv, err := authdns.New(cfg, authdns.ServerOptions{Listen: listen, Logger: env.Logger, Registerer: reg})
 	if err != nil {
 		return err
 	}
@@ -184,8 +184,8 @@ func runDNS(ctx context.Context, env Env, args []string) error {
 // config turns the flags into the server's config, and the declared
 // management prefix (invalid when --prefix is not given). Its errors are
 // the user's.
-func (f *dnsFlags) config() (meshdns.Config, netip.Prefix, error) {
-	cfg := meshdns.Config{Zone: f.zone, TTL: f.ttl}
+func (f *dnsFlags) config() (authdns.Config, netip.Prefix, error) {
+	cfg := authdns.Config{Zone: f.zone, TTL: f.ttl}
 	var declared netip.Prefix
 	if f.prefix != "" {
 		p, err := addressing.ParsePrefix48(f.prefix)
@@ -220,7 +220,7 @@ func (f *dnsFlags) config() (meshdns.Config, netip.Prefix, error) {
 		out  *[]netip.AddrPort
 	}{{"--forward", f.forward, &cfg.Forward}, {"--notify", f.notify, &cfg.Notify}} {
 		for _, s := range l.in {
-			ap, err := meshdns.ParseServerAddr(s, 53)
+			ap, err := authdns.ParseServerAddr(s, 53)
 			if err != nil {
 				return cfg, declared, fmt.Errorf("%s: %w", l.flag, err)
 			}
@@ -228,7 +228,7 @@ func (f *dnsFlags) config() (meshdns.Config, netip.Prefix, error) {
 		}
 	}
 	if len(f.nss) > 0 {
-		ns := meshdns.NameServer{Name: meshdns.DefaultNSLabel + "." + strings.TrimSuffix(f.zone, ".") + "."}
+		ns := authdns.NameServer{Name: authdns.DefaultNSLabel + "." + strings.TrimSuffix(f.zone, ".") + "."}
 		for _, s := range f.nss {
 			a, err := netip.ParseAddr(s)
 			if err != nil {
@@ -236,7 +236,7 @@ func (f *dnsFlags) config() (meshdns.Config, netip.Prefix, error) {
 			}
 			ns.Addrs = append(ns.Addrs, a)
 		}
-		cfg.NS = []meshdns.NameServer{ns}
+		cfg.NS = []authdns.NameServer{ns}
 	}
 	return cfg, declared, nil
 }
@@ -284,7 +284,7 @@ func dnsServeMetrics(ctx context.Context, addr string, reg *prometheus.Registry)
 // goroutine (run's) owns it.
 type dnsPoller struct {
 	env      Env
-	srv      *meshdns.Server
+	srv      *authdns.Server
 	client   *registry.Client
 	uri      string
 	declared netip.Prefix

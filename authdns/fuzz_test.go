@@ -1,4 +1,4 @@
-package dns
+package authdns
 
 import (
 	"net/netip"

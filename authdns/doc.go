@@ -1,4 +1,4 @@
-// Package dns is the authoritative DNS server of the management network
+// Package authdns is the authoritative DNS server of the management network
 // (design.md, "DNS for the management network"), built on
 // github.com/miekg/dns.
 //
@@ -38,4 +38,4 @@
 // The package does not fetch the registry, write files or pick the
 // addresses it listens on: its caller (mgmtnet dns, the gateway daemon)
 // does.
-package dns
+package authdns

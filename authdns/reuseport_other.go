@@ -1,6 +1,6 @@
 //go:build !linux
 
-package dns
+package authdns
 
 import (
 	"context"
