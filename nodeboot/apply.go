@@ -4,11 +4,12 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"github.com/confine-project/mgmtnet/tincgen"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/confine-project/mgmtnet/tincgen"
 )
 
 // tempPrefix starts the names of temporary files. A leading "." is not a

@@ -7,9 +7,10 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/confine-project/mgmtnet/addressing"
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+
+	"github.com/confine-project/mgmtnet/addressing"
 )
 
 // firmwareUCI is the firmware's example of confine.md §5.

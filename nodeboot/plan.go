@@ -237,9 +237,7 @@ func RegistryGateways(cfg Config, declared netip.Prefix, cands []mesh.Candidate)
 	if note != "" {
 		notes = append(notes, note)
 	}
-	if prefix != cfg.Prefix {
-		notes = append(notes, fmt.Sprintf("the registry's management prefix %s differs from this node's %s (%s testbed mgmt_ipv6_prefix48)", prefix, cfg.Prefix, cfg.File))
-	}
+	notes = append(notes, prefixNotes(cfg, prefix)...)
 	plan, err := addressing.New(prefix)
 	if err != nil {
 		return nil, 0, notes, fmt.Errorf("registry management prefix: %w", err)
@@ -257,6 +255,15 @@ func RegistryGateways(cfg Config, declared netip.Prefix, cands []mesh.Candidate)
 	for _, p := range res.Warnings {
 		notes = append(notes, "warning: "+p.String())
 	}
+	gws, more := SnapshotGateways(cfg, res.Testbed, island)
+	return gws, island, append(notes, more...), nil
+}
+
+// SnapshotGateways is RegistryGateways on a validated testbed (from
+// package source), for a node in island.
+func SnapshotGateways(cfg Config, tb *mesh.Testbed, island uint64) (gws []Gateway, notes []string) {
+	plan := tb.Plan()
+	res := struct{ Testbed *mesh.Testbed }{tb}
 	own := cfg.TincName()
 	// The node connects to the gateways the testbed's assignment gives it
 	// (mesh.Assignment), which are the ones that hold its host file. A
@@ -273,5 +280,13 @@ func RegistryGateways(cfg Config, declared netip.Prefix, cands []mesh.Candidate)
 		}
 		gws = append(gws, Gateway{Name: m.TincName, Host: tincgen.RenderHost(tincgen.NodeGatewayHost(plan, m, island)), Egress: m.Egress.Offered})
 	}
-	return gws, island, notes, nil
+	return gws, notes
+}
+
+// prefixNotes says when the registry's prefix is not the node's.
+func prefixNotes(cfg Config, prefix netip.Prefix) []string {
+	if prefix == cfg.Prefix {
+		return nil
+	}
+	return []string{fmt.Sprintf("the registry's management prefix %s differs from this node's %s (%s testbed mgmt_ipv6_prefix48)", prefix, cfg.Prefix, cfg.File)}
 }

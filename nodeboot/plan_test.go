@@ -3,7 +3,6 @@ package nodeboot
 import (
 	"flag"
 	"fmt"
-	"github.com/confine-project/mgmtnet/tincgen"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -11,9 +10,12 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/confine-project/mgmtnet/tincgen"
+
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/confine-project/mgmtnet/addressing"
 	"github.com/confine-project/mgmtnet/mesh"
-	"github.com/google/go-cmp/cmp"
 )
 
 var update = flag.Bool("update", false, "rewrite golden files")

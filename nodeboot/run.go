@@ -13,7 +13,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/confine-project/mgmtnet/addressing"
 	"github.com/confine-project/mgmtnet/mesh/registry"
+	"github.com/confine-project/mgmtnet/source"
 	"github.com/confine-project/mgmtnet/tinc"
 	"github.com/confine-project/mgmtnet/tincgen"
 )
@@ -284,29 +286,37 @@ func fromRegistry(ctx context.Context, cfg Config, opts Options, log *slog.Logge
 	if wait <= 0 {
 		wait = 500 * time.Millisecond
 	}
-	client, err := registry.New(opts.Registry, registry.Options{
-		CAFile: opts.CAFile, Insecure: opts.Insecure, Timeout: min(timeout, StallTimeout), FetchTimeout: timeout, Retries: retries,
-		RetryWaitMin: wait, RetryWaitMax: 4 * wait, Logger: log,
-	})
+	// The one snapshot source, with the node's own prefix as the fallback
+	// when the registry declares none.
+	src, err := source.New(source.Config{URL: opts.Registry, Fallback: cfg.Prefix, Logger: log,
+		Client: registry.Options{CAFile: opts.CAFile, Insecure: opts.Insecure, Timeout: min(timeout, StallTimeout), FetchTimeout: timeout,
+			Retries: retries, RetryWaitMin: wait, RetryWaitMax: 4 * wait}})
 	if err != nil {
 		return nil, 0, fmt.Sprintf("unusable (%v)", err), nil
 	}
-	snap, err := client.Fetch(ctx, nil)
+	snap, err := src.Fetch(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, 0, "", ctx.Err()
 		}
 		return nil, 0, failure(err), nil
 	}
-	for _, p := range snap.Problems {
-		note("rejected " + p.String())
-	}
-	gws, island, notes, err := RegistryGateways(cfg, snap.Prefix, snap.Candidates)
-	for _, n := range notes {
+	for _, n := range snap.Notes {
 		note(n)
 	}
-	if err != nil {
-		return nil, 0, fmt.Sprintf("unusable (%v)", err), nil
+	for _, n := range prefixNotes(cfg, snap.Prefix) {
+		note(n)
+	}
+	for _, p := range snap.Rejected {
+		note("rejected " + p.String())
+	}
+	for _, p := range snap.Warnings {
+		note("warning: " + p.String())
+	}
+	island = snap.IslandOf(addressing.KindNode, uint64(cfg.NodeID))
+	gws, notes := SnapshotGateways(cfg, snap.Testbed, island)
+	for _, n := range notes {
+		note(n)
 	}
 	if len(gws) == 0 {
 		return nil, 0, "lists no gateway", nil

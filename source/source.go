@@ -24,6 +24,9 @@ type Config struct {
 	// Prefix is the declared management /48; invalid: the registry's,
 	// checked against the members' addresses (mesh.ChoosePrefix).
 	Prefix netip.Prefix
+	// Fallback is the /48 used when the registry declares none and no
+	// member has an address; invalid: addressing.DefaultMgmtPrefix.
+	Fallback netip.Prefix
 	// Egress is the egress IPv4 prefix of the plan; invalid: the default.
 	Egress netip.Prefix
 	// Policy is the grant policy applied to every member.
@@ -58,6 +61,7 @@ type Snapshot struct {
 	Saved     time.Time
 
 	candidates []mesh.Candidate // for the cache
+	islands    map[islandKey]uint64
 }
 
 // Source yields the snapshots of one registry. It is not safe for
@@ -90,6 +94,9 @@ func New(cfg Config) (*Source, error) {
 
 // URL is the registry's base URI.
 func (s *Source) URL() string { return s.cfg.URL }
+
+// Guard is the mass-deletion guard in force.
+func (s *Source) Guard() mesh.Guard { return s.cfg.Guard }
 
 // Validators are the ETags of the snapshot in use.
 func (s *Source) Validators() map[string]string { return maps.Clone(s.validators) }
@@ -130,7 +137,11 @@ func (s *Source) Fetch(ctx context.Context) (Snapshot, error) {
 
 // build validates candidates against the declared or the chosen prefix.
 func (s *Source) build(regPrefix netip.Prefix, cands []mesh.Candidate, problems []mesh.Problem) (Snapshot, error) {
-	prefix, note := mesh.ChoosePrefix(regPrefix, addressing.DefaultMgmtPrefix(), cands)
+	fallback := s.cfg.Fallback
+	if !fallback.IsValid() {
+		fallback = addressing.DefaultMgmtPrefix()
+	}
+	prefix, note := mesh.ChoosePrefix(regPrefix, fallback, cands)
 	if s.cfg.Prefix.IsValid() {
 		prefix, note = s.cfg.Prefix, ""
 	}
@@ -150,10 +161,27 @@ func (s *Source) build(regPrefix netip.Prefix, cands []mesh.Candidate, problems 
 	snap.Testbed, snap.Prefix = res.Testbed, prefix
 	snap.Rejected = append(append(snap.Rejected, problems...), res.Rejected...)
 	snap.Skipped, snap.Warnings = res.Skipped, res.Warnings
+	snap.islands = map[islandKey]uint64{}
+	for i := range cands {
+		if cands[i].Island != 0 {
+			snap.islands[islandKey{cands[i].Kind, cands[i].ID}] = cands[i].Island
+		}
+	}
 	if s.cfg.Cache != "" {
 		snap.candidates = cands
 	}
 	return snap, nil
+}
+
+type islandKey struct {
+	kind addressing.Kind
+	id   uint64
+}
+
+// IslandOf is the island the registry gives a member, also one that is not
+// in the testbed (no key yet, rejected); 0 for none.
+func (s Snapshot) IslandOf(kind addressing.Kind, id uint64) uint64 {
+	return s.islands[islandKey{kind, id}]
 }
 
 // Commit makes snap the snapshot in use: the next Fetch is conditional on

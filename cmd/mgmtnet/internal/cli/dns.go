@@ -4,11 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/netip"
-	"runtime/debug"
 	"strings"
 	"time"
 
@@ -16,9 +14,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/confine-project/mgmtnet/addressing"
-	"github.com/confine-project/mgmtnet/mesh"
 	"github.com/confine-project/mgmtnet/authdns"
+	"github.com/confine-project/mgmtnet/mesh"
 	"github.com/confine-project/mgmtnet/mesh/registry"
+	"github.com/confine-project/mgmtnet/source"
 )
 
 const dnsSynopsis = `  mgmtnet dns --registry URI --zone ZONE [--listen ADDR]... [--allow PREFIX]...
@@ -41,7 +40,7 @@ The registry is polled every --poll with ETags; the zone is swapped at once
 when it changed, and the last zone keeps being served while the registry is
 down or answering garbage (until the first answer, names of the zone get
 SERVFAIL). A snapshot that would remove more than half of the members is
-refused unless --force. Secondaries in --notify are sent a NOTIFY on every
+refused unless --force (--max-remove-fraction sets another limit). Secondaries in --notify are sent a NOTIFY on every
 change and may transfer the zones (AXFR, over TCP) from --allow-transfer.
 
 Only clients in --allow are answered; others get REFUSED. Names outside the
@@ -85,6 +84,7 @@ func (l *dnsList) Set(s string) error {
 type dnsFlags struct {
 	registry, zone, ca, prefix, metricsListen          string
 	insecure, force                                    bool
+	maxRemove                                          float64
 	ttl, poll, timeout                                 time.Duration
 	listen, allow, allowTransfer, forward, notify, nss dnsList
 }
@@ -106,7 +106,8 @@ func runDNS(ctx context.Context, env Env, args []string) error {
 	fs.StringVar(&f.prefix, "prefix", "", "management `/48` (default: the registry's, checked against the members' addresses)")
 	fs.StringVar(&f.ca, "ca", "", "PEM `file` of the CA (or the registry's own certificate) to verify TLS against")
 	fs.BoolVar(&f.insecure, "insecure", false, "do not verify the registry's TLS certificate")
-	fs.BoolVar(&f.force, "force", false, "accept a registry answer that removes more than half of the members")
+	fs.BoolVar(&f.force, "force", false, "accept a registry answer that removes more than --max-remove-fraction of the members")
+	fs.Float64Var(&f.maxRemove, "max-remove-fraction", mesh.DefaultMaxRemoveFraction, "largest `fraction` of the members one registry answer may remove without --force")
 	fs.StringVar(&f.metricsListen, "metrics-listen", "", "serve Prometheus metrics at http://`ADDR`/metrics")
 	pos, err := parseInterspersed(fs, args, env.Stdout)
 	if err != nil {
@@ -126,6 +127,8 @@ func runDNS(ctx context.Context, env Env, args []string) error {
 		return usagef("--poll %v: want a positive duration", f.poll)
 	case f.timeout <= 0:
 		return usagef("--timeout %v: want a positive duration", f.timeout)
+	case !(f.maxRemove > 0 && f.maxRemove <= 1):
+		return usagef("--max-remove-fraction %v: want a fraction in (0, 1]", f.maxRemove)
 	}
 	cfg, declared, err := f.config()
 	if err != nil {
@@ -147,12 +150,14 @@ func runDNS(ctx context.Context, env Env, args []string) error {
 		return usageError{err}
 	}
 
-	client, err := registry.New(f.registry, registry.Options{CAFile: f.ca, Insecure: f.insecure, FetchTimeout: f.timeout, Logger: env.Logger})
+	src, err := source.New(source.Config{URL: f.registry, Prefix: declared, Logger: env.Logger,
+		Client: registry.Options{CAFile: f.ca, Insecure: f.insecure, FetchTimeout: f.timeout},
+		Guard:  mesh.Guard{MaxRemoveFraction: f.maxRemove, Force: f.force}})
 	if err != nil {
 		if errors.Is(err, registry.ErrBadURI) {
 			return usageError{err}
 		}
-		return fmt.Errorf("registry client: %w", err)
+		return err
 	}
 	reg := prometheus.NewRegistry()
 	srv, err := authdns.New(cfg, authdns.ServerOptions{Listen: listen, Logger: env.Logger, Registerer: reg})
@@ -174,9 +179,15 @@ func runDNS(ctx context.Context, env Env, args []string) error {
 		}
 		defer stop()
 	}
-	p := &dnsPoller{env: env, srv: srv, client: client, uri: f.registry, declared: declared,
-		force: f.force, poll: f.poll, keys: mesh.NewKeyCache()}
-	p.run(ctx)
+	authdns.Follow(ctx, src, srv, authdns.FollowOptions{Poll: f.poll, Logger: env.Logger, OnFirstZone: func(z *authdns.Zone) {
+		var on []string
+		addrs := srv.Addrs()
+		for i := 0; i < len(addrs); i += 2 {
+			on = append(on, addrs[i].String()+" udp+tcp")
+		}
+		fmt.Fprintf(env.Stderr, "mgmtnet dns: serving %s and %s (%d names, serial %d) on %s\n",
+			z.Origin(), z.ReverseOrigin(), z.Len(), z.Serial(), strings.Join(on, ", "))
+	}})
 	env.Logger.Info("dns server stopping")
 	return nil
 }
@@ -278,134 +289,4 @@ func dnsServeMetrics(ctx context.Context, addr string, reg *prometheus.Registry)
 		hs.Close()
 		<-done
 	}, nil
-}
-
-// dnsPoller keeps the server's zone in step with the registry. One
-// goroutine (run's) owns it.
-type dnsPoller struct {
-	env      Env
-	srv      *authdns.Server
-	client   *registry.Client
-	uri      string
-	declared netip.Prefix
-	force    bool
-	poll     time.Duration
-	keys     *mesh.KeyCache
-
-	validators map[string]string // ETags of the snapshot served
-	failing    bool              // the last poll failed (logged once)
-	refused    string            // version of the last snapshot refused by the guard (logged once)
-	announced  bool
-}
-
-// Retry waits after a failed poll: doubling from dnsRetryMin, at most the
-// poll interval.
-const dnsRetryMin = 5 * time.Second
-
-// run polls until ctx ends.
-func (p *dnsPoller) run(ctx context.Context) {
-	timer := time.NewTimer(0)
-	defer timer.Stop()
-	retry := dnsRetryMin
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-timer.C:
-		}
-		next := p.poll
-		if err := p.once(ctx); err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			// Equal jitter, so that gateways do not hammer a registry
-			// that comes back in lockstep.
-			next = min(retry, p.poll)
-			next = next/2 + rand.N(next/2+1)
-			retry *= 2
-			what := "serving the last zone"
-			if p.srv.Zone() == nil {
-				what = "no zone yet: names of the zone get SERVFAIL"
-			}
-			if !p.failing {
-				p.env.Logger.Warn("registry poll failed; "+what, "registry", p.uri, "retry_in", next.Round(time.Second), "err", err)
-			} else {
-				p.env.Logger.Debug("registry poll failed again", "registry", p.uri, "retry_in", next.Round(time.Second), "err", err)
-			}
-			p.failing = true
-		} else {
-			if p.failing {
-				p.env.Logger.Info("registry poll succeeded again", "registry", p.uri)
-			}
-			p.failing, retry = false, dnsRetryMin
-		}
-		timer.Reset(next)
-	}
-}
-
-// once fetches the registry (conditionally, with the ETags of the
-// snapshot served) and swaps in the zone of a changed snapshot.
-func (p *dnsPoller) once(ctx context.Context) error {
-	snap, err := p.client.Fetch(ctx, p.validators)
-	if err != nil {
-		return fmt.Errorf("fetch members from %s: %w", p.uri, err)
-	}
-	if snap.NotModified {
-		return nil
-	}
-	prefix, note := mesh.ChoosePrefix(snap.Prefix, addressing.DefaultMgmtPrefix(), snap.Candidates)
-	if p.declared.IsValid() {
-		prefix, note = p.declared, ""
-	}
-	if note != "" {
-		p.env.Logger.Warn(note)
-	}
-	plan, err := addressing.New(prefix)
-	if err != nil {
-		return fmt.Errorf("registry %s: management prefix: %w", p.uri, err)
-	}
-	res := mesh.BuildWith(plan, snap.Candidates, mesh.BuildOptions{Keys: p.keys})
-	tb := res.Testbed
-	if cur := p.srv.Zone(); cur != nil && !p.force {
-		old := cur.Testbed()
-		if removed := len(mesh.Diff(old, tb).Removed); removed*2 > old.Len() {
-			// Keep the validators of the snapshot served: the next poll
-			// fetches in full and decides again.
-			if p.refused != tb.Version() {
-				p.env.Logger.Error("registry snapshot refused: it would remove more than half of the members (a broken registry?); serving the last zone. Run with --force to accept it",
-					"removed", removed, "members", old.Len(), "version", tb.Version())
-				p.refused = tb.Version()
-			}
-			return nil
-		}
-	}
-	for _, pr := range snap.Problems {
-		p.env.Logger.Warn("registry member rejected", "member", pr.String())
-	}
-	for _, pr := range res.Rejected {
-		p.env.Logger.Warn("registry member rejected", "member", pr.String())
-	}
-	for _, pr := range res.Skipped {
-		p.env.Logger.Debug("registry member skipped", "member", pr.String())
-	}
-	if err := p.srv.SetTestbed(tb); err != nil {
-		return err
-	}
-	p.validators, p.refused = snap.Validators, ""
-	// The registry's answer, the candidates and the old zone are garbage
-	// now: hand the memory back rather than keep the peak resident until
-	// the next change (as the gateway daemon does).
-	debug.FreeOSMemory()
-	if !p.announced {
-		p.announced = true
-		z := p.srv.Zone()
-		var on []string
-		addrs := p.srv.Addrs()
-		for i := 0; i < len(addrs); i += 2 {
-			on = append(on, addrs[i].String()+" udp+tcp")
-		}
-		fmt.Fprintf(p.env.Stderr, "mgmtnet dns: serving %s and %s (%d names, serial %d) on %s\n",
-			z.Origin(), z.ReverseOrigin(), z.Len(), z.Serial(), strings.Join(on, ", "))
-	}
-	return nil
 }

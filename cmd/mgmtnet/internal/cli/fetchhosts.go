@@ -1,24 +1,21 @@
 package cli
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/confine-project/mgmtnet/addressing"
+	"github.com/confine-project/mgmtnet/fetchhosts"
 	"github.com/confine-project/mgmtnet/mesh"
 	"github.com/confine-project/mgmtnet/mesh/registry"
 	"github.com/confine-project/mgmtnet/tinc"
-	"github.com/confine-project/mgmtnet/tincgen"
 )
 
 const fetchHostsSynopsis = `  mgmtnet fetch-hosts BASE_URI [--hosts-dir DIR] [--island ID] [--ca FILE] [--insecure]
@@ -30,7 +27,7 @@ Only files whose bytes change are written (atomically); unchanged files keep
 their mtime, so a following tincd SIGHUP bounces only the peers that changed.
 Host files of members no longer in the registry are removed (node_*, host_*,
 server* names only; other files are left alone), but never more than half of
-them unless --force. A member that fails validation is reported and skipped;
+them unless --force (--max-remove-fraction sets another limit). A member that fails validation is reported and skipped;
 the others are written. The registry's ETags are remembered in --cache, so a
 run when nothing changed costs a few conditional requests and writes nothing.
 
@@ -51,6 +48,7 @@ type fetchHostsFlags struct {
 	hostsDir, ca, cache, prefix, net, pidFile, island  string
 	insecure, dryRun, force, reload, json, full, quiet bool
 	timeout                                            time.Duration
+	maxRemove                                          float64
 }
 
 func runFetchHosts(ctx context.Context, env Env, args []string) error {
@@ -61,7 +59,8 @@ func runFetchHosts(ctx context.Context, env Env, args []string) error {
 	fs.StringVar(&f.ca, "ca", "", "PEM `file` of the CA (or the registry's own certificate) to verify TLS against")
 	fs.BoolVar(&f.insecure, "insecure", false, "do not verify the registry's TLS certificate")
 	fs.BoolVar(&f.dryRun, "dry-run", false, "print a unified diff of what would change and write nothing")
-	fs.BoolVar(&f.force, "force", false, "allow removing more than half of the existing host files")
+	fs.BoolVar(&f.force, "force", false, "allow removing more than --max-remove-fraction of the existing host files")
+	fs.Float64Var(&f.maxRemove, "max-remove-fraction", mesh.DefaultMaxRemoveFraction, "largest `fraction` of the existing host files one run may remove without --force")
 	fs.BoolVar(&f.reload, "reload", false, "send tincd a SIGHUP when something changed (after checking tinc.conf)")
 	fs.BoolVar(&f.json, "json", false, "print the summary as one JSON object on stdout")
 	fs.StringVar(&f.cache, "cache", "", "`file` remembering the registry's ETags between runs (default: .mgmtnet-fetch-hosts.json beside the hosts directory)")
@@ -100,7 +99,10 @@ func runFetchHosts(ctx context.Context, env Env, args []string) error {
 		}
 	}
 	if f.cache == "" {
-		f.cache = filepath.Join(filepath.Dir(filepath.Clean(f.hostsDir)), ".mgmtnet-fetch-hosts.json")
+		f.cache = fetchhosts.DefaultState(f.hostsDir)
+	}
+	if !(f.maxRemove > 0 && f.maxRemove <= 1) {
+		return usagef("--max-remove-fraction %v: want a fraction in (0, 1]", f.maxRemove)
 	}
 	if f.pidFile == "" {
 		f.pidFile = tinc.DefaultPidFile(f.net)
@@ -108,122 +110,18 @@ func runFetchHosts(ctx context.Context, env Env, args []string) error {
 	return fetchHosts(ctx, env, pos[0], island, declared, f)
 }
 
-// fetchCache is what fetch-hosts remembers between runs.
-type fetchCache struct {
-	BaseURI    string            `json:"base_uri"`
-	HostsDir   string            `json:"hosts_dir"`
-	Island     uint64            `json:"island"`
-	Prefix     string            `json:"prefix"`
-	Validators map[string]string `json:"validators"`
-	Version    string            `json:"version"`
-	// ReloadPending is set before host files are written for a --reload
-	// run and cleared once tincd got its SIGHUP, so that a run killed (or
-	// whose signal failed) between the two still reloads tincd next time,
-	// although the files are then unchanged.
-	ReloadPending bool `json:"reload_pending,omitempty"`
-}
-
-// fetchSummary is the one-line summary, and the --json output.
-type fetchSummary struct {
-	Registry    string         `json:"registry"`
-	HostsDir    string         `json:"hosts_dir"`
-	NotModified bool           `json:"not_modified"`
-	Version     string         `json:"version,omitempty"`
-	Members     map[string]int `json:"members"`
-	Rejected    []string       `json:"rejected"`
-	Skipped     []string       `json:"skipped"`
-	Warnings    []string       `json:"warnings"`
-	Written     []string       `json:"written"`
-	Unchanged   int            `json:"unchanged"`
-	Removed     []string       `json:"removed"`
-	DryRun      bool           `json:"dry_run"`
-	Reloaded    bool           `json:"reloaded"`
-	Seconds     float64        `json:"seconds"`
-}
-
 func fetchHosts(ctx context.Context, env Env, base string, island uint64, declared netip.Prefix, f fetchHostsFlags) error {
-	start := time.Now()
 	progress := newProgress(env.Stderr, f.quiet || f.json)
-	client, err := registry.New(base, registry.Options{
-		CAFile: f.ca, Insecure: f.insecure, FetchTimeout: f.timeout, Logger: env.Logger,
-		Progress: progress.update,
-	})
+	sum, err := fetchhosts.Run(ctx, fetchhosts.Config{Registry: base, HostsDir: f.hostsDir, Island: island, Prefix: declared,
+		Client: registry.Options{CAFile: f.ca, Insecure: f.insecure, FetchTimeout: f.timeout, Progress: progress.update},
+		State:  f.cache, Full: f.full, DryRun: f.dryRun, Guard: mesh.Guard{Force: f.force, MaxRemoveFraction: f.maxRemove},
+		Reload: f.reload, PidFile: f.pidFile, Progress: progress.say, Logger: env.Logger})
 	if err != nil {
 		if errors.Is(err, registry.ErrBadURI) {
 			return usageError{err}
 		}
-		return fmt.Errorf("registry client: %w", err)
+		return err
 	}
-	absDir, err := filepath.Abs(f.hostsDir)
-	if err != nil {
-		return fmt.Errorf("hosts directory %s: %w", f.hostsDir, err)
-	}
-	// The cache applies only to the same registry, directory and options,
-	// and only while the directory still exists.
-	var validators map[string]string
-	cache, cacheErr := loadFetchCache(f.cache)
-	if cacheErr == nil && !f.full && !f.dryRun && cache.BaseURI == base && cache.HostsDir == absDir &&
-		cache.Island == island && cache.Prefix == declared.String() && dirExists(absDir) {
-		validators = cache.Validators
-	}
-	pending := cacheErr == nil && cache.HostsDir == absDir && cache.ReloadPending
-	saveCache := func(validators map[string]string, version string, pending bool) {
-		err := saveFetchCache(f.cache, fetchCache{BaseURI: base, HostsDir: absDir, Island: island,
-			Prefix: declared.String(), Validators: validators, Version: version, ReloadPending: pending})
-		if err != nil {
-			env.Logger.Warn("cannot write the fetch-hosts cache; the next run will fetch everything", "file", f.cache, "err", err)
-		}
-	}
-	snap, err := client.Fetch(ctx, validators)
-	if err != nil {
-		return fmt.Errorf("fetch members from %s: %w", base, err)
-	}
-	sum := fetchSummary{Registry: base, HostsDir: absDir, DryRun: f.dryRun, Members: map[string]int{},
-		Rejected: []string{}, Skipped: []string{}, Warnings: []string{}, Written: []string{}, Removed: []string{}}
-	if snap.NotModified {
-		sum.NotModified, sum.Version = true, cache.Version
-		if f.reload && pending {
-			if err := reloadTincd(absDir, f.pidFile); err != nil {
-				return fmt.Errorf("%w (a reload is still pending from an earlier run)", err)
-			}
-			sum.Reloaded = true
-			saveCache(cache.Validators, cache.Version, false)
-		}
-		sum.Seconds = time.Since(start).Seconds()
-		return printFetchSummary(env, f.json, sum)
-	}
-
-	prefix, note := mesh.ChoosePrefix(snap.Prefix, addressing.DefaultMgmtPrefix(), snap.Candidates)
-	if declared.IsValid() {
-		prefix, note = declared, ""
-	}
-	if note != "" {
-		sum.Warnings = append(sum.Warnings, note)
-	}
-	plan, err := addressing.New(prefix)
-	if err != nil {
-		return fmt.Errorf("registry %s: management prefix: %w", base, err)
-	}
-	fetched := time.Now()
-	progress.say("validating %d members against %s", len(snap.Candidates), plan.Mgmt())
-	res := mesh.Build(plan, snap.Candidates)
-	built := time.Now()
-	for _, p := range snap.Problems {
-		sum.Rejected = append(sum.Rejected, p.String())
-	}
-	for _, p := range res.Rejected {
-		sum.Rejected = append(sum.Rejected, p.String())
-	}
-	for _, p := range res.Skipped {
-		sum.Skipped = append(sum.Skipped, p.String())
-	}
-	for _, p := range res.Warnings {
-		sum.Warnings = append(sum.Warnings, p.String())
-	}
-	for k, n := range res.Testbed.Count() {
-		sum.Members[k.String()+"s"] = n
-	}
-	sum.Version = res.Testbed.Version()
 	if !f.json {
 		for _, r := range sum.Rejected {
 			fmt.Fprintf(env.Stderr, "rejected %s\n", r)
@@ -232,72 +130,13 @@ func fetchHosts(ctx context.Context, env Env, base string, island uint64, declar
 			fmt.Fprintf(env.Stderr, "warning: %s\n", w)
 		}
 	}
-
-	files, err := tincgen.HostFiles(res.Testbed, island)
-	if err != nil {
-		return err
-	}
-	rendered := time.Now()
-	progress.say("comparing and writing %d host files in %s", len(files), absDir)
-	// This host's own host file (tinc.conf's Name) is written when it is
-	// missing (a new gateway gets it from the registry), but never
-	// overwritten or removed: tinc 1.0 cannot reload its own Subnets on a
-	// HUP, and node-boot or the gateway daemon owns it.
-	own := tincgen.ConfName(filepath.Join(filepath.Dir(absDir), "tinc.conf"))
-	if want, listed := files[own]; listed {
-		if have, err := tincgen.ReadHostFile(filepath.Join(absDir, own)); err == nil {
-			delete(files, own)
-			if !bytes.Equal(have, want) {
-				sum.Warnings = append(sum.Warnings, fmt.Sprintf("this host's own host file %s differs from the registry's; left as it is", own))
-			}
-		}
-	}
-	rep, err := tincgen.Sync(absDir, files, tincgen.SyncOptions{
-		Force: f.force, DryRun: f.dryRun, Logger: env.Logger,
-		Owned: func(name string) bool { return name != own && tincgen.OwnedName(name) },
-		BeforeWrite: func() error {
-			if !f.reload {
-				return nil
-			}
-			pending = true
-			return saveFetchCache(f.cache, fetchCache{BaseURI: base, HostsDir: absDir, Island: island,
-				Prefix: declared.String(), ReloadPending: true})
-		},
-	})
-	if err != nil {
-		if errors.Is(err, tincgen.ErrMassDeletion) {
-			return fmt.Errorf("%w; the registry returned %d members (%d rejected): if this is intended, run again with --force", err, res.Testbed.Len(), len(sum.Rejected))
-		}
-		return err
-	}
-	env.Logger.Debug("fetch-hosts phases", "fetch", fetched.Sub(start), "validate", built.Sub(fetched),
-		"render", rendered.Sub(built), "sync", time.Since(rendered))
-	sum.Written = append(sum.Written, rep.Written...)
-	sum.Removed = append(sum.Removed, rep.Removed...)
-	sum.Unchanged = len(rep.Unchanged)
 	if f.dryRun {
-		io.WriteString(env.Stdout, rep.Diff)
-	} else {
-		if f.reload && (rep.Changed() || pending) {
-			if err := reloadTincd(absDir, f.pidFile); err != nil {
-				saveCache(snap.Validators, sum.Version, true)
-				return err
-			}
-			sum.Reloaded, pending = true, false
-		}
-		saveCache(snap.Validators, sum.Version, pending)
+		io.WriteString(env.Stdout, sum.Diff)
 	}
-	sum.Seconds = time.Since(start).Seconds()
 	return printFetchSummary(env, f.json, sum)
 }
 
-// reloadTincd checks tinc.conf (tincd exits on SIGHUP when it cannot read
-// it) and sends one SIGHUP.
-func reloadTincd(hostsDir, pidFile string) error {
-	return tinc.Reload(filepath.Dir(hostsDir), tinc.PidFile(pidFile))
-}
-
-func printFetchSummary(env Env, asJSON bool, s fetchSummary) error {
+func printFetchSummary(env Env, asJSON bool, s fetchhosts.Summary) error {
 	if asJSON {
 		b, err := json.Marshal(s)
 		if err != nil {
@@ -333,32 +172,6 @@ func printFetchSummary(env Env, asJSON bool, s fetchSummary) error {
 	fmt.Fprintf(env.Stderr, "fetch-hosts: %s; %d rejected, %d skipped; %s %d, unchanged %d, removed %d%s (%.1fs)\n",
 		strings.Join(kinds, ", "), len(s.Rejected), len(s.Skipped), verb, len(s.Written), s.Unchanged, len(s.Removed), reloaded, s.Seconds)
 	return nil
-}
-
-func loadFetchCache(path string) (fetchCache, error) {
-	var c fetchCache
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return c, err
-	}
-	if err := json.Unmarshal(b, &c); err != nil {
-		return fetchCache{}, fmt.Errorf("cache %s: %w", path, err)
-	}
-	return c, nil
-}
-
-// saveFetchCache writes the cache atomically.
-func saveFetchCache(path string, c fetchCache) error {
-	b, err := json.MarshalIndent(c, "", "  ")
-	if err != nil {
-		return err
-	}
-	return tincgen.WriteFileAtomic(path, append(b, '\n'), 0o644)
-}
-
-func dirExists(p string) bool {
-	st, err := os.Stat(p)
-	return err == nil && st.IsDir()
 }
 
 // progress reports on stderr what a long run is doing: nothing during the

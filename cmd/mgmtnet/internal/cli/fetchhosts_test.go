@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/confine-project/mgmtnet/addressing"
+	"github.com/confine-project/mgmtnet/fetchhosts"
 	"github.com/confine-project/mgmtnet/mesh/registry"
 	"github.com/confine-project/mgmtnet/test/vtb"
 )
@@ -97,7 +98,7 @@ func TestFetchHosts(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, errOut)
 	}
-	var one fetchSummary
+	var one fetchhosts.Summary
 	if err := json.Unmarshal([]byte(out), &one); err != nil {
 		t.Fatalf("--json output %q: %v", out, err)
 	}
@@ -117,7 +118,7 @@ func TestFetchHosts(t *testing.T) {
 	f.Nodes = f.Nodes[:3]
 	srv.SetFile(f)
 	out, _, _ = run(t, "fetch-hosts", base, "--hosts-dir", hosts, "--island", "1", "--json")
-	var sum fetchSummary
+	var sum fetchhosts.Summary
 	if err := json.Unmarshal([]byte(out), &sum); err != nil {
 		t.Fatalf("--json output %q: %v", out, err)
 	}
