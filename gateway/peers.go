@@ -47,16 +47,6 @@ func (p peers) list() []Peer {
 	return out
 }
 
-func (p peers) connected() int {
-	n := 0
-	for _, c := range p {
-		if c {
-			n++
-		}
-	}
-	return n
-}
-
 // peersFromLog reads the last maxBytes of a tincd log file.
 func peersFromLog(path string, maxBytes int64) peers {
 	p := peers{}

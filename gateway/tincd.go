@@ -2,12 +2,17 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/netip"
+	"path/filepath"
 	"sync"
 	"syscall"
+	"time"
 
+	"github.com/confine-project/mgmtnet/mesh"
 	"github.com/confine-project/mgmtnet/tinc"
+	"github.com/confine-project/mgmtnet/tincgen"
 	"github.com/confine-project/mgmtnet/vpn"
 )
 
@@ -172,4 +177,136 @@ var _ Link = NetlinkLink{}
 // Configure sets the address and MTU of name and brings it up.
 func (NetlinkLink) Configure(ctx context.Context, name string, addr netip.Prefix, mtu int) error {
 	return vpn.ConfigureLink(ctx, name, addr, mtu)
+}
+
+// The tincd component: supervision of the managed tincd, delivery of
+// what the host files need (the tinc applier), the tun link, and the
+// Subnet refusals tincd logs.
+
+// expectRefusals records the Subnets that other gateways announce and
+// this gateway holds at another weight (tincgen.PeerServiceWeight): tincd
+// refuses those announcements by design, so they are not an attack.
+func (d *Daemon) expectRefusals(tb *mesh.Testbed) {
+	m := map[string]bool{}
+	for _, g := range tb.Gateways() {
+		if g.TincName == d.cfg.Identity.TincName {
+			continue
+		}
+		if g.Egress.Offered {
+			m[g.TincName+" "+tincgen.EgressDefault.String()] = true
+		}
+		if g.DNS.Addr.IsValid() {
+			m[g.TincName+" "+netip.PrefixFrom(g.DNS.Addr, 128).String()] = true
+		}
+	}
+	d.expected.Store(&m)
+}
+
+// refusal records a Subnet announcement tincd refused. It runs on tincd's
+// log reader goroutine.
+func (d *Daemon) refusal(r Refusal) {
+	if s, err := tincgen.ParseSubnet(r.Subnet); err == nil {
+		if m := d.expected.Load(); m != nil && (*m)[r.Member+" "+s.Prefix.String()] {
+			d.log.Debug("tincd refused a gateway's Subnet held at another weight, as designed", "member", r.Member, "subnet", r.Subnet)
+			return
+		}
+	}
+	d.refused.add(r, time.Now())
+	d.m.unauthorized.WithLabelValues(r.Member).Inc()
+	d.log.Warn("tincd refused a Subnet that the registry does not grant", "member", r.Member, "subnet", r.Subnet, "from", r.From)
+}
+
+// signalPending delivers the restart or SIGHUP that changes call for (the
+// tinc applier keeps one that failed pending). A tincd that does not run
+// needs none: it reads the files when it starts.
+func (d *Daemon) signalPending(ctx context.Context) error {
+	done, _, err := d.tinc.Deliver(ctx)
+	if errors.Is(err, tinc.ErrUnmanaged) {
+		return fmt.Errorf("this gateway's own Subnets changed: restart tincd to apply them (tinc 1.0 does not reload its own Subnets without TunnelServer; mgmtnet does not manage this tincd)")
+	}
+	if err != nil {
+		return err
+	}
+	switch done {
+	case tinc.ActionRestart:
+		d.lastHUP = time.Now()
+		d.restarts++
+		d.m.restarts.Inc()
+		d.configureLink(ctx)
+	case tinc.ActionReload:
+		d.lastHUP = time.Now()
+		d.hups++
+		d.m.tincdHUP()
+	}
+	return nil
+}
+
+// reload checks tinc.conf and sends one SIGHUP now (the UDP watchdog's
+// repair), outside what the applier has pending.
+func (d *Daemon) reload() error {
+	if err := tinc.Reload(d.cfg.Tinc.Dir, d.tincd); err != nil {
+		return err
+	}
+	d.lastHUP = time.Now()
+	d.hups++
+	d.m.tincdHUP()
+	return nil
+}
+
+func (m *metrics) tincdHUP() { m.hups.Inc() }
+
+// configureLink sets up the tun link in managed mode, once tincd runs.
+func (d *Daemon) configureLink(ctx context.Context) {
+	if !d.cfg.Tinc.Manage || d.tb == nil {
+		return
+	}
+	me, ok := d.tb.Lookup(d.cfg.Identity.TincName)
+	if !ok {
+		d.log.Warn("not configuring the tun link: this gateway is not in the snapshot", "name", d.cfg.Identity.TincName)
+		return
+	}
+	name := d.tincIface()
+	addr := netip.PrefixFrom(me.Addr, d.tb.Plan().Mgmt().Bits())
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := d.link.Configure(cctx, name, addr, 1400); err != nil {
+		d.log.Error("configure the tun link", "link", name, "err", err)
+	}
+	// A restarted tincd made a new link: the egress route went with the
+	// old one.
+	d.applyEgressKernel(ctx)
+}
+
+// tincIface is tincd's interface: tinc.conf's Interface, else "tun0" (the
+// kernel's name for a tincd started with -c and no net name, as the
+// managed one is) when managed, else the net name (tinc 1.0's default for
+// "tincd -n NET").
+func (d *Daemon) tincIface() string {
+	name := d.cfg.Tinc.Net
+	if d.cfg.Tinc.Manage {
+		name = "tun0"
+	}
+	if b, err := tincgen.ReadRegularFile(filepath.Join(d.cfg.Tinc.Dir, "tinc.conf")); err == nil {
+		if c, err := tincgen.ParseConf(b); err == nil {
+			for _, o := range c.Options {
+				if o.Key == "Interface" && o.Value != "" {
+					name = o.Value
+				}
+			}
+		}
+	}
+	return name
+}
+
+// startTincd starts a managed tincd and configures its link.
+func (d *Daemon) startTincd(ctx context.Context) bool {
+	if err := d.tincd.Start(ctx); err != nil {
+		d.lastErr = err.Error()
+		d.log.Error("start tincd", "err", err)
+		return false
+	}
+	d.tincdStarted = time.Now()
+	d.lastHUP = d.tincdStarted // tincd counts host file changes from its start
+	d.configureLink(ctx)
+	return true
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"go/parser"
 	"go/token"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -105,7 +106,7 @@ func TestDependencyRules(t *testing.T) {
 		"addressing": {},
 		"mesh":       {"addressing"},
 	}
-	leaves := []string{"mesh/registry", "mesh/dns", "tincgen", "vpn"}
+	leaves := []string{"mesh/registry", "tincgen", "vpn", "gateway/egress"}
 	seen := map[string]bool{}
 	for _, p := range pkgs {
 		r := rel(p.ImportPath)
@@ -140,7 +141,7 @@ func TestDependencyRules(t *testing.T) {
 		}
 		if r != "cmd/mgmtnet" && !strings.HasPrefix(r, "test") {
 			for _, d := range p.Deps {
-				if d == module+"/internal/cli" || strings.HasPrefix(d, module+"/cmd/") {
+				if strings.HasPrefix(d, module+"/cmd/") {
 					t.Errorf("%s imports %s; only cmd/mgmtnet may use the command layer", r, rel(d))
 				}
 			}
@@ -149,6 +150,55 @@ func TestDependencyRules(t *testing.T) {
 	for _, must := range []string{"addressing", "cmd/mgmtnet"} {
 		if !seen[must] {
 			t.Errorf("package %s not found by go list", must)
+		}
+	}
+}
+
+// layers is the import graph of the layout (README "Layout",
+// docs/architecture.md), bottom up: a package may import only packages of
+// lower layers. internal/ is the basement only; the command layer is the
+// top; the data path reads source -> snapshot -> appliers.
+var layers = [][]string{
+	{"internal/nft", "internal/uci", "internal/nft/nfttest"}, // the basement: kernel and file adapters
+	{"addressing"}, // pure: the plan
+	{"mesh"},       // pure: the snapshot model
+	{"mesh/registry", "tincgen", "vpn", "gateway/egress"}, // leaf adapters: wire, tinc files, kernel
+	{"source", "tinc"},                    // the one snapshot source; the one tincd controller and applier
+	{"authdns", "fetchhosts", "nodeboot"}, // appliers of a snapshot
+	{"gateway"},                           // the gateway's loop and its components
+	{"cmd/mgmtnet/internal/cli"},          // flags, output, exit codes
+	{"cmd/mgmtnet"},                       // main
+}
+
+// TestLayers: every package of the module (but test/) is in a layer, and
+// imports only packages of lower layers.
+func TestLayers(t *testing.T) {
+	rank := map[string]int{}
+	for i, l := range layers {
+		for _, p := range l {
+			rank[p] = i
+		}
+	}
+	for _, p := range listPackages(t) {
+		r := rel(p.ImportPath)
+		if strings.HasPrefix(r, "test/") {
+			continue
+		}
+		mine, ok := rank[r]
+		if !ok {
+			t.Errorf("package %s is in no layer of the layout: add it to layers (and to the README's Layout)", r)
+			continue
+		}
+		for _, imp := range p.Imports {
+			if !strings.HasPrefix(imp, module+"/") {
+				continue
+			}
+			ir := rel(imp)
+			theirs, ok := rank[ir]
+			// A package's own subpackage (nfttest of nft) shares its layer.
+			if ok && (theirs > mine || theirs == mine && !strings.HasPrefix(r, ir+"/")) {
+				t.Errorf("%s (layer %d) imports %s (layer %d): a package may import only lower layers", r, mine, ir, theirs)
+			}
 		}
 	}
 }
@@ -174,4 +224,37 @@ func hasPrefixAny(s string, prefixes []string) bool {
 		}
 	}
 	return false
+}
+
+// TestStandsAlone: nothing in the repository points at design documents
+// outside it (they live in docs/).
+func TestStandsAlone(t *testing.T) {
+	out, err := exec.Command("git", "-C", root(t), "ls-files").Output()
+	if err != nil {
+		t.Skipf("not a git checkout: %v", err)
+	}
+	for _, f := range strings.Fields(string(out)) {
+		if f == "test/meta/meta_test.go" {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(root(t), f))
+		if err != nil {
+			continue // a file deleted in the work tree
+		}
+		for _, bad := range []string{"../shared", "shared/docs"} {
+			if bytes.Contains(b, []byte(bad)) {
+				t.Errorf("%s mentions %q: the project's docs live in docs/", f, bad)
+			}
+		}
+	}
+}
+
+// TestModTidy: go.mod and go.sum are what "go mod tidy" makes them.
+func TestModTidy(t *testing.T) {
+	cmd := exec.Command("go", "mod", "tidy", "-diff")
+	cmd.Dir = root(t)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Errorf("go mod tidy -diff: %v\n%s", err, out)
+	}
 }

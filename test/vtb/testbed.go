@@ -615,10 +615,6 @@ func indent(s string) string {
 	return "    " + strings.ReplaceAll(s, "\n", "\n    ")
 }
 
-// GatewayConfigYAML returns the gateway daemon's configuration for the
-// testbed's server.
-func (tb *Testbed) GatewayConfigYAML() string { return tb.GatewayConfigYAMLFor(tb.Server) }
-
 // GatewayConfigYAMLFor returns the gateway daemon's configuration for a
 // server: the main one reaches the registry on its own loopback, the
 // others through island 1.
@@ -657,12 +653,9 @@ metrics_listen: 127.0.0.1:9101
 `, regHost, registryPort, srv.TincName, srv.TincDir, !tb.Spec.LegacyTopology, watchdog, poll, srv.StateDir, srv.StatusSocket) + tb.egressYAML() + tb.dnsYAML(srv)
 }
 
-// StartGateway starts "mgmtnet gateway" in the server's namespace (debug
+// StartGatewayOn starts "mgmtnet gateway" in a server's namespace (debug
 // logging, so tincd's own lines are in its log) and waits until its status
 // shows a first sync.
-func (tb *Testbed) StartGateway(ctx context.Context) error { return tb.StartGatewayOn(ctx, tb.Server) }
-
-// StartGatewayOn is StartGateway for any server of the testbed.
 func (tb *Testbed) StartGatewayOn(ctx context.Context, srv *Server) error {
 	dir := filepath.Dir(srv.TincDir)
 	if srv.GatewayConfig == "" {

@@ -193,9 +193,6 @@ func cfb(key []byte, keyLen int, encrypt bool) (cipher.Stream, error) {
 	return cipher.NewCFBDecrypter(b, iv), nil //nolint:staticcheck // tinc 1.0's meta protocol is CFB
 }
 
-// Send sends one request line.
-func (p *TincPeer) Send(format string, args ...any) error { return p.send(format, args...) }
-
 func (p *TincPeer) send(format string, args ...any) error {
 	p.wmu.Lock()
 	defer p.wmu.Unlock()
