@@ -9,7 +9,7 @@
 // (mesh/registry, validated by mesh), renders files with tincgen and drives
 // tincd through a tinc.Controller, whose real implementation is tinc.Daemonized.
 // The work is split the usual way: LoadConfig validates the input once,
-// Plan computes the desired files purely, Apply writes the ones that
+// DesiredFiles computes the desired files purely, Apply writes the ones that
 // differ, and Run puts it together and decides start, SIGHUP or restart.
 //
 // It never deletes a file in the tinc directory, never overwrites an

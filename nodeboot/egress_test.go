@@ -38,11 +38,11 @@ func TestPlanEgress(t *testing.T) {
 	cfg := node31(t)
 	gws := []Gateway{{Name: "server", Host: []byte("Address = 10.241.1.1\nSubnet = 0.0.0.0/0#10\n"), Egress: true}}
 	pub := readTestdata(t, "node.pub")
-	plain, err := Plan(cfg, pub, gws)
+	plain, err := DesiredFiles(cfg, pub, gws, DesiredOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := PlanWith(cfg, pub, gws, PlanOptions{Egress: true, EgressUp: egressUp()})
+	d, err := DesiredFiles(cfg, pub, gws, DesiredOptions{Egress: true, EgressUp: egressUp()})
 	if err != nil {
 		t.Fatal(err)
 	}

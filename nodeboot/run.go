@@ -171,7 +171,7 @@ func Run(ctx context.Context, cfg Config, opts Options) (*Result, error) {
 	if err != nil {
 		return res, err
 	}
-	desired, err := PlanWith(cfg, pub, gws, PlanOptions{Egress: egressOn, EgressUp: egressUp()})
+	desired, err := DesiredFiles(cfg, pub, gws, DesiredOptions{Egress: egressOn, EgressUp: egressUp()})
 	if err != nil {
 		return res, err
 	}

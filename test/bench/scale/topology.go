@@ -272,7 +272,7 @@ func writeGateway(topo string, tb *mesh.Testbed, m *mesh.Member, i int, k keyPai
 }
 
 // writeNode writes node id's tinc directory as node-boot plans it with
-// egress on (nodeboot.RegistryGateways, nodeboot.PlanWith). Legacy: the
+// egress on (nodeboot.RegistryGateways, nodeboot.DesiredFiles). Legacy: the
 // old firmware's, the same files without TunnelServer and with every
 // gateway's controller host file. Every node gets its own Port.
 func writeNode(topo string, tb *mesh.Testbed, cands []mesh.Candidate, id uint16, k keyPair, root string) (*daemon, error) {
@@ -290,7 +290,7 @@ func writeNode(topo string, tb *mesh.Testbed, cands []mesh.Candidate, id uint16,
 			gws = append(gws, nodeboot.Gateway{Name: m.TincName, Host: tincgen.RenderHost(tincgen.HostFor(m, 0)), Egress: m.Egress.Offered})
 		}
 	}
-	want, err := nodeboot.PlanWith(cfg, k.pub, gws, nodeboot.PlanOptions{Egress: true})
+	want, err := nodeboot.DesiredFiles(cfg, k.pub, gws, nodeboot.DesiredOptions{Egress: true})
 	if err != nil {
 		return nil, fmt.Errorf("plan node %d: %w", id, err)
 	}

@@ -84,8 +84,8 @@ func MaxTimeout(tincName string) int {
 	return minMaxTimeout + int(h.Sum32()%maxTimeoutSpread)
 }
 
-// PlanOptions are the optional parts of a node's plan.
-type PlanOptions struct {
+// DesiredOptions are the optional parts of a node's desired files.
+type DesiredOptions struct {
 	// Egress routes the slivers' Internet traffic through the egress
 	// gateways: the node announces its egress /32, tinc.conf names the
 	// interface and shortens the ping timers, and tinc-up also runs
@@ -130,18 +130,14 @@ func (d Desired) Lookup(name string) (File, bool) {
 // it could not join the management network.
 var ErrNoGateway = errors.New("no gateway to connect to")
 
-// Plan returns the files of a node's tinc directory: its own host file
+// DesiredFiles returns the files of a node's tinc directory: its own host file
 // hosts/node_<id> (its /64 and the public key pub, PEM), tinc.conf (Name
 // and one ConnectTo per gateway: cfg.TincGateway first when it is one of
 // them, then the others by name), tinc-up and tinc-down (the node's
 // address P:N::2 with /48, MTU 1400), and hosts/<name> of each gateway with
-// the given bytes. It is pure: the same inputs give the same value.
-func Plan(cfg Config, pub []byte, gateways []Gateway) (Desired, error) {
-	return PlanWith(cfg, pub, gateways, PlanOptions{})
-}
-
-// PlanWith is Plan with options.
-func PlanWith(cfg Config, pub []byte, gateways []Gateway, o PlanOptions) (Desired, error) {
+// the given bytes; o adds egress. It is pure: the same inputs give the
+// same value.
+func DesiredFiles(cfg Config, pub []byte, gateways []Gateway, o DesiredOptions) (Desired, error) {
 	plan, err := cfg.Plan()
 	if err != nil {
 		return Desired{}, err

@@ -90,12 +90,12 @@ func TestPlanRegistry(t *testing.T) {
 	if island != 2 || len(notes) != 0 {
 		t.Errorf("island %d, notes %q; want 2 and none", island, notes)
 	}
-	d, err := Plan(cfg, readTestdata(t, "node.pub"), gws)
+	d, err := DesiredFiles(cfg, readTestdata(t, "node.pub"), gws, DesiredOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	golden(t, "plan-registry.golden", dump(d))
-	again, _ := Plan(cfg, readTestdata(t, "node.pub"), gws)
+	again, _ := DesiredFiles(cfg, readTestdata(t, "node.pub"), gws, DesiredOptions{})
 	if !d.Equal(again) {
 		t.Error("Plan is not deterministic")
 	}
@@ -111,7 +111,7 @@ func TestPlanFirmware(t *testing.T) {
 	if d := cmp.Diff(wantNotes, notes); d != "" {
 		t.Errorf("notes (-want +got):\n%s", d)
 	}
-	d, err := Plan(cfg, readTestdata(t, "node.pub"), gws)
+	d, err := DesiredFiles(cfg, readTestdata(t, "node.pub"), gws, DesiredOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,7 +141,7 @@ func TestPlanConnectOrder(t *testing.T) {
 			for _, n := range tt.gws {
 				gws = append(gws, Gateway{Name: n, Host: host})
 			}
-			d, err := Plan(cfg, readTestdata(t, "node.pub"), gws)
+			d, err := DesiredFiles(cfg, readTestdata(t, "node.pub"), gws, DesiredOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -170,7 +170,7 @@ func TestPlanErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := Plan(node31(t), tt.pub, tt.gws)
+			_, err := DesiredFiles(node31(t), tt.pub, tt.gws, DesiredOptions{})
 			if err == nil || err.Error() != tt.want {
 				t.Errorf("error = %v, want %s", err, tt.want)
 			}
