@@ -64,25 +64,25 @@ func (d *Daemon) assignment(tb *mesh.Testbed) (AssignmentStatus, map[string]bool
 	if tb == nil || !d.cfg.Tinc.TunnelServer {
 		return AssignmentStatus{}, nil
 	}
-	if d.assignTB == tb {
-		return d.assignSt, d.assignRefused
+	if d.hosts.assignTB == tb {
+		return d.hosts.assignSt, d.hosts.assignRefused
 	}
 	st, refused := d.cfg.share(tb)
 	a, own, gws := tb.Assignment(), d.cfg.Identity.TincName, st.Gateways
-	if !slices.Equal(st.Refused, d.assignSt.Refused) && len(st.Refused) > 0 {
+	if !slices.Equal(st.Refused, d.hosts.assignSt.Refused) && len(st.Refused) > 0 {
 		d.log.Warn("the registry assigns more members to this gateway than it can hold; refusing the last ones (they use their other gateways)",
 			"assigned", st.Assigned, "limit", st.Limit, "refused", len(st.Refused), "first_refused", st.Refused[0])
 	}
-	if st.Unplaced > 0 && st.Unplaced != d.assignSt.Unplaced {
+	if st.Unplaced > 0 && st.Unplaced != d.hosts.assignSt.Unplaced {
 		u := a.Unplaced()
 		d.log.Warn("no gateway has room for some members: add gateways or raise their "+mesh.CapacityProperty,
 			"unplaced", st.Unplaced, "first", u[0], "gateways", gws)
 	}
-	if c := a.Capacity(own); c > st.Limit && gws > 0 && d.assignSt.Capacity != c {
+	if c := a.Capacity(own); c > st.Limit && gws > 0 && d.hosts.assignSt.Capacity != c {
 		d.log.Warn("this gateway's registry capacity is above what it can hold",
 			slog.Int("capacity", c), slog.Int("limit", st.Limit), slog.Int("gateways", gws))
 	}
-	d.assignTB, d.assignSt, d.assignRefused = tb, st, refused
+	d.hosts.assignTB, d.hosts.assignSt, d.hosts.assignRefused = tb, st, refused
 	d.m.assigned.Set(float64(st.Assigned))
 	d.m.refusedMembers.Set(float64(len(st.Refused)))
 	return st, refused

@@ -54,7 +54,7 @@ func TestDaemonAssignment(t *testing.T) {
 	r.start()
 	r.wait(EventSynced)
 	st := r.poll()
-	tb := r.d.tb
+	tb := r.d.hosts.tb
 	a := tb.Assignment()
 	want := a.On("server")
 	if got := hostNames(t, r.cfg.HostsDir()); !slices.Equal(got, want) || len(got) != 4 {
@@ -83,7 +83,7 @@ func TestDaemonAssignment(t *testing.T) {
 	time.Sleep(1100 * time.Millisecond) // a rewrite would get a newer second
 	r.srv.SetFile(assignFile(t, 7, "5"))
 	r.poll()
-	tb2 := r.d.tb
+	tb2 := r.d.hosts.tb
 	for _, g := range []string{"server_3", "server_4"} {
 		fi, _ := os.Stat(r.hostFile(g))
 		b, _ := os.ReadFile(r.hostFile(g))

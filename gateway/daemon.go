@@ -71,81 +71,105 @@ type Options struct {
 // Daemon is the gateway daemon. Run owns its state; other goroutines
 // reach it only through Status and Poll.
 type Daemon struct {
-	cfg   Config
-	opts  Options
-	log   *slog.Logger
-	tincd Tincd
-	link  Link
-	m     *metrics
-	// src is where snapshots come from (fetch, validate, guard,
-	// last-known-good cache); tinc applies them to tincd (SIGHUP or
-	// restart, pending until delivered).
-	src  *source.Source
-	tinc *tinc.Applier
+	cfg  Config
+	opts Options
+	log  *slog.Logger
+	m    *metrics
 
 	statusReq chan chan Status
 	pollReq   chan chan Status
+	published atomic.Pointer[Status]
 
 	// Owned by the loop.
-	tb           *mesh.Testbed
-	prefix       netip.Prefix
-	validators   map[string]string
-	rejected     []string
-	warnings     []string // what Build dropped from members it kept
-	lastSync     time.Time
-	fromCache    bool
-	files        FileCounts
-	hups         int
-	restarts     int
-	syncs        int
-	lastErr      string
-	regErr       string
-	configErr    string
-	peerLog      string // unmanaged tincd's log file, read for peers; fixed at New
-	ready        bool
-	fullDue      bool
-	restartWait  time.Duration
-	tincdStarted time.Time // when startTincd last succeeded
-	touched      bool      // apply wrote or removed host files (see takeTouched)
-	incremental  bool      // the next apply may sync only what changed since d.tb
-	published    atomic.Pointer[Status]
+	lastErr   string
+	configErr string
+	ready     bool
 
-	// Egress (egressd.go).
-	health                 *health
-	stopProbes             func()
-	probeC                 chan ProbeResult
-	probesOK, probesFailed int
-	egressCounters         map[string]uint64
-	egressErr              string
-	egress                 EgressKernel
-	egressApplied          bool
+	// The components. Each file holds one, with its state here.
+	hosts  hostSync        // hostsync.go: source → host files and tinc.conf
+	tincd  tincdSupervisor // tincd.go: tincd, its SIGHUPs and restarts, the tun link
+	egress egressState     // egressd.go: upstream health, the announcement, kernel rules
+	dns    dnsState        // dns.go: the DNS server on the same snapshot
+	udp    udpState        // udpwatch.go: the UDP watchdog
+}
+
+// hostSync is the host sync component's state (hostsync.go).
+type hostSync struct {
+	// src is where snapshots come from: fetch, validate, guard,
+	// last-known-good cache.
+	src         *source.Source
+	tb          *mesh.Testbed // the snapshot applied
+	prefix      netip.Prefix
+	validators  map[string]string
+	rejected    []string
+	warnings    []string // what Build dropped from members it kept
+	lastSync    time.Time
+	fromCache   bool
+	files       FileCounts
+	syncs       int
+	regErr      string
+	fullDue     bool
+	touched     bool // apply wrote or removed host files (see takeTouched)
+	incremental bool // the next apply may sync only what changed since tb
 	// ownSubnets are the Subnet lines of this gateway's own host file as
-	// last applied (nil: none applied yet); a change restarts tincd.
+	// last applied (nil: none applied yet); a change reloads or restarts
+	// tincd.
 	ownSubnets *string
 	nodeEgress bool // the last applied files carried the nodes' egress /32s
+	// The assignment of the last snapshot asked about (assign.go).
+	assignTB      *mesh.Testbed
+	assignSt      AssignmentStatus
+	assignRefused map[string]bool
+}
 
-	dns    *authdns.Server // nil when not serving
-	dnsErr string
-
+// tincdSupervisor is the tincd component's state (tincd.go).
+type tincdSupervisor struct {
+	ctl  Tincd
+	link Link
+	// app delivers what the host files need (SIGHUP or restart), keeping
+	// it pending until delivered.
+	app         *tinc.Applier
+	peerLog     string // unmanaged tincd's log file, read for peers; fixed at New
+	restartWait time.Duration
+	started     time.Time // when startTincd last succeeded
+	hups        int
+	restarts    int
+	lastHUP     time.Time
 	// refused counts the Subnet announcements tincd refused; written by
 	// tincd's log reader, read by status.
 	refused refusals
 	// expected are the refusals expectRefusals foresees, by "member
 	// prefix"; read by tincd's log reader.
 	expected atomic.Pointer[map[string]bool]
+}
 
-	// The UDP watchdog (udpwatch.go): its targets, rebuilt when the
-	// snapshot changes; the peers it finds dead; the repairs.
-	udpT       atomic.Pointer[udpTargets]
-	udpTB      *mesh.Testbed
-	udpDeadC   chan []string
-	udpRepairs int
-	// The assignment of the last snapshot asked about (assign.go).
-	assignTB      *mesh.Testbed
-	assignSt      AssignmentStatus
-	assignRefused map[string]bool
-	udpLast       []UDPRepair
-	lastHUP       time.Time
+// egressState is the egress component's state (egressd.go).
+type egressState struct {
+	health                 *health
+	stopProbes             func()
+	probeC                 chan ProbeResult
+	probesOK, probesFailed int
+	counters               map[string]uint64
+	err                    string
+	kernel                 EgressKernel
+	applied                bool
+}
+
+// dnsState is the DNS component's state (dns.go).
+type dnsState struct {
+	srv *authdns.Server // nil when not serving
+	err string
+}
+
+// udpState is the UDP watchdog's state (udpwatch.go): its targets,
+// rebuilt when the snapshot changes; the peers it finds dead; the
+// repairs.
+type udpState struct {
+	targets atomic.Pointer[udpTargets]
+	tb      *mesh.Testbed
+	deadC   chan []string
+	repairs int
+	last    []UDPRepair
 }
 
 // New returns a daemon for a validated cfg.
@@ -156,26 +180,28 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 	if opts.Notify == nil {
 		opts.Notify = func(s string) { sddaemon.SdNotify(false, s) }
 	}
-	d := &Daemon{cfg: cfg, opts: opts, log: opts.Logger, tincd: opts.Tincd, link: opts.Link, m: newMetrics(),
-		statusReq: make(chan chan Status), pollReq: make(chan chan Status), probeC: make(chan ProbeResult),
-		egress: opts.Egress, udpDeadC: make(chan []string, 1)}
+	d := &Daemon{cfg: cfg, opts: opts, log: opts.Logger, m: newMetrics(),
+		statusReq: make(chan chan Status), pollReq: make(chan chan Status)}
+	d.tincd.ctl, d.tincd.link = opts.Tincd, opts.Link
+	d.egress.kernel, d.egress.probeC = opts.Egress, make(chan ProbeResult)
+	d.udp.deadC = make(chan []string, 1)
 	if !cfg.Tinc.Manage {
-		d.peerLog = cfg.Tinc.LogFile
+		d.tincd.peerLog = cfg.Tinc.LogFile
 	}
-	if d.tincd == nil {
+	if d.tincd.ctl == nil {
 		if cfg.Tinc.Manage {
-			d.tincd = NewManagedTincd(cfg.Tinc.Tincd, cfg.Tinc.Dir, cfg.PidFile(), d.refusal)
+			d.tincd.ctl = NewManagedTincd(cfg.Tinc.Tincd, cfg.Tinc.Dir, cfg.PidFile(), d.refusal)
 		} else {
-			d.tincd = NewUnmanagedTincd(cfg.PidFile())
+			d.tincd.ctl = NewUnmanagedTincd(cfg.PidFile())
 		}
 	}
-	if d.link == nil {
-		d.link = NetlinkLink{}
+	if d.tincd.link == nil {
+		d.tincd.link = NetlinkLink{}
 	}
-	if d.egress == nil {
-		d.egress = NewNftEgress()
+	if d.egress.kernel == nil {
+		d.egress.kernel = NewNftEgress()
 	}
-	d.tinc = &tinc.Applier{Dir: cfg.Tinc.Dir, Ctl: d.tincd}
+	d.tincd.app = &tinc.Applier{Dir: cfg.Tinc.Dir, Ctl: d.tincd.ctl}
 	if err := d.newSource(); err != nil {
 		return nil, err
 	}
@@ -197,10 +223,10 @@ func (d *Daemon) newSource() error {
 	if err != nil {
 		return err
 	}
-	if d.src != nil && d.src.Current() != nil {
-		src.Use(d.src.Current())
+	if d.hosts.src != nil && d.hosts.src.Current() != nil {
+		src.Use(d.hosts.src.Current())
 	}
-	d.src = src
+	d.hosts.src = src
 	return nil
 }
 
@@ -214,7 +240,7 @@ func (d *Daemon) Status(ctx context.Context) (Status, error) {
 			// The kernel's counters now, not as of the last poll (the
 			// seam is set once in New; reading counters does not race
 			// with the loop's Apply).
-			if c, err := d.egress.Counters(ctx); err == nil {
+			if c, err := d.egress.kernel.Counters(ctx); err == nil {
 				s.Egress.Counters = c
 			}
 		}
@@ -232,7 +258,7 @@ func (d *Daemon) publish() {
 	s := d.status()
 	d.published.Store(&s)
 	n := 0
-	for _, p := range d.tincd.Peers() {
+	for _, p := range d.tincd.ctl.Peers() {
 		if p.Connected {
 			n++
 		}
@@ -274,8 +300,8 @@ func (d *Daemon) Once(ctx context.Context) error {
 
 func (d *Daemon) notifyStatus() {
 	v := ""
-	if d.tb != nil {
-		v = d.tb.Version()
+	if d.hosts.tb != nil {
+		v = d.hosts.tb.Version()
 	}
 	msg := "STATUS=synced version " + v
 	if d.lastErr != "" {
@@ -285,7 +311,7 @@ func (d *Daemon) notifyStatus() {
 }
 
 func (d *Daemon) markReady() {
-	if !d.ready && d.tb != nil {
+	if !d.ready && d.hosts.tb != nil {
 		d.ready = true
 		d.opts.Notify("READY=1")
 	}
@@ -293,32 +319,32 @@ func (d *Daemon) markReady() {
 
 // status builds the Status; called by the loop.
 func (d *Daemon) status() Status {
-	s := Status{FromCache: d.fromCache, Rejected: append([]string{}, d.rejected...), Warnings: append([]string{}, d.warnings...), Files: d.files,
-		Hups: d.hups, Restarts: d.restarts, Syncs: d.syncs, LastError: d.lastErr, ConfigError: d.configErr,
-		Registry: RegistryStatus{URL: d.cfg.Registry.URL, ETags: map[string]string{}, LastError: d.regErr},
-		Tincd:    d.tincd.State()}
+	s := Status{FromCache: d.hosts.fromCache, Rejected: append([]string{}, d.hosts.rejected...), Warnings: append([]string{}, d.hosts.warnings...), Files: d.hosts.files,
+		Hups: d.tincd.hups, Restarts: d.tincd.restarts, Syncs: d.hosts.syncs, LastError: d.lastErr, ConfigError: d.configErr,
+		Registry: RegistryStatus{URL: d.cfg.Registry.URL, ETags: map[string]string{}, LastError: d.hosts.regErr},
+		Tincd:    d.tincd.ctl.State()}
 	if s.LastError == "" {
 		s.LastError = d.configErr
 	}
-	for k, v := range d.validators {
+	for k, v := range d.hosts.validators {
 		s.Registry.ETags[k] = v
 	}
-	if d.tb != nil {
-		s.Version = d.tb.Version()
-		c := d.tb.Count()
+	if d.hosts.tb != nil {
+		s.Version = d.hosts.tb.Version()
+		c := d.hosts.tb.Count()
 		s.Members = MemberCounts{Nodes: c[addressing.KindNode], Servers: c[addressing.KindServer] + c[addressing.KindGateway],
 			Hosts: c[addressing.KindHost]}
 	}
-	if !d.lastSync.IsZero() {
-		t := d.lastSync.UTC().Truncate(time.Second)
-		age := time.Since(d.lastSync).Seconds()
+	if !d.hosts.lastSync.IsZero() {
+		t := d.hosts.lastSync.UTC().Truncate(time.Second)
+		age := time.Since(d.hosts.lastSync).Seconds()
 		s.LastSync, s.SyncAgeSeconds = &t, &age
 	}
 	s.Egress = d.egressStatus()
 	s.DNS = d.dnsStatus()
-	s.RefusedSubnets = d.refused.list()
-	s.Assignment, _ = d.assignment(d.tb)
-	s.UDPWatchdog = UDPWatchdogStatus{Enabled: d.cfg.Tinc.Manage && d.cfg.Tinc.UDPWatchdog.Interval > 0, Repairs: d.udpRepairs, Last: append([]UDPRepair(nil), d.udpLast...)}
+	s.RefusedSubnets = d.tincd.refused.list()
+	s.Assignment, _ = d.assignment(d.hosts.tb)
+	s.UDPWatchdog = UDPWatchdogStatus{Enabled: d.cfg.Tinc.Manage && d.cfg.Tinc.UDPWatchdog.Interval > 0, Repairs: d.udp.repairs, Last: append([]UDPRepair(nil), d.udp.last...)}
 	return s
 }
 
@@ -327,11 +353,11 @@ func (d *Daemon) status() Status {
 // called outside the loop, at each status request, so it reads only
 // fields that never change after New.
 func (d *Daemon) livePeers() []Peer {
-	if p := d.tincd.Peers(); p != nil {
+	if p := d.tincd.ctl.Peers(); p != nil {
 		return p
 	}
-	if d.peerLog != "" {
-		return peersFromLog(d.peerLog, 1<<20).list()
+	if d.tincd.peerLog != "" {
+		return peersFromLog(d.tincd.peerLog, 1<<20).list()
 	}
 	return []Peer{}
 }
@@ -377,27 +403,27 @@ func (d *Daemon) reloadConfig(ctx context.Context) {
 	}
 	d.log.Info("config reloaded", "file", d.opts.ConfigPath)
 	if refetch {
-		d.validators = nil
-		d.src.Forget()
+		d.hosts.validators = nil
+		d.hosts.src.Forget()
 		d.reconcile(ctx, true)
 	}
 	if !reflect.DeepEqual(n.DNS, old.DNS) {
 		d.stopDNS()
-		d.dnsErr = ""
+		d.dns.err = ""
 		if err := d.startDNS(ctx); err != nil {
-			d.dnsErr = err.Error()
+			d.dns.err = err.Error()
 			d.log.Error("dns: not serving", "err", err)
 		}
-		if d.tb != nil && !refetch {
-			if err := d.apply(ctx, d.tb, true); err != nil {
+		if d.hosts.tb != nil && !refetch {
+			if err := d.apply(ctx, d.hosts.tb, true); err != nil {
 				d.lastErr = err.Error()
 			}
 		}
 	}
 	if !reflect.DeepEqual(n.Egress, old.Egress) {
 		d.startProbes(ctx)
-		if d.tb != nil && !refetch {
-			if err := d.apply(ctx, d.tb, true); err != nil {
+		if d.hosts.tb != nil && !refetch {
+			if err := d.apply(ctx, d.hosts.tb, true); err != nil {
 				d.lastErr = err.Error()
 				d.log.Error("apply the new egress config", "err", err)
 			}
@@ -480,7 +506,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	// The one retry policy (source.Backoff): 1 s after a failure,
 	// doubling up to the poll interval.
 	backoff := source.Backoff{Min: time.Second, Max: time.Hour}
-	if err := d.reconcile(ctx, true); err != nil && d.tb == nil {
+	if err := d.reconcile(ctx, true); err != nil && d.hosts.tb == nil {
 		if cerr := d.loadCache(ctx); cerr != nil {
 			d.log.Error("no snapshot to fall back on", "err", cerr)
 		}
@@ -493,27 +519,27 @@ func (d *Daemon) Run(ctx context.Context) error {
 	// egress announcement the upstream allows, rather than restarting to
 	// change it seconds after every connection came up.
 	d.firstProbe(ctx)
-	if d.tb != nil && d.cfg.Tinc.Manage {
+	if d.hosts.tb != nil && d.cfg.Tinc.Manage {
 		d.startTincd(ctx)
 	}
 	d.startProbes(ctx)
 	defer func() {
-		if d.stopProbes != nil {
-			d.stopProbes()
+		if d.egress.stopProbes != nil {
+			d.egress.stopProbes()
 		}
 	}()
 	if wd := d.cfg.Tinc.UDPWatchdog; d.cfg.Tinc.Manage && wd.Interval > 0 {
 		wctx, stop := context.WithCancel(ctx)
 		defer stop()
-		go runUDPWatch(wctx, newUDPWatch(wd.Interval.D(), wd.Misses), d.udpT.Load, func() []string {
+		go runUDPWatch(wctx, newUDPWatch(wd.Interval.D(), wd.Misses), d.udp.targets.Load, func() []string {
 			var out []string
-			for _, p := range d.tincd.Peers() {
+			for _, p := range d.tincd.ctl.Peers() {
 				if p.Connected {
 					out = append(out, p.Name)
 				}
 			}
 			return out
-		}, d.udpDeadC, d.log.Debug)
+		}, d.udp.deadC, d.log.Debug)
 	}
 	// The DNS server binds its own sockets: a bind error ends the daemon
 	// at start, where the operator sees it, rather than later.
@@ -536,28 +562,28 @@ func (d *Daemon) Run(ctx context.Context) error {
 	var restartC <-chan time.Time
 
 	resetPoll := func() {
-		poll.Reset(backoff.Next(d.lastErr != "" || d.regErr != "", d.cfg.Poll.Interval.D()))
+		poll.Reset(backoff.Next(d.lastErr != "" || d.hosts.regErr != "", d.cfg.Poll.Interval.D()))
 	}
 	for {
-		if d.cfg.Tinc.Manage && d.tb != nil && restartC == nil && !d.tincd.State().Running {
+		if d.cfg.Tinc.Manage && d.hosts.tb != nil && restartC == nil && !d.tincd.ctl.State().Running {
 			if d.startTincd(ctx) {
 				d.event(EventTincdStarted)
 			} else {
-				d.restartWait = min(max(d.restartWait*2, time.Second), 30*time.Second)
-				restartC = time.After(d.restartWait)
+				d.tincd.restartWait = min(max(d.tincd.restartWait*2, time.Second), 30*time.Second)
+				restartC = time.After(d.tincd.restartWait)
 			}
 		}
-		if d.tb != d.udpTB {
-			d.udpTB = d.tb
-			d.udpT.Store(d.udpTargetsOf())
+		if d.hosts.tb != d.udp.tb {
+			d.udp.tb = d.hosts.tb
+			d.udp.targets.Store(d.udpTargetsOf())
 		}
 		d.publish()
 		select {
-		case names := <-d.udpDeadC:
+		case names := <-d.udp.deadC:
 			d.repairUDP(names)
 		case <-ctx.Done():
 			sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			err := d.tincd.Stop(sctx)
+			err := d.tincd.ctl.Stop(sctx)
 			cancel()
 			if err != nil {
 				d.log.Error("stop tincd", "err", err)
@@ -568,12 +594,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 			if d.takeTouched() {
 				ignoreOwnEvents()
 			}
-			if d.tb != nil {
+			if d.hosts.tb != nil {
 				d.markReady()
 			}
 			resetPoll()
 		case <-full.C:
-			d.fullDue = true
+			d.hosts.fullDue = true
 			d.reconcile(ctx, true)
 			if d.takeTouched() {
 				ignoreOwnEvents()
@@ -590,7 +616,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		case r := <-d.statusReq:
 			d.readEgressCounters(ctx)
 			r <- d.status()
-		case r := <-d.probeC:
+		case r := <-d.egress.probeC:
 			d.observeProbe(ctx, r)
 			if d.takeTouched() {
 				ignoreOwnEvents()
@@ -613,7 +639,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 			// Events may have been lost (a queue overflow while we wrote
 			// 66 000 files, say): compare every file at the next poll.
 			d.log.Warn("file watcher; every host file will be compared at the next poll", "err", err)
-			d.fullDue = true
+			d.hosts.fullDue = true
 		case <-reloadC:
 			reloadC = nil
 			d.reloadConfig(ctx)
@@ -621,10 +647,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 			repairC = nil
 			names := suspect
 			suspect = map[string]bool{}
-			if d.tb != nil && d.tampered(names) {
-				if err := d.apply(ctx, d.tb, true); err != nil {
+			if d.hosts.tb != nil && d.tampered(names) {
+				if err := d.apply(ctx, d.hosts.tb, true); err != nil {
 					d.lastErr = err.Error()
-					d.fullDue = true // compare everything at the next poll
+					d.hosts.fullDue = true // compare everything at the next poll
 					d.log.Error("repair host files", "err", err)
 				}
 				if d.takeTouched() {
@@ -632,31 +658,31 @@ func (d *Daemon) Run(ctx context.Context) error {
 				}
 			}
 			d.event(EventRepaired)
-		case ev := <-d.tincd.Events():
+		case ev := <-d.tincd.ctl.Events():
 			if ev.Exited {
-				if time.Since(d.tincdStarted) > time.Minute {
-					d.restartWait = 0 // it ran well for a while: not a crash loop
+				if time.Since(d.tincd.started) > time.Minute {
+					d.tincd.restartWait = 0 // it ran well for a while: not a crash loop
 				}
-				d.restartWait = min(max(d.restartWait*2, time.Second), 30*time.Second)
-				d.log.Error("tincd exited; restarting it", "err", ev.Err, "in", d.restartWait)
-				restartC = time.After(d.restartWait)
+				d.tincd.restartWait = min(max(d.tincd.restartWait*2, time.Second), 30*time.Second)
+				d.log.Error("tincd exited; restarting it", "err", ev.Err, "in", d.tincd.restartWait)
+				restartC = time.After(d.tincd.restartWait)
 				continue
 			}
 			d.log.Debug("tincd", "line", ev.Line)
 
 		case <-restartC:
 			restartC = nil
-			if d.tincd.State().Running {
-				d.restartWait = 0 // restarted meanwhile (own Subnets changed)
+			if d.tincd.ctl.State().Running {
+				d.tincd.restartWait = 0 // restarted meanwhile (own Subnets changed)
 				continue
 			}
 			if d.startTincd(ctx) {
-				d.restarts++
+				d.tincd.restarts++
 				d.m.restarts.Inc()
 				d.event(EventTincdStarted)
 			} else {
-				d.restartWait = min(d.restartWait*2, 30*time.Second)
-				restartC = time.After(d.restartWait)
+				d.tincd.restartWait = min(d.tincd.restartWait*2, 30*time.Second)
+				restartC = time.After(d.tincd.restartWait)
 			}
 		case <-watchdog:
 			d.opts.Notify("WATCHDOG=1")

@@ -151,7 +151,7 @@ func (d *Daemon) startDNS(ctx context.Context) error {
 		d.stopDNS()
 		return nil
 	}
-	if d.dns != nil {
+	if d.dns.srv != nil {
 		return nil
 	}
 	cfg, err := d.cfg.DNS.dnsConfig()
@@ -159,8 +159,8 @@ func (d *Daemon) startDNS(ctx context.Context) error {
 		return err
 	}
 	if a, ok := d.cfg.DNS.serviceAddr(); ok {
-		if d.tb != nil {
-			plan := d.tb.Plan()
+		if d.hosts.tb != nil {
+			plan := d.hosts.tb.Plan()
 			if !plan.Mgmt().Contains(a) {
 				return fmt.Errorf("dns.service_address %s: not in the management network %s", a, plan.Mgmt())
 			}
@@ -179,9 +179,9 @@ func (d *Daemon) startDNS(ctx context.Context) error {
 	if err := srv.Start(ctx); err != nil {
 		return err
 	}
-	d.dns = srv
-	if d.tb != nil {
-		if err := srv.SetTestbed(d.tb); err != nil {
+	d.dns.srv = srv
+	if d.hosts.tb != nil {
+		if err := srv.SetTestbed(d.hosts.tb); err != nil {
 			d.log.Error("dns zone", "err", err)
 		}
 	}
@@ -190,23 +190,23 @@ func (d *Daemon) startDNS(ctx context.Context) error {
 
 // stopDNS stops the DNS server, if it runs.
 func (d *Daemon) stopDNS() {
-	if d.dns == nil {
+	if d.dns.srv == nil {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := d.dns.Shutdown(ctx); err != nil {
+	if err := d.dns.srv.Shutdown(ctx); err != nil {
 		d.log.Warn("stop dns", "err", err)
 	}
-	d.dns = nil
+	d.dns.srv = nil
 }
 
 // dnsSetTestbed swaps the DNS zone for an applied snapshot.
 func (d *Daemon) dnsSetTestbed(tb *mesh.Testbed) {
-	if d.dns == nil {
+	if d.dns.srv == nil {
 		return
 	}
-	if err := d.dns.SetTestbed(tb); err != nil {
+	if err := d.dns.srv.SetTestbed(tb); err != nil {
 		d.log.Error("dns zone: keeping the old one", "err", err)
 	}
 }
@@ -235,8 +235,8 @@ type DNSStatus struct {
 }
 
 func (d *Daemon) dnsStatus() DNSStatus {
-	return DNSStatus{Enabled: d.cfg.DNS.Enabled, Zone: d.cfg.DNS.Zone, Serving: d.dns != nil,
-		Service: d.cfg.DNS.ServiceAddress, Error: d.dnsErr}
+	return DNSStatus{Enabled: d.cfg.DNS.Enabled, Zone: d.cfg.DNS.Zone, Serving: d.dns.srv != nil,
+		Service: d.cfg.DNS.ServiceAddress, Error: d.dns.err}
 }
 
 // serviceExample is a management address the plan assigns to nobody:

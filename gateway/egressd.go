@@ -67,7 +67,7 @@ func (d *Daemon) hostOptions(tb *mesh.Testbed) tincgen.HostOptions {
 		o.Extra = map[string][]tincgen.Subnet{d.cfg.Identity.TincName: {s}}
 	}
 	if e, _, ok := d.egressOffer(tb); ok {
-		e.Offered = d.health != nil && d.health.announced()
+		e.Offered = d.egress.health != nil && d.egress.health.announced()
 		o.Egress = map[string]mesh.Egress{d.cfg.Identity.TincName: e}
 	}
 	return o
@@ -76,37 +76,37 @@ func (d *Daemon) hostOptions(tb *mesh.Testbed) tincgen.HostOptions {
 // egressConfigured reports whether this gateway offers egress at all (the
 // probes then decide whether it is announced).
 func (d *Daemon) egressConfigured() bool {
-	_, _, ok := d.egressOffer(d.tb)
+	_, _, ok := d.egressOffer(d.hosts.tb)
 	return ok
 }
 
 // startProbes (re)starts the probe goroutine when egress is configured and
-// stops it when not. Results arrive on d.probeC, read by the loop.
+// stops it when not. Results arrive on d.egress.probeC, read by the loop.
 func (d *Daemon) startProbes(ctx context.Context) {
-	if d.stopProbes != nil {
-		d.stopProbes()
-		d.stopProbes = nil
+	if d.egress.stopProbes != nil {
+		d.egress.stopProbes()
+		d.egress.stopProbes = nil
 	}
 	if !d.egressConfigured() || len(d.cfg.Egress.Probe.Targets) == 0 {
 		if !d.egressConfigured() {
-			d.health = nil
-		} else if d.health == nil || d.health.state == EgressProbing {
+			d.egress.health = nil
+		} else if d.egress.health == nil || d.egress.health.state == EgressProbing {
 			// Offered (by the registry) without probe targets: nothing
 			// to judge the upstream by, so it is taken as healthy.
-			d.health = newHealth(1, 0)
-			d.health.observe(ProbeResult{At: time.Now(), OK: true, Target: "(no probe targets configured)"})
+			d.egress.health = newHealth(1, 0)
+			d.egress.health.observe(ProbeResult{At: time.Now(), OK: true, Target: "(no probe targets configured)"})
 		}
 		return
 	}
 	p := d.cfg.Egress.Probe
-	if d.health == nil {
-		d.health = newHealth(p.Failures, p.HoldDown.D())
+	if d.egress.health == nil {
+		d.egress.health = newHealth(p.Failures, p.HoldDown.D())
 	} else {
-		d.health.failures, d.health.holdDown = max(p.Failures, 1), p.HoldDown.D()
+		d.egress.health.failures, d.egress.health.holdDown = max(p.Failures, 1), p.HoldDown.D()
 	}
 	pctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
-	d.stopProbes = func() { cancel(); <-done }
+	d.egress.stopProbes = func() { cancel(); <-done }
 	pr := newProber(p)
 	go func() {
 		defer close(done)
@@ -118,7 +118,7 @@ func (d *Daemon) startProbes(ctx context.Context) {
 				return
 			}
 			select {
-			case d.probeC <- r:
+			case d.egress.probeC <- r:
 			case <-pctx.Done():
 				return
 			}
@@ -139,8 +139,8 @@ func (d *Daemon) firstProbe(ctx context.Context) {
 		return
 	}
 	p := d.cfg.Egress.Probe
-	if d.health == nil {
-		d.health = newHealth(p.Failures, p.HoldDown.D())
+	if d.egress.health == nil {
+		d.egress.health = newHealth(p.Failures, p.HoldDown.D())
 	}
 	d.observeProbe(ctx, newProber(p).probe(ctx))
 	d.takeTouched()
@@ -150,20 +150,20 @@ func (d *Daemon) firstProbe(ctx context.Context) {
 // announcement rewrites this gateway's own host file and restarts tincd
 // (tinc 1.0 reads its own Subnets only at start).
 func (d *Daemon) observeProbe(ctx context.Context, r ProbeResult) {
-	if d.health == nil {
+	if d.egress.health == nil {
 		return
 	}
 	if r.OK {
-		d.probesOK++
+		d.egress.probesOK++
 		d.m.probes.WithLabelValues("ok").Inc()
 	} else {
-		d.probesFailed++
+		d.egress.probesFailed++
 		d.m.probes.WithLabelValues("failed").Inc()
 	}
-	if !d.health.observe(r) {
+	if !d.egress.health.observe(r) {
 		return
 	}
-	announced := d.health.announced()
+	announced := d.egress.health.announced()
 	if announced {
 		d.log.Info("upstream healthy: announcing egress", "target", r.Target)
 		d.m.egressAnnounced.Set(1)
@@ -171,10 +171,10 @@ func (d *Daemon) observeProbe(ctx context.Context, r ProbeResult) {
 		d.log.Warn("upstream down: withdrawing egress", "failure", r.Failure)
 		d.m.egressAnnounced.Set(0)
 	}
-	if d.tb == nil {
+	if d.hosts.tb == nil {
 		return
 	}
-	if err := d.apply(ctx, d.tb, true); err != nil {
+	if err := d.apply(ctx, d.hosts.tb, true); err != nil {
 		d.lastErr = err.Error()
 		d.log.Error("apply the egress announcement", "err", err)
 	}
@@ -183,14 +183,14 @@ func (d *Daemon) observeProbe(ctx context.Context, r ProbeResult) {
 
 // egressStatus reports the egress state for Status.
 func (d *Daemon) egressStatus() EgressStatus {
-	e, source, ok := d.egressOffer(d.tb)
+	e, source, ok := d.egressOffer(d.hosts.tb)
 	if !ok {
 		return EgressStatus{State: EgressOff}
 	}
 	st := EgressStatus{State: EgressProbing, Weight: e.Weight, Source: source, WAN: d.cfg.Egress.WAN,
-		Prefix: d.cfg.egressPrefix().String(), Probes: ProbeCounts{OK: d.probesOK, Failed: d.probesFailed},
-		Counters: d.egressCounters, Error: d.egressErr}
-	if h := d.health; h != nil {
+		Prefix: d.cfg.egressPrefix().String(), Probes: ProbeCounts{OK: d.egress.probesOK, Failed: d.egress.probesFailed},
+		Counters: d.egress.counters, Error: d.egress.err}
+	if h := d.egress.health; h != nil {
 		st.State = h.state
 		if !h.changed.IsZero() {
 			c := h.changed
@@ -213,23 +213,23 @@ func (d *Daemon) applyEgressKernel(ctx context.Context) {
 		allow, deny := d.cfg.egressLists()
 		want = EgressRules{TincIface: d.tincIface(), WAN: d.cfg.Egress.WAN, Prefix: d.cfg.egressPrefix(), Allow: allow, Deny: deny}
 	}
-	if want.IsZero() && !d.egressApplied {
+	if want.IsZero() && !d.egress.applied {
 		return // nothing of ours was ever set up by this daemon
 	}
-	if !want.IsZero() && d.cfg.Tinc.Manage && !d.tincd.State().Running {
+	if !want.IsZero() && d.cfg.Tinc.Manage && !d.tincd.ctl.State().Running {
 		return // no tinc link yet: configureLink applies once tincd runs
 	}
-	if err := d.egress.Apply(ctx, want); err != nil {
-		if msg := err.Error(); msg != d.egressErr {
+	if err := d.egress.kernel.Apply(ctx, want); err != nil {
+		if msg := err.Error(); msg != d.egress.err {
 			d.log.Error("egress rules", "err", err)
 		}
-		d.egressErr = err.Error()
+		d.egress.err = err.Error()
 		return
 	}
-	d.egressApplied = !want.IsZero()
-	d.egressErr = ""
+	d.egress.applied = !want.IsZero()
+	d.egress.err = ""
 	if want.IsZero() {
-		d.egressCounters = nil
+		d.egress.counters = nil
 		return
 	}
 	d.readEgressCounters(ctx)
@@ -238,11 +238,11 @@ func (d *Daemon) applyEgressKernel(ctx context.Context) {
 // readEgressCounters refreshes the egress rules' counters (status and
 // metrics).
 func (d *Daemon) readEgressCounters(ctx context.Context) {
-	if !d.egressApplied {
+	if !d.egress.applied {
 		return
 	}
-	if c, err := d.egress.Counters(ctx); err == nil {
-		d.egressCounters = c
+	if c, err := d.egress.kernel.Counters(ctx); err == nil {
+		d.egress.counters = c
 		for k, v := range c {
 			d.m.egressPackets.WithLabelValues(k).Set(float64(v))
 		}

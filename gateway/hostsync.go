@@ -27,8 +27,8 @@ import (
 // Check fetches once and writes the unified diff of what a reconcile would
 // change to w. It changes nothing.
 func (d *Daemon) Check(ctx context.Context, w io.Writer) (changed bool, err error) {
-	d.src.Forget()
-	snap, err := d.src.Fetch(ctx)
+	d.hosts.src.Forget()
+	snap, err := d.hosts.src.Fetch(ctx)
 	if err != nil {
 		return false, err
 	}
@@ -87,12 +87,12 @@ func (d *Daemon) syncOptions(own string, dry bool) tincgen.SyncOptions {
 
 // reconcile fetches and applies. full compares every file even on 304.
 func (d *Daemon) reconcile(ctx context.Context, full bool) error {
-	full = full || d.fullDue
-	d.syncs++
+	full = full || d.hosts.fullDue
+	d.hosts.syncs++
 	d.m.syncs.Inc()
-	fetched := d.validators
+	fetched := d.hosts.validators
 	err := d.reconcile1(ctx, full)
-	if full || !maps.Equal(fetched, d.validators) {
+	if full || !maps.Equal(fetched, d.hosts.validators) {
 		// A changed snapshot, or a full comparison, went through the whole
 		// registry answer, the decoded candidates, the rendered files or
 		// every file on disk; none of it is live any more. Hand the memory
@@ -107,7 +107,7 @@ func (d *Daemon) reconcile(ctx context.Context, full bool) error {
 		d.event(EventSyncFailed)
 	} else {
 		d.lastErr = ""
-		d.fullDue = false
+		d.hosts.fullDue = false
 		d.applyEgressKernel(ctx)
 		d.event(EventSynced)
 	}
@@ -116,23 +116,23 @@ func (d *Daemon) reconcile(ctx context.Context, full bool) error {
 }
 
 func (d *Daemon) reconcile1(ctx context.Context, full bool) error {
-	snap, err := d.src.Fetch(ctx)
+	snap, err := d.hosts.src.Fetch(ctx)
 	if err != nil {
 		if !errors.Is(err, mesh.ErrMassDeletion) {
-			d.regErr = err.Error()
+			d.hosts.regErr = err.Error()
 		}
 		return err
 	}
-	d.regErr = ""
+	d.hosts.regErr = ""
 	if snap.NotModified {
 		// The registry confirmed what we run on, also when that came from
 		// the cache.
-		d.fromCache = false
+		d.hosts.fromCache = false
 		d.m.snapshotFromCache.Set(0)
-		if full && d.tb != nil {
-			return d.apply(ctx, d.tb, false)
+		if full && d.hosts.tb != nil {
+			return d.apply(ctx, d.hosts.tb, false)
 		}
-		d.lastSync = time.Now()
+		d.hosts.lastSync = time.Now()
 		d.m.lastSync.SetToCurrentTime()
 		return d.signalPending(ctx)
 	}
@@ -144,7 +144,7 @@ func (d *Daemon) reconcile1(ctx context.Context, full bool) error {
 	var warnings []string
 	for _, p := range snap.Warnings {
 		warnings = append(warnings, p.String())
-		if !slices.Contains(d.warnings, p.String()) {
+		if !slices.Contains(d.hosts.warnings, p.String()) {
 			// Once per snapshot that brings it: a registry field that
 			// the grant policy refuses, an unusable tinc address.
 			d.log.Warn("registry member kept without a part of it", "problem", p.String())
@@ -153,16 +153,16 @@ func (d *Daemon) reconcile1(ctx context.Context, full bool) error {
 	// The DNS zone follows the source, not the host files: a snapshot
 	// that validated is served even when writing the files failed.
 	d.dnsSetTestbed(snap.Testbed)
-	d.incremental = !full
+	d.hosts.incremental = !full
 	if err := d.apply(ctx, snap.Testbed, false); err != nil {
 		if errors.Is(err, tincgen.ErrMassDeletion) {
 			return fmt.Errorf("%w: the registry returned %d members (%d rejected); keeping the old snapshot", err, snap.Testbed.Len(), len(rejected))
 		}
 		return err
 	}
-	d.src.Commit(snap)
-	d.prefix, d.validators, d.rejected, d.warnings = snap.Prefix, snap.Validators, rejected, warnings
-	d.fromCache = false
+	d.hosts.src.Commit(snap)
+	d.hosts.prefix, d.hosts.validators, d.hosts.rejected, d.hosts.warnings = snap.Prefix, snap.Validators, rejected, warnings
+	d.hosts.fromCache = false
 	d.m.snapshotFromCache.Set(0)
 	d.m.rejected.Set(float64(len(rejected)))
 	return nil
@@ -177,11 +177,11 @@ func (d *Daemon) apply(ctx context.Context, tb *mesh.Testbed, repair bool) error
 	}
 	opts := d.syncOptions(own, false)
 	nodeEgress := tincgen.OffersEgress(tb, d.hostOptions(tb).Egress)
-	if d.incremental && d.tb != nil && !repair && nodeEgress == d.nodeEgress {
+	if d.hosts.incremental && d.hosts.tb != nil && !repair && nodeEgress == d.hosts.nodeEgress {
 		// Only the members that changed since the applied snapshot: their
 		// files are compared and written, the others are not even read. The
 		// periodic full resync and the repairs compare everything.
-		ch := mesh.Diff(d.tb, tb)
+		ch := mesh.Diff(d.hosts.tb, tb)
 		// This gateway's own file also depends on its egress announcement.
 		opts.Only = map[string]bool{own: true}
 		for _, l := range [][]string{ch.Added, ch.Changed, ch.Removed} {
@@ -193,34 +193,34 @@ func (d *Daemon) apply(ctx context.Context, tb *mesh.Testbed, repair bool) error
 			// The other gateways' files carry their members' relay
 			// Subnets, and the assignment may move members onto or off
 			// this gateway.
-			for _, t := range []*mesh.Testbed{d.tb, tb} {
+			for _, t := range []*mesh.Testbed{d.hosts.tb, tb} {
 				for _, g := range t.Gateways() {
 					opts.Only[g.TincName] = true
 				}
 			}
-			for _, n := range d.heldChanges(d.tb, tb) {
+			for _, n := range d.heldChanges(d.hosts.tb, tb) {
 				opts.Only[n] = true
 			}
 		}
 	}
-	d.incremental = false
+	d.hosts.incremental = false
 	rep, err := tincgen.Sync(d.cfg.HostsDir(), files, opts)
 	if err != nil {
 		return fmt.Errorf("sync %s: %w", d.cfg.HostsDir(), err)
 	}
 	if rep.Changed() {
-		d.touched = true
+		d.hosts.touched = true
 	}
-	d.files.Written += len(rep.Written)
-	d.files.Unchanged += len(rep.Unchanged)
-	d.files.Removed += len(rep.Removed)
+	d.hosts.files.Written += len(rep.Written)
+	d.hosts.files.Unchanged += len(rep.Unchanged)
+	d.hosts.files.Removed += len(rep.Removed)
 	d.m.written.Add(float64(len(rep.Written)))
 	d.m.unchanged.Add(float64(len(rep.Unchanged)))
 	d.m.removed.Add(float64(len(rep.Removed)))
-	d.tb = tb
-	d.nodeEgress = nodeEgress
+	d.hosts.tb = tb
+	d.hosts.nodeEgress = nodeEgress
 	if !repair {
-		d.lastSync = time.Now()
+		d.hosts.lastSync = time.Now()
 		d.m.lastSync.SetToCurrentTime()
 		for k, n := range tb.Count() {
 			d.m.members.WithLabelValues(k.String()).Set(float64(n))
@@ -232,27 +232,27 @@ func (d *Daemon) apply(ctx context.Context, tb *mesh.Testbed, repair bool) error
 	}
 	if b, ok := files[own]; ok {
 		subs := subnetLines(b)
-		if d.ownSubnets != nil && *d.ownSubnets != subs {
+		if d.hosts.ownSubnets != nil && *d.hosts.ownSubnets != subs {
 			if d.cfg.Tinc.TunnelServer {
 				// TunnelServer implies StrictSubnets, and then tinc 1.0
 				// re-reads every host file on SIGHUP, its own included, and
 				// announces or withdraws what changed (net.c).
 				d.log.Info("this gateway's own Subnets changed; reloading tincd", "name", own, "subnets", subs)
-				d.tinc.Need(tinc.ActionReload)
+				d.tincd.app.Need(tinc.ActionReload)
 			} else {
 				d.log.Info("this gateway's own Subnets changed; restarting tincd", "name", own, "subnets", subs)
-				d.tinc.Need(tinc.ActionRestart)
+				d.tincd.app.Need(tinc.ActionRestart)
 			}
 		}
-		d.ownSubnets = &subs
-	} else if d.ownSubnets == nil {
+		d.hosts.ownSubnets = &subs
+	} else if d.hosts.ownSubnets == nil {
 		// Not in the registry (yet): its own file, if any, stays as it
 		// is; appearing later gives it Subnets to announce (a restart).
 		empty := ""
-		d.ownSubnets = &empty
+		d.hosts.ownSubnets = &empty
 	}
 	if rep.Changed() {
-		d.tinc.Need(tinc.ActionReload)
+		d.tincd.app.Need(tinc.ActionReload)
 	}
 	if d.cfg.Tinc.TunnelServer {
 		d.expectRefusals(tb)
@@ -303,14 +303,14 @@ func (d *Daemon) applyConf(tb *mesh.Testbed) error {
 	d.log.Info("tinc.conf updated for the tunnel-server topology", "connect_to", strings.Join(dial, " "))
 	switch {
 	case c.IsTunnelServer():
-		d.tinc.Need(tinc.ActionReload)
-	case !d.tincd.State().Managed:
+		d.tincd.app.Need(tinc.ActionReload)
+	case !d.tincd.ctl.State().Managed:
 		// tincd reads TunnelServer only at start, and mgmtnet does not
 		// run this one: the HUP applies the rest.
 		d.log.Warn("tinc.conf now sets TunnelServer: restart tincd by hand for it to take effect (tinc.manage is false)", "conf", path)
-		d.tinc.Need(tinc.ActionReload)
+		d.tincd.app.Need(tinc.ActionReload)
 	default:
-		d.tinc.Need(tinc.ActionRestart)
+		d.tincd.app.Need(tinc.ActionRestart)
 	}
 	return nil
 }
@@ -332,7 +332,7 @@ func subnetLines(b []byte) string {
 
 // loadCache applies the last-known-good snapshot from disk.
 func (d *Daemon) loadCache(ctx context.Context) error {
-	snap, err := d.src.Load()
+	snap, err := d.hosts.src.Load()
 	if err != nil {
 		return err
 	}
@@ -340,14 +340,14 @@ func (d *Daemon) loadCache(ctx context.Context) error {
 	if err := d.apply(ctx, snap.Testbed, false); err != nil {
 		return err
 	}
-	d.src.Commit(snap)
-	d.prefix, d.validators = snap.Prefix, snap.Validators
-	d.rejected = d.rejected[:0]
+	d.hosts.src.Commit(snap)
+	d.hosts.prefix, d.hosts.validators = snap.Prefix, snap.Validators
+	d.hosts.rejected = d.hosts.rejected[:0]
 	for _, p := range snap.Rejected {
-		d.rejected = append(d.rejected, p.String())
+		d.hosts.rejected = append(d.hosts.rejected, p.String())
 	}
-	d.m.rejected.Set(float64(len(d.rejected)))
-	d.fromCache = true
+	d.m.rejected.Set(float64(len(d.hosts.rejected)))
+	d.hosts.fromCache = true
 	d.m.snapshotFromCache.Set(1)
 	d.log.Warn(fmt.Sprintf("registry unreachable; running on the last-known-good snapshot of %s", snap.Saved.Format(time.RFC3339)))
 	return nil
@@ -357,8 +357,8 @@ func (d *Daemon) loadCache(ctx context.Context) error {
 // removed since the last call: the loop then ignores the file events that
 // its own writes caused.
 func (d *Daemon) takeTouched() bool {
-	t := d.touched
-	d.touched = false
+	t := d.hosts.touched
+	d.hosts.touched = false
 	return t
 }
 
@@ -370,14 +370,14 @@ func (d *Daemon) tampered(names map[string]bool) bool {
 	if len(names) > 1000 {
 		return true // many events at once: let apply compare everything
 	}
-	o := d.hostOptions(d.tb)
+	o := d.hostOptions(d.hosts.tb)
 	for name := range names {
 		// Never a blocking open: a FIFO here would hang the loop.
 		b, err := tincgen.ReadHostFile(filepath.Join(d.cfg.HostsDir(), name))
 		special := errors.Is(err, tincgen.ErrNotRegular)
-		m, listed := d.tb.Lookup(name)
+		m, listed := d.hosts.tb.Lookup(name)
 		// A member assigned to other gateways has no file here.
-		listed = listed && tincgen.Holds(d.tb, o, m)
+		listed = listed && tincgen.Holds(d.hosts.tb, o, m)
 		if !listed {
 			if (err == nil || special) && tincgen.OwnedName(name) && name != d.cfg.Identity.TincName {
 				return true // a stale file of ours appeared
@@ -387,7 +387,7 @@ func (d *Daemon) tampered(names map[string]bool) bool {
 		if err != nil {
 			return true // deleted, unreadable, or not a regular file
 		}
-		want, werr := tincgen.MemberFile(d.tb, m, o, d.nodeEgress)
+		want, werr := tincgen.MemberFile(d.hosts.tb, m, o, d.hosts.nodeEgress)
 		if werr != nil || !bytes.Equal(b, want) {
 			return true
 		}

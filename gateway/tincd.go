@@ -199,19 +199,19 @@ func (d *Daemon) expectRefusals(tb *mesh.Testbed) {
 			m[g.TincName+" "+netip.PrefixFrom(g.DNS.Addr, 128).String()] = true
 		}
 	}
-	d.expected.Store(&m)
+	d.tincd.expected.Store(&m)
 }
 
 // refusal records a Subnet announcement tincd refused. It runs on tincd's
 // log reader goroutine.
 func (d *Daemon) refusal(r Refusal) {
 	if s, err := tincgen.ParseSubnet(r.Subnet); err == nil {
-		if m := d.expected.Load(); m != nil && (*m)[r.Member+" "+s.Prefix.String()] {
+		if m := d.tincd.expected.Load(); m != nil && (*m)[r.Member+" "+s.Prefix.String()] {
 			d.log.Debug("tincd refused a gateway's Subnet held at another weight, as designed", "member", r.Member, "subnet", r.Subnet)
 			return
 		}
 	}
-	d.refused.add(r, time.Now())
+	d.tincd.refused.add(r, time.Now())
 	d.m.unauthorized.WithLabelValues(r.Member).Inc()
 	d.log.Warn("tincd refused a Subnet that the registry does not grant", "member", r.Member, "subnet", r.Subnet, "from", r.From)
 }
@@ -220,7 +220,7 @@ func (d *Daemon) refusal(r Refusal) {
 // tinc applier keeps one that failed pending). A tincd that does not run
 // needs none: it reads the files when it starts.
 func (d *Daemon) signalPending(ctx context.Context) error {
-	done, _, err := d.tinc.Deliver(ctx)
+	done, _, err := d.tincd.app.Deliver(ctx)
 	if errors.Is(err, tinc.ErrUnmanaged) {
 		return fmt.Errorf("this gateway's own Subnets changed: restart tincd to apply them (tinc 1.0 does not reload its own Subnets without TunnelServer; mgmtnet does not manage this tincd)")
 	}
@@ -229,13 +229,13 @@ func (d *Daemon) signalPending(ctx context.Context) error {
 	}
 	switch done {
 	case tinc.ActionRestart:
-		d.lastHUP = time.Now()
-		d.restarts++
+		d.tincd.lastHUP = time.Now()
+		d.tincd.restarts++
 		d.m.restarts.Inc()
 		d.configureLink(ctx)
 	case tinc.ActionReload:
-		d.lastHUP = time.Now()
-		d.hups++
+		d.tincd.lastHUP = time.Now()
+		d.tincd.hups++
 		d.m.tincdHUP()
 	}
 	return nil
@@ -244,11 +244,11 @@ func (d *Daemon) signalPending(ctx context.Context) error {
 // reload checks tinc.conf and sends one SIGHUP now (the UDP watchdog's
 // repair), outside what the applier has pending.
 func (d *Daemon) reload() error {
-	if err := tinc.Reload(d.cfg.Tinc.Dir, d.tincd); err != nil {
+	if err := tinc.Reload(d.cfg.Tinc.Dir, d.tincd.ctl); err != nil {
 		return err
 	}
-	d.lastHUP = time.Now()
-	d.hups++
+	d.tincd.lastHUP = time.Now()
+	d.tincd.hups++
 	d.m.tincdHUP()
 	return nil
 }
@@ -257,19 +257,19 @@ func (m *metrics) tincdHUP() { m.hups.Inc() }
 
 // configureLink sets up the tun link in managed mode, once tincd runs.
 func (d *Daemon) configureLink(ctx context.Context) {
-	if !d.cfg.Tinc.Manage || d.tb == nil {
+	if !d.cfg.Tinc.Manage || d.hosts.tb == nil {
 		return
 	}
-	me, ok := d.tb.Lookup(d.cfg.Identity.TincName)
+	me, ok := d.hosts.tb.Lookup(d.cfg.Identity.TincName)
 	if !ok {
 		d.log.Warn("not configuring the tun link: this gateway is not in the snapshot", "name", d.cfg.Identity.TincName)
 		return
 	}
 	name := d.tincIface()
-	addr := netip.PrefixFrom(me.Addr, d.tb.Plan().Mgmt().Bits())
+	addr := netip.PrefixFrom(me.Addr, d.hosts.tb.Plan().Mgmt().Bits())
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if err := d.link.Configure(cctx, name, addr, 1400); err != nil {
+	if err := d.tincd.link.Configure(cctx, name, addr, 1400); err != nil {
 		d.log.Error("configure the tun link", "link", name, "err", err)
 	}
 	// A restarted tincd made a new link: the egress route went with the
@@ -300,13 +300,13 @@ func (d *Daemon) tincIface() string {
 
 // startTincd starts a managed tincd and configures its link.
 func (d *Daemon) startTincd(ctx context.Context) bool {
-	if err := d.tincd.Start(ctx); err != nil {
+	if err := d.tincd.ctl.Start(ctx); err != nil {
 		d.lastErr = err.Error()
 		d.log.Error("start tincd", "err", err)
 		return false
 	}
-	d.tincdStarted = time.Now()
-	d.lastHUP = d.tincdStarted // tincd counts host file changes from its start
+	d.tincd.started = time.Now()
+	d.tincd.lastHUP = d.tincd.started // tincd counts host file changes from its start
 	d.configureLink(ctx)
 	return true
 }

@@ -270,14 +270,14 @@ func readEchoReplies(c *icmp.PacketConn, id int, got func(netip.Addr, time.Time)
 
 // udpTargetsOf is the watchdog's view of the applied snapshot.
 func (d *Daemon) udpTargetsOf() *udpTargets {
-	if d.tb == nil {
+	if d.hosts.tb == nil {
 		return nil
 	}
-	me, ok := d.tb.Lookup(d.cfg.Identity.TincName)
+	me, ok := d.hosts.tb.Lookup(d.cfg.Identity.TincName)
 	if !ok {
 		return nil
 	}
-	return &udpTargets{src: me.Addr, tb: d.tb}
+	return &udpTargets{src: me.Addr, tb: d.hosts.tb}
 }
 
 // repairUDP closes the meta connections of peers whose UDP is dead: their
@@ -286,7 +286,7 @@ func (d *Daemon) repairUDP(names []string) {
 	// tincd closes a connection on SIGHUP when the host file's mtime (whole
 	// seconds) is later than its last reload: wait out the second of the
 	// last one.
-	if wait := time.Until(d.lastHUP.Add(1100 * time.Millisecond)); wait > 0 {
+	if wait := time.Until(d.tincd.lastHUP.Add(1100 * time.Millisecond)); wait > 0 {
 		time.Sleep(wait)
 	}
 	now := time.Now().Truncate(time.Second)
@@ -307,11 +307,11 @@ func (d *Daemon) repairUDP(names []string) {
 		return
 	}
 	for _, n := range done {
-		d.udpRepairs++
+		d.udp.repairs++
 		d.m.udpRepairs.Inc()
-		d.udpLast = append(d.udpLast, UDPRepair{Peer: n, At: time.Now().UTC()})
-		if len(d.udpLast) > 10 {
-			d.udpLast = d.udpLast[1:]
+		d.udp.last = append(d.udp.last, UDPRepair{Peer: n, At: time.Now().UTC()})
+		if len(d.udp.last) > 10 {
+			d.udp.last = d.udp.last[1:]
 		}
 		d.log.Warn("udp watchdog: the peer's meta connection lives but it has not answered through tinc; closing that connection so that tinc exchanges packet keys anew (tinc 1.0's stale packet key)",
 			"peer", n, "silent_at_least", fmt.Sprint(time.Duration(d.cfg.Tinc.UDPWatchdog.Misses)*d.cfg.Tinc.UDPWatchdog.Interval.D()))
