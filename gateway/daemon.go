@@ -9,13 +9,11 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"reflect"
 	"sync/atomic"
 	"time"
 
 	sddaemon "github.com/coreos/go-systemd/v22/daemon"
-	"github.com/fsnotify/fsnotify"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/confine-project/mgmtnet/addressing"
@@ -24,7 +22,6 @@ import (
 	"github.com/confine-project/mgmtnet/mesh/registry"
 	"github.com/confine-project/mgmtnet/source"
 	"github.com/confine-project/mgmtnet/tinc"
-	"github.com/confine-project/mgmtnet/tincgen"
 )
 
 // Event is what the daemon's loop just did; Options.OnEvent receives it
@@ -131,7 +128,8 @@ type tincdSupervisor struct {
 	app         *tinc.Applier
 	peerLog     string // unmanaged tincd's log file, read for peers; fixed at New
 	restartWait time.Duration
-	started     time.Time // when startTincd last succeeded
+	restartC    <-chan time.Time // a restart after an exit is due
+	started     time.Time        // when startTincd last succeeded
 	hups        int
 	restarts    int
 	lastHUP     time.Time
@@ -434,87 +432,34 @@ func (d *Daemon) reloadConfig(ctx context.Context) {
 }
 
 // Run runs the daemon until ctx ends, then stops a managed tincd and
-// returns nil.
+// returns nil. It starts the components (host sync's first snapshot, or
+// the last-known-good one; egress probes; tincd; the UDP watchdog; DNS)
+// and then is one loop: each select arm hands its event to the component
+// that owns it.
 func (d *Daemon) Run(ctx context.Context) error {
-	hosts := d.cfg.HostsDir()
-	if err := os.MkdirAll(hosts, 0o755); err != nil {
-		return fmt.Errorf("hosts directory: %w", err)
-	}
-	w, err := fsnotify.NewWatcher()
-	if err != nil {
-		return fmt.Errorf("watch files: %w", err)
-	}
-	defer w.Close()
-	if err := w.Add(hosts); err != nil {
-		return fmt.Errorf("watch %s: %w", hosts, err)
-	}
-	var confDir, confBase string
-	if d.opts.ConfigPath != "" {
-		abs, _ := filepath.Abs(d.opts.ConfigPath)
-		confDir, confBase = filepath.Dir(abs), filepath.Base(abs)
-		if err := w.Add(confDir); err != nil {
-			d.log.Warn("cannot watch the config file; reload with SIGHUP", "err", err)
-		}
-	}
-	// A status socket that cannot be served ends the daemon at start, as
-	// a DNS bind error does: the operator sees it at once (systemd shows
-	// the error naming the path) rather than a "mgmtnet status" that
-	// cannot connect later.
-	stopStatus, err := d.serveStatus(ctx, d.cfg)
+	fw, err := newFileWatch(d.cfg.HostsDir(), d.opts.ConfigPath, d.log)
 	if err != nil {
 		return err
 	}
-	defer stopStatus()
-	if d.cfg.MetricsListen != "" {
-		ln, err := net.Listen("tcp", d.cfg.MetricsListen)
-		if err != nil {
-			return fmt.Errorf("metrics: %w", err)
-		}
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", promhttp.HandlerFor(d.m.reg, promhttp.HandlerOpts{}))
-		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-		go srv.Serve(ln)
-		defer srv.Close()
+	defer fw.close()
+	stopEndpoints, err := d.serveEndpoints(ctx)
+	if err != nil {
+		return err
 	}
+	defer stopEndpoints()
 
-	var repairC, reloadC <-chan time.Time
-	const debounce = 200 * time.Millisecond
-	// suspect collects the host files that file events named since the last
-	// repair. Our own writes make events too: after each sync they are
-	// drained (ignoreOwnEvents), and a repair compares only the named files
-	// (tampered) before it rewrites anything.
-	suspect := map[string]bool{}
-	ignoreOwnEvents := func() {
-		quiet := time.NewTimer(100 * time.Millisecond)
-		defer quiet.Stop()
-		for {
-			select {
-			case ev, ok := <-w.Events:
-				if !ok {
-					return
-				}
-				if filepath.Dir(ev.Name) == confDir && filepath.Base(ev.Name) == confBase {
-					reloadC = time.After(debounce)
-				}
-				quiet.Reset(100 * time.Millisecond)
-			case <-quiet.C:
-				return
-			}
-		}
-	}
 	// First sync, or the cache.
-	// The one retry policy (source.Backoff): 1 s after a failure,
-	// doubling up to the poll interval.
-	backoff := source.Backoff{Min: time.Second, Max: time.Hour}
 	if err := d.reconcile(ctx, true); err != nil && d.hosts.tb == nil {
 		if cerr := d.loadCache(ctx); cerr != nil {
 			d.log.Error("no snapshot to fall back on", "err", cerr)
 		}
 	}
-	next := backoff.Next(d.lastErr != "", d.cfg.Poll.Interval.D())
-	if d.takeTouched() {
-		ignoreOwnEvents()
-	}
+	// The one retry policy (source.Backoff): 1 s after a failure,
+	// doubling up to the poll interval.
+	backoff := source.Backoff{Min: time.Second, Max: time.Hour}
+	poll := time.NewTimer(backoff.Next(d.lastErr != "", d.cfg.Poll.Interval.D()))
+	defer poll.Stop()
+	d.afterWrite(fw)
 	// One probe round before tincd starts, so that tincd starts with the
 	// egress announcement the upstream allows, rather than restarting to
 	// change it seconds after every connection came up.
@@ -528,19 +473,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 			d.egress.stopProbes()
 		}
 	}()
-	if wd := d.cfg.Tinc.UDPWatchdog; d.cfg.Tinc.Manage && wd.Interval > 0 {
-		wctx, stop := context.WithCancel(ctx)
-		defer stop()
-		go runUDPWatch(wctx, newUDPWatch(wd.Interval.D(), wd.Misses), d.udp.targets.Load, func() []string {
-			var out []string
-			for _, p := range d.tincd.ctl.Peers() {
-				if p.Connected {
-					out = append(out, p.Name)
-				}
-			}
-			return out
-		}, d.udp.deadC, d.log.Debug)
-	}
+	stopUDP := d.startUDPWatch(ctx)
+	defer stopUDP()
 	// The DNS server binds its own sockets: a bind error ends the daemon
 	// at start, where the operator sees it, rather than later.
 	if err := d.startDNS(ctx); err != nil {
@@ -549,8 +483,6 @@ func (d *Daemon) Run(ctx context.Context) error {
 	defer d.stopDNS()
 	d.markReady()
 
-	poll := time.NewTimer(next)
-	defer poll.Stop()
 	full := time.NewTicker(d.cfg.Poll.FullResync.D())
 	defer full.Stop()
 	var watchdog <-chan time.Time
@@ -559,134 +491,99 @@ func (d *Daemon) Run(ctx context.Context) error {
 		defer t.Stop()
 		watchdog = t.C
 	}
-	var restartC <-chan time.Time
-
-	resetPoll := func() {
+	// sync reconciles (full: compare every file), ignores the file events
+	// of its own writes, and schedules the next poll.
+	sync := func(full bool) {
+		if full {
+			d.hosts.fullDue = true
+		}
+		d.reconcile(ctx, full)
+		d.afterWrite(fw)
+		if d.hosts.tb != nil {
+			d.markReady()
+		}
 		poll.Reset(backoff.Next(d.lastErr != "" || d.hosts.regErr != "", d.cfg.Poll.Interval.D()))
 	}
 	for {
-		if d.cfg.Tinc.Manage && d.hosts.tb != nil && restartC == nil && !d.tincd.ctl.State().Running {
-			if d.startTincd(ctx) {
-				d.event(EventTincdStarted)
-			} else {
-				d.tincd.restartWait = min(max(d.tincd.restartWait*2, time.Second), 30*time.Second)
-				restartC = time.After(d.tincd.restartWait)
-			}
-		}
-		if d.hosts.tb != d.udp.tb {
-			d.udp.tb = d.hosts.tb
-			d.udp.targets.Store(d.udpTargetsOf())
-		}
+		d.superviseTincd(ctx)
+		d.udpRetarget()
 		d.publish()
 		select {
-		case names := <-d.udp.deadC:
-			d.repairUDP(names)
 		case <-ctx.Done():
-			sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			err := d.tincd.ctl.Stop(sctx)
-			cancel()
-			if err != nil {
-				d.log.Error("stop tincd", "err", err)
-			}
+			d.stopTincd()
 			return nil
 		case <-poll.C:
-			d.reconcile(ctx, false)
-			if d.takeTouched() {
-				ignoreOwnEvents()
-			}
-			if d.hosts.tb != nil {
-				d.markReady()
-			}
-			resetPoll()
+			sync(false)
 		case <-full.C:
-			d.hosts.fullDue = true
-			d.reconcile(ctx, true)
-			if d.takeTouched() {
-				ignoreOwnEvents()
-			}
-			resetPoll()
+			sync(true)
 		case r := <-d.pollReq:
-			d.reconcile(ctx, false)
-			if d.takeTouched() {
-				ignoreOwnEvents()
-			}
-			d.markReady()
-			resetPoll()
+			sync(false)
 			r <- d.status()
 		case r := <-d.statusReq:
 			d.readEgressCounters(ctx)
 			r <- d.status()
 		case r := <-d.egress.probeC:
 			d.observeProbe(ctx, r)
-			if d.takeTouched() {
-				ignoreOwnEvents()
-			}
+			d.afterWrite(fw)
 		case <-d.opts.Reload:
 			d.reloadConfig(ctx)
-		case ev, ok := <-w.Events:
+		case ev, ok := <-fw.w.Events:
 			if !ok {
 				return errors.New("file watcher closed")
 			}
-			dir, base := filepath.Dir(ev.Name), filepath.Base(ev.Name)
-			switch {
-			case dir == confDir && base == confBase:
-				reloadC = time.After(debounce)
-			case filepath.Clean(dir) == filepath.Clean(hosts) && tincgen.ValidName(base):
-				suspect[base] = true
-				repairC = time.After(debounce)
-			}
-		case err := <-w.Errors:
+			fw.event(ev)
+		case err := <-fw.w.Errors:
 			// Events may have been lost (a queue overflow while we wrote
 			// 66 000 files, say): compare every file at the next poll.
 			d.log.Warn("file watcher; every host file will be compared at the next poll", "err", err)
 			d.hosts.fullDue = true
-		case <-reloadC:
-			reloadC = nil
+		case <-fw.reloadC:
+			fw.reloadC = nil
 			d.reloadConfig(ctx)
-		case <-repairC:
-			repairC = nil
-			names := suspect
-			suspect = map[string]bool{}
-			if d.hosts.tb != nil && d.tampered(names) {
-				if err := d.apply(ctx, d.hosts.tb, true); err != nil {
-					d.lastErr = err.Error()
-					d.hosts.fullDue = true // compare everything at the next poll
-					d.log.Error("repair host files", "err", err)
-				}
-				if d.takeTouched() {
-					ignoreOwnEvents()
-				}
-			}
-			d.event(EventRepaired)
+		case <-fw.repairC:
+			d.repair(ctx, fw.takeSuspects())
+			d.afterWrite(fw)
 		case ev := <-d.tincd.ctl.Events():
-			if ev.Exited {
-				if time.Since(d.tincd.started) > time.Minute {
-					d.tincd.restartWait = 0 // it ran well for a while: not a crash loop
-				}
-				d.tincd.restartWait = min(max(d.tincd.restartWait*2, time.Second), 30*time.Second)
-				d.log.Error("tincd exited; restarting it", "err", ev.Err, "in", d.tincd.restartWait)
-				restartC = time.After(d.tincd.restartWait)
-				continue
-			}
-			d.log.Debug("tincd", "line", ev.Line)
-
-		case <-restartC:
-			restartC = nil
-			if d.tincd.ctl.State().Running {
-				d.tincd.restartWait = 0 // restarted meanwhile (own Subnets changed)
-				continue
-			}
-			if d.startTincd(ctx) {
-				d.tincd.restarts++
-				d.m.restarts.Inc()
-				d.event(EventTincdStarted)
-			} else {
-				d.tincd.restartWait = min(d.tincd.restartWait*2, 30*time.Second)
-				restartC = time.After(d.tincd.restartWait)
-			}
+			d.tincdEvent(ev)
+		case <-d.tincd.restartC:
+			d.tincdRestartDue(ctx)
+		case names := <-d.udp.deadC:
+			d.repairUDP(names)
 		case <-watchdog:
 			d.opts.Notify("WATCHDOG=1")
 		}
+	}
+}
+
+// serveEndpoints serves the status socket and the metrics. A status
+// socket that cannot be served ends the daemon at start, as a DNS bind
+// error does: the operator sees it at once (systemd shows the error naming
+// the path) rather than a "mgmtnet status" that cannot connect later.
+func (d *Daemon) serveEndpoints(ctx context.Context) (stop func(), err error) {
+	stopStatus, err := d.serveStatus(ctx, d.cfg)
+	if err != nil {
+		return nil, err
+	}
+	if d.cfg.MetricsListen == "" {
+		return stopStatus, nil
+	}
+	ln, err := net.Listen("tcp", d.cfg.MetricsListen)
+	if err != nil {
+		stopStatus()
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(d.m.reg, promhttp.HandlerOpts{}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	return func() { srv.Close(); stopStatus() }, nil
+}
+
+// afterWrite drains the file events that the daemon's own writes caused,
+// when it wrote or removed host files since the last call.
+func (d *Daemon) afterWrite(fw *fileWatch) {
+	if d.takeTouched() {
+		fw.drainOwn()
 	}
 }
 

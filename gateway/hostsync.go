@@ -394,3 +394,17 @@ func (d *Daemon) tampered(names map[string]bool) bool {
 	}
 	return false
 }
+
+// repair rewrites the host files when one of names differs from what the
+// applied snapshot says (tampered); the events of our own writes find
+// nothing to do.
+func (d *Daemon) repair(ctx context.Context, names map[string]bool) {
+	if d.hosts.tb != nil && d.tampered(names) {
+		if err := d.apply(ctx, d.hosts.tb, true); err != nil {
+			d.lastErr = err.Error()
+			d.hosts.fullDue = true // compare everything at the next poll
+			d.log.Error("repair host files", "err", err)
+		}
+	}
+	d.event(EventRepaired)
+}

@@ -310,3 +310,63 @@ func (d *Daemon) startTincd(ctx context.Context) bool {
 	d.configureLink(ctx)
 	return true
 }
+
+// maxRestartWait bounds the wait between restarts of a tincd that keeps
+// exiting.
+const maxRestartWait = 30 * time.Second
+
+// superviseTincd starts a managed tincd that should run and does not
+// (none waiting to restart), backing off while it fails to start.
+func (d *Daemon) superviseTincd(ctx context.Context) {
+	if !d.cfg.Tinc.Manage || d.hosts.tb == nil || d.tincd.restartC != nil || d.tincd.ctl.State().Running {
+		return
+	}
+	if d.startTincd(ctx) {
+		d.event(EventTincdStarted)
+		return
+	}
+	d.tincd.restartWait = min(max(d.tincd.restartWait*2, time.Second), maxRestartWait)
+	d.tincd.restartC = time.After(d.tincd.restartWait)
+}
+
+// tincdEvent handles a log line or an exit of tincd: an exit schedules a
+// restart, sooner when tincd had run well for a while.
+func (d *Daemon) tincdEvent(ev TincdEvent) {
+	if !ev.Exited {
+		d.log.Debug("tincd", "line", ev.Line)
+		return
+	}
+	if time.Since(d.tincd.started) > time.Minute {
+		d.tincd.restartWait = 0 // it ran well for a while: not a crash loop
+	}
+	d.tincd.restartWait = min(max(d.tincd.restartWait*2, time.Second), maxRestartWait)
+	d.log.Error("tincd exited; restarting it", "err", ev.Err, "in", d.tincd.restartWait)
+	d.tincd.restartC = time.After(d.tincd.restartWait)
+}
+
+// tincdRestartDue restarts tincd once its wait is over.
+func (d *Daemon) tincdRestartDue(ctx context.Context) {
+	d.tincd.restartC = nil
+	if d.tincd.ctl.State().Running {
+		d.tincd.restartWait = 0 // restarted meanwhile (own Subnets changed)
+		return
+	}
+	if d.startTincd(ctx) {
+		d.tincd.restarts++
+		d.m.restarts.Inc()
+		d.event(EventTincdStarted)
+		return
+	}
+	d.tincd.restartWait = min(d.tincd.restartWait*2, maxRestartWait)
+	d.tincd.restartC = time.After(d.tincd.restartWait)
+}
+
+// stopTincd stops a managed tincd as the daemon ends (the stop policy:
+// SIGTERM, then SIGKILL).
+func (d *Daemon) stopTincd() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := d.tincd.ctl.Stop(ctx); err != nil {
+		d.log.Error("stop tincd", "err", err)
+	}
+}

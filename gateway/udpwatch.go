@@ -330,3 +330,31 @@ type UDPWatchdogStatus struct {
 	Repairs int         `json:"repairs"`
 	Last    []UDPRepair `json:"last,omitempty"`
 }
+
+// startUDPWatch runs the UDP watchdog (managed tincd only) until ctx ends
+// or stop is called.
+func (d *Daemon) startUDPWatch(ctx context.Context) (stop func()) {
+	wd := d.cfg.Tinc.UDPWatchdog
+	if !d.cfg.Tinc.Manage || wd.Interval <= 0 {
+		return func() {}
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	go runUDPWatch(wctx, newUDPWatch(wd.Interval.D(), wd.Misses), d.udp.targets.Load, func() []string {
+		var out []string
+		for _, p := range d.tincd.ctl.Peers() {
+			if p.Connected {
+				out = append(out, p.Name)
+			}
+		}
+		return out
+	}, d.udp.deadC, d.log.Debug)
+	return cancel
+}
+
+// udpRetarget gives the watchdog the targets of a new snapshot.
+func (d *Daemon) udpRetarget() {
+	if d.hosts.tb != d.udp.tb {
+		d.udp.tb = d.hosts.tb
+		d.udp.targets.Store(d.udpTargetsOf())
+	}
+}
