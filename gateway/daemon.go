@@ -56,7 +56,7 @@ type Options struct {
 	Tincd Tincd
 	// Link defaults to NetlinkLink (managed mode only).
 	Link Link
-	// Egress defaults to NewNftEgress (nftables and netlink).
+	// Egress defaults to NewNftEgress (nftables, netlink and /proc).
 	Egress EgressKernel
 	// Notify sends an sd_notify state; default the real one.
 	Notify func(state string)
@@ -176,7 +176,7 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 		d.link = NetlinkLink{}
 	}
 	if d.egress == nil {
-		d.egress = NewNftEgress()
+		d.egress = NewNftEgress(d.log)
 	}
 	if err := d.newClient(); err != nil {
 		return nil, err
@@ -1179,7 +1179,7 @@ func Cleanup(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	// Every nftables rule and route of ours, whether egress is configured
 	// now or was before.
-	if err := NewNftEgress().Apply(ctx, EgressRules{}); err != nil {
+	if err := NewNftEgress(log).Apply(ctx, EgressRules{}); err != nil {
 		errs = append(errs, fmt.Errorf("cleanup egress rules: %w", err))
 	}
 	return errors.Join(errs...)
