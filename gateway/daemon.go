@@ -26,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/confine-project/mgmtnet/addressing"
+	"github.com/confine-project/mgmtnet/gateway/loopback"
 	"github.com/confine-project/mgmtnet/mesh"
 	mdns "github.com/confine-project/mgmtnet/mesh/dns"
 	"github.com/confine-project/mgmtnet/mesh/registry"
@@ -58,6 +59,9 @@ type Options struct {
 	Link Link
 	// Egress defaults to NewNftEgress (nftables, netlink and /proc).
 	Egress EgressKernel
+	// Loopback holds the DNS service address on lo; default this
+	// namespace's netlink.
+	Loopback loopback.Netlink
 	// Notify sends an sd_notify state; default the real one.
 	Notify func(state string)
 	// Reload requests a config reload (wire SIGHUP here).
@@ -127,8 +131,10 @@ type Daemon struct {
 	ownSubnets *string
 	nodeEgress bool // the last applied files carried the nodes' egress /32s
 
-	dns    *mdns.Server // nil when not serving
-	dnsErr string
+	dns      *mdns.Server // nil when not serving
+	dnsErr   string
+	svcAddrs *loopback.Applier // the service address on lo (dnsaddr.go)
+	dnsReg   *dnsRegisterer    // the DNS server's metrics (dnsmetrics.go)
 
 	// refused counts the Subnet announcements tincd refused; written by
 	// tincd's log reader, read by status.
@@ -178,6 +184,7 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 	if d.egress == nil {
 		d.egress = NewNftEgress(d.log)
 	}
+	d.svcAddrs = newServiceAddrs(cfg, opts.Loopback, d.log.With("part", "dns"))
 	if err := d.newClient(); err != nil {
 		return nil, err
 	}
@@ -1166,8 +1173,12 @@ func (d *Daemon) startTincd(ctx context.Context) bool {
 }
 
 // Cleanup removes what the daemon owns: the snapshot and the status
-// socket, and stops a managed tincd. It never deletes host files, nor
-// anything but a socket at the status socket's path.
+// socket, the egress rules and route, and the DNS service address on lo,
+// and stops a managed tincd. It never deletes host files, nor anything but
+// a socket at the status socket's path. On lo it removes only the
+// configured dns.service_address (as a /128), whether DNS is enabled or
+// not: that address is mgmtnet's (gateway/loopback); no other address on
+// lo is touched, so one that an earlier config named stays.
 func Cleanup(ctx context.Context, cfg Config, log *slog.Logger) error {
 	errs := cleanupFiles(cfg)
 	if cfg.Tinc.Manage {
@@ -1181,6 +1192,9 @@ func Cleanup(ctx context.Context, cfg Config, log *slog.Logger) error {
 	// now or was before.
 	if err := NewNftEgress(log).Apply(ctx, EgressRules{}); err != nil {
 		errs = append(errs, fmt.Errorf("cleanup egress rules: %w", err))
+	}
+	if err := cleanupServiceAddr(ctx, cfg, log); err != nil {
+		errs = append(errs, fmt.Errorf("cleanup dns service address: %w", err))
 	}
 	return errors.Join(errs...)
 }
