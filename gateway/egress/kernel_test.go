@@ -581,3 +581,25 @@ func TestProcForwarding(t *testing.T) {
 		t.Error("Forwarding(../x) succeeded")
 	}
 }
+
+// tincd came back with a new link of the same name, and our route still
+// names the old one's index: it is replaced in place.
+func TestKernelNewLinkIndex(t *testing.T) {
+	e := kenvs()[0].make(t)
+	if err := e.kernelApplier().Apply(t.Context(), on); err != nil {
+		t.Fatal(err)
+	}
+	f := e.nl.(*fakeNetlink)
+	f.links["confine"], f.links["old"] = 9, 2
+	e.dev[9] = "confine"
+	e.dev[2] = "old"
+	if err := e.kernelApplier().Apply(t.Context(), on); err != nil {
+		t.Fatal(err)
+	}
+	if d := cmp.Diff([]string{"RouteReplace table 254 100.64.0.0/16 dev confine proto 74"}, e.log); d != "" {
+		t.Errorf("writes (-want +got):\n%s", d)
+	}
+	if len(f.routes) != 1 || f.routes[0].LinkIndex != 9 {
+		t.Errorf("routes %v", f.routes)
+	}
+}
