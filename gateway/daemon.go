@@ -18,6 +18,7 @@ import (
 
 	"github.com/confine-project/mgmtnet/addressing"
 	"github.com/confine-project/mgmtnet/authdns"
+	"github.com/confine-project/mgmtnet/gateway/loopback"
 	"github.com/confine-project/mgmtnet/mesh"
 	"github.com/confine-project/mgmtnet/mesh/registry"
 	"github.com/confine-project/mgmtnet/source"
@@ -48,8 +49,11 @@ type Options struct {
 	Tincd Tincd
 	// Link defaults to NetlinkLink (managed mode only).
 	Link Link
-	// Egress defaults to NewNftEgress (nftables and netlink).
+	// Egress defaults to NewNftEgress (nftables, netlink and /proc).
 	Egress EgressKernel
+	// Loopback holds the DNS service address on lo; default this
+	// namespace's netlink.
+	Loopback loopback.Netlink
 	// Notify sends an sd_notify state; default the real one.
 	Notify func(state string)
 	// Reload requests a config reload (wire SIGHUP here).
@@ -155,8 +159,10 @@ type egressState struct {
 
 // dnsState is the DNS component's state (dns.go).
 type dnsState struct {
-	srv *authdns.Server // nil when not serving
-	err string
+	srv      *authdns.Server // nil when not serving
+	err      string
+	svcAddrs *loopback.Applier // the service address on lo (dnsaddr.go)
+	reg      *dnsRegisterer    // the DNS server's metrics (dnsmetrics.go)
 }
 
 // udpState is the UDP watchdog's state (udpwatch.go): its targets,
@@ -197,8 +203,9 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 		d.tincd.link = NetlinkLink{}
 	}
 	if d.egress.kernel == nil {
-		d.egress.kernel = NewNftEgress()
+		d.egress.kernel = NewNftEgress(d.log)
 	}
+	d.dns.svcAddrs = newServiceAddrs(cfg, opts.Loopback, d.log.With("part", "dns"))
 	d.tincd.app = &tinc.Applier{Dir: cfg.Tinc.Dir, Ctl: d.tincd.ctl}
 	if err := d.newSource(); err != nil {
 		return nil, err
@@ -588,8 +595,12 @@ func (d *Daemon) afterWrite(fw *fileWatch) {
 }
 
 // Cleanup removes what the daemon owns: the snapshot and the status
-// socket, and stops a managed tincd. It never deletes host files, nor
-// anything but a socket at the status socket's path.
+// socket, the egress rules and route, and the DNS service address on lo,
+// and stops a managed tincd. It never deletes host files, nor anything but
+// a socket at the status socket's path. On lo it removes only the
+// configured dns.service_address (as a /128), whether DNS is enabled or
+// not: that address is mgmtnet's (gateway/loopback); no other address on
+// lo is touched, so one that an earlier config named stays.
 func Cleanup(ctx context.Context, cfg Config, log *slog.Logger) error {
 	errs := cleanupFiles(cfg)
 	if cfg.Tinc.Manage {
@@ -601,8 +612,11 @@ func Cleanup(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	// Every nftables rule and route of ours, whether egress is configured
 	// now or was before.
-	if err := NewNftEgress().Apply(ctx, EgressRules{}); err != nil {
+	if err := NewNftEgress(log).Apply(ctx, EgressRules{}); err != nil {
 		errs = append(errs, fmt.Errorf("cleanup egress rules: %w", err))
+	}
+	if err := cleanupServiceAddr(ctx, cfg, log); err != nil {
+		errs = append(errs, fmt.Errorf("cleanup dns service address: %w", err))
 	}
 	return errors.Join(errs...)
 }

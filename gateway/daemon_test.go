@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/confine-project/mgmtnet/addressing"
+	"github.com/confine-project/mgmtnet/gateway/loopback"
 	"github.com/confine-project/mgmtnet/mesh/registry"
 	"github.com/confine-project/mgmtnet/tinc"
 )
@@ -126,6 +127,8 @@ type rig struct {
 	done   chan error
 	// log, when set before start, is the daemon's logger.
 	log *slog.Logger
+	// loopback, when set before start, is the daemon's netlink for lo.
+	loopback loopback.Netlink
 }
 
 func newRig(t *testing.T, f *registry.File) *rig {
@@ -170,7 +173,7 @@ func (r *rig) writeConfig(extra string) {
 func (r *rig) start() {
 	r.t.Helper()
 	// The registry client retries 5xx with backoff; keep tests quick.
-	d, err := New(r.cfg, Options{ConfigPath: r.path, Tincd: r.tincd, Egress: r.egress, Notify: func(string) {}, Logger: r.log,
+	d, err := New(r.cfg, Options{ConfigPath: r.path, Tincd: r.tincd, Egress: r.egress, Loopback: r.loopback, Notify: func(string) {}, Logger: r.log,
 		OnEvent: func(e Event) { r.events <- e }, Client: registry.Options{Retries: -1, Timeout: 5 * time.Second}})
 	if err != nil {
 		r.t.Fatal(err)

@@ -9,8 +9,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/vishvananda/netlink"
-
 	"github.com/confine-project/mgmtnet/authdns"
 	"github.com/confine-project/mgmtnet/mesh"
 	"github.com/confine-project/mgmtnet/tincgen"
@@ -168,17 +166,23 @@ func (d *Daemon) startDNS(ctx context.Context) error {
 				return fmt.Errorf("dns.service_address %s: the plan gives it to %s; pick an address the plan assigns to nobody (e.g. %s)", a, e, serviceExample(plan.Mgmt()))
 			}
 		}
-		if err := addLoopback(a); err != nil {
+		if err := d.setServiceAddrs(ctx, a); err != nil {
 			return fmt.Errorf("dns service address: %w", err)
 		}
 	}
-	srv, err := authdns.New(cfg, authdns.ServerOptions{Listen: d.cfg.DNS.listen(), Logger: d.log.With("part", "dns"), Registerer: d.m.reg})
+	reg := &dnsRegisterer{reg: d.m.reg}
+	srv, err := authdns.New(cfg, authdns.ServerOptions{Listen: d.cfg.DNS.listen(), Logger: d.log.With("part", "dns"), Registerer: reg})
 	if err != nil {
+		reg.unregisterAll()
+		d.dropServiceAddrs()
 		return err
 	}
 	if err := srv.Start(ctx); err != nil {
+		reg.unregisterAll()
+		d.dropServiceAddrs()
 		return err
 	}
+	d.dns.reg = reg
 	d.dns.srv = srv
 	if d.hosts.tb != nil {
 		if err := srv.SetTestbed(d.hosts.tb); err != nil {
@@ -188,8 +192,10 @@ func (d *Daemon) startDNS(ctx context.Context) error {
 	return nil
 }
 
-// stopDNS stops the DNS server, if it runs.
+// stopDNS stops the DNS server, if it runs, and removes the service
+// address of ours from lo.
 func (d *Daemon) stopDNS() {
+	d.dropServiceAddrs()
 	if d.dns.srv == nil {
 		return
 	}
@@ -198,6 +204,7 @@ func (d *Daemon) stopDNS() {
 	if err := d.dns.srv.Shutdown(ctx); err != nil {
 		d.log.Warn("stop dns", "err", err)
 	}
+	d.dns.reg.unregisterAll()
 	d.dns.srv = nil
 }
 
@@ -209,20 +216,6 @@ func (d *Daemon) dnsSetTestbed(tb *mesh.Testbed) {
 	if err := d.dns.srv.SetTestbed(tb); err != nil {
 		d.log.Error("dns zone: keeping the old one", "err", err)
 	}
-}
-
-// addLoopback puts a /128 on the loopback interface, so that the DNS
-// server receives what tinc routes to the service address.
-func addLoopback(a netip.Addr) error {
-	lo, err := netlink.LinkByName("lo")
-	if err != nil {
-		return err
-	}
-	ipn := &net.IPNet{IP: a.AsSlice(), Mask: net.CIDRMask(a.BitLen(), a.BitLen())}
-	if err := netlink.AddrReplace(lo, &netlink.Addr{IPNet: ipn}); err != nil {
-		return fmt.Errorf("add %s to lo: %w", a, err)
-	}
-	return nil
 }
 
 // DNSStatus is the DNS part of Status.

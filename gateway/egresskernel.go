@@ -2,9 +2,8 @@ package gateway
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"net"
+	"log/slog"
 	"net/netip"
 	"slices"
 	"strings"
@@ -12,10 +11,8 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/confine-project/mgmtnet/gateway/egress"
-	"github.com/confine-project/mgmtnet/vpn"
 )
 
 // EgressRules is the kernel state of a gateway's egress (design.md): the
@@ -117,20 +114,13 @@ func (r EgressRules) String() string {
 	return s
 }
 
-// route is the route of the egress prefix into tinc (replies to the
-// slivers), marked with vpn.EgressProtocol.
-func (r EgressRules) route(oif int) *netlink.Route {
-	return &netlink.Route{LinkIndex: oif, Dst: &net.IPNet{IP: r.Prefix.Addr().AsSlice(), Mask: net.CIDRMask(r.Prefix.Bits(), 32)},
-		Protocol: vpn.EgressProtocol, Table: unix.RT_TABLE_MAIN, Scope: netlink.SCOPE_LINK}
-}
-
-// NftEgress is the real EgressKernel: gateway/egress's table for NAT and
-// filtering (nftables table inet mgmtnet), and netlink for the route. It
-// touches only that table and IPv4 routes of protocol vpn.EgressProtocol
-// in the main table.
+// NftEgress is the real EgressKernel: gateway/egress's Kernel (the
+// nftables table inet mgmtnet, the route of the egress prefix into tinc,
+// IPv4 forwarding) on this network namespace's netlink, nftables and
+// /proc. Of the routes it touches only IPv4 routes of protocol
+// egress.RouteProtocol in the main table.
 type NftEgress struct {
-	nl    *netlink.Handle
-	rules *egress.Applier
+	kernel *egress.Kernel
 	// reader has a connection of its own: Status reads the counters
 	// from other goroutines than the loop that applies.
 	reader *egress.Applier
@@ -139,91 +129,42 @@ type NftEgress struct {
 
 var _ EgressKernel = (*NftEgress)(nil)
 
-// NewNftEgress returns the real EgressKernel for this network namespace.
-// An error to open netlink is reported by Apply and Counters.
-func NewNftEgress() *NftEgress {
+// NewNftEgress returns the real EgressKernel for this network namespace,
+// logging its changes to log (nil: discard). An error to open netlink or
+// nftables is reported by Apply and Counters.
+func NewNftEgress(log *slog.Logger) *NftEgress {
 	e := &NftEgress{}
 	conn, err := nftables.New()
 	if err != nil {
 		e.err = fmt.Errorf("nftables: %w", err)
 		return e
 	}
-	e.rules = egress.NewApplier(conn, nil)
 	rconn, err := nftables.New()
 	if err != nil {
 		e.err = fmt.Errorf("nftables: %w", err)
 		return e
 	}
 	e.reader = egress.NewApplier(rconn, nil)
-	if e.nl, e.err = netlink.NewHandle(); e.err != nil {
-		e.err = fmt.Errorf("netlink: %w", e.err)
+	nl, err := netlink.NewHandle()
+	if err != nil {
+		e.err = fmt.Errorf("netlink: %w", err)
+		return e
 	}
+	e.kernel = egress.NewKernel(nl, egress.ProcForwarding{}, conn, log)
 	return e
 }
 
-// Apply makes the kernel match want: first the route (replies need it
-// before anything is masqueraded), then the table in one transaction;
-// for the zero value the table goes first, then our routes.
+// Apply makes the kernel match want (see egress.Kernel.Apply: the route
+// before the table, forwarding last; for the zero value the table, then
+// our routes).
 func (e *NftEgress) Apply(ctx context.Context, want EgressRules) error {
 	if e.err != nil {
 		return e.err
 	}
 	if want.IsZero() {
-		if err := e.rules.Apply(ctx, egress.Gateway{}); err != nil {
-			return err
-		}
-		return e.syncRoutes(nil)
+		return e.kernel.Apply(ctx, egress.Gateway{})
 	}
-	link, err := e.nl.LinkByName(want.TincIface)
-	if err != nil {
-		return fmt.Errorf("egress: find tinc link %s: %w", want.TincIface, err)
-	}
-	if err := e.syncRoutes(want.route(link.Attrs().Index)); err != nil {
-		return err
-	}
-	if err := e.rules.Apply(ctx, want.gateway()); err != nil {
-		return err
-	}
-	// IPv4 forwards what arrives on an interface that forwards: tinc for
-	// the slivers' traffic, the WAN for the replies. Only these two; the
-	// machine's other interfaces stay as they are (and --cleanup leaves
-	// the switches on: nothing says they were off before).
-	for _, iface := range []string{want.TincIface, want.WAN} {
-		if err := egress.SetForwarding(iface, true); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// syncRoutes makes our IPv4 routes in the main table exactly want (nil:
-// none): add (or replace) first, then delete the others.
-func (e *NftEgress) syncRoutes(want *netlink.Route) error {
-	filter := &netlink.Route{Table: unix.RT_TABLE_MAIN, Protocol: vpn.EgressProtocol}
-	have, err := e.nl.RouteListFiltered(netlink.FAMILY_V4, filter, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
-	if err != nil {
-		return fmt.Errorf("egress: list routes: %w", err)
-	}
-	found := false
-	for _, h := range have {
-		if want != nil && h.Dst != nil && h.Dst.String() == want.Dst.String() && h.LinkIndex == want.LinkIndex {
-			found = true
-		}
-	}
-	if want != nil && !found {
-		if err := e.nl.RouteReplace(want); err != nil {
-			return fmt.Errorf("egress: route %s: %w", want.Dst, err)
-		}
-	}
-	for _, h := range have {
-		if want != nil && h.Dst != nil && h.Dst.String() == want.Dst.String() {
-			continue
-		}
-		if err := e.nl.RouteDel(&h); err != nil && !errors.Is(err, unix.ESRCH) {
-			return fmt.Errorf("egress: delete route %s: %w", h.Dst, err)
-		}
-	}
-	return nil
+	return e.kernel.Apply(ctx, want.gateway())
 }
 
 // Counters returns the packet counts of the table's named counters.

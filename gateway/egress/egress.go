@@ -28,13 +28,16 @@
 // object: the machine's own firewall (another table, iptables) must let
 // egress through as well.
 //
-// What it does not do:
-//   - route: the gateway needs the egress prefix routed into the tinc
-//     interface ("ip route add 100.64.0.0/16 dev confine"), best from
-//     tinc-up, because the kernel drops that route with the link;
-//   - switch IPv4 forwarding on (SetForwarding does, for the daemon);
-//   - decide whether to offer egress: the gateway daemon's health probes
-//     do, and announce it through tinc.
+// Applier makes the table match a Gateway. Kernel does the whole of it:
+// the table, the route of the egress prefix into the tinc interface
+// (Gateway.Route: the Internet's replies to the slivers go back through
+// the mesh; the kernel drops that route with the link, so it is applied
+// again whenever tincd makes a new one), and IPv4 forwarding on the tinc
+// interface and the WAN (Gateway.ForwardingIfaces), each behind a small
+// seam (nft.Conn, Netlink, Forwarding).
+//
+// What it does not do: decide whether to offer egress. The gateway
+// daemon's health probes do, and announce it through tinc.
 package egress
 
 import (

@@ -106,7 +106,7 @@ func TestDependencyRules(t *testing.T) {
 		"addressing": {},
 		"mesh":       {"addressing"},
 	}
-	leaves := []string{"mesh/registry", "tincgen", "vpn", "gateway/egress"}
+	leaves := []string{"mesh/registry", "tincgen", "vpn", "gateway/egress", "gateway/loopback"}
 	seen := map[string]bool{}
 	for _, p := range pkgs {
 		r := rel(p.ImportPath)
@@ -162,7 +162,7 @@ var layers = [][]string{
 	{"internal/nft", "internal/uci", "internal/nft/nfttest"}, // the basement: kernel and file adapters
 	{"addressing"}, // pure: the plan
 	{"mesh"},       // pure: the snapshot model
-	{"mesh/registry", "tincgen", "vpn", "gateway/egress"}, // leaf adapters: wire, tinc files, kernel
+	{"mesh/registry", "tincgen", "vpn", "gateway/egress", "gateway/loopback"}, // leaf adapters: wire, tinc files, kernel
 	{"source", "tinc"},                    // the one snapshot source; the one tincd controller and applier
 	{"authdns", "fetchhosts", "nodeboot"}, // appliers of a snapshot
 	{"gateway"},                           // the gateway's loop and its components

@@ -27,8 +27,9 @@ file reloads the config; SIGTERM stops it (and a managed tincd).
              with --force, also when it removes more host files than the
              mass-deletion guard allows (a deliberate bulk removal)
   --cleanup  remove what the daemon owns (state_dir/snapshot.json, the
-             status socket) and stop a managed tincd. Host files are NOT
-             deleted.
+             status socket, the egress table and route, the configured
+             dns.service_address on lo) and stop a managed tincd. Host
+             files are NOT deleted.
 
 Exit status: 0 success, 1 error, 2 usage error.
 `
