@@ -112,10 +112,7 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 	if err != nil {
 		return Summary{}, err
 	}
-	app := struct {
-		Dir string
-		Ctl tinc.Controller
-	}{filepath.Dir(absDir), tinc.PidFile(cfg.PidFile)}
+	app := &tinc.Applier{Dir: filepath.Dir(absDir), Hosts: absDir, Ctl: tinc.PidFile(cfg.PidFile)}
 	// The state applies only to the same registry, directory and options,
 	// and only while the directory still exists.
 	st, stErr := loadState(cfg.State)
@@ -132,7 +129,9 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 		}
 	}
 	// tinc.Reload checks tinc.conf, then signals; no tincd running is an
-	// error here (fetch-hosts was asked to reload one).
+	// error here (fetch-hosts was asked to reload one), where the
+	// applier's Deliver would leave a stopped tincd to read the files
+	// when it starts.
 	reload := func() error { return tinc.Reload(app.Dir, app.Ctl) }
 	snap, err := src.Fetch(ctx)
 	if err != nil {
@@ -185,8 +184,8 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 			}
 		}
 	}
-	rep, err := tincgen.Sync(absDir, files, tincgen.SyncOptions{
-		Force: cfg.Guard.Force, MaxRemoveFraction: cfg.Guard.Fraction(), DryRun: cfg.DryRun, Logger: cfg.Logger,
+	rep, err := app.Sync(files, tincgen.SyncOptions{
+		Guard: cfg.Guard, DryRun: cfg.DryRun, Logger: cfg.Logger,
 		Owned: func(name string) bool { return name != own && tincgen.OwnedName(name) },
 		BeforeWrite: func() error {
 			if !cfg.Reload {

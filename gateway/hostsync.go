@@ -40,7 +40,7 @@ func (d *Daemon) Check(ctx context.Context, w io.Writer) (changed bool, err erro
 	if err != nil {
 		return false, err
 	}
-	rep, err := tincgen.Sync(d.cfg.HostsDir(), files, d.syncOptions(own, true))
+	rep, err := d.tincd.app.Sync(files, d.syncOptions(own, true))
 	if err != nil && !errors.Is(err, tincgen.ErrMassDeletion) {
 		return false, err
 	}
@@ -71,8 +71,7 @@ func (d *Daemon) desired(tb *mesh.Testbed) (tincgen.Files, string, error) {
 }
 
 func (d *Daemon) syncOptions(own string, dry bool) tincgen.SyncOptions {
-	g := d.cfg.guard(d.opts.Force)
-	o := tincgen.SyncOptions{DryRun: dry, MaxRemoveFraction: g.Fraction(), Force: g.Force,
+	o := tincgen.SyncOptions{DryRun: dry, Guard: d.cfg.guard(d.opts.Force),
 		Owned:  func(name string) bool { return name != own && tincgen.OwnedName(name) },
 		Logger: d.log}
 	if d.cfg.Tinc.TunnelServer {
@@ -204,7 +203,8 @@ func (d *Daemon) apply(ctx context.Context, tb *mesh.Testbed, repair bool) error
 		}
 	}
 	d.hosts.incremental = false
-	rep, err := tincgen.Sync(d.cfg.HostsDir(), files, opts)
+	// The tinc applier writes what changed and so needs a SIGHUP.
+	rep, err := d.tincd.app.Sync(files, opts)
 	if err != nil {
 		return fmt.Errorf("sync %s: %w", d.cfg.HostsDir(), err)
 	}
@@ -250,9 +250,6 @@ func (d *Daemon) apply(ctx context.Context, tb *mesh.Testbed, repair bool) error
 		// is; appearing later gives it Subnets to announce (a restart).
 		empty := ""
 		d.hosts.ownSubnets = &empty
-	}
-	if rep.Changed() {
-		d.tincd.app.Need(tinc.ActionReload)
 	}
 	if d.cfg.Tinc.TunnelServer {
 		d.expectRefusals(tb)

@@ -37,8 +37,10 @@ func (a Action) String() string {
 // it again: a revoked member must not keep its access because one SIGHUP
 // failed. It is not safe for concurrent use.
 type Applier struct {
-	// Dir is the tinc net's directory (tinc.conf, hosts/).
+	// Dir is the tinc net's directory (tinc.conf).
 	Dir string
+	// Hosts is the hosts directory Sync writes; default Dir/hosts.
+	Hosts string
 	// Ctl is its tincd.
 	Ctl Controller
 	// StartStopped makes Deliver start a tincd that does not run (a
@@ -49,8 +51,13 @@ type Applier struct {
 	pending Action
 }
 
-// HostsDir is Dir/hosts.
-func (a *Applier) HostsDir() string { return filepath.Join(a.Dir, "hosts") }
+// HostsDir is Hosts, else Dir/hosts.
+func (a *Applier) HostsDir() string {
+	if a.Hosts != "" {
+		return a.Hosts
+	}
+	return filepath.Join(a.Dir, "hosts")
+}
 
 // Sync writes files into HostsDir, change-only (tincgen.Sync), and needs
 // a Reload when any file was written or removed.

@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/confine-project/mgmtnet/mesh"
 	"golang.org/x/sys/unix"
 )
 
@@ -24,12 +25,9 @@ type Files map[string][]byte
 
 // SyncOptions controls Sync. The zero value is ready to use.
 type SyncOptions struct {
-	// Force allows removing more than MaxRemoveFraction of the existing owned
-	// files.
-	Force bool
-	// MaxRemoveFraction is the largest fraction of the existing owned files a
-	// sync may remove without Force. Zero or less means 0.5.
-	MaxRemoveFraction float64
+	// Guard limits the share of the existing owned files one sync may
+	// remove (the one mass-deletion policy, mesh.Guard; zero value: half).
+	Guard mesh.Guard
 	// DryRun computes the Report, including Diff, and writes nothing.
 	DryRun bool
 	// Owned reports which existing files Sync owns and may remove. Nil means
@@ -85,10 +83,10 @@ func OwnedName(name string) bool {
 		name == "server" || strings.HasPrefix(name, "server_")
 }
 
-// ErrMassDeletion is returned, wrapped with the counts, when a sync would remove
-// more than SyncOptions.MaxRemoveFraction of the existing owned files and
-// SyncOptions.Force is not set. Nothing is written in that case.
-var ErrMassDeletion = errors.New("refusing mass deletion of host files")
+// ErrMassDeletion is mesh.ErrMassDeletion, returned wrapped with the counts
+// when a sync would remove more of the existing owned files than
+// SyncOptions.Guard allows. Nothing is written in that case.
+var ErrMassDeletion = mesh.ErrMassDeletion
 
 // tempPrefix starts the names of Sync's temporary files. A leading "." makes the
 // name an invalid tinc name, so tincd never reads a half-written file as a host.
@@ -118,7 +116,7 @@ const tempPrefix = ".mgmtnet-"
 // removed.
 //
 // Before writing anything Sync checks the removals against
-// opts.MaxRemoveFraction and returns ErrMassDeletion if there are too many; the
+// opts.Guard and returns ErrMassDeletion if there are too many; the
 // Report then lists what the sync would have done. On any other error the
 // Report is empty; files already renamed are complete, and no target is ever
 // half-written.
@@ -147,10 +145,6 @@ func syncDir(dir string, files Files, opts SyncOptions, hooks *syncHooks) (Repor
 	owned := opts.Owned
 	if owned == nil {
 		owned = OwnedName
-	}
-	frac := opts.MaxRemoveFraction
-	if frac <= 0 {
-		frac = 0.5
 	}
 
 	if !opts.DryRun {
@@ -299,9 +293,8 @@ func syncDir(dir string, files Files, opts SyncOptions, hooks *syncHooks) (Repor
 		rep.Diff = d.String()
 	}
 
-	if existingOwned > 0 && float64(len(remove)) > frac*float64(existingOwned) && !opts.Force {
-		return rep, fmt.Errorf("sync %s: would remove %d of %d owned host files (limit %g): %w",
-			dir, len(remove), existingOwned, frac, ErrMassDeletion)
+	if err := opts.Guard.Check("owned host files", existingOwned, len(remove)); err != nil {
+		return rep, fmt.Errorf("sync %s: %w", dir, err)
 	}
 	if opts.DryRun {
 		return rep, nil

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/confine-project/mgmtnet/mesh"
 )
 
 // hostBytes returns a realistic host file for node_<i>; version changes the
@@ -253,10 +255,10 @@ func TestSyncMassDeletion(t *testing.T) {
 	}
 
 	// A higher limit allows it, and so does Force.
-	if _, err := Sync(dir, keep, SyncOptions{MaxRemoveFraction: 0.6, DryRun: true}); err != nil {
+	if _, err := Sync(dir, keep, SyncOptions{Guard: mesh.Guard{MaxRemoveFraction: 0.6}, DryRun: true}); err != nil {
 		t.Errorf("Sync with MaxRemoveFraction 0.6: %v", err)
 	}
-	rep = mustSync(t, dir, keep, SyncOptions{Force: true})
+	rep = mustSync(t, dir, keep, SyncOptions{Guard: mesh.Guard{Force: true}})
 	if len(rep.Removed) != 6 || !slices.Equal(rep.Written, []string{"node_0"}) {
 		t.Errorf("forced Sync report = %+v", rep)
 	}
@@ -268,7 +270,7 @@ func TestSyncMassDeletion(t *testing.T) {
 	if _, err := Sync(dir, nil, SyncOptions{}); !errors.Is(err, ErrMassDeletion) {
 		t.Errorf("cleanup without Force: error = %v, want ErrMassDeletion", err)
 	}
-	mustSync(t, dir, nil, SyncOptions{Force: true})
+	mustSync(t, dir, nil, SyncOptions{Guard: mesh.Guard{Force: true}})
 	if got := dirState(t, dir); len(got) != 0 {
 		t.Errorf("dir after cleanup: %v", got)
 	}
