@@ -20,6 +20,7 @@ import (
 
 	"github.com/confine-project/mgmtnet/addressing"
 	"github.com/confine-project/mgmtnet/mesh"
+	"github.com/confine-project/mgmtnet/tinc"
 )
 
 // Config is the gateway daemon's configuration file (YAML, decoded
@@ -470,16 +471,7 @@ func (c Config) PidFile() string {
 	case c.Tinc.Manage:
 		return filepath.Join(c.Tinc.Dir, "tinc.pid")
 	}
-	return "/var/run/tinc." + c.Tinc.Net + ".pid"
-}
-
-// LogFile returns tinc.logfile (managed mode default <dir>/tinc.log, used
-// only when tincd is not ours: managed tincd logs to our pipe).
-func (c Config) LogFile() string {
-	if c.Tinc.LogFile == "" && c.Tinc.Manage {
-		return filepath.Join(c.Tinc.Dir, "tinc.log")
-	}
-	return c.Tinc.LogFile
+	return tinc.DefaultPidFile(c.Tinc.Net)
 }
 
 // HostsDir returns <tinc.dir>/hosts.

@@ -26,8 +26,8 @@ func TestParseConfigDefaults(t *testing.T) {
 		t.Errorf("interval %s pidfile %s", c.Poll.Interval.D(), c.PidFile())
 	}
 	c.Tinc.Manage = true
-	if c.PidFile() != "/etc/tinc/confine/tinc.pid" || c.LogFile() != "/etc/tinc/confine/tinc.log" {
-		t.Errorf("managed pidfile %s logfile %s", c.PidFile(), c.LogFile())
+	if c.PidFile() != "/etc/tinc/confine/tinc.pid" {
+		t.Errorf("managed pidfile %s", c.PidFile())
 	}
 }
 

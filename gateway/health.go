@@ -23,12 +23,6 @@ const (
 	ProbeICMP = "icmp" // ICMP echo to an IPv4 address (needs CAP_NET_RAW)
 )
 
-// prober checks the gateway's upstream once: healthy when any target
-// answers within the timeout.
-type prober interface {
-	probe(ctx context.Context) ProbeResult
-}
-
 // ProbeResult is one round of upstream probes.
 type ProbeResult struct {
 	At      time.Time     `json:"at"`
@@ -46,8 +40,6 @@ type targetProber struct {
 	client  *http.Client
 	seq     atomic.Uint32
 }
-
-var _ prober = (*targetProber)(nil)
 
 func newProber(p ProbeConfig) *targetProber {
 	tp := &targetProber{method: p.Method, targets: p.Targets, timeout: p.Timeout.D()}

@@ -111,7 +111,10 @@ func (m *managedTincd) Reload() error {
 	if p == nil {
 		return fmt.Errorf("reload tincd: %w", tinc.ErrNotRunning)
 	}
-	return p.Signal(syscall.SIGHUP)
+	if err := p.Signal(syscall.SIGHUP); err != nil {
+		return fmt.Errorf("reload tincd: %w", err)
+	}
+	return nil
 }
 
 func (m *managedTincd) Restart(ctx context.Context) error {
@@ -222,7 +225,7 @@ func (d *Daemon) refusal(r Refusal) {
 func (d *Daemon) signalPending(ctx context.Context) error {
 	done, _, err := d.tincd.app.Deliver(ctx)
 	if errors.Is(err, tinc.ErrUnmanaged) {
-		return fmt.Errorf("this gateway's own Subnets changed: restart tincd to apply them (tinc 1.0 does not reload its own Subnets without TunnelServer; mgmtnet does not manage this tincd)")
+		return fmt.Errorf("tincd needs a restart to apply this gateway's own Subnets (without TunnelServer) or TunnelServer itself: restart it by hand: %w", err)
 	}
 	if err != nil {
 		return err

@@ -151,7 +151,7 @@ func DesiredFiles(cfg Config, pub []byte, gateways []Gateway, o DesiredOptions) 
 		return Desired{}, err
 	}
 	if len(bytes.TrimSpace(pub)) == 0 {
-		return Desired{}, errors.New("plan: no public key")
+		return Desired{}, errors.New("desired files: no public key")
 	}
 	own := cfg.TincName()
 	if len(gateways) == 0 {
@@ -186,11 +186,11 @@ func DesiredFiles(cfg Config, pub []byte, gateways []Gateway, o DesiredOptions) 
 	for _, g := range gateways {
 		switch {
 		case !tincgen.ValidName(g.Name):
-			return Desired{}, fmt.Errorf("plan: gateway %q: not a tinc name", g.Name)
+			return Desired{}, fmt.Errorf("desired files: gateway %q: not a tinc name", g.Name)
 		case g.Name == own:
-			return Desired{}, fmt.Errorf("plan: gateway %s is this node", g.Name)
+			return Desired{}, fmt.Errorf("desired files: gateway %s is this node", g.Name)
 		case seen[g.Name]:
-			return Desired{}, fmt.Errorf("plan: gateway %s listed twice", g.Name)
+			return Desired{}, fmt.Errorf("desired files: gateway %s listed twice", g.Name)
 		}
 		seen[g.Name] = true
 		names = append(names, g.Name)
@@ -259,18 +259,17 @@ func RegistryGateways(cfg Config, declared netip.Prefix, cands []mesh.Candidate)
 // package source), for a node in island.
 func SnapshotGateways(cfg Config, tb *mesh.Testbed, island uint64) (gws []Gateway, notes []string) {
 	plan := tb.Plan()
-	res := struct{ Testbed *mesh.Testbed }{tb}
 	own := cfg.TincName()
 	// The node connects to the gateways the testbed's assignment gives it
 	// (mesh.Assignment), which are the ones that hold its host file. A
 	// node the registry does not list as a member (no key yet, or
 	// rejected) has no assignment: it gets every gateway, as in the
 	// controller's topology.
-	assigned, ok := res.Testbed.Assignment().Of(own)
+	assigned, ok := tb.Assignment().Of(own)
 	if ok && len(assigned) == 0 {
 		notes = append(notes, fmt.Sprintf("no gateway has room for %s (every gateway is at its %s): connecting to none until the registry adds gateways", own, mesh.CapacityProperty))
 	}
-	for _, m := range res.Testbed.Gateways() {
+	for _, m := range tb.Gateways() {
 		if m.TincName == own || (ok && !slices.Contains(assigned, m.TincName)) {
 			continue
 		}

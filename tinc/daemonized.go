@@ -81,7 +81,7 @@ func (t *Daemonized) Running() (int, error) {
 	}
 	pid, err := ReadPid(pf)
 	if err != nil && !errors.Is(err, ErrNotRunning) && garbagePidFile(pf) {
-		return 0, fmt.Errorf("%w (%v)", ErrNotRunning, err)
+		return 0, fmt.Errorf("%w (%w)", ErrNotRunning, err)
 	}
 	return pid, err
 }

@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/confine-project/mgmtnet/tinc"
@@ -106,18 +105,11 @@ func (tb *Testbed) RestartNodeTincd(ctx context.Context, n *Node) error {
 }
 
 // StopNodeTincd stops the tincd node-boot started on a node, by its pid
-// file, and waits until it has exited.
+// file, with the product's stop policy (tinc.StopByPidFile), and waits
+// until it has exited.
 func (tb *Testbed) StopNodeTincd(ctx context.Context, n *Node) error {
-	if pid, err := tinc.Signal(n.PidFile(), syscall.SIGTERM); err == nil {
-		// tincd removes its pid file as it exits.
-		if err := WaitFor(ctx, 10*time.Second, 50*time.Millisecond, func() error {
-			if _, err := tinc.ReadPid(n.PidFile()); err == nil {
-				return fmt.Errorf("%s's tincd (pid %d) still runs", n.TincName, pid)
-			}
-			return nil
-		}); err != nil {
-			return err
-		}
+	if err := tinc.StopByPidFile(ctx, n.PidFile(), 0); err != nil {
+		return fmt.Errorf("stop %s's tincd: %w", n.TincName, err)
 	}
 	return nil
 }

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/confine-project/mgmtnet/tinc"
 )
 
 // tinc 1.0 logs these at -d1 (protocol_auth.c, net.c), with the peer's
@@ -151,18 +153,15 @@ func cpuTime(pid int) (time.Duration, error) {
 	return time.Duration(ns), nil
 }
 
-// maxFiles is the gateways' RLIMIT_NOFILE: tinc 1.0 uses select(), and
-// FD_SET on a descriptor of 1024 or more aborts it; vpn runs a managed
-// tincd with this limit too (vpn/foreground.go).
-const maxFiles = 1024
-
-// capFiles lowers pid's RLIMIT_NOFILE, soft and hard, to maxFiles at most.
+// capFiles lowers pid's RLIMIT_NOFILE, soft and hard, to tinc.MaxFiles
+// at most, as tinc.Foreground does for a managed tincd: tinc 1.0 uses
+// select(), and FD_SET on a descriptor of 1024 or more aborts it.
 func capFiles(pid int) error {
 	var l unix.Rlimit
 	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, nil, &l); err != nil {
 		return fmt.Errorf("read open files limit of %d: %w", pid, err)
 	}
-	l.Cur, l.Max = min(l.Cur, maxFiles), min(l.Max, maxFiles)
+	l.Cur, l.Max = min(l.Cur, tinc.MaxFiles), min(l.Max, tinc.MaxFiles)
 	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, &l, nil); err != nil {
 		return fmt.Errorf("limit open files of %d: %w", pid, err)
 	}

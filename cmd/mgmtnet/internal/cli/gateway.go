@@ -70,7 +70,7 @@ func runGateway(ctx context.Context, env Env, args []string) error {
 		return gateway.Cleanup(ctx, cfg, env.Logger)
 	}
 	opts := gateway.Options{ConfigPath: path, Logger: env.Logger, Force: force}
-	if once || check || cleanup {
+	if once || check {
 		opts.Notify = func(string) {}
 	} else {
 		hup := make(chan os.Signal, 1)

@@ -76,7 +76,7 @@ func runNodeBoot(ctx context.Context, env Env, args []string) error {
 	}
 	if f.registry != "" {
 		if err := nodeboot.CheckRegistryURI(f.registry); err != nil {
-			return usagef("--registry %q: %v", f.registry, err)
+			return usagef("--registry %q: %w", f.registry, err)
 		}
 	}
 	if f.timeout <= 0 {
