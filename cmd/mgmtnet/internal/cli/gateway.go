@@ -17,9 +17,10 @@ const gatewaySynopsis = `  mgmtnet gateway --config FILE [--once [--force]] [--c
 The gateway daemon: keeps the tinc directory in sync with the registry
 (polling with ETags, repairing host files changed by hand at once), reloads
 tincd with one SIGHUP per change (or, with tinc.tunnel_server: false,
-restarts it when this gateway's own Subnets change), and serves its status on a unix socket ("mgmtnet status")
-and, if configured, Prometheus metrics. SIGHUP or a change of the config
-file reloads the config; SIGTERM stops it (and a managed tincd).
+restarts it when this gateway's own Subnets change), and serves its status
+on a unix socket ("mgmtnet status") and, if configured, Prometheus
+metrics. SIGHUP or a change of the config file reloads the config; SIGTERM
+stops it (and a managed tincd).
 
   --check    validate the config, fetch once and print the diff of what
              would change; exit 0 when nothing would, 1 otherwise
