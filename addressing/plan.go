@@ -8,9 +8,9 @@
 // the 2015 controller's reverse function was wrong (it read P::2 as node 0 and
 // gave every server id 1) this package is right, and its tests say so.
 //
-// The package is pure: it imports only the standard library and
-// go4.org/netipx, never logs, never touches the OS, and every Plan is an
-// immutable value safe for concurrent use. It does not know about the
+// The package is pure: it imports only the standard library, never logs,
+// never touches the OS, and every Plan is an immutable value safe for
+// concurrent use. It does not know about the
 // registry, tinc files or DNS servers; those build on it.
 package addressing
 

@@ -62,8 +62,9 @@ type NameServer struct {
 }
 
 // SOA holds the fields of both zones' SOA records other than the serial,
-// which is the testbed's (mesh.Testbed.Serial), and the primary name
-// server, which is the first of Config.NS. A zero field takes its default.
+// which the Server sets (the time of the change, growing; see
+// Server.SetTestbed), and the primary name server, which is the first of
+// Config.NS. A zero field takes its default.
 type SOA struct {
 	// Mbox is the responsible person's mailbox in SOA form:
 	// "hostmaster.mgmt.example.net." for hostmaster@mgmt.example.net.

@@ -35,7 +35,7 @@
 // per socket, with one socket per CPU sharing the port (SO_REUSEPORT). TCP,
 // and UDP on a wildcard address, are served by dns.Server.
 //
-// The package does not fetch the registry, write files or pick the
-// addresses it listens on: its caller (mgmtnet dns, the gateway daemon)
-// does.
+// The package does not talk to the registry (Follow polls a source.Source,
+// which does), write files or pick the addresses it listens on: its
+// caller (mgmtnet dns, the gateway daemon) does.
 package authdns

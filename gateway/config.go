@@ -54,12 +54,12 @@ type PolicyConfig struct {
 	Gateways []string `yaml:"gateways"`
 }
 
-// policy is the grant policy this configuration sets.
 // guard is the mass-deletion guard of the config; force is --once --force.
 func (c Config) guard(force bool) mesh.Guard {
 	return mesh.Guard{MaxRemoveFraction: c.Guard.MaxRemoveFraction, Force: force}
 }
 
+// policy is the grant policy this configuration sets.
 func (c Config) policy() mesh.Policy {
 	return mesh.Policy{Gateways: c.Policy.Gateways, Egress: c.Egress.Nodes}
 }

@@ -70,7 +70,7 @@ type Options struct {
 }
 
 // Daemon is the gateway daemon. Run owns its state; other goroutines
-// reach it only through Status and Poll.
+// read the status it publishes (Status) or ask it to reconcile (Poll).
 type Daemon struct {
 	cfg  Config
 	opts Options
@@ -297,8 +297,8 @@ func (d *Daemon) event(e Event) {
 	}
 }
 
-// Once reconciles once (reloading tincd if something changed) and saves
-// the snapshot.
+// Once reconciles once (sending tincd one SIGHUP, or restarting it, if
+// something changed) and Commits the snapshot (saved as last-known-good).
 func (d *Daemon) Once(ctx context.Context) error {
 	return d.reconcile(ctx, true)
 }
@@ -468,8 +468,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	defer poll.Stop()
 	d.afterWrite(fw)
 	// One probe round before tincd starts, so that tincd starts with the
-	// egress announcement the upstream allows, rather than restarting to
-	// change it seconds after every connection came up.
+	// egress announcement the upstream allows, rather than changing it (a
+	// SIGHUP, a restart without TunnelServer) seconds after every
+	// connection came up.
 	d.firstProbe(ctx)
 	if d.hosts.tb != nil && d.cfg.Tinc.Manage {
 		d.startTincd(ctx)

@@ -15,8 +15,9 @@ import (
 )
 
 // DNSConfig is the gateway's DNS service for the management network
-// (README "DNS"): mesh/dns answering from the same snapshot that drives
-// tinc, its zone swapped on every applied snapshot.
+// (README "DNS"): authdns answering from the same snapshot that drives
+// tinc, its zone swapped on every validated snapshot (also when writing
+// the host files then fails).
 type DNSConfig struct {
 	Enabled bool   `yaml:"enabled"`
 	Zone    string `yaml:"zone"` // e.g. mgmt.community-lab.net.
@@ -29,14 +30,14 @@ type DNSConfig struct {
 	// client to the reachable gateway with the best weight.
 	ServiceAddress string `yaml:"service_address"`
 	ServiceWeight  int    `yaml:"service_weight"` // default 10
-	// Allow, AllowTransfer, Forward, Notify: see mesh/dns.Config.
+	// Allow, AllowTransfer, Forward, Notify: see authdns.Config.
 	Allow         []string `yaml:"allow"`
 	AllowTransfer []string `yaml:"allow_transfer"`
 	Forward       []string `yaml:"forward"`
 	Notify        []string `yaml:"notify"`
 }
 
-// dnsConfig converts the YAML into mesh/dns's Config, validated.
+// dnsConfig converts the YAML into authdns.Config, validated.
 func (c DNSConfig) dnsConfig() (authdns.Config, error) {
 	out := authdns.Config{Zone: c.Zone}
 	prefixes := func(key string, l []string) ([]netip.Prefix, error) {
@@ -142,8 +143,9 @@ func (d *Daemon) serviceSubnet() (tincgen.Subnet, bool) {
 }
 
 // startDNS starts the DNS server when configured and not running, and
-// loads the applied snapshot into it. A bind error is returned (and the
-// daemon goes on without DNS, saying so in its status).
+// loads the applied snapshot into it. A bind error is returned: at start
+// Run ends with it; on a config reload the daemon goes on without DNS and
+// says so in its status.
 func (d *Daemon) startDNS(ctx context.Context) error {
 	if !d.cfg.DNS.Enabled {
 		d.stopDNS()
@@ -208,7 +210,8 @@ func (d *Daemon) stopDNS() {
 	d.dns.srv = nil
 }
 
-// dnsSetTestbed swaps the DNS zone for an applied snapshot.
+// dnsSetTestbed swaps the DNS zone for a validated snapshot (before the
+// host files are written, so also when writing them fails).
 func (d *Daemon) dnsSetTestbed(tb *mesh.Testbed) {
 	if d.dns.srv == nil {
 		return

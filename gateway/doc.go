@@ -5,14 +5,20 @@
 //
 // One goroutine (Daemon.Run) owns all state. Registry polls, the full
 // resync timer, file-system events, SIGHUP, status requests and tincd's
-// exits and log lines reach it over channels. A reconcile fetches with
-// ETags, validates (mesh.Build), guards against mass deletion, writes only
-// changed host files (tincgen.Sync), then reloads tincd once, and saves the
-// last-known-good snapshot that the daemon falls back on when the registry
-// is down at start.
+// exits and log lines reach it over channels. A reconcile takes a snapshot
+// from source.Source (fetched with ETags, validated by mesh.Build, checked
+// by mesh.Guard), hands it to the components (the DNS zone; the host
+// files and tinc.conf through the tinc applier, change-only, then one
+// SIGHUP or a restart; the egress kernel state), and Commits it once the
+// host files took it, which saves it as the last-known-good snapshot that
+// the daemon falls back on when the registry is down at start.
 //
-// The package does not render or parse tinc files (tincgen), talk the
-// registry protocol (mesh/registry) or touch the kernel itself (vpn). It
-// never deletes host files on --cleanup, and it never forces past the
+// The package leaves rendering and parsing tinc files to tincgen, the
+// registry protocol to mesh/registry (through source), the egress table,
+// route and forwarding to gateway/egress, the DNS service address on lo
+// to gateway/loopback, and the address and MTU of tincd's interface to
+// vpn; its own kernel work is the UDP watchdog's ICMPv6 pings. It never
+// deletes host files on --cleanup (which removes the egress table and
+// route and the DNS service address), and it never forces past the
 // mass-deletion guard.
 package gateway

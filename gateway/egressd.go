@@ -56,7 +56,8 @@ func (d *Daemon) egressOffer(tb *mesh.Testbed) (e mesh.Egress, source string, ok
 }
 
 // hostOptions are the options this gateway renders host files with: its
-// island, and its own egress offer as the health probes allow it.
+// island, its assignment (tunnel server), its DNS service Subnet, and its
+// own egress offer as the health probes allow it.
 func (d *Daemon) hostOptions(tb *mesh.Testbed) tincgen.HostOptions {
 	o := tincgen.HostOptions{Island: d.cfg.Island}
 	if d.cfg.Tinc.TunnelServer {
@@ -147,8 +148,8 @@ func (d *Daemon) firstProbe(ctx context.Context) {
 }
 
 // observeProbe feeds a probe result to the state machine; a change of the
-// announcement rewrites this gateway's own host file and restarts tincd
-// (tinc 1.0 reads its own Subnets only at start).
+// announcement rewrites this gateway's own host file: one SIGHUP under
+// TunnelServer (StrictSubnets re-reads it), a restart without it.
 func (d *Daemon) observeProbe(ctx context.Context, r ProbeResult) {
 	if d.egress.health == nil {
 		return

@@ -12,10 +12,10 @@ import (
 
 // TestDaemonEgress drives the daemon's egress through its real prober
 // against a loopback TCP target: the first successful probe announces
-// 0.0.0.0/0 in the gateway's own host file (a tincd restart, as tinc 1.0
-// needs for its own Subnets) while every node's file carries its egress
-// /32; a dead target withdraws the announcement (another restart, the
-// nodes' files untouched); a target that answers again announces it
+// 0.0.0.0/0 in the gateway's own host file (one SIGHUP: TunnelServer
+// implies StrictSubnets, which re-reads the own file) while every node's
+// file carries its egress /32; a dead target withdraws the announcement
+// (another SIGHUP, the nodes' files untouched); a target that answers again announces it
 // after the hold-down. The kernel side is the fake.
 func TestDaemonEgress(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

@@ -58,8 +58,9 @@ func (d *Daemon) logNotes(snap source.Snapshot) {
 
 // desired renders the host files of tb, this gateway's own included: the
 // daemon owns the tinc directory, and the registry says which Subnets this
-// gateway may announce (a change of them restarts tincd, since tinc 1.0
-// cannot reload its own Subnets on a HUP). The own file is never removed,
+// gateway may announce (a change of them is one SIGHUP under TunnelServer,
+// which implies StrictSubnets and so re-reads the own file, and a restart
+// without it). The own file is never removed,
 // even when the registry stops listing this gateway. (fetch-hosts, a
 // one-shot tool on machines it does not own, writes it only when missing.)
 func (d *Daemon) desired(tb *mesh.Testbed) (tincgen.Files, string, error) {
@@ -247,7 +248,8 @@ func (d *Daemon) apply(ctx context.Context, tb *mesh.Testbed, repair bool) error
 		d.hosts.ownSubnets = &subs
 	} else if d.hosts.ownSubnets == nil {
 		// Not in the registry (yet): its own file, if any, stays as it
-		// is; appearing later gives it Subnets to announce (a restart).
+		// is; appearing later gives it Subnets to announce (a SIGHUP
+		// under TunnelServer, else a restart).
 		empty := ""
 		d.hosts.ownSubnets = &empty
 	}

@@ -57,7 +57,7 @@ type managedTincd struct {
 
 var _ Tincd = (*managedTincd)(nil)
 
-// NewManagedTincd returns a Tincd that runs "tincd -c dir -D
+// NewManagedTincd returns a Tincd that runs "tincd -c dir -D -d 1
 // --pidfile=pidFile" itself. refused, when not nil, is called from tincd's
 // log reader for every Subnet announcement tincd refused, so that none is
 // missed however busy the daemon's loop is.

@@ -6,15 +6,16 @@
 //
 // It is an orchestrator, one layer above the leaf adapters: it reads the
 // UCI file (internal/uci), the addressing plan (addressing), the registry
-// (mesh/registry, validated by mesh), renders files with tincgen and drives
-// tincd through a tinc.Controller, whose real implementation is tinc.Daemonized.
+// through package source (fetched by mesh/registry, validated by
+// mesh.Build), renders files with tincgen and drives tincd through a
+// tinc.Controller, whose real implementation is tinc.Daemonized.
 // The work is split the usual way: LoadConfig validates the input once,
 // DesiredFiles computes the desired files purely, Apply writes the ones that
 // differ, and Run puts it together and decides start, SIGHUP or restart.
 //
 // It never deletes a file in the tinc directory, never overwrites an
-// existing private key, and does not poll the registry afterwards (that is
-// the node daemon's job).
+// existing private key, and does not poll the registry afterwards (nothing
+// in mgmtnet polls on a node; run node-boot again).
 package nodeboot
 
 import (
@@ -56,7 +57,7 @@ type Config struct {
 	MACPrefix16  [2]byte
 	HasMACPrefix bool
 	// LocalIfname and State are node.local_ifname and node.state, kept
-	// for the node daemon; node-boot does not use them.
+	// for other firmware tools; node-boot does not use them.
 	LocalIfname string
 	State       string
 	// RegistryURI is registry.base_uri ("" when absent) and RegistryCert

@@ -134,7 +134,7 @@ func FuzzConfigFromUCI(f *testing.F) {
 			t.Errorf("accepted config has no plan: %v", err)
 		}
 		if _, err := DesiredFiles(c, []byte(placeholderKey), []Gateway{{Name: "gw", Host: []byte("Address = 1.2.3.4\n")}}, DesiredOptions{}); c.TincName() != "gw" && err != nil {
-			t.Errorf("accepted config does not plan: %v", err)
+			t.Errorf("accepted config has no desired files: %v", err)
 		}
 	})
 }

@@ -81,7 +81,7 @@ func registryCandidates(t *testing.T) []mesh.Candidate {
 	}
 }
 
-func TestPlanRegistry(t *testing.T) {
+func TestDesiredRegistry(t *testing.T) {
 	cfg := node31(t)
 	gws, island, notes, err := RegistryGateways(cfg, netip.MustParsePrefix("fdf5:5351:1dfd::/48"), registryCandidates(t))
 	if err != nil {
@@ -94,14 +94,14 @@ func TestPlanRegistry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	golden(t, "plan-registry.golden", dump(d))
+	golden(t, "desired-registry.golden", dump(d))
 	again, _ := DesiredFiles(cfg, readTestdata(t, "node.pub"), gws, DesiredOptions{})
 	if !d.Equal(again) {
-		t.Error("Plan is not deterministic")
+		t.Error("DesiredFiles is not deterministic")
 	}
 }
 
-func TestPlanFirmware(t *testing.T) {
+func TestDesiredFirmware(t *testing.T) {
 	cfg := node31(t)
 	gws, notes, err := FirmwareGateways(cfg, "testdata/firmware/tinc", "testdata/firmware/gateways")
 	if err != nil {
@@ -115,7 +115,7 @@ func TestPlanFirmware(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	golden(t, "plan-firmware.golden", dump(d))
+	golden(t, "desired-firmware.golden", dump(d))
 	// hosts/server is kept byte for byte (not the gateways-dir copy).
 	server, _ := d.Lookup("hosts/server")
 	if d := cmp.Diff(string(readTestdata(t, "firmware/tinc/hosts/server")), string(server.Data)); d != "" {
@@ -123,7 +123,7 @@ func TestPlanFirmware(t *testing.T) {
 	}
 }
 
-func TestPlanConnectOrder(t *testing.T) {
+func TestDesiredConnectOrder(t *testing.T) {
 	host := []byte("Address = 192.0.2.1\n")
 	tests := []struct {
 		name, first string
@@ -153,7 +153,7 @@ func TestPlanConnectOrder(t *testing.T) {
 	}
 }
 
-func TestPlanErrors(t *testing.T) {
+func TestDesiredErrors(t *testing.T) {
 	host := []byte("Address = 192.0.2.1\n")
 	pub := readTestdata(t, "node.pub")
 	tests := []struct {
@@ -163,10 +163,10 @@ func TestPlanErrors(t *testing.T) {
 		want string
 	}{
 		{"no gateway", pub, nil, "no gateway to connect to"},
-		{"no key", nil, []Gateway{{Name: "server", Host: host}}, "plan: no public key"},
-		{"gateway is the node", pub, []Gateway{{Name: "node_31", Host: host}}, "plan: gateway node_31 is this node"},
-		{"twice", pub, []Gateway{{Name: "server", Host: host}, {Name: "server", Host: host}}, "plan: gateway server listed twice"},
-		{"bad name", pub, []Gateway{{Name: "../etc", Host: host}}, `plan: gateway "../etc": not a tinc name`},
+		{"no key", nil, []Gateway{{Name: "server", Host: host}}, "desired files: no public key"},
+		{"gateway is the node", pub, []Gateway{{Name: "node_31", Host: host}}, "desired files: gateway node_31 is this node"},
+		{"twice", pub, []Gateway{{Name: "server", Host: host}, {Name: "server", Host: host}}, "desired files: gateway server listed twice"},
+		{"bad name", pub, []Gateway{{Name: "../etc", Host: host}}, `desired files: gateway "../etc": not a tinc name`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -203,10 +203,10 @@ func TestUnifiedDiffChange(t *testing.T) {
 	}
 }
 
-// TestPlanAssignedGateways: in a testbed larger than its gateways'
+// TestDesiredAssignedGateways: in a testbed larger than its gateways'
 // capacity, the node connects to the gateways the assignment gives it
 // (those that hold its file), not to every gateway.
-func TestPlanAssignedGateways(t *testing.T) {
+func TestDesiredAssignedGateways(t *testing.T) {
 	cfg := node31(t)
 	cands := registryCandidates(t)
 	cands[0].Properties = map[string]string{mesh.CapacityProperty: "7"}
@@ -240,12 +240,12 @@ func TestPlanAssignedGateways(t *testing.T) {
 	}
 }
 
-// TestPlanFirmwareEarlierGateways: offline, a node also connects to the
+// TestDesiredFirmwareEarlierGateways: offline, a node also connects to the
 // gateways an earlier boot got from the registry (their files in hosts/),
 // since with the assignment of members to gateways the firmware's
 // tinc_gateway may not hold it; a file there without an Address (the
 // node's own) is not a gateway.
-func TestPlanFirmwareEarlierGateways(t *testing.T) {
+func TestDesiredFirmwareEarlierGateways(t *testing.T) {
 	cfg := node31(t)
 	dir := t.TempDir()
 	os.MkdirAll(filepath.Join(dir, "hosts"), 0o755)

@@ -122,9 +122,10 @@ func applyEgress(ctx context.Context, opts Options, res *Result, want vpn.NodeEg
 	return nil
 }
 
-// interfaceChanged reports whether tinc.conf's Interface differs between
-// the old file and the desired one: tincd makes its interface only at
-// start, so that takes a restart, not a SIGHUP.
+// interfaceChanged reports whether tinc.conf's Interface or TunnelServer
+// differs between the old file and the desired one: tincd reads both only
+// at start (it makes its interface then), so that takes a restart, not a
+// SIGHUP.
 func interfaceChanged(old []byte, d Desired) bool {
 	// tincd reads Interface and TunnelServer only when it starts.
 	startOnly := func(b []byte) string {

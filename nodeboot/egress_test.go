@@ -31,10 +31,10 @@ func TestWantEgress(t *testing.T) {
 	}
 }
 
-// TestPlanEgress: with egress, the node announces its egress /32, names its
+// TestDesiredEgress: with egress, the node announces its egress /32, names its
 // tinc interface, shortens the ping timers and restores the egress default
 // route from tinc-up; without, the files are the plain ones.
-func TestPlanEgress(t *testing.T) {
+func TestDesiredEgress(t *testing.T) {
 	cfg := node31(t)
 	gws := []Gateway{{Name: "server", Host: []byte("Address = 10.241.1.1\nSubnet = 0.0.0.0/0#10\n"), Egress: true}}
 	pub := readTestdata(t, "node.pub")

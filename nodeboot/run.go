@@ -161,7 +161,7 @@ func Run(ctx context.Context, cfg Config, opts Options) (*Result, error) {
 		return res, err
 	}
 
-	// 3. Plan and apply.
+	// 3. Desired files, and apply.
 	egressOn, why := wantEgress(cfg, gws)
 	res.Egress = egressOn
 	if egressOn {
@@ -369,16 +369,16 @@ func tincd(ctx context.Context, opts Options, res *Result, changed, restart bool
 			res.say("nothing changed; tincd (pid %d) left alone", pid)
 		case restart:
 			res.Tincd, res.Pid = "would restart", pid
-			res.say("would restart tincd (pid %d): its own host file or name changes", pid)
+			res.say("would restart tincd (pid %d): its own host file, name, Interface or TunnelServer changes", pid)
 		default:
 			res.Tincd, res.Pid = "would reload", pid
 			res.say("would send SIGHUP to tincd (pid %d)", pid)
 		}
 		return nil
 	}
-	// The one applier: it starts a stopped tincd, restarts for a change
-	// tinc 1.0 does not pick up on SIGHUP (its own Subnets, a new Name;
-	// confine.md §4), and checks tinc.conf before a SIGHUP.
+	// The one applier: it starts a stopped tincd, restarts for the changes
+	// decided above (its own host file, a new Name, Interface or
+	// TunnelServer; confine.md §4), and checks tinc.conf before a SIGHUP.
 	a := &tinc.Applier{Dir: opts.TincDir, Ctl: opts.Tincd, StartStopped: true}
 	switch {
 	case restart:
@@ -400,7 +400,7 @@ func tincd(ctx context.Context, opts Options, res *Result, changed, restart bool
 		res.say("started tincd (pid %d)", newPid)
 	case done == tinc.ActionRestart:
 		res.Tincd, res.Pid = TincdRestarted, newPid
-		res.say("restarted tincd (pid %d, was %d): its own host file or name changed", newPid, pid)
+		res.say("restarted tincd (pid %d, was %d): its own host file, name, Interface or TunnelServer changed", newPid, pid)
 	case done == tinc.ActionReload:
 		res.Tincd, res.Pid = TincdReloaded, pid
 		res.say("sent SIGHUP to tincd (pid %d)", pid)

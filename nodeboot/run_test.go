@@ -22,7 +22,7 @@ import (
 	"github.com/confine-project/mgmtnet/tinc"
 )
 
-// fakeTincd is a strict fake of Tincd: it records every call, keeps a
+// fakeTincd is a strict fake of tinc.Controller: it records every call, keeps a
 // running pid, and fails the test on a call that the real tincd would
 // refuse (start while running, signal while not running).
 type fakeTincd struct {

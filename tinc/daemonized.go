@@ -168,15 +168,16 @@ func (t *Daemonized) Reload() error {
 }
 
 // Stop stops the running tincd by the stop policy (StopPid): SIGTERM,
-// tinc-down runs on the way out, then SIGKILL after KillAfter. No tincd
-// running is not an error.
+// tinc-down runs on the way out, then SIGKILL after KillAfter (default,
+// and in every caller, DefaultKillAfter: 5 s). No tincd running is not an
+// error.
 func (t *Daemonized) Stop(ctx context.Context) error {
 	return StopByPidFile(ctx, t.pidFile(), t.KillAfter)
 }
 
 // Restart stops the running tincd and starts it again. tinc 1.0 needs
-// this to announce a changed Name, or its own Subnets without
-// TunnelServer.
+// this for a changed Name, Interface or TunnelServer, or to announce its
+// own Subnets without TunnelServer.
 func (t *Daemonized) Restart(ctx context.Context) error {
 	if err := t.Stop(ctx); err != nil {
 		return err

@@ -7,7 +7,7 @@
 // by its pid file, as on a node), Foreground's Process (a child run with
 // -D, supervised by the gateway daemon), or PidFile (someone else's tincd,
 // only signalled). Every stop follows one policy (StopPid): SIGTERM, so
-// that tinc-down runs, then SIGKILL after KillAfter.
+// that tinc-down runs, then SIGKILL after DefaultKillAfter (5 s).
 //
 // It touches only processes it can identify as tincd through their pid
 // file and /proc, and never renders or parses tinc files itself (that is

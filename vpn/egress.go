@@ -215,7 +215,7 @@ func (e NodeEgress) Validate() error {
 // default, main, local), which node egress never routes in.
 func reservedTable(t int) bool { return t >= unix.RT_TABLE_COMPAT && t <= unix.RT_TABLE_LOCAL }
 
-// egressRoute is one route of ours, as planned.
+// egressRoute is one route of ours, as desired.
 type egressRoute struct {
 	table int
 	dst   netip.Prefix
@@ -235,7 +235,7 @@ func (r egressRoute) String() string {
 	return fmt.Sprintf("%s dev %s proto %d scope link", dst, r.dev, EgressProtocol)
 }
 
-// egressRule is one ip rule of ours, as planned.
+// egressRule is one ip rule of ours, as desired.
 type egressRule struct {
 	src             netip.Prefix
 	table, priority int
@@ -305,7 +305,7 @@ func (e NodeEgress) nftTable() nft.Table {
 
 // Render returns the kernel state e asks for, as "ip rule", "ip route
 // show table" and "nft list table" print it (the zero value renders as
-// nothing). --check prints it; the golden tests pin it.
+// nothing). The golden tests pin it.
 func (e NodeEgress) Render() (string, error) {
 	if err := e.Validate(); err != nil {
 		return "", err

@@ -554,7 +554,7 @@ func TestPrefixBoundary(t *testing.T) {
 }
 
 // iproute2 and nft(8) read back what Apply installed as Render says: the
-// plan we print is the state the kernel holds.
+// state we print is the state the kernel holds.
 func TestNodeEgressReadBack(t *testing.T) {
 	ns := nfttest.New(t)
 	ns.AddTun(t, "confine", 1400)

@@ -234,7 +234,7 @@ func egressCounters(t *testing.T, tb *vtb.Testbed, g *vtb.Server) map[string]uin
 // to move from the preferred gateway to the other, over repeated runs,
 // for the two ways a gateway goes away: its daemon is stopped (tincd
 // stops and closes its connections), or its upstream is cut (the probes
-// fail, it withdraws 0.0.0.0/0 by restarting tincd). The time runs from
+// fail, it withdraws 0.0.0.0/0 by a SIGHUP to tincd). The time runs from
 // the cut to the first answer the Internet host gives through the other
 // gateway. The design target is 5 s; the assertion allows 30 s, since
 // these machines are shared, and the figures are logged.

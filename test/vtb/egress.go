@@ -105,7 +105,7 @@ func (tb *Testbed) startInetHost(ctx context.Context) error {
 	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/confine-project/mgmtnet/test/vtb/inethost")
 	cmd.Env = append(cmd.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("build inethost: %v: %s", err, out)
+		return fmt.Errorf("build inethost: %w: %s", err, out)
 	}
 	var listen []string
 	for _, a := range wanTargets() {

@@ -124,7 +124,7 @@ func (l *Lab) AddNetns(name string) (*Netns, error) {
 		full = fmt.Sprintf("%skeep-%s-%s", nsPrefix, l.ID, name)
 	}
 	if out, err := exec.Command("ip", "netns", "add", full).CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("create netns %s: %v: %s", full, err, out)
+		return nil, fmt.Errorf("create netns %s: %w: %s", full, err, out)
 	}
 	n := &Netns{lab: l, Name: name, Full: full}
 	l.mu.Lock()
@@ -291,7 +291,7 @@ func (l *Lab) Close() error {
 	for i := len(nss) - 1; i >= 0; i-- {
 		killNetnsProcs(nss[i].Full) // anything a test started by other means
 		if out, err := exec.Command("ip", "netns", "del", nss[i].Full).CombinedOutput(); err != nil {
-			errs = append(errs, fmt.Errorf("delete netns %s: %v: %s", nss[i].Full, err, out))
+			errs = append(errs, fmt.Errorf("delete netns %s: %w: %s", nss[i].Full, err, out))
 		}
 	}
 	return errors.Join(errs...)
@@ -313,7 +313,7 @@ func TeardownKept() ([]string, error) {
 		}
 		killNetnsProcs(e.Name())
 		if out, err := exec.Command("ip", "netns", "del", e.Name()).CombinedOutput(); err != nil {
-			errs = append(errs, fmt.Errorf("delete netns %s: %v: %s", e.Name(), err, out))
+			errs = append(errs, fmt.Errorf("delete netns %s: %w: %s", e.Name(), err, out))
 			continue
 		}
 		removed = append(removed, e.Name())

@@ -20,7 +20,7 @@ func BuildMgmtnet(dir string) (string, error) {
 	cmd := exec.Command("go", "build", "-o", bin, "github.com/confine-project/mgmtnet/cmd/mgmtnet")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("build mgmtnet: %v: %s", err, out)
+		return "", fmt.Errorf("build mgmtnet: %w: %s", err, out)
 	}
 	return bin, nil
 }

@@ -512,7 +512,7 @@ func (c config) perf(p *proc, port int, file string, d time.Duration) (result, e
 	out, err := cmd.CombinedOutput()
 	c1, b1, t1 := vtb.CPUTime(p.pid()), machineBusy(), time.Now()
 	if err != nil {
-		return result{}, fmt.Errorf("%s: %v\n%s", strings.Join(cmd.Args, " "), err, out)
+		return result{}, fmt.Errorf("%s: %w\n%s", strings.Join(cmd.Args, " "), err, out)
 	}
 	if p.exited() {
 		return result{}, fmt.Errorf("%s exited during dnsperf:\n%s", p.name, p.tail())

@@ -454,8 +454,8 @@ func reachability(ctx context.Context, probes []*tincd, probeNS []*vtb.Netns, gw
 
 // start starts tincd for d in ns, in the foreground at debug level 1
 // (connections only) with its log in d's directory. A gateway's tincd
-// gets RLIMIT_NOFILE 1024 at once, as vpn gives a managed one; a node's
-// runs at nodeNice.
+// gets RLIMIT_NOFILE 1024 at once, as tinc.Foreground gives a managed one
+// (tinc.MaxFiles); a node's runs at nodeNice.
 func start(lab *vtb.Lab, ns *vtb.Netns, d *daemon, logName string, gateway bool) (*tincd, error) {
 	logPath := filepath.Join(d.dir, logName)
 	p, err := lab.Start(ns, d.name+"-"+strings.TrimSuffix(logName, ".log"), "tincd", "-c", d.dir, "-D", "-d1",

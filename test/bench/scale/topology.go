@@ -222,7 +222,7 @@ func pickProbes(nodes []*daemon, k int) []int {
 
 // writeGateway writes gateway m's tinc directory. Tunnel-server: the
 // hosts directory HostFilesWith renders for it and tincgen.GatewayConf
-// with the gateways after it as peers, as gateway/daemon.go's applyConf
+// with the gateways after it as peers, as gateway/hostsync.go's applyConf
 // does. Legacy: every member's controller host file, and a ConnectTo to
 // every other gateway, as the 2015 controller's servers ran.
 func writeGateway(topo string, tb *mesh.Testbed, m *mesh.Member, i int, k keyPair, root string) (*daemon, error) {
@@ -271,10 +271,10 @@ func writeGateway(topo string, tb *mesh.Testbed, m *mesh.Member, i int, k keyPai
 	})
 }
 
-// writeNode writes node id's tinc directory as node-boot plans it with
-// egress on (nodeboot.RegistryGateways, nodeboot.DesiredFiles). Legacy: the
-// old firmware's, the same files without TunnelServer and with every
-// gateway's controller host file. Every node gets its own Port.
+// writeNode writes node id's tinc directory as node-boot's DesiredFiles
+// has it with egress on (nodeboot.RegistryGateways, nodeboot.DesiredFiles).
+// Legacy: the old firmware's, the same files without TunnelServer and with
+// every gateway's controller host file. Every node gets its own Port.
 func writeNode(topo string, tb *mesh.Testbed, cands []mesh.Candidate, id uint16, k keyPair, root string) (*daemon, error) {
 	cfg := nodeboot.Config{File: "scale", NodeID: id, TincGateway: "server_1", Prefix: prefix,
 		Egress: nodeboot.EgressOn, EgressPrefix: addressing.DefaultEgressPrefix()}
@@ -292,7 +292,7 @@ func writeNode(topo string, tb *mesh.Testbed, cands []mesh.Candidate, id uint16,
 	}
 	want, err := nodeboot.DesiredFiles(cfg, k.pub, gws, nodeboot.DesiredOptions{Egress: true})
 	if err != nil {
-		return nil, fmt.Errorf("plan node %d: %w", id, err)
+		return nil, fmt.Errorf("desired files of node %d: %w", id, err)
 	}
 	d := &daemon{name: cfg.TincName(), id: uint64(id), dir: filepath.Join(root, cfg.TincName()), port: nodePortBase + int(id)}
 	d.mgmt, _ = tb.Plan().NodeAddr(id)

@@ -1,6 +1,6 @@
 // Package cli implements mgmtnet's subcommands: argument parsing, wiring
 // of the library packages, output formatting and exit codes. cmd/mgmtnet
-// only calls Run. It holds no networking logic of its own.
+// only calls Main. It holds no networking logic of its own.
 package cli
 
 import (

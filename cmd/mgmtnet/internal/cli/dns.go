@@ -23,7 +23,8 @@ import (
 const dnsSynopsis = `  mgmtnet dns --registry URI --zone ZONE [--listen ADDR]... [--allow PREFIX]...
               [--allow-transfer PREFIX]... [--forward ADDR]... [--notify ADDR]...
               [--ns-addr ADDR]... [--ttl DURATION] [--poll DURATION] [--prefix P/48]
-              [--ca FILE | --insecure] [--force] [--metrics-listen ADDR] [--timeout D]
+              [--ca FILE | --insecure] [--force] [--max-remove-fraction F]
+              [--metrics-listen ADDR] [--timeout D]
 
 Serves authoritative DNS for the management network, made from the members
 in the registry:
@@ -40,8 +41,9 @@ The registry is polled every --poll with ETags; the zone is swapped at once
 when it changed, and the last zone keeps being served while the registry is
 down or answering garbage (until the first answer, names of the zone get
 SERVFAIL). A snapshot that would remove more than half of the members is
-refused unless --force (--max-remove-fraction sets another limit). Secondaries in --notify are sent a NOTIFY on every
-change and may transfer the zones (AXFR, over TCP) from --allow-transfer.
+refused unless --force (--max-remove-fraction sets another limit).
+Secondaries in --notify are sent a NOTIFY on every change and may transfer
+the zones (AXFR, over TCP) from --allow-transfer.
 
 Only clients in --allow are answered; others get REFUSED. Names outside the
 zones are REFUSED too, unless --forward names upstream resolvers: recursive

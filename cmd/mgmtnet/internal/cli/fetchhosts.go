@@ -19,7 +19,9 @@ import (
 )
 
 const fetchHostsSynopsis = `  mgmtnet fetch-hosts BASE_URI [--hosts-dir DIR] [--island ID] [--ca FILE] [--insecure]
-                      [--dry-run] [--force] [--reload] [--json] [--timeout D]
+                      [--dry-run] [--force] [--max-remove-fraction F] [--reload]
+                      [--json] [--timeout D] [--cache FILE] [--full] [--prefix P/48]
+                      [--net NAME] [--pidfile FILE] [--quiet]
 
 Fetches every tinc member (nodes, servers, hosts) from the testbed registry's
 REST API and writes one tinc host file per member into the hosts directory.
@@ -27,8 +29,8 @@ Only files whose bytes change are written (atomically); unchanged files keep
 their mtime, so a following tincd SIGHUP bounces only the peers that changed.
 Host files of members no longer in the registry are removed (node_*, host_*,
 server* names only; other files are left alone), but never more than half of
-them unless --force (--max-remove-fraction sets another limit). A member that fails validation is reported and skipped;
-the others are written. The registry's ETags are remembered in --cache, so a
+them unless --force (--max-remove-fraction sets another limit). A member
+that fails validation is reported and skipped; the others are written. The registry's ETags are remembered in --cache, so a
 run when nothing changed costs a few conditional requests and writes nothing.
 
 Exit status: 0 success (also with rejected members), 1 error, 2 usage error.

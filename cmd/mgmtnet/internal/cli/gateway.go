@@ -16,10 +16,11 @@ const gatewaySynopsis = `  mgmtnet gateway --config FILE [--once [--force]] [--c
 
 The gateway daemon: keeps the tinc directory in sync with the registry
 (polling with ETags, repairing host files changed by hand at once), reloads
-tincd with one SIGHUP per change (or restarts it when this gateway's own
-Subnets change), and serves its status on a unix socket ("mgmtnet status")
-and, if configured, Prometheus metrics. SIGHUP or a change of the config
-file reloads the config; SIGTERM stops it (and a managed tincd).
+tincd with one SIGHUP per change (or, with tinc.tunnel_server: false,
+restarts it when this gateway's own Subnets change), and serves its status
+on a unix socket ("mgmtnet status") and, if configured, Prometheus
+metrics. SIGHUP or a change of the config file reloads the config; SIGTERM
+stops it (and a managed tincd).
 
   --check    validate the config, fetch once and print the diff of what
              would change; exit 0 when nothing would, 1 otherwise
@@ -41,7 +42,7 @@ func runGateway(ctx context.Context, env Env, args []string) error {
 	fs.StringVar(&path, "config", "/etc/mgmtnet/gateway.yaml", "config `file` (YAML)")
 	fs.BoolVar(&once, "once", false, "reconcile once and exit")
 	fs.BoolVar(&check, "check", false, "print what would change and exit")
-	fs.BoolVar(&cleanup, "cleanup", false, "remove the snapshot and status socket, stop a managed tincd; keeps host files")
+	fs.BoolVar(&cleanup, "cleanup", false, "remove the snapshot, status socket, egress table and route and DNS service address, stop a managed tincd; keeps host files")
 	fs.BoolVar(&force, "force", false, "with --once: allow removing more than guard.max_remove_fraction of the host files")
 	pos, err := parseInterspersed(fs, args, env.Stdout)
 	if err != nil {

@@ -27,8 +27,8 @@ testbed.mgmt_ipv6_prefix48) it:
      ConnectTo per gateway), tinc-up, tinc-down and the gateways' host files,
      each only if its bytes differ, atomically; it never deletes anything;
   4. starts tincd if it is not running; else restarts it when its own host
-     file or name changed, sends one SIGHUP when anything else changed, and
-     leaves it alone when nothing changed.
+     file, name, Interface or TunnelServer changed, sends one SIGHUP when
+     anything else changed, and leaves it alone when nothing changed.
 Running it again with nothing new writes nothing and signals nothing.
 
 tincd runs as "tincd -n confine" for the default --tinc-dir, else as
