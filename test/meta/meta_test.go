@@ -229,7 +229,7 @@ func hasPrefixAny(s string, prefixes []string) bool {
 }
 
 // TestStandsAlone: nothing in the repository points at design documents
-// outside it (they live in docs/).
+// outside it (they live in docs/), and no build output is committed.
 func TestStandsAlone(t *testing.T) {
 	out, err := exec.Command("git", "-C", root(t), "ls-files").Output()
 	if err != nil {
@@ -242,6 +242,9 @@ func TestStandsAlone(t *testing.T) {
 		b, err := os.ReadFile(filepath.Join(root(t), f))
 		if err != nil {
 			continue // a file deleted in the work tree
+		}
+		if bytes.HasPrefix(b, []byte("\x7fELF")) {
+			t.Errorf("%s is an executable: build outputs are not committed (add it to .gitignore)", f)
 		}
 		for _, bad := range []string{"../shared", "shared/docs"} {
 			if bytes.Contains(b, []byte(bad)) {
