@@ -21,6 +21,10 @@ type Testbed struct {
 	members []Member
 	index   map[string]int
 	version string
+	// ungranted are the tinc addresses the grant policy dropped, by tinc
+	// name: nil but for members the policy refused to make gateways, so
+	// that Candidates gives what the registry said.
+	ungranted map[string][]TincAddress
 
 	assignOnce sync.Once
 	assignment *Assignment
@@ -63,6 +67,38 @@ func (t *Testbed) All() iter.Seq[*Member] {
 	return func(yield func(*Member) bool) {
 		for i := range t.members {
 			if !yield(&t.members[i]) {
+				return
+			}
+		}
+	}
+}
+
+// Candidates iterates over the members in tinc-name order, each as a
+// candidate that validates to it again (with the same plan and policy):
+// the tinc addresses the policy dropped included, the properties as the
+// registry gave them, the address and key as validated. A cache of the
+// snapshot can so be saved from the Testbed, one member at a time, rather
+// than from the registry's answer. Candidates that were rejected or
+// skipped are not in it. The candidates share the members' strings and
+// properties map, which must not be modified.
+func (t *Testbed) Candidates() iter.Seq[Candidate] {
+	return func(yield func(Candidate) bool) {
+		for i := range t.members {
+			m := &t.members[i]
+			addrs := m.Addresses
+			if u, ok := t.ungranted[m.TincName]; ok {
+				addrs = u
+			}
+			ct := &CandidateTinc{Name: m.TincName, PubKey: m.PubKey}
+			if len(addrs) > 0 {
+				ct.Addresses = make([]CandidateAddress, len(addrs))
+				for j, a := range addrs {
+					ct.Addresses[j] = CandidateAddress{Addr: a.Host, Port: int(a.Port), Island: a.Island}
+				}
+			}
+			c := Candidate{Kind: m.Kind, ID: m.ID, Name: m.Name, Island: m.Island, MgmtAddr: m.Addr.String(),
+				Backend: "tinc", Tinc: ct, Properties: m.Properties}
+			if !yield(c) {
 				return
 			}
 		}
