@@ -269,11 +269,12 @@ func (d *Daemon) Once(ctx context.Context) error {
 // Check fetches once and writes the unified diff of what a reconcile would
 // change to w. It changes nothing.
 func (d *Daemon) Check(ctx context.Context, w io.Writer) (changed bool, err error) {
-	snap, err := d.client.Fetch(ctx, nil)
+	b := d.newBuilder()
+	snap, err := d.client.FetchInto(ctx, nil, b)
 	if err != nil {
 		return false, fmt.Errorf("fetch members from %s: %w", d.cfg.Registry.URL, err)
 	}
-	res, _, err := d.build(snap.Prefix, snap.Candidates)
+	res, _, err := d.build(snap.Prefix, b)
 	if err != nil {
 		return false, err
 	}
@@ -287,7 +288,7 @@ func (d *Daemon) Check(ctx context.Context, w io.Writer) (changed bool, err erro
 	if err != nil {
 		return false, err
 	}
-	rep, err := tincgen.Sync(d.cfg.HostsDir(), files, d.syncOptions(own, true))
+	rep, err := tincgen.SyncSource(d.cfg.HostsDir(), files, d.syncOptions(own, true))
 	if err != nil && !errors.Is(err, tincgen.ErrMassDeletion) {
 		return false, err
 	}
@@ -295,9 +296,19 @@ func (d *Daemon) Check(ctx context.Context, w io.Writer) (changed bool, err erro
 	return rep.Changed(), err
 }
 
-// build validates candidates against the configured or chosen prefix.
-func (d *Daemon) build(regPrefix netip.Prefix, cands []mesh.Candidate) (mesh.Result, netip.Prefix, error) {
-	prefix, note := mesh.ChoosePrefix(regPrefix, addressing.DefaultMgmtPrefix(), cands)
+// newBuilder returns a mesh.Builder for a fetch or the cache to stream
+// candidates into.
+func (d *Daemon) newBuilder() *mesh.Builder {
+	if d.keys == nil {
+		d.keys = mesh.NewKeyCache()
+	}
+	return mesh.NewBuilder(mesh.BuildOptions{Keys: d.keys, Policy: d.cfg.policy()})
+}
+
+// build validates the candidates of b against the configured or chosen
+// prefix.
+func (d *Daemon) build(regPrefix netip.Prefix, b *mesh.Builder) (mesh.Result, netip.Prefix, error) {
+	prefix, note := b.ChoosePrefix(regPrefix, addressing.DefaultMgmtPrefix())
 	if p := d.cfg.declaredPrefix(); p.IsValid() {
 		prefix, note = p, ""
 	}
@@ -308,10 +319,7 @@ func (d *Daemon) build(regPrefix netip.Prefix, cands []mesh.Candidate) (mesh.Res
 	if err != nil {
 		return mesh.Result{}, prefix, fmt.Errorf("management prefix %s: %w", prefix, err)
 	}
-	if d.keys == nil {
-		d.keys = mesh.NewKeyCache()
-	}
-	return mesh.BuildWith(plan, cands, mesh.BuildOptions{Keys: d.keys, Policy: d.cfg.policy()}), prefix, nil
+	return b.Build(plan), prefix, nil
 }
 
 // desired renders the host files of tb, this gateway's own included: the
@@ -320,12 +328,11 @@ func (d *Daemon) build(regPrefix netip.Prefix, cands []mesh.Candidate) (mesh.Res
 // cannot reload its own Subnets on a HUP). The own file is never removed,
 // even when the registry stops listing this gateway. (fetch-hosts, a
 // one-shot tool on machines it does not own, writes it only when missing.)
-func (d *Daemon) desired(tb *mesh.Testbed) (tincgen.Files, string, error) {
-	files, err := tincgen.HostFilesWith(tb, d.hostOptions(tb))
-	if err != nil {
-		return nil, "", fmt.Errorf("render host files: %w", err)
-	}
-	return files, d.cfg.Identity.TincName, nil
+//
+// The files are rendered one at a time as the sync compares and writes
+// them (tincgen.HostSource), never all at once.
+func (d *Daemon) desired(tb *mesh.Testbed) (tincgen.Source, string, error) {
+	return tincgen.NewHostSource(tb, d.hostOptions(tb)), d.cfg.Identity.TincName, nil
 }
 
 func (d *Daemon) syncOptions(own string, dry bool) tincgen.SyncOptions {
@@ -373,7 +380,8 @@ func (d *Daemon) reconcile(ctx context.Context, full bool) error {
 }
 
 func (d *Daemon) reconcile1(ctx context.Context, full bool) error {
-	snap, err := d.client.Fetch(ctx, d.validators)
+	b := d.newBuilder()
+	snap, err := d.client.FetchInto(ctx, d.validators, b)
 	if err != nil {
 		d.regErr = err.Error()
 		return fmt.Errorf("fetch members from %s: %w", d.cfg.Registry.URL, err)
@@ -391,7 +399,7 @@ func (d *Daemon) reconcile1(ctx context.Context, full bool) error {
 		d.m.lastSync.SetToCurrentTime()
 		return d.signalPending(ctx)
 	}
-	res, prefix, err := d.build(snap.Prefix, snap.Candidates)
+	res, prefix, err := d.build(snap.Prefix, b)
 	if err != nil {
 		return err
 	}
@@ -423,7 +431,7 @@ func (d *Daemon) reconcile1(ctx context.Context, full bool) error {
 	d.m.snapshotFromCache.Set(0)
 	d.m.rejected.Set(float64(len(rejected)))
 	if err := saveSnapshot(d.cfg.SnapshotFile(), snapshot{Saved: time.Now().UTC(), RegistryURL: d.cfg.Registry.URL,
-		Prefix: prefix.String(), Validators: snap.Validators, Candidates: snap.Candidates}); err != nil {
+		Prefix: prefix.String(), Validators: snap.Validators}, res.Testbed); err != nil {
 		d.log.Warn("cannot save the last-known-good snapshot", "err", err)
 	}
 	return nil
@@ -465,7 +473,7 @@ func (d *Daemon) apply(ctx context.Context, tb *mesh.Testbed, repair bool) error
 		}
 	}
 	d.incremental = false
-	rep, err := tincgen.Sync(d.cfg.HostsDir(), files, opts)
+	rep, err := tincgen.SyncSource(d.cfg.HostsDir(), files, opts)
 	if err != nil {
 		return fmt.Errorf("sync %s: %w", d.cfg.HostsDir(), err)
 	}
@@ -492,7 +500,11 @@ func (d *Daemon) apply(ctx context.Context, tb *mesh.Testbed, repair bool) error
 		d.log.Info("host files synced", "written", len(rep.Written), "removed", len(rep.Removed),
 			"unchanged", len(rep.Unchanged), "version", tb.Version())
 	}
-	if b, ok := files[own]; ok {
+	if files.Has(own) {
+		b, err := files.Render(own)
+		if err != nil {
+			return fmt.Errorf("render host files: %w", err)
+		}
 		subs := subnetLines(b)
 		if d.ownSubnets != nil && *d.ownSubnets != subs {
 			if d.cfg.Tinc.TunnelServer {
@@ -726,12 +738,13 @@ func (d *Daemon) tincIface() string {
 
 // loadCache applies the last-known-good snapshot from disk.
 func (d *Daemon) loadCache(ctx context.Context) error {
-	s, err := loadSnapshot(d.cfg.SnapshotFile())
+	b := d.newBuilder()
+	s, err := loadSnapshot(d.cfg.SnapshotFile(), b)
 	if err != nil {
 		return err
 	}
 	p, _ := netip.ParsePrefix(s.Prefix)
-	res, prefix, err := d.build(p, s.Candidates)
+	res, prefix, err := d.build(p, b)
 	if err != nil {
 		return err
 	}
