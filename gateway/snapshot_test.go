@@ -26,7 +26,7 @@ func snapshotTestbed(t *testing.T) ([]mesh.Candidate, *mesh.Testbed) {
 	}
 	plan := addressing.Default()
 	cands := []mesh.Candidate{{Kind: addressing.KindServer, ID: 2, MgmtAddr: "fdf5:5351:1dfd::2", Backend: "tinc",
-		Tinc: &mesh.CandidateTinc{Name: "server", PubKey: key, Addresses: []mesh.CandidateAddress{{Addr: "gw.example.net", Island: 1}}},
+		Tinc:       &mesh.CandidateTinc{Name: "server", PubKey: key, Addresses: []mesh.CandidateAddress{{Addr: "gw.example.net", Island: 1}}},
 		Properties: map[string]string{"x": "y"}}}
 	for id := uint64(1); id <= 5; id++ {
 		a, _ := plan.Address(addressing.Entity{Kind: addressing.KindNode, ID: id})
