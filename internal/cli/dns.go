@@ -346,14 +346,15 @@ func (p *dnsPoller) run(ctx context.Context) {
 // once fetches the registry (conditionally, with the ETags of the
 // snapshot served) and swaps in the zone of a changed snapshot.
 func (p *dnsPoller) once(ctx context.Context) error {
-	snap, err := p.client.Fetch(ctx, p.validators)
+	b := mesh.NewBuilder(mesh.BuildOptions{Keys: p.keys})
+	snap, err := p.client.FetchInto(ctx, p.validators, b)
 	if err != nil {
 		return fmt.Errorf("fetch members from %s: %w", p.uri, err)
 	}
 	if snap.NotModified {
 		return nil
 	}
-	prefix, note := mesh.ChoosePrefix(snap.Prefix, addressing.DefaultMgmtPrefix(), snap.Candidates)
+	prefix, note := b.ChoosePrefix(snap.Prefix, addressing.DefaultMgmtPrefix())
 	if p.declared.IsValid() {
 		prefix, note = p.declared, ""
 	}
@@ -364,7 +365,7 @@ func (p *dnsPoller) once(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("registry %s: management prefix: %w", p.uri, err)
 	}
-	res := mesh.BuildWith(plan, snap.Candidates, mesh.BuildOptions{Keys: p.keys})
+	res := b.Build(plan)
 	tb := res.Testbed
 	if cur := p.srv.Zone(); cur != nil && !p.force {
 		old := cur.Testbed()

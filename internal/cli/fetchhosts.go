@@ -175,7 +175,10 @@ func fetchHosts(ctx context.Context, env Env, base string, island uint64, declar
 			env.Logger.Warn("cannot write the fetch-hosts cache; the next run will fetch everything", "file", f.cache, "err", err)
 		}
 	}
-	snap, err := client.Fetch(ctx, validators)
+	// The candidates are validated as they stream in (mesh.Builder): the
+	// registry's answer is never held whole, only the members.
+	b := mesh.NewBuilder(mesh.BuildOptions{})
+	snap, err := client.FetchInto(ctx, validators, b)
 	if err != nil {
 		return fmt.Errorf("fetch members from %s: %w", base, err)
 	}
@@ -194,7 +197,7 @@ func fetchHosts(ctx context.Context, env Env, base string, island uint64, declar
 		return printFetchSummary(env, f.json, sum)
 	}
 
-	prefix, note := mesh.ChoosePrefix(snap.Prefix, addressing.DefaultMgmtPrefix(), snap.Candidates)
+	prefix, note := b.ChoosePrefix(snap.Prefix, addressing.DefaultMgmtPrefix())
 	if declared.IsValid() {
 		prefix, note = declared, ""
 	}
@@ -206,8 +209,8 @@ func fetchHosts(ctx context.Context, env Env, base string, island uint64, declar
 		return fmt.Errorf("registry %s: management prefix: %w", base, err)
 	}
 	fetched := time.Now()
-	progress.say("validating %d members against %s", len(snap.Candidates), plan.Mgmt())
-	res := mesh.Build(plan, snap.Candidates)
+	progress.say("validating %d members against %s", b.Len(), plan.Mgmt())
+	res := b.Build(plan)
 	built := time.Now()
 	for _, p := range snap.Problems {
 		sum.Rejected = append(sum.Rejected, p.String())
@@ -234,26 +237,28 @@ func fetchHosts(ctx context.Context, env Env, base string, island uint64, declar
 		}
 	}
 
-	files, err := tincgen.HostFiles(res.Testbed, island)
-	if err != nil {
-		return err
-	}
+	// Rendered one at a time as the sync compares and writes them.
+	var files tincgen.Source = tincgen.NewHostSource(res.Testbed, tincgen.HostOptions{Island: island})
 	rendered := time.Now()
-	progress.say("comparing and writing %d host files in %s", len(files), absDir)
+	progress.say("comparing and writing %d host files in %s", res.Testbed.Len(), absDir)
 	// This host's own host file (tinc.conf's Name) is written when it is
 	// missing (a new gateway gets it from the registry), but never
 	// overwritten or removed: tinc 1.0 cannot reload its own Subnets on a
 	// HUP, and node-boot or the gateway daemon owns it.
 	own := tincgen.ConfName(filepath.Join(filepath.Dir(absDir), "tinc.conf"))
-	if want, listed := files[own]; listed {
+	if files.Has(own) {
+		want, err := files.Render(own)
+		if err != nil {
+			return err
+		}
 		if have, err := tincgen.ReadHostFile(filepath.Join(absDir, own)); err == nil {
-			delete(files, own)
+			files = tincgen.Without(files, own)
 			if !bytes.Equal(have, want) {
 				sum.Warnings = append(sum.Warnings, fmt.Sprintf("this host's own host file %s differs from the registry's; left as it is", own))
 			}
 		}
 	}
-	rep, err := tincgen.Sync(absDir, files, tincgen.SyncOptions{
+	rep, err := tincgen.SyncSource(absDir, files, tincgen.SyncOptions{
 		Force: f.force, DryRun: f.dryRun, Logger: env.Logger,
 		Owned: func(name string) bool { return name != own && tincgen.OwnedName(name) },
 		BeforeWrite: func() error {
