@@ -126,9 +126,14 @@ func BuildWith(plan addressing.Plan, cands []Candidate, o BuildOptions) Result {
 // A Builder is not safe for concurrent use and builds one testbed: after
 // Build it must not be used again.
 type Builder struct {
-	o        BuildOptions
-	members  []Member  // validated except for the plan's checks
-	pend     []pending // parallel to members
+	o BuildOptions
+	// members are validated except for the plan's checks, in chunks of
+	// memberChunk: appending to one slice of 66 000 would copy it a dozen
+	// times as it grows, every old copy garbage, and leave it a quarter
+	// larger than needed.
+	members  [][]Member
+	n        int       // members kept
+	pend     []pending // of the few members that have something pending, by index
 	rejected []Problem
 	skipped  []Problem
 	prefixes prefixCount
@@ -136,8 +141,14 @@ type Builder struct {
 	cp       checkpoint
 }
 
-// pending is what Build still needs of a member that Add kept.
+// memberChunk is how many members a chunk of Builder.members holds: 200
+// KB of them.
+const memberChunk = 1024
+
+// pending is what Build still needs of a member that Add kept, beyond the
+// Member: nothing, for nearly every member, so only the others have one.
 type pending struct {
+	i int // the member's index
 	// rawAddr is mgmt_net.addr as received when it is not a usable IPv6
 	// address (Member.Addr is then invalid); addrEmpty when it is blank.
 	rawAddr   string
@@ -146,11 +157,18 @@ type pending struct {
 	warnings  []string
 }
 
+func (pd *pending) empty() bool {
+	return pd.rawAddr == "" && !pd.addrEmpty && pd.keyErr == nil && len(pd.warnings) == 0
+}
+
+// member returns the i-th member kept.
+func (b *Builder) member(i int) *Member { return &b.members[i/memberChunk][i%memberChunk] }
+
 // checkpoint is a Builder's state at Checkpoint; since are the /48s counted
 // after it, run-length encoded (a collection's members mostly share one).
 type checkpoint struct {
-	members, rejected, skipped, added int
-	since                             []prefixRun
+	members, pend, rejected, skipped, added int
+	since                                   []prefixRun
 }
 
 type prefixRun struct {
@@ -195,13 +213,21 @@ func (b *Builder) Add(c *Candidate) {
 		}
 		return
 	}
-	b.members = append(b.members, m)
-	b.pend = append(b.pend, pd)
+	if b.n%memberChunk == 0 {
+		b.members = append(b.members, make([]Member, 0, memberChunk))
+	}
+	last := len(b.members) - 1
+	b.members[last] = append(b.members[last], m)
+	if !pd.empty() {
+		pd.i = b.n
+		b.pend = append(b.pend, pd)
+	}
+	b.n++
 }
 
 // Checkpoint marks the state that Rollback returns to.
 func (b *Builder) Checkpoint() {
-	b.cp = checkpoint{members: len(b.members), rejected: len(b.rejected), skipped: len(b.skipped), added: b.added, since: b.cp.since[:0]}
+	b.cp = checkpoint{members: b.n, pend: len(b.pend), rejected: len(b.rejected), skipped: len(b.skipped), added: b.added, since: b.cp.since[:0]}
 }
 
 // Rollback forgets every candidate added since the last Checkpoint (or
@@ -211,11 +237,20 @@ func (b *Builder) Rollback() {
 	for _, r := range b.cp.since {
 		b.prefixes.remove(r.p, r.n)
 	}
-	clear(b.members[b.cp.members:])
-	clear(b.pend[b.cp.members:])
+	for b.n > b.cp.members {
+		last := len(b.members) - 1
+		keep := max(b.cp.members-last*memberChunk, 0)
+		clear(b.members[last][keep:])
+		b.members[last] = b.members[last][:keep]
+		b.n = last*memberChunk + keep
+		if keep == 0 {
+			b.members = b.members[:last]
+		}
+	}
+	clear(b.pend[b.cp.pend:])
 	clear(b.rejected[b.cp.rejected:])
 	clear(b.skipped[b.cp.skipped:])
-	b.members, b.pend = b.members[:b.cp.members], b.pend[:b.cp.members]
+	b.pend = b.pend[:b.cp.pend]
 	b.rejected, b.skipped = b.rejected[:b.cp.rejected], b.skipped[:b.cp.skipped]
 	b.added = b.cp.added
 	b.cp.since = b.cp.since[:0]
@@ -229,23 +264,26 @@ func (b *Builder) ChoosePrefix(declared, fallback netip.Prefix) (netip.Prefix, s
 // Build finishes validation against plan and returns the testbed, as
 // BuildWith would for the candidates added.
 func (b *Builder) Build(plan addressing.Plan) Result {
-	if b.o.Keys != nil {
-		defer b.o.Keys.rotate()
-	}
 	res := Result{Rejected: b.rejected, Skipped: b.skipped}
 	var ungranted map[string][]TincAddress
-	// Compacted in place: the members that pass take the first places of
-	// the same array, so Build holds no second copy of the snapshot.
-	out := b.members[:0]
-	for i := range b.members {
-		m, pd := b.members[i], &b.pend[i]
-		warnings, err := finish(plan, &m, pd)
+	// The members that pass are finished in their chunks, then copied into
+	// one array of exactly their number; the chunks are garbage after.
+	pass := make([]bool, b.n)
+	passed := 0
+	var none pending
+	for i, p := 0, 0; i < b.n; i++ {
+		m, pd := b.member(i), &none
+		if p < len(b.pend) && b.pend[p].i == i {
+			pd = &b.pend[p]
+			p++
+		}
+		warnings, err := finish(plan, m, pd)
 		if err != nil {
 			res.Rejected = append(res.Rejected, Problem{Kind: m.Kind, ID: m.ID, TincName: m.TincName, Reason: err.Error()})
 			continue
 		}
 		addrs := m.Addresses
-		if g := b.o.Policy.grant(&m); len(g) > 0 {
+		if g := b.o.Policy.grant(m); len(g) > 0 {
 			warnings = append(warnings, g...)
 			if len(m.Addresses) == 0 && len(addrs) > 0 {
 				if ungranted == nil {
@@ -257,10 +295,19 @@ func (b *Builder) Build(plan addressing.Plan) Result {
 		for _, w := range warnings {
 			res.Warnings = append(res.Warnings, Problem{Kind: m.Kind, ID: m.ID, TincName: m.TincName, Reason: w})
 		}
-		out = append(out, m)
+		pass[i] = true
+		passed++
 	}
-	clear(b.members[len(out):])
-	b.members, b.pend = nil, nil
+	out := make([]Member, 0, passed)
+	for i := range b.n {
+		if pass[i] {
+			out = append(out, *b.member(i))
+		}
+		if i%memberChunk == memberChunk-1 {
+			b.members[i/memberChunk] = nil
+		}
+	}
+	b.members, b.pend, b.n = nil, nil, 0
 	members, dups := dedupe(out)
 	res.Rejected = append(res.Rejected, dups...)
 	sortProblems(res.Rejected)
@@ -268,11 +315,14 @@ func (b *Builder) Build(plan addressing.Plan) Result {
 	sortProblems(res.Warnings)
 	res.Testbed = newTestbed(plan, members)
 	for name := range ungranted {
-		if _, ok := res.Testbed.index[name]; !ok {
+		if _, ok := res.Testbed.Lookup(name); !ok {
 			delete(ungranted, name)
 		}
 	}
 	res.Testbed.ungranted = ungranted
+	if b.o.Keys != nil {
+		b.o.Keys.rotate()
+	}
 	return res
 }
 
@@ -327,11 +377,12 @@ func validate(c *Candidate, keys *KeyCache) (m Member, pd pending, skip bool, er
 		m.Addr = addr
 	}
 
-	normalize := NormalizePublicKey
+	var key string
 	if keys != nil {
-		normalize = keys.normalize
+		key, err = keys.normalize(c.Tinc.PubKey)
+	} else {
+		key, err = NormalizePublicKey(c.Tinc.PubKey)
 	}
-	key, err := normalize(c.Tinc.PubKey)
 	if err != nil {
 		pd.keyErr = err
 		return m, pd, false, nil

@@ -113,3 +113,35 @@ func TestTestbedCandidatesRebuild(t *testing.T) {
 		t.Errorf("rebuilt with node_8 a gateway: version %s, want %s", v, want)
 	}
 }
+
+// A Rollback across the Builder's chunks of members.
+func TestBuilderRollbackChunks(t *testing.T) {
+	var cands []Candidate
+	for id := uint64(1); id <= 3000; id++ {
+		cands = append(cands, node(t, id))
+	}
+	cands[10].Tinc.PubKey = "junk" // pending until Build
+	cands[1600].Tinc.PubKey = "junk"
+	cands[2500].MgmtAddr = "" // rolled back
+	b := NewBuilder(BuildOptions{})
+	for i := range cands[:1500] {
+		b.Add(&cands[i])
+	}
+	b.Checkpoint()
+	for i := range cands[1500:] {
+		b.Add(&cands[1500+i])
+	}
+	b.Rollback()
+	b.Checkpoint()
+	for i := range cands[1500:2049] {
+		b.Add(&cands[1500+i])
+	}
+	got := b.Build(plan)
+	want := Build(plan, cands[:2049])
+	if got.Testbed.Len() != 2047 || got.Testbed.Version() != want.Testbed.Version() {
+		t.Errorf("%d members, version %s; want 2047, %s", got.Testbed.Len(), got.Testbed.Version(), want.Testbed.Version())
+	}
+	if diff := cmp.Diff(want.Rejected, got.Rejected); diff != "" {
+		t.Errorf("rejected (-Build +Builder):\n%s", diff)
+	}
+}
