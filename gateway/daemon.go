@@ -302,7 +302,11 @@ func (d *Daemon) newBuilder() *mesh.Builder {
 	if d.keys == nil {
 		d.keys = mesh.NewKeyCache()
 	}
-	return mesh.NewBuilder(mesh.BuildOptions{Keys: d.keys, Policy: d.cfg.policy()})
+	b := mesh.NewBuilder(mesh.BuildOptions{Keys: d.keys, Policy: d.cfg.policy()})
+	if d.tb != nil {
+		b.Grow(d.tb.Len()) // the next snapshot is about as large
+	}
+	return b
 }
 
 // build validates the candidates of b against the configured or chosen

@@ -131,7 +131,9 @@ type Builder struct {
 	// memberChunk: appending to one slice of 66 000 would copy it a dozen
 	// times as it grows, every old copy garbage, and leave it a quarter
 	// larger than needed.
+	// The first chunk holds first members (see Grow).
 	members  [][]Member
+	first    int
 	n        int       // members kept
 	pend     []pending // of the few members that have something pending, by index
 	rejected []Problem
@@ -162,7 +164,31 @@ func (pd *pending) empty() bool {
 }
 
 // member returns the i-th member kept.
-func (b *Builder) member(i int) *Member { return &b.members[i/memberChunk][i%memberChunk] }
+func (b *Builder) member(i int) *Member {
+	if i < b.first {
+		return &b.members[0][i]
+	}
+	i -= b.first
+	return &b.members[1+i/memberChunk][i%memberChunk]
+}
+
+// chunkStart returns the index of the first member of chunk k.
+func (b *Builder) chunkStart(k int) int {
+	if k == 0 {
+		return 0
+	}
+	return b.first + (k-1)*memberChunk
+}
+
+// Grow makes room for about n members before the first Add, in one array
+// that becomes the Testbed's as it is: a daemon that passes the size of
+// the testbed it runs on builds the next one without a copy of the
+// members (and without their chunks beside them).
+func (b *Builder) Grow(n int) {
+	if len(b.members) == 0 && n > memberChunk {
+		b.first = n + n/16 + 16 // room for some new members too
+	}
+}
 
 // checkpoint is a Builder's state at Checkpoint; since are the /48s counted
 // after it, run-length encoded (a collection's members mostly share one).
@@ -183,7 +209,7 @@ func NewBuilder(o BuildOptions) *Builder {
 		// that failed half-way): the cache holds one snapshot's keys.
 		clear(o.Keys.next)
 	}
-	return &Builder{o: o, prefixes: prefixCount{m: map[netip.Prefix]int{}}}
+	return &Builder{o: o, first: memberChunk, prefixes: prefixCount{m: map[netip.Prefix]int{}}}
 }
 
 // Len returns the number of candidates added.
@@ -213,8 +239,12 @@ func (b *Builder) Add(c *Candidate) {
 		}
 		return
 	}
-	if b.n%memberChunk == 0 {
-		b.members = append(b.members, make([]Member, 0, memberChunk))
+	if last := len(b.members) - 1; last < 0 || len(b.members[last]) == cap(b.members[last]) {
+		size := memberChunk
+		if last < 0 {
+			size = b.first
+		}
+		b.members = append(b.members, make([]Member, 0, size))
 	}
 	last := len(b.members) - 1
 	b.members[last] = append(b.members[last], m)
@@ -239,10 +269,10 @@ func (b *Builder) Rollback() {
 	}
 	for b.n > b.cp.members {
 		last := len(b.members) - 1
-		keep := max(b.cp.members-last*memberChunk, 0)
+		keep := max(b.cp.members-b.chunkStart(last), 0)
 		clear(b.members[last][keep:])
 		b.members[last] = b.members[last][:keep]
-		b.n = last*memberChunk + keep
+		b.n = b.chunkStart(last) + keep
 		if keep == 0 {
 			b.members = b.members[:last]
 		}
@@ -267,7 +297,8 @@ func (b *Builder) Build(plan addressing.Plan) Result {
 	res := Result{Rejected: b.rejected, Skipped: b.skipped}
 	var ungranted map[string][]TincAddress
 	// The members that pass are finished in their chunks, then copied into
-	// one array of exactly their number; the chunks are garbage after.
+	// one array of exactly their number, the chunks garbage after; or, in
+	// one chunk (see Grow), kept in it.
 	pass := make([]bool, b.n)
 	passed := 0
 	var none pending
@@ -298,14 +329,19 @@ func (b *Builder) Build(plan addressing.Plan) Result {
 		pass[i] = true
 		passed++
 	}
-	out := make([]Member, 0, passed)
+	var out []Member
+	if len(b.members) == 1 {
+		out = b.members[0][:0] // in place: a member moves only forward
+	} else {
+		out = make([]Member, 0, passed)
+	}
 	for i := range b.n {
 		if pass[i] {
 			out = append(out, *b.member(i))
 		}
-		if i%memberChunk == memberChunk-1 {
-			b.members[i/memberChunk] = nil
-		}
+	}
+	if len(b.members) == 1 {
+		clear(b.members[0][len(out):b.n])
 	}
 	b.members, b.pend, b.n = nil, nil, 0
 	members, dups := dedupe(out)

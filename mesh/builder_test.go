@@ -123,7 +123,14 @@ func TestBuilderRollbackChunks(t *testing.T) {
 	cands[10].Tinc.PubKey = "junk" // pending until Build
 	cands[1600].Tinc.PubKey = "junk"
 	cands[2500].MgmtAddr = "" // rolled back
+	for _, grow := range []int{0, 1200, 2100} {
+		testBuilderRollbackChunks(t, cands, grow)
+	}
+}
+
+func testBuilderRollbackChunks(t *testing.T, cands []Candidate, grow int) {
 	b := NewBuilder(BuildOptions{})
+	b.Grow(grow)
 	for i := range cands[:1500] {
 		b.Add(&cands[i])
 	}
@@ -139,7 +146,7 @@ func TestBuilderRollbackChunks(t *testing.T) {
 	got := b.Build(plan)
 	want := Build(plan, cands[:2049])
 	if got.Testbed.Len() != 2047 || got.Testbed.Version() != want.Testbed.Version() {
-		t.Errorf("%d members, version %s; want 2047, %s", got.Testbed.Len(), got.Testbed.Version(), want.Testbed.Version())
+		t.Errorf("Grow(%d): %d members, version %s; want 2047, %s", grow, got.Testbed.Len(), got.Testbed.Version(), want.Testbed.Version())
 	}
 	if diff := cmp.Diff(want.Rejected, got.Rejected); diff != "" {
 		t.Errorf("rejected (-Build +Builder):\n%s", diff)
