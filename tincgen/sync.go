@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"maps"
@@ -186,6 +187,32 @@ func SyncSource(dir string, src Source, opts SyncOptions) (Report, error) {
 	return syncDir(dir, src, opts, nil)
 }
 
+// listDir calls fn with the name and type of every entry of dir, reading
+// it in batches rather than all at once. A directory that does not exist
+// has no entries.
+func listDir(dir string, fn func(name string, typ fs.FileMode)) error {
+	f, err := os.Open(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	for {
+		ents, err := f.ReadDir(1024)
+		for _, e := range ents {
+			fn(e.Name(), e.Type())
+		}
+		if err == io.EOF || (err == nil && len(ents) == 0) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
 // syncHooks lets tests inject failures into the write path.
 type syncHooks struct {
 	// beforeRename runs after the temporary file for name is written and synced.
@@ -221,27 +248,36 @@ func syncDir(dir string, files Source, opts SyncOptions, hooks *syncHooks) (Repo
 		}
 		defer unlock()
 	}
-	entries, err := os.ReadDir(dir)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return Report{}, fmt.Errorf("sync %s: %w", dir, err)
-	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	existing := make(map[string]fs.FileMode, len(entries))
+	// The directory is listed in batches, and of its entries only those
+	// in scope are kept (all of them without Only, by name and type): a
+	// list of 66 000 entries beside it would be 5 MB more, and the
+	// daemon's incremental sync needs a handful.
+	existing := map[string]fs.FileMode{}
 	var temps, remove, removeSpecial []string
+	type special struct {
+		name, action string
+		typ          fs.FileMode
+	}
+	var specials []special
 	existingOwned := 0
-	for _, e := range entries {
-		name, typ := e.Name(), e.Type()
-		existing[name] = typ
-		listed := files.Has(name)
+	err := listDir(dir, func(name string, typ fs.FileMode) {
 		inScope := opts.Only == nil || opts.Only[name]
+		if inScope {
+			existing[name] = typ
+		}
 		switch {
 		case typ.IsDir():
 			// Never ours; one where a host file belongs is an error below.
 		case !typ.IsRegular():
-			if !inScope || (!listed && !owned(name)) {
+			if !inScope {
+				break
+			}
+			listed := files.Has(name)
+			if !listed && !owned(name) {
 				break
 			}
 			action := "replacing it"
@@ -249,16 +285,25 @@ func syncDir(dir string, files Source, opts SyncOptions, hooks *syncHooks) (Repo
 				action = "removing it"
 				removeSpecial = append(removeSpecial, name)
 			}
-			log.Warn("host file is not a regular file; "+action,
-				"path", filepath.Join(dir, name), "type", FileType(typ))
+			specials = append(specials, special{name, action, typ})
 		case strings.HasPrefix(name, tempPrefix):
 			temps = append(temps, name)
 		case owned(name):
 			existingOwned++
-			if !listed && (opts.Only == nil || opts.Only[name]) {
+			if inScope && !files.Has(name) {
 				remove = append(remove, name)
 			}
 		}
+	})
+	if err != nil {
+		return Report{}, fmt.Errorf("sync %s: %w", dir, err)
+	}
+	slices.Sort(remove)
+	slices.Sort(removeSpecial)
+	slices.SortFunc(specials, func(a, b special) int { return strings.Compare(a.name, b.name) })
+	for _, sp := range specials {
+		log.Warn("host file is not a regular file; "+sp.action,
+			"path", filepath.Join(dir, sp.name), "type", FileType(sp.typ))
 	}
 	if hooks != nil && hooks.afterList != nil {
 		hooks.afterList()
@@ -266,7 +311,6 @@ func syncDir(dir string, files Source, opts SyncOptions, hooks *syncHooks) (Repo
 	if opts.Only != nil {
 		names = slices.DeleteFunc(names, func(n string) bool { return !opts.Only[n] })
 	}
-	// ReadDir sorts by name, so remove is sorted.
 	// notRegular handles a file that was regular when listed and is not
 	// when read: it differs, and the rename replaces it.
 	notRegular := func(name string, err error) {
