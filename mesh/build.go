@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"cmp"
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
@@ -611,30 +612,32 @@ func NormalizePublicKey(s string) (string, error) {
 // so neither is trusted.
 func dedupe(ms []Member) ([]Member, []Problem) {
 	bad := map[int]string{}
-	byName := map[string]int{}
-	type kid struct {
-		k  addressing.Kind
-		id uint64
-	}
-	byID := map[kid]int{}
+	// The first member of each tinc name and of each (kind, id), found by
+	// sorting indexes rather than with maps of 66 000 entries (6 MB at the
+	// moment a daemon holds two snapshots).
+	firstName := firstOf(len(ms), func(a, b int) int { return strings.Compare(ms[a].TincName, ms[b].TincName) })
+	firstID := firstOf(len(ms), func(a, b int) int {
+		if c := cmp.Compare(ms[a].Kind, ms[b].Kind); c != 0 {
+			return c
+		}
+		return cmp.Compare(ms[a].ID, ms[b].ID)
+	})
 	identical := map[int]bool{}
 	for i := range ms {
-		if j, ok := byName[ms[i].TincName]; ok && ms[i].Equal(&ms[j]) {
+		j := int(firstName[i])
+		if j != i && ms[i].Equal(&ms[j]) {
 			identical[i] = true // the same member listed twice (pages shifted): keep one
 			continue
 		}
-		if j, ok := byName[ms[i].TincName]; ok {
+		if j != i {
 			bad[i] = "tinc name " + ms[i].TincName + " is also claimed by " + ms[j].Label()
 			bad[j] = "tinc name " + ms[j].TincName + " is also claimed by " + ms[i].Label()
-		} else {
-			byName[ms[i].TincName] = i
 		}
-		k := kid{ms[i].Kind, ms[i].ID}
-		if j, ok := byID[k]; ok {
+		// The first of a (kind, id) is never an identical copy: that has
+		// the name, and so the (kind, id), of an earlier member.
+		if j := int(firstID[i]); j != i {
 			bad[i] = "listed twice by the registry, with different content"
 			bad[j] = "listed twice by the registry, with different content"
-		} else {
-			byID[k] = i
 		}
 	}
 	// Overlapping subnets: sort all (prefix, owner) pairs and compare
@@ -689,6 +692,25 @@ func dedupe(ms []Member) ([]Member, []Problem) {
 		out = append(out, ms[i])
 	}
 	return out, probs
+}
+
+// firstOf returns, for each of n elements, the index of the first element
+// equal to it by cmp (itself when it is the first).
+func firstOf(n int, cmp func(a, b int) int) []int32 {
+	idx := make([]int32, n)
+	for i := range idx {
+		idx[i] = int32(i)
+	}
+	slices.SortStableFunc(idx, func(a, b int32) int { return cmp(int(a), int(b)) })
+	first := make([]int32, n)
+	for k := 0; k < n; k++ {
+		if k > 0 && cmp(int(idx[k-1]), int(idx[k])) == 0 {
+			first[idx[k]] = first[idx[k-1]]
+		} else {
+			first[idx[k]] = idx[k]
+		}
+	}
+	return first
 }
 
 func sortProblems(ps []Problem) {
