@@ -167,18 +167,20 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 	}
 	sum.Version = tb.Version()
 
-	files, err := tincgen.HostFiles(tb, cfg.Island)
-	if err != nil {
-		return sum, err
-	}
-	say("comparing and writing %d host files in %s", len(files), absDir)
+	// Rendered one at a time as the sync compares and writes them.
+	var files tincgen.Source = tincgen.NewHostSource(tb, tincgen.HostOptions{Island: cfg.Island})
+	say("comparing and writing %d host files in %s", tb.Len(), absDir)
 	// This host's own host file (tinc.conf's Name) is written when it is
 	// missing (a new gateway gets it from the registry), but never
 	// overwritten or removed: node-boot or the gateway daemon owns it.
 	own := tincgen.ConfName(filepath.Join(filepath.Dir(absDir), "tinc.conf"))
-	if want, listed := files[own]; listed {
+	if files.Has(own) {
+		want, err := files.Render(own)
+		if err != nil {
+			return sum, err
+		}
 		if have, err := tincgen.ReadHostFile(filepath.Join(absDir, own)); err == nil {
-			delete(files, own)
+			files = tincgen.Without(files, own)
 			if !bytes.Equal(have, want) {
 				sum.Warnings = append(sum.Warnings, fmt.Sprintf("this host's own host file %s differs from the registry's; left as it is", own))
 			}

@@ -63,12 +63,11 @@ func (d *Daemon) logNotes(snap source.Snapshot) {
 // without it). The own file is never removed,
 // even when the registry stops listing this gateway. (fetch-hosts, a
 // one-shot tool on machines it does not own, writes it only when missing.)
-func (d *Daemon) desired(tb *mesh.Testbed) (tincgen.Files, string, error) {
-	files, err := tincgen.HostFilesWith(tb, d.hostOptions(tb))
-	if err != nil {
-		return nil, "", fmt.Errorf("render host files: %w", err)
-	}
-	return files, d.cfg.Identity.TincName, nil
+//
+// The files are rendered one at a time as the sync compares and writes
+// them (tincgen.HostSource), never all at once.
+func (d *Daemon) desired(tb *mesh.Testbed) (tincgen.Source, string, error) {
+	return tincgen.NewHostSource(tb, d.hostOptions(tb)), d.cfg.Identity.TincName, nil
 }
 
 func (d *Daemon) syncOptions(own string, dry bool) tincgen.SyncOptions {
@@ -231,7 +230,11 @@ func (d *Daemon) apply(ctx context.Context, tb *mesh.Testbed, repair bool) error
 		d.log.Info("host files synced", "written", len(rep.Written), "removed", len(rep.Removed),
 			"unchanged", len(rep.Unchanged), "version", tb.Version())
 	}
-	if b, ok := files[own]; ok {
+	if files.Has(own) {
+		b, err := files.Render(own)
+		if err != nil {
+			return fmt.Errorf("render host files: %w", err)
+		}
 		subs := subnetLines(b)
 		if d.hosts.ownSubnets != nil && *d.hosts.ownSubnets != subs {
 			if d.cfg.Tinc.TunnelServer {

@@ -1,6 +1,7 @@
 package mesh
 
 import (
+	"cmp"
 	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
@@ -103,128 +104,332 @@ func (k *KeyCache) rotate() { k.m, k.next = k.next, map[string]string{} }
 // BuildWith is Build with options: a key cache, and the grant policy
 // (Policy) applied to every member that passes validation.
 func BuildWith(plan addressing.Plan, cands []Candidate, o BuildOptions) Result {
-	keys := o.Keys
-	if keys != nil {
-		defer keys.rotate()
-	}
-	var res Result
-	members := make([]Member, 0, len(cands))
+	b := NewBuilder(o)
 	for i := range cands {
-		c := &cands[i]
-		m, skip, err := validate(plan, c, keys)
+		b.Add(&cands[i])
+	}
+	return b.Build(plan)
+}
+
+// Builder validates candidates one at a time, as a source decodes them,
+// into a Testbed: Build's work without the whole candidate list in memory.
+// It keeps what a Testbed keeps of each candidate (a Member, and for the
+// few that fail, a Problem) and drops the rest at once, so its memory
+// follows the snapshot, not the registry's answer.
+//
+// The management prefix is often known only once every candidate has been
+// seen (ChoosePrefix), so Add checks everything that does not depend on
+// the plan, key parsing included, and counts the /48 of each address;
+// Build then checks the addresses and Subnets against the plan chosen.
+// The reasons and their order are Build's: a candidate with a wrong address
+// and a bad key is rejected for its address.
+//
+// A Builder is not safe for concurrent use and builds one testbed: after
+// Build it must not be used again.
+type Builder struct {
+	o BuildOptions
+	// members are validated except for the plan's checks, in chunks of
+	// memberChunk: appending to one slice of 66 000 would copy it a dozen
+	// times as it grows, every old copy garbage, and leave it a quarter
+	// larger than needed.
+	// The first chunk holds first members (see Grow).
+	members  [][]Member
+	first    int
+	n        int       // members kept
+	pend     []pending // of the few members that have something pending, by index
+	rejected []Problem
+	skipped  []Problem
+	prefixes prefixCount
+	added    int // candidates added (and not rolled back)
+	cp       checkpoint
+}
+
+// memberChunk is how many members a chunk of Builder.members holds: 200
+// KB of them.
+const memberChunk = 1024
+
+// pending is what Build still needs of a member that Add kept, beyond the
+// Member: nothing, for nearly every member, so only the others have one.
+type pending struct {
+	i int // the member's index
+	// rawAddr is mgmt_net.addr as received when it is not a usable IPv6
+	// address (Member.Addr is then invalid); addrEmpty when it is blank.
+	rawAddr   string
+	addrEmpty bool
+	keyErr    error // reported only after the plan's checks, as Build does
+	warnings  []string
+}
+
+func (pd *pending) empty() bool {
+	return pd.rawAddr == "" && !pd.addrEmpty && pd.keyErr == nil && len(pd.warnings) == 0
+}
+
+// member returns the i-th member kept.
+func (b *Builder) member(i int) *Member {
+	if i < b.first {
+		return &b.members[0][i]
+	}
+	i -= b.first
+	return &b.members[1+i/memberChunk][i%memberChunk]
+}
+
+// chunkStart returns the index of the first member of chunk k.
+func (b *Builder) chunkStart(k int) int {
+	if k == 0 {
+		return 0
+	}
+	return b.first + (k-1)*memberChunk
+}
+
+// Grow makes room for about n members before the first Add, in one array
+// that becomes the Testbed's as it is: a daemon that passes the size of
+// the testbed it runs on builds the next one without a copy of the
+// members (and without their chunks beside them).
+func (b *Builder) Grow(n int) {
+	if len(b.members) == 0 && n > memberChunk {
+		b.first = n + n/16 + 16 // room for some new members too
+	}
+}
+
+// checkpoint is a Builder's state at Checkpoint; since are the /48s counted
+// after it, run-length encoded (a collection's members mostly share one).
+type checkpoint struct {
+	members, pend, rejected, skipped, added int
+	since                                   []prefixRun
+}
+
+type prefixRun struct {
+	p netip.Prefix
+	n int
+}
+
+// NewBuilder returns an empty Builder.
+func NewBuilder(o BuildOptions) *Builder {
+	if o.Keys != nil {
+		// Forget the keys of an earlier Builder that never built (a fetch
+		// that failed half-way): the cache holds one snapshot's keys.
+		clear(o.Keys.next)
+	}
+	return &Builder{o: o, first: memberChunk, prefixes: prefixCount{m: map[netip.Prefix]int{}}}
+}
+
+// Len returns the number of candidates added.
+func (b *Builder) Len() int { return b.added }
+
+// Add validates c as far as that does not depend on the plan. It does not
+// keep c, only strings of it.
+func (b *Builder) Add(c *Candidate) {
+	b.added++
+	if p, ok := b.prefixes.add(c.MgmtAddr); ok {
+		if n := len(b.cp.since); n > 0 && b.cp.since[n-1].p == p {
+			b.cp.since[n-1].n++
+		} else {
+			b.cp.since = append(b.cp.since, prefixRun{p, 1})
+		}
+	}
+	m, pd, skip, err := validate(c, b.o.Keys)
+	if err != nil {
+		p := Problem{Kind: c.Kind, ID: c.ID, Reason: err.Error()}
+		if c.Tinc != nil && ValidTincName(c.Tinc.Name) {
+			p.TincName = c.Tinc.Name
+		}
+		if skip {
+			b.skipped = append(b.skipped, p)
+		} else {
+			b.rejected = append(b.rejected, p)
+		}
+		return
+	}
+	if last := len(b.members) - 1; last < 0 || len(b.members[last]) == cap(b.members[last]) {
+		size := memberChunk
+		if last < 0 {
+			size = b.first
+		}
+		b.members = append(b.members, make([]Member, 0, size))
+	}
+	last := len(b.members) - 1
+	b.members[last] = append(b.members[last], m)
+	if !pd.empty() {
+		pd.i = b.n
+		b.pend = append(b.pend, pd)
+	}
+	b.n++
+}
+
+// Checkpoint marks the state that Rollback returns to.
+func (b *Builder) Checkpoint() {
+	b.cp = checkpoint{members: b.n, pend: len(b.pend), rejected: len(b.rejected), skipped: len(b.skipped), added: b.added, since: b.cp.since[:0]}
+}
+
+// Rollback forgets every candidate added since the last Checkpoint (or
+// since NewBuilder): a source whose transfer failed half-way adds the same
+// candidates again on its next attempt.
+func (b *Builder) Rollback() {
+	for _, r := range b.cp.since {
+		b.prefixes.remove(r.p, r.n)
+	}
+	for b.n > b.cp.members {
+		last := len(b.members) - 1
+		keep := max(b.cp.members-b.chunkStart(last), 0)
+		clear(b.members[last][keep:])
+		b.members[last] = b.members[last][:keep]
+		b.n = b.chunkStart(last) + keep
+		if keep == 0 {
+			b.members = b.members[:last]
+		}
+	}
+	clear(b.pend[b.cp.pend:])
+	clear(b.rejected[b.cp.rejected:])
+	clear(b.skipped[b.cp.skipped:])
+	b.pend = b.pend[:b.cp.pend]
+	b.rejected, b.skipped = b.rejected[:b.cp.rejected], b.skipped[:b.cp.skipped]
+	b.added = b.cp.added
+	b.cp.since = b.cp.since[:0]
+}
+
+// ChoosePrefix is ChoosePrefix over the candidates added so far.
+func (b *Builder) ChoosePrefix(declared, fallback netip.Prefix) (netip.Prefix, string) {
+	return b.prefixes.choose(declared, fallback)
+}
+
+// Build finishes validation against plan and returns the testbed, as
+// BuildWith would for the candidates added.
+func (b *Builder) Build(plan addressing.Plan) Result {
+	res := Result{Rejected: b.rejected, Skipped: b.skipped}
+	var ungranted map[string][]TincAddress
+	// The members that pass are finished in their chunks, then copied into
+	// one array of exactly their number, the chunks garbage after; or, in
+	// one chunk (see Grow), kept in it.
+	pass := make([]bool, b.n)
+	passed := 0
+	var none pending
+	for i, p := 0, 0; i < b.n; i++ {
+		m, pd := b.member(i), &none
+		if p < len(b.pend) && b.pend[p].i == i {
+			pd = &b.pend[p]
+			p++
+		}
+		warnings, err := finish(plan, m, pd)
 		if err != nil {
-			p := Problem{Kind: c.Kind, ID: c.ID, Reason: err.Error()}
-			if c.Tinc != nil && ValidTincName(c.Tinc.Name) {
-				p.TincName = c.Tinc.Name
-			}
-			if skip {
-				res.Skipped = append(res.Skipped, p)
-			} else {
-				res.Rejected = append(res.Rejected, p)
-			}
+			res.Rejected = append(res.Rejected, Problem{Kind: m.Kind, ID: m.ID, TincName: m.TincName, Reason: err.Error()})
 			continue
 		}
-		m.warnings = append(m.warnings, o.Policy.grant(&m.Member)...)
-		for _, w := range m.warnings {
+		addrs := m.Addresses
+		if g := b.o.Policy.grant(m); len(g) > 0 {
+			warnings = append(warnings, g...)
+			if len(m.Addresses) == 0 && len(addrs) > 0 {
+				if ungranted == nil {
+					ungranted = map[string][]TincAddress{}
+				}
+				ungranted[m.TincName] = addrs
+			}
+		}
+		for _, w := range warnings {
 			res.Warnings = append(res.Warnings, Problem{Kind: m.Kind, ID: m.ID, TincName: m.TincName, Reason: w})
 		}
-		members = append(members, m.Member)
+		pass[i] = true
+		passed++
 	}
-	members, dups := dedupe(members)
+	var out []Member
+	if len(b.members) == 1 {
+		out = b.members[0][:0] // in place: a member moves only forward
+	} else {
+		out = make([]Member, 0, passed)
+	}
+	for i := range b.n {
+		if pass[i] {
+			out = append(out, *b.member(i))
+		}
+	}
+	if len(b.members) == 1 {
+		clear(b.members[0][len(out):b.n])
+	}
+	b.members, b.pend, b.n = nil, nil, 0
+	members, dups := dedupe(out)
 	res.Rejected = append(res.Rejected, dups...)
 	sortProblems(res.Rejected)
 	sortProblems(res.Skipped)
 	sortProblems(res.Warnings)
 	res.Testbed = newTestbed(plan, members)
+	for name := range ungranted {
+		if _, ok := res.Testbed.Lookup(name); !ok {
+			delete(ungranted, name)
+		}
+	}
+	res.Testbed.ungranted = ungranted
+	if b.o.Keys != nil {
+		b.o.Keys.rotate()
+	}
 	return res
 }
 
-type validated struct {
-	Member
-	warnings []string
-}
-
-// validate checks one candidate. skip reports a deliberate skip (no key,
-// native backend) rather than a rejection.
-func validate(plan addressing.Plan, c *Candidate, keys *KeyCache) (v validated, skip bool, err error) {
+// validate checks what of one candidate does not depend on the plan.
+// skip reports a deliberate skip (no key, native backend) rather than a
+// rejection.
+func validate(c *Candidate, keys *KeyCache) (m Member, pd pending, skip bool, err error) {
 	switch c.Kind {
 	case addressing.KindNode:
 		if err := addressing.CheckNode(c.ID); err != nil {
-			return v, false, err
+			return m, pd, false, err
 		}
 	case addressing.KindServer, addressing.KindHost, addressing.KindGateway:
 		if err := addressing.CheckID48(c.Kind.String(), c.ID); err != nil {
-			return v, false, err
+			return m, pd, false, err
 		}
 	default:
-		return v, false, fmt.Errorf("kind %s is not a tinc member", c.Kind)
+		return m, pd, false, fmt.Errorf("kind %s is not a tinc member", c.Kind)
 	}
 	switch c.Backend {
 	case "tinc", "":
 	case "native":
-		return v, true, fmt.Errorf("skipped: backend is native, not in the tinc VPN")
+		return m, pd, true, fmt.Errorf("skipped: backend is native, not in the tinc VPN")
 	default:
-		return v, false, fmt.Errorf("mgmt_net backend %q: want tinc or native", c.Backend)
+		return m, pd, false, fmt.Errorf("mgmt_net backend %q: want tinc or native", c.Backend)
 	}
 	if c.Tinc == nil {
-		return v, true, fmt.Errorf("skipped: no tinc key registered (tinc is null)")
+		return m, pd, true, fmt.Errorf("skipped: no tinc key registered (tinc is null)")
 	}
-	m := &v.Member
 	m.Kind, m.ID, m.Name, m.Island = c.Kind, c.ID, c.Name, c.Island
 	if !ValidTincName(c.Tinc.Name) {
-		return v, false, fmt.Errorf("tinc name %q: want one or more of [A-Za-z0-9_]", c.Tinc.Name)
+		return m, pd, false, fmt.Errorf("tinc name %q: want one or more of [A-Za-z0-9_]", c.Tinc.Name)
 	}
 	// A tinc name is bound to its member's kind and id: otherwise any
 	// member could take the host file (and so the Subnets) of another,
 	// absent or rejected one, e.g. a host naming itself "server".
 	if k, id, err := addressing.ParseTincName(c.Tinc.Name); err != nil || k != c.Kind || id != c.ID {
 		want, _ := addressing.TincName(c.Kind, c.ID)
-		return v, false, fmt.Errorf("tinc name %q is not %s's: want %s", c.Tinc.Name, label(c.Kind, c.ID, ""), want)
+		return m, pd, false, fmt.Errorf("tinc name %q is not %s's: want %s", c.Tinc.Name, label(c.Kind, c.ID, ""), want)
 	}
 	m.TincName = c.Tinc.Name
 
-	want, err := plan.Address(addressing.Entity{Kind: c.Kind, ID: c.ID})
-	if err != nil {
-		return v, false, err
-	}
+	// The address is checked against the plan in finish.
 	addrStr := strings.TrimSpace(c.MgmtAddr)
-	if addrStr == "" {
-		return v, false, fmt.Errorf("mgmt_net.addr is empty; the plan says %s", want)
-	}
 	addr, err := netip.ParseAddr(addrStr)
-	if err != nil || !addr.Is6() || addr.Zone() != "" || addr.Is4In6() {
-		return v, false, fmt.Errorf("mgmt_net.addr %q is not an IPv6 address; the plan says %s", c.MgmtAddr, want)
+	switch {
+	case addrStr == "":
+		pd.addrEmpty = true
+	case err != nil || !addr.Is6() || addr.Zone() != "" || addr.Is4In6():
+		pd.rawAddr = c.MgmtAddr
+	default:
+		m.Addr = addr
 	}
-	if addr != want {
-		what := "outside the plan's " + plan.Mgmt().String()
-		if e, err := plan.Reverse(addr); err == nil {
-			what = "the address of " + e.String()
-		} else if plan.Mgmt().Contains(addr) {
-			what = "not an address the plan assigns"
-		}
-		return v, false, fmt.Errorf("mgmt_net.addr %s disagrees with the plan: it is %s, but %s is %s", addr, what, label(c.Kind, c.ID, ""), want)
-	}
-	m.Addr = addr
-	sub, err := plan.TincSubnet(c.Kind, c.ID)
-	if err != nil {
-		return v, false, err
-	}
-	m.Subnets = []netip.Prefix{sub}
 
-	normalize := NormalizePublicKey
+	var key string
 	if keys != nil {
-		normalize = keys.normalize
+		key, err = keys.normalize(c.Tinc.PubKey)
+	} else {
+		key, err = NormalizePublicKey(c.Tinc.PubKey)
 	}
-	key, err := normalize(c.Tinc.PubKey)
 	if err != nil {
-		return v, false, err
+		pd.keyErr = err
+		return m, pd, false, nil
 	}
 	m.PubKey = key
 
 	for _, a := range c.Tinc.Addresses {
 		ta, err := checkTincAddress(a)
 		if err != nil {
-			v.warnings = append(v.warnings, err.Error())
+			pd.warnings = append(pd.warnings, err.Error())
 			continue
 		}
 		if slices.ContainsFunc(m.Addresses, func(x TincAddress) bool { return x.Host == ta.Host && x.Port == ta.Port }) {
@@ -240,15 +445,51 @@ func validate(plan addressing.Plan, c *Candidate, keys *KeyCache) (v validated, 
 	}
 	var w string
 	if m.Egress, w = egressOf(c.Kind, c.Properties); w != "" {
-		v.warnings = append(v.warnings, w)
-	}
-	if m.DNS, w = dnsServiceOf(plan, c.Properties); w != "" {
-		v.warnings = append(v.warnings, w)
+		pd.warnings = append(pd.warnings, w)
 	}
 	if m.Capacity, w = capacityOf(c.Properties); w != "" {
-		v.warnings = append(v.warnings, w)
+		pd.warnings = append(pd.warnings, w)
 	}
-	return v, false, nil
+	return m, pd, false, nil
+}
+
+// finish checks a member that validate kept against the plan: its address
+// and Subnets, then its key, and reads its DNS service. It returns the
+// member's warnings.
+func finish(plan addressing.Plan, m *Member, pd *pending) ([]string, error) {
+	want, err := plan.Address(addressing.Entity{Kind: m.Kind, ID: m.ID})
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case pd.addrEmpty:
+		return nil, fmt.Errorf("mgmt_net.addr is empty; the plan says %s", want)
+	case !m.Addr.IsValid():
+		return nil, fmt.Errorf("mgmt_net.addr %q is not an IPv6 address; the plan says %s", pd.rawAddr, want)
+	}
+	if addr := m.Addr; addr != want {
+		what := "outside the plan's " + plan.Mgmt().String()
+		if e, err := plan.Reverse(addr); err == nil {
+			what = "the address of " + e.String()
+		} else if plan.Mgmt().Contains(addr) {
+			what = "not an address the plan assigns"
+		}
+		return nil, fmt.Errorf("mgmt_net.addr %s disagrees with the plan: it is %s, but %s is %s", addr, what, label(m.Kind, m.ID, ""), want)
+	}
+	sub, err := plan.TincSubnet(m.Kind, m.ID)
+	if err != nil {
+		return nil, err
+	}
+	if pd.keyErr != nil {
+		return nil, pd.keyErr
+	}
+	m.Subnets = []netip.Prefix{sub}
+	warnings := pd.warnings
+	var w string
+	if m.DNS, w = dnsServiceOf(plan, m.Properties); w != "" {
+		warnings = append(warnings, w)
+	}
+	return warnings, nil
 }
 
 // checkTincAddress validates a gateway address: an IP literal or a host
@@ -371,30 +612,32 @@ func NormalizePublicKey(s string) (string, error) {
 // so neither is trusted.
 func dedupe(ms []Member) ([]Member, []Problem) {
 	bad := map[int]string{}
-	byName := map[string]int{}
-	type kid struct {
-		k  addressing.Kind
-		id uint64
-	}
-	byID := map[kid]int{}
+	// The first member of each tinc name and of each (kind, id), found by
+	// sorting indexes rather than with maps of 66 000 entries (6 MB at the
+	// moment a daemon holds two snapshots).
+	firstName := firstOf(len(ms), func(a, b int) int { return strings.Compare(ms[a].TincName, ms[b].TincName) })
+	firstID := firstOf(len(ms), func(a, b int) int {
+		if c := cmp.Compare(ms[a].Kind, ms[b].Kind); c != 0 {
+			return c
+		}
+		return cmp.Compare(ms[a].ID, ms[b].ID)
+	})
 	identical := map[int]bool{}
 	for i := range ms {
-		if j, ok := byName[ms[i].TincName]; ok && ms[i].Equal(&ms[j]) {
+		j := int(firstName[i])
+		if j != i && ms[i].Equal(&ms[j]) {
 			identical[i] = true // the same member listed twice (pages shifted): keep one
 			continue
 		}
-		if j, ok := byName[ms[i].TincName]; ok {
+		if j != i {
 			bad[i] = "tinc name " + ms[i].TincName + " is also claimed by " + ms[j].Label()
 			bad[j] = "tinc name " + ms[j].TincName + " is also claimed by " + ms[i].Label()
-		} else {
-			byName[ms[i].TincName] = i
 		}
-		k := kid{ms[i].Kind, ms[i].ID}
-		if j, ok := byID[k]; ok {
+		// The first of a (kind, id) is never an identical copy: that has
+		// the name, and so the (kind, id), of an earlier member.
+		if j := int(firstID[i]); j != i {
 			bad[i] = "listed twice by the registry, with different content"
 			bad[j] = "listed twice by the registry, with different content"
-		} else {
-			byID[k] = i
 		}
 	}
 	// Overlapping subnets: sort all (prefix, owner) pairs and compare
@@ -449,6 +692,25 @@ func dedupe(ms []Member) ([]Member, []Problem) {
 		out = append(out, ms[i])
 	}
 	return out, probs
+}
+
+// firstOf returns, for each of n elements, the index of the first element
+// equal to it by cmp (itself when it is the first).
+func firstOf(n int, cmp func(a, b int) int) []int32 {
+	idx := make([]int32, n)
+	for i := range idx {
+		idx[i] = int32(i)
+	}
+	slices.SortStableFunc(idx, func(a, b int32) int { return cmp(int(a), int(b)) })
+	first := make([]int32, n)
+	for k := 0; k < n; k++ {
+		if k > 0 && cmp(int(idx[k-1]), int(idx[k])) == 0 {
+			first[idx[k]] = first[idx[k-1]]
+		} else {
+			first[idx[k]] = idx[k]
+		}
+	}
+	return first
 }
 
 func sortProblems(ps []Problem) {

@@ -17,10 +17,15 @@ import (
 // network, sorted by tinc name. Its version is a digest of its content:
 // two snapshots with the same members have the same version.
 type Testbed struct {
-	plan    addressing.Plan
+	plan addressing.Plan
+	// members are sorted by tinc name, which Lookup searches: no index
+	// map, which would be 3 MB more at 66 000 members.
 	members []Member
-	index   map[string]int
 	version string
+	// ungranted are the tinc addresses the grant policy dropped, by tinc
+	// name: nil but for members the policy refused to make gateways, so
+	// that Candidates gives what the registry said.
+	ungranted map[string][]TincAddress
 
 	assignOnce sync.Once
 	assignment *Assignment
@@ -28,10 +33,7 @@ type Testbed struct {
 
 func newTestbed(plan addressing.Plan, ms []Member) *Testbed {
 	slices.SortFunc(ms, func(a, b Member) int { return strings.Compare(a.TincName, b.TincName) })
-	t := &Testbed{plan: plan, members: ms, index: make(map[string]int, len(ms))}
-	for i := range ms {
-		t.index[ms[i].TincName] = i
-	}
+	t := &Testbed{plan: plan, members: ms}
 	t.version = t.digest()
 	return t
 }
@@ -69,9 +71,41 @@ func (t *Testbed) All() iter.Seq[*Member] {
 	}
 }
 
+// Candidates iterates over the members in tinc-name order, each as a
+// candidate that validates to it again (with the same plan and policy):
+// the tinc addresses the policy dropped included, the properties as the
+// registry gave them, the address and key as validated. A cache of the
+// snapshot can so be saved from the Testbed, one member at a time, rather
+// than from the registry's answer. Candidates that were rejected or
+// skipped are not in it. The candidates share the members' strings and
+// properties map, which must not be modified.
+func (t *Testbed) Candidates() iter.Seq[Candidate] {
+	return func(yield func(Candidate) bool) {
+		for i := range t.members {
+			m := &t.members[i]
+			addrs := m.Addresses
+			if u, ok := t.ungranted[m.TincName]; ok {
+				addrs = u
+			}
+			ct := &CandidateTinc{Name: m.TincName, PubKey: m.PubKey}
+			if len(addrs) > 0 {
+				ct.Addresses = make([]CandidateAddress, len(addrs))
+				for j, a := range addrs {
+					ct.Addresses[j] = CandidateAddress{Addr: a.Host, Port: int(a.Port), Island: a.Island}
+				}
+			}
+			c := Candidate{Kind: m.Kind, ID: m.ID, Name: m.Name, Island: m.Island, MgmtAddr: m.Addr.String(),
+				Backend: "tinc", Tinc: ct, Properties: m.Properties}
+			if !yield(c) {
+				return
+			}
+		}
+	}
+}
+
 // Lookup returns the member with the given tinc name.
 func (t *Testbed) Lookup(tincName string) (*Member, bool) {
-	i, ok := t.index[tincName]
+	i, ok := slices.BinarySearchFunc(t.members, tincName, func(m Member, name string) int { return strings.Compare(m.TincName, name) })
 	if !ok {
 		return nil, false
 	}

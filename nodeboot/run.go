@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/confine-project/mgmtnet/addressing"
+	"github.com/confine-project/mgmtnet/mesh"
 	"github.com/confine-project/mgmtnet/mesh/registry"
 	"github.com/confine-project/mgmtnet/source"
 	"github.com/confine-project/mgmtnet/tinc"
@@ -288,7 +289,13 @@ func fromRegistry(ctx context.Context, cfg Config, opts Options, log *slog.Logge
 	}
 	// The one snapshot source, with the node's own prefix as the fallback
 	// when the registry declares none.
-	src, err := source.New(source.Config{URL: opts.Registry, Fallback: cfg.Prefix, Logger: log,
+	// The node's own island, also when it is no member yet (no key).
+	watch := func(c *mesh.Candidate) {
+		if c.Kind == addressing.KindNode && c.ID == uint64(cfg.NodeID) {
+			island = c.Island
+		}
+	}
+	src, err := source.New(source.Config{URL: opts.Registry, Fallback: cfg.Prefix, Logger: log, Watch: watch,
 		Client: registry.Options{CAFile: opts.CAFile, Insecure: opts.Insecure, Timeout: min(timeout, StallTimeout), FetchTimeout: timeout,
 			Retries: retries, RetryWaitMin: wait, RetryWaitMax: 4 * wait}})
 	if err != nil {
@@ -313,7 +320,6 @@ func fromRegistry(ctx context.Context, cfg Config, opts Options, log *slog.Logge
 	for _, p := range snap.Warnings {
 		note("warning: " + p.String())
 	}
-	island = snap.IslandOf(addressing.KindNode, uint64(cfg.NodeID))
 	gws, notes := SnapshotGateways(cfg, snap.Testbed, island)
 	for _, n := range notes {
 		note(n)

@@ -35,7 +35,11 @@ type Config struct {
 	// in use.
 	Guard mesh.Guard
 	// Cache is the last-known-good file; empty: none is kept.
-	Cache  string
+	Cache string
+	// Watch, when set, sees every candidate of a fetch as it is decoded,
+	// before validation (node-boot reads its own island from it, also
+	// when it is not a member yet). It must not keep the pointer.
+	Watch  func(*mesh.Candidate)
 	Logger *slog.Logger
 }
 
@@ -59,9 +63,6 @@ type Snapshot struct {
 	// saved.
 	FromCache bool
 	Saved     time.Time
-
-	candidates []mesh.Candidate // for the cache
-	islands    map[islandKey]uint64
 }
 
 // Source yields the snapshots of one registry. It is not safe for
@@ -114,14 +115,21 @@ func (s *Source) Current() *mesh.Testbed { return s.current }
 // members of the one in use than the Guard allows is an error wrapping
 // mesh.ErrMassDeletion.
 func (s *Source) Fetch(ctx context.Context) (Snapshot, error) {
-	r, err := s.client.Fetch(ctx, s.validators)
+	// The candidates are validated as they stream in (mesh.Builder): the
+	// registry's answer is never held whole, only the members.
+	b := s.builder()
+	var sink registry.Sink = b
+	if s.cfg.Watch != nil {
+		sink = watched{b, s.cfg.Watch}
+	}
+	r, err := s.client.FetchInto(ctx, s.validators, sink)
 	if err != nil {
 		return Snapshot{}, fmt.Errorf("fetch members from %s: %w", s.cfg.URL, err)
 	}
 	if r.NotModified {
 		return Snapshot{NotModified: true, Validators: s.Validators()}, nil
 	}
-	snap, err := s.build(r.Prefix, r.Candidates, r.Problems)
+	snap, err := s.build(r.Prefix, b, r.Problems)
 	if err != nil {
 		return Snapshot{}, err
 	}
@@ -135,13 +143,36 @@ func (s *Source) Fetch(ctx context.Context) (Snapshot, error) {
 	return snap, nil
 }
 
-// build validates candidates against the declared or the chosen prefix.
-func (s *Source) build(regPrefix netip.Prefix, cands []mesh.Candidate, problems []mesh.Problem) (Snapshot, error) {
+// builder returns a mesh.Builder for a fetch or the cache to stream
+// candidates into, sized for a snapshot like the one in use.
+func (s *Source) builder() *mesh.Builder {
+	b := mesh.NewBuilder(mesh.BuildOptions{Keys: s.keys, Policy: s.cfg.Policy})
+	if s.current != nil {
+		b.Grow(s.current.Len())
+	}
+	return b
+}
+
+// watched is a registry.Sink that shows each candidate to a watcher
+// before the Builder takes it.
+type watched struct {
+	*mesh.Builder
+	watch func(*mesh.Candidate)
+}
+
+func (w watched) Add(c *mesh.Candidate) {
+	w.watch(c)
+	w.Builder.Add(c)
+}
+
+// build validates the candidates of b against the declared or the chosen
+// prefix.
+func (s *Source) build(regPrefix netip.Prefix, b *mesh.Builder, problems []mesh.Problem) (Snapshot, error) {
 	fallback := s.cfg.Fallback
 	if !fallback.IsValid() {
 		fallback = addressing.DefaultMgmtPrefix()
 	}
-	prefix, note := mesh.ChoosePrefix(regPrefix, fallback, cands)
+	prefix, note := b.ChoosePrefix(regPrefix, fallback)
 	if s.cfg.Prefix.IsValid() {
 		prefix, note = s.cfg.Prefix, ""
 	}
@@ -157,31 +188,11 @@ func (s *Source) build(regPrefix netip.Prefix, cands []mesh.Candidate, problems 
 	if err != nil {
 		return Snapshot{}, fmt.Errorf("registry %s: management prefix %s: %w", s.cfg.URL, prefix, err)
 	}
-	res := mesh.BuildWith(plan, cands, mesh.BuildOptions{Keys: s.keys, Policy: s.cfg.Policy})
+	res := b.Build(plan)
 	snap.Testbed, snap.Prefix = res.Testbed, prefix
 	snap.Rejected = append(append(snap.Rejected, problems...), res.Rejected...)
 	snap.Skipped, snap.Warnings = res.Skipped, res.Warnings
-	snap.islands = map[islandKey]uint64{}
-	for i := range cands {
-		if cands[i].Island != 0 {
-			snap.islands[islandKey{cands[i].Kind, cands[i].ID}] = cands[i].Island
-		}
-	}
-	if s.cfg.Cache != "" {
-		snap.candidates = cands
-	}
 	return snap, nil
-}
-
-type islandKey struct {
-	kind addressing.Kind
-	id   uint64
-}
-
-// IslandOf is the island the registry gives a member, also one that is not
-// in the testbed (no key yet, rejected); 0 for none.
-func (s Snapshot) IslandOf(kind addressing.Kind, id uint64) uint64 {
-	return s.islands[islandKey{kind, id}]
 }
 
 // Commit makes snap the snapshot in use: the next Fetch is conditional on
@@ -197,7 +208,7 @@ func (s *Source) Commit(snap Snapshot) {
 		return
 	}
 	err := saveSnapshot(s.cfg.Cache, snapshot{Saved: time.Now().UTC(), RegistryURL: s.cfg.URL,
-		Prefix: snap.Prefix.String(), Validators: snap.Validators, Candidates: snap.candidates})
+		Prefix: snap.Prefix.String(), Validators: snap.Validators}, snap.Testbed)
 	if err != nil {
 		s.log.Warn("cannot save the last-known-good snapshot", "err", err)
 	}
@@ -221,12 +232,13 @@ func (s *Source) Load() (Snapshot, error) {
 	if s.cfg.Cache == "" {
 		return Snapshot{}, ErrNoCache
 	}
-	c, err := loadSnapshot(s.cfg.Cache)
+	b := s.builder()
+	c, err := loadSnapshot(s.cfg.Cache, b)
 	if err != nil {
 		return Snapshot{}, err
 	}
 	p, _ := netip.ParsePrefix(c.Prefix)
-	snap, err := s.build(p, c.Candidates, nil)
+	snap, err := s.build(p, b, nil)
 	if err != nil {
 		return Snapshot{}, err
 	}

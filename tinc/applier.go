@@ -59,10 +59,11 @@ func (a *Applier) HostsDir() string {
 	return filepath.Join(a.Dir, "hosts")
 }
 
-// Sync writes files into HostsDir, change-only (tincgen.Sync), and needs
-// a Reload when any file was written or removed.
-func (a *Applier) Sync(files tincgen.Files, o tincgen.SyncOptions) (tincgen.Report, error) {
-	rep, err := tincgen.Sync(a.HostsDir(), files, o)
+// Sync writes the files of src into HostsDir, change-only
+// (tincgen.SyncSource, which renders them one at a time), and needs
+// ActionReload when any file was written or removed.
+func (a *Applier) Sync(src tincgen.Source, o tincgen.SyncOptions) (tincgen.Report, error) {
+	rep, err := tincgen.SyncSource(a.HostsDir(), src, o)
 	if err != nil {
 		return rep, err
 	}

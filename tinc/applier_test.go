@@ -134,7 +134,7 @@ func TestApplierDeliver(t *testing.T) {
 func TestApplierSync(t *testing.T) {
 	dir := t.TempDir()
 	a := &Applier{Dir: dir, Ctl: &fakeCtl{}}
-	files := map[string][]byte{"node_1": []byte("Subnet = fd00::/64\n")}
+	files := tincgen.Files{"node_1": []byte("Subnet = fd00::/64\n")}
 	if err := os.Mkdir(a.HostsDir(), 0o755); err != nil {
 		t.Fatal(err)
 	}

@@ -2,6 +2,7 @@ package tincgen
 
 import (
 	"fmt"
+	"io/fs"
 	"net/netip"
 	"slices"
 
@@ -126,20 +127,70 @@ const RelayWeight = 100
 // member, so an invalid host file here is a bug; it is still checked
 // (Host.Validate) and reported rather than written. With o.Gateway set,
 // only the members that gateway holds are rendered (see Holds).
+//
+// HostFilesWith holds every file at once; SyncSource of a HostSource
+// renders them one at a time.
 func HostFilesWith(tb *mesh.Testbed, o HostOptions) (Files, error) {
-	nodeEgress := OffersEgress(tb, o.Egress)
+	src := NewHostSource(tb, o)
 	files := make(Files, tb.Len())
 	for m := range tb.All() {
 		if !Holds(tb, o, m) {
 			continue
 		}
-		b, err := MemberFile(tb, m, o, nodeEgress)
+		b, err := src.render(m)
 		if err != nil {
 			return nil, err
 		}
 		files[m.TincName] = b
 	}
 	return files, nil
+}
+
+// HostSource is the hosts directory HostFilesWith renders, as a Source:
+// each file is rendered when Sync asks for it, so that a sync of 66 000
+// members holds a few files, not 40 MB of them. It is safe for concurrent
+// use.
+type HostSource struct {
+	tb         *mesh.Testbed
+	o          HostOptions
+	nodeEgress bool
+}
+
+// NewHostSource returns the host files of tb rendered with o. tb and o
+// must not change while it is used.
+func NewHostSource(tb *mesh.Testbed, o HostOptions) *HostSource {
+	return &HostSource{tb: tb, o: o, nodeEgress: OffersEgress(tb, o.Egress)}
+}
+
+// Names returns the tinc names of the members whose files the directory
+// holds (Holds), in tinc-name order.
+func (s *HostSource) Names() []string {
+	var names []string
+	for m := range s.tb.All() {
+		if Holds(s.tb, s.o, m) {
+			names = append(names, m.TincName)
+		}
+	}
+	return names
+}
+
+// Has reports whether the directory holds the file name.
+func (s *HostSource) Has(name string) bool {
+	m, ok := s.tb.Lookup(name)
+	return ok && Holds(s.tb, s.o, m)
+}
+
+// Render renders the file name as HostFilesWith does.
+func (s *HostSource) Render(name string) ([]byte, error) {
+	m, ok := s.tb.Lookup(name)
+	if !ok || !Holds(s.tb, s.o, m) {
+		return nil, fmt.Errorf("no host file %s: %w", name, fs.ErrNotExist)
+	}
+	return s.render(m)
+}
+
+func (s *HostSource) render(m *mesh.Member) ([]byte, error) {
+	return MemberFile(s.tb, m, s.o, s.nodeEgress)
 }
 
 // Holds reports whether the hosts directory HostFilesWith renders with o

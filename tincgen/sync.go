@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -20,8 +22,59 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Files is the desired content of a hosts directory, by file name.
+// Files is the desired content of a hosts directory, by file name. It is
+// a Source.
 type Files map[string][]byte
+
+// Source is the desired content of a hosts directory, file by file: Sync
+// renders each file when it compares or writes it, rather than hold every
+// file's bytes at once (66 000 host files are 40 MB). Files and
+// HostSource are Sources.
+type Source interface {
+	// Names returns the file names, sorted, in a new slice the caller may
+	// change.
+	Names() []string
+	// Has reports whether name is one of Names.
+	Has(name string) bool
+	// Render returns the bytes of the file name. Sync calls it from
+	// several goroutines at once, and again for a file it writes, so it
+	// must be safe for concurrent use and give the same bytes each time.
+	Render(name string) ([]byte, error)
+}
+
+// Names returns the file names, sorted.
+func (f Files) Names() []string { return slices.Sorted(maps.Keys(f)) }
+
+// Has reports whether f names a file.
+func (f Files) Has(name string) bool { _, ok := f[name]; return ok }
+
+// Render returns a file's bytes.
+func (f Files) Render(name string) ([]byte, error) {
+	b, ok := f[name]
+	if !ok {
+		return nil, fmt.Errorf("no host file %s: %w", name, fs.ErrNotExist)
+	}
+	return b, nil
+}
+
+// Without returns src without the file name.
+func Without(src Source, name string) Source { return without{src, name} }
+
+type without struct {
+	Source
+	name string
+}
+
+func (w without) Names() []string {
+	return slices.DeleteFunc(w.Source.Names(), func(n string) bool { return n == w.name })
+}
+func (w without) Has(name string) bool { return name != w.name && w.Source.Has(name) }
+func (w without) Render(name string) ([]byte, error) {
+	if name == w.name {
+		return nil, fmt.Errorf("no host file %s: %w", name, fs.ErrNotExist)
+	}
+	return w.Source.Render(name)
+}
 
 // SyncOptions controls Sync. The zero value is ready to use.
 type SyncOptions struct {
@@ -124,6 +177,40 @@ func Sync(dir string, files Files, opts SyncOptions) (Report, error) {
 	return syncDir(dir, files, opts, nil)
 }
 
+// SyncSource is Sync of the files src renders. Each file is rendered when
+// it is compared, and again when it is written, and dropped after: the
+// sync holds the bytes of one file per worker (see parallel), not of the
+// whole directory. A Diff (DryRun) holds what it shows.
+func SyncSource(dir string, src Source, opts SyncOptions) (Report, error) {
+	return syncDir(dir, src, opts, nil)
+}
+
+// listDir calls fn with the name and type of every entry of dir, reading
+// it in batches rather than all at once. A directory that does not exist
+// has no entries.
+func listDir(dir string, fn func(name string, typ fs.FileMode)) error {
+	f, err := os.Open(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	for {
+		ents, err := f.ReadDir(1024)
+		for _, e := range ents {
+			fn(e.Name(), e.Type())
+		}
+		if err == io.EOF || (err == nil && len(ents) == 0) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
 // syncHooks lets tests inject failures into the write path.
 type syncHooks struct {
 	// beforeRename runs after the temporary file for name is written and synced.
@@ -133,15 +220,13 @@ type syncHooks struct {
 	afterList func()
 }
 
-func syncDir(dir string, files Files, opts SyncOptions, hooks *syncHooks) (Report, error) {
-	names := make([]string, 0, len(files))
-	for name := range files {
+func syncDir(dir string, files Source, opts SyncOptions, hooks *syncHooks) (Report, error) {
+	names := files.Names()
+	for _, name := range names {
 		if !ValidName(name) {
 			return Report{}, fmt.Errorf("sync %s: invalid tinc name %q", dir, name)
 		}
-		names = append(names, name)
 	}
-	slices.Sort(names)
 	owned := opts.Owned
 	if owned == nil {
 		owned = OwnedName
@@ -157,27 +242,36 @@ func syncDir(dir string, files Files, opts SyncOptions, hooks *syncHooks) (Repor
 		}
 		defer unlock()
 	}
-	entries, err := os.ReadDir(dir)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return Report{}, fmt.Errorf("sync %s: %w", dir, err)
-	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	existing := make(map[string]fs.FileMode, len(entries))
+	// The directory is listed in batches, and of its entries only those
+	// in scope are kept (all of them without Only, by name and type): a
+	// list of 66 000 entries beside it would be 5 MB more, and the
+	// daemon's incremental sync needs a handful.
+	existing := map[string]fs.FileMode{}
 	var temps, remove, removeSpecial []string
+	type special struct {
+		name, action string
+		typ          fs.FileMode
+	}
+	var specials []special
 	existingOwned := 0
-	for _, e := range entries {
-		name, typ := e.Name(), e.Type()
-		existing[name] = typ
-		_, listed := files[name]
+	err := listDir(dir, func(name string, typ fs.FileMode) {
 		inScope := opts.Only == nil || opts.Only[name]
+		if inScope {
+			existing[name] = typ
+		}
 		switch {
 		case typ.IsDir():
 			// Never ours; one where a host file belongs is an error below.
 		case !typ.IsRegular():
-			if !inScope || (!listed && !owned(name)) {
+			if !inScope {
+				break
+			}
+			listed := files.Has(name)
+			if !listed && !owned(name) {
 				break
 			}
 			action := "replacing it"
@@ -185,16 +279,25 @@ func syncDir(dir string, files Files, opts SyncOptions, hooks *syncHooks) (Repor
 				action = "removing it"
 				removeSpecial = append(removeSpecial, name)
 			}
-			log.Warn("host file is not a regular file; "+action,
-				"path", filepath.Join(dir, name), "type", FileType(typ))
+			specials = append(specials, special{name, action, typ})
 		case strings.HasPrefix(name, tempPrefix):
 			temps = append(temps, name)
 		case owned(name):
 			existingOwned++
-			if _, ok := files[name]; !ok && (opts.Only == nil || opts.Only[name]) {
+			if inScope && !files.Has(name) {
 				remove = append(remove, name)
 			}
 		}
+	})
+	if err != nil {
+		return Report{}, fmt.Errorf("sync %s: %w", dir, err)
+	}
+	slices.Sort(remove)
+	slices.Sort(removeSpecial)
+	slices.SortFunc(specials, func(a, b special) int { return strings.Compare(a.name, b.name) })
+	for _, sp := range specials {
+		log.Warn("host file is not a regular file; "+sp.action,
+			"path", filepath.Join(dir, sp.name), "type", FileType(sp.typ))
 	}
 	if hooks != nil && hooks.afterList != nil {
 		hooks.afterList()
@@ -202,7 +305,6 @@ func syncDir(dir string, files Files, opts SyncOptions, hooks *syncHooks) (Repor
 	if opts.Only != nil {
 		names = slices.DeleteFunc(names, func(n string) bool { return !opts.Only[n] })
 	}
-	// ReadDir sorts by name, so remove is sorted.
 	// notRegular handles a file that was regular when listed and is not
 	// when read: it differs, and the rename replaces it.
 	notRegular := func(name string, err error) {
@@ -210,27 +312,34 @@ func syncDir(dir string, files Files, opts SyncOptions, hooks *syncHooks) (Repor
 	}
 
 	// Compare contents. Reading ~66 000 small files dominates a warm sync, so
-	// the reads run in parallel.
+	// the reads run in parallel. Each file is rendered here and dropped
+	// once compared; with DryRun only the diff of a differing one is kept.
 	var (
 		unchanged = make([]bool, len(names))
-		old       [][]byte
+		diffs     []string
 	)
 	if opts.DryRun {
-		old = make([][]byte, len(names))
+		diffs = make([]string, len(names))
 	}
 	err = parallel(len(names), func(i int) error {
 		name := names[i]
 		typ, ok := existing[name]
-		switch {
-		case !ok:
-			return nil
-		case typ.IsDir():
+		if ok && typ.IsDir() {
 			return fmt.Errorf("sync %s: host file %s is a directory", dir, name)
-		case !typ.IsRegular():
-			return nil // a symlink or special file: replace it, do not read it
 		}
-		if old == nil {
-			same, err := sameContent(filepath.Join(dir, name), files[name])
+		if !opts.DryRun && (!ok || !typ.IsRegular()) {
+			return nil // new, or a symlink or special file: replace it, do not read it
+		}
+		want, err := files.Render(name)
+		if err != nil {
+			return fmt.Errorf("sync %s: %w", dir, err)
+		}
+		if !ok || !typ.IsRegular() {
+			diffs[i] = unifiedDiff(name, nil, want)
+			return nil
+		}
+		if diffs == nil {
+			same, err := sameContent(filepath.Join(dir, name), want)
 			if errors.Is(err, ErrNotRegular) {
 				notRegular(name, err)
 				return nil
@@ -242,18 +351,20 @@ func syncDir(dir string, files Files, opts SyncOptions, hooks *syncHooks) (Repor
 			return nil
 		}
 		b, err := ReadHostFile(filepath.Join(dir, name))
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil
-		}
-		if errors.Is(err, ErrNotRegular) {
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			b = nil
+		case errors.Is(err, ErrNotRegular):
 			notRegular(name, err)
-			return nil
-		}
-		if err != nil {
+			b = nil
+		case err != nil:
 			return fmt.Errorf("read host file %s: %w", name, err)
+		default:
+			unchanged[i] = bytes.Equal(b, want)
 		}
-		unchanged[i] = bytes.Equal(b, files[name])
-		old[i] = b
+		if !unchanged[i] {
+			diffs[i] = unifiedDiff(name, b, want)
+		}
 		return nil
 	})
 	if err != nil {
@@ -275,9 +386,9 @@ func syncDir(dir string, files Files, opts SyncOptions, hooks *syncHooks) (Repor
 
 	if opts.DryRun {
 		var d strings.Builder
-		for i, name := range names {
+		for i := range names {
 			if !unchanged[i] {
-				d.WriteString(unifiedDiff(name, old[i], files[name]))
+				d.WriteString(diffs[i])
 			}
 		}
 		for _, name := range remove {
@@ -349,7 +460,7 @@ func syncDir(dir string, files Files, opts SyncOptions, hooks *syncHooks) (Repor
 // The file operations are raw system calls relative to the directory's
 // descriptor: os.File's poller registration and path lookups cost more than
 // the write itself for a 1 KB host file.
-func writeAll(dir string, names []string, files Files, keep map[string]unix.Timespec, hooks *syncHooks) error {
+func writeAll(dir string, names []string, files Source, keep map[string]unix.Timespec, hooks *syncHooks) error {
 	if len(names) == 0 {
 		return nil
 	}
@@ -363,7 +474,13 @@ func writeAll(dir string, names []string, files Files, keep map[string]unix.Time
 	prefix := fmt.Sprintf("%s%d-%d-", tempPrefix, os.Getpid(), time.Now().UnixNano())
 	err = parallel(len(names), func(i int) error {
 		tmp := prefix + strconv.Itoa(i)
-		if err := writeTemp(dfd, tmp, files[names[i]]); err != nil {
+		// Rendered again rather than kept from the comparison: only the
+		// workers' files are in memory at once.
+		b, err := files.Render(names[i])
+		if err != nil {
+			return fmt.Errorf("write host file %s: %w", names[i], err)
+		}
+		if err := writeTemp(dfd, tmp, b); err != nil {
 			return fmt.Errorf("write host file %s: %w", names[i], err)
 		}
 		temps[i] = tmp
@@ -405,7 +522,7 @@ func writeAll(dir string, names []string, files Files, keep map[string]unix.Time
 // keepTimes returns the modification times to keep (see
 // SyncOptions.KeepTime): of the regular files among names that keep says
 // so of and whose new content differs from the old in Subnet lines only.
-func keepTimes(dir string, names []string, existing map[string]fs.FileMode, files Files, keep func(string) bool) map[string]unix.Timespec {
+func keepTimes(dir string, names []string, existing map[string]fs.FileMode, files Source, keep func(string) bool) map[string]unix.Timespec {
 	out := map[string]unix.Timespec{}
 	for _, name := range names {
 		if typ, ok := existing[name]; !ok || !typ.IsRegular() || !keep(name) {
@@ -417,7 +534,10 @@ func keepTimes(dir string, names []string, existing map[string]fs.FileMode, file
 			continue
 		}
 		old, err := ReadHostFile(path)
-		if err != nil || !SubnetsOnly(old, files[name]) {
+		if err != nil {
+			continue
+		}
+		if b, err := files.Render(name); err != nil || !SubnetsOnly(old, b) {
 			continue
 		}
 		out[name] = st.Mtim

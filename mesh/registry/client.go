@@ -312,7 +312,8 @@ type Snapshot struct {
 	// unparsable one (which is logged).
 	Prefix netip.Prefix
 	// Candidates are the members: servers, then hosts, then nodes, each
-	// in the registry's order. Nil when NotModified.
+	// in the registry's order. Nil when NotModified, and with FetchInto
+	// (its sink took them).
 	Candidates []mesh.Candidate
 	// Problems are list elements that could not even be decoded. Callers
 	// report them as rejected, next to mesh.Build's rejections.
@@ -360,7 +361,46 @@ func (e *fetchTimeoutError) Unwrap() error { return context.DeadlineExceeded }
 //
 // One Fetch reads at most MaxBodyBytes and MaxPages list pages, and ends
 // after FetchTimeout.
+//
+// Fetch holds every candidate until it returns; FetchInto hands them to a
+// Sink (a mesh.Builder) as they are decoded instead.
 func (c *Client) Fetch(ctx context.Context, validators map[string]string) (*Snapshot, error) {
+	return c.fetch(ctx, validators, nil)
+}
+
+// Sink takes the candidates of FetchInto as they are decoded. A
+// *mesh.Builder is one.
+type Sink interface {
+	// Add takes one candidate; it may keep what c points to.
+	Add(c *mesh.Candidate)
+	// Checkpoint marks the state that Rollback returns to.
+	Checkpoint()
+	// Rollback forgets every candidate added since the last Checkpoint:
+	// a page whose transfer failed half-way is read again in full.
+	Rollback()
+}
+
+var _ Sink = (*mesh.Builder)(nil)
+
+// FetchInto is Fetch, but each candidate goes to sink as soon as it is
+// decoded, and the Snapshot's Candidates is nil: no more than one element
+// of the registry's answer is held at a time, so the caller's memory
+// follows what sink keeps (a mesh.Builder keeps the validated members),
+// not the answer.
+//
+// The candidates come collection by collection, each in the registry's
+// order; a collection that answered 304 while another changed comes after
+// the changed ones. A NotModified snapshot added nothing to sink. When
+// FetchInto fails, sink holds part of an answer and should be dropped.
+func (c *Client) FetchInto(ctx context.Context, validators map[string]string, sink Sink) (*Snapshot, error) {
+	if sink == nil {
+		return nil, errors.New("registry fetch: nil sink")
+	}
+	return c.fetch(ctx, validators, sink)
+}
+
+// fetch is Fetch with a nil sink, else FetchInto.
+func (c *Client) fetch(ctx context.Context, validators map[string]string, sink Sink) (*Snapshot, error) {
 	ctx, cancel := context.WithTimeoutCause(ctx, c.opts.FetchTimeout, &fetchTimeoutError{c.opts.FetchTimeout})
 	defer cancel()
 	st := &fetchState{}
@@ -394,7 +434,7 @@ func (c *Client) Fetch(ctx context.Context, validators map[string]string) (*Snap
 	results := make([]*collectionResult, len(cols))
 	allNotModified := true
 	for i, col := range cols {
-		res, err := c.fetchCollection(ctx, st, col, validators[col.url])
+		res, err := c.fetchCollection(ctx, st, col, validators[col.url], sink)
 		if err != nil {
 			return nil, err
 		}
@@ -414,7 +454,7 @@ func (c *Client) Fetch(ctx context.Context, validators map[string]string) (*Snap
 	for i, col := range cols {
 		if results[i].notModified {
 			c.log.Debug("collection unchanged but others changed; fetching it again in full", "url", col.url)
-			res, err := c.fetchCollection(ctx, st, col, "")
+			res, err := c.fetchCollection(ctx, st, col, "", sink)
 			if err != nil {
 				return nil, err
 			}
@@ -422,10 +462,14 @@ func (c *Client) Fetch(ctx context.Context, validators map[string]string) (*Snap
 		}
 		n += len(results[i].Candidates)
 	}
-	snap.Candidates = make([]mesh.Candidate, 0, n)
+	if sink == nil {
+		snap.Candidates = make([]mesh.Candidate, 0, n)
+	}
 	for i, col := range cols {
 		d := &results[i].decoded
-		snap.Candidates = append(snap.Candidates, d.Candidates...)
+		if sink == nil {
+			snap.Candidates = append(snap.Candidates, d.Candidates...)
+		}
 		snap.Problems = append(snap.Problems, d.Problems...)
 		if d.V0 {
 			snap.Dialect = DialectV0
@@ -476,9 +520,11 @@ type collectionResult struct {
 
 // fetchCollection reads and decodes every page of a collection. The ETag
 // is the response's, for an unpaginated collection; none for a paginated
-// one. A 304 to the validator reports notModified.
-func (c *Client) fetchCollection(ctx context.Context, st *fetchState, col collection, validator string) (*collectionResult, error) {
+// one. A 304 to the validator reports notModified. With a sink the
+// candidates go to it, else to the result.
+func (c *Client) fetchCollection(ctx context.Context, st *fetchState, col collection, validator string, sink Sink) (*collectionResult, error) {
 	md := newMemberDecoder(col.kind, col.url, c.log)
+	md.sink = sink
 	res := &collectionResult{}
 	seen := map[string]bool{}
 	next := col.url

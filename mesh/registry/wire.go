@@ -238,6 +238,10 @@ type memberDecoder struct {
 	seen map[[16]byte]struct{}
 	// added are the digests added to seen since the last mark.
 	added [][16]byte
+	// sink, when set, takes the candidates instead of decoded.Candidates;
+	// sunk counts them.
+	sink Sink
+	sunk int
 	decoded
 }
 
@@ -274,19 +278,28 @@ func (md *memberDecoder) add(raw json.RawMessage) {
 	if m.isV0() {
 		md.V0 = true
 	}
+	if md.sink != nil {
+		md.sink.Add(&c)
+		md.sunk++
+		return
+	}
 	md.Candidates = append(md.Candidates, c)
 }
 
 // decoderMark is a memberDecoder's state before a page; see mark.
 type decoderMark struct {
-	n, dups, cands, probs, added int
-	v0                           bool
+	n, dups, cands, probs, added, sunk int
+	v0                                 bool
 }
 
-// mark records the state before a page, for rollback.
+// mark records the state before a page, for rollback, and checkpoints the
+// sink.
 func (md *memberDecoder) mark() decoderMark {
 	md.added = md.added[:0]
-	return decoderMark{n: md.n, dups: md.dups, cands: len(md.Candidates), probs: len(md.Problems), v0: md.V0}
+	if md.sink != nil {
+		md.sink.Checkpoint()
+	}
+	return decoderMark{n: md.n, dups: md.dups, cands: len(md.Candidates), probs: len(md.Problems), v0: md.V0, sunk: md.sunk}
 }
 
 // rollback forgets every element added since m: a page whose transfer
@@ -296,6 +309,10 @@ func (md *memberDecoder) rollback(m decoderMark) {
 		delete(md.seen, k)
 	}
 	md.added = md.added[:0]
+	if md.sink != nil {
+		md.sink.Rollback()
+		md.sunk = m.sunk
+	}
 	clear(md.Candidates[m.cands:])
 	clear(md.Problems[m.probs:])
 	md.n, md.dups, md.V0 = m.n, m.dups, m.v0
@@ -303,7 +320,7 @@ func (md *memberDecoder) rollback(m decoderMark) {
 }
 
 // members is how many elements have been kept: candidates and problems.
-func (md *memberDecoder) members() int { return len(md.Candidates) + len(md.Problems) }
+func (md *memberDecoder) members() int { return len(md.Candidates) + md.sunk + len(md.Problems) }
 
 // elementProblem describes an element that failed to decode, recovering
 // what it can of its identity.

@@ -28,14 +28,15 @@ func main() {
 	hosts := flag.Int("hosts", 1000, "hosts in the testbed")
 	idle := flag.Duration("idle", 20*time.Second, "how long to measure idle polls")
 	changes := flag.Int("changes", 5, "registry changes to time")
+	tunnel := flag.Bool("tunnel-server", true, "run the gateway in the tunnel-server topology (the default: it holds the host files of the gateways and of the members assigned to it); false is the legacy topology, where it holds every member's file")
 	flag.Parse()
-	if err := run(*bin, *nodes, *hosts, *idle, *changes); err != nil {
+	if err := run(*bin, *nodes, *hosts, *idle, *changes, *tunnel); err != nil {
 		fmt.Fprintf(os.Stderr, "bench gateway: %v\n", err)
 		os.Exit(1)
 	}
 }
 
-func run(bin string, nodes, hosts int, idle time.Duration, changes int) error {
+func run(bin string, nodes, hosts int, idle time.Duration, changes int, tunnel bool) error {
 	dir, err := os.MkdirTemp("", "mgmtnet-bench-gateway-")
 	if err != nil {
 		return err
@@ -71,12 +72,13 @@ identity:
 tinc:
   dir: %s
   pidfile: %s
+  tunnel_server: %t
 poll:
   interval: %s
   full_resync: 1h
 state_dir: %s
 status_socket: %s
-`, listen, netDir, pidFile, poll, filepath.Join(dir, "state"), socket)
+`, listen, netDir, pidFile, tunnel, poll, filepath.Join(dir, "state"), socket)
 	cfgPath := filepath.Join(dir, "gateway.yaml")
 	os.WriteFile(cfgPath, []byte(cfg), 0o644)
 
@@ -105,9 +107,14 @@ status_socket: %s
 	firstSync := time.Since(start)
 	time.Sleep(3 * time.Second)
 	members := nodes + hosts + 10
-	fmt.Printf("# gateway daemon benchmark, %s: %d members from a loopback registry, poll interval %s\n",
-		time.Now().UTC().Format("2006-01-02"), members, poll)
-	fmt.Printf("first sync (cold, %d host files)    %10s\n", members, firstSync.Round(time.Millisecond))
+	held, _ := os.ReadDir(filepath.Join(netDir, "hosts"))
+	topology := "tunnel-server topology: the gateway fetches and validates every member, and holds the files of the gateways and of its assigned members"
+	if !tunnel {
+		topology = "legacy topology: the gateway holds every member's host file"
+	}
+	fmt.Printf("# gateway daemon benchmark, %s: %d members from a loopback registry, poll interval %s\n# %s\n",
+		time.Now().UTC().Format("2006-01-02"), members, poll, topology)
+	fmt.Printf("first sync (cold, %d members, %d host files) %10s\n", members, len(held), firstSync.Round(time.Millisecond))
 	fmt.Printf("RSS after the first sync             %8.1f MB (peak %0.1f MB)\n", float64(vtb.ProcKB(pid, "VmRSS"))/1024, float64(vtb.ProcKB(pid, "VmHWM"))/1024)
 
 	st0, _ := status()
@@ -122,13 +129,30 @@ status_socket: %s
 	fmt.Printf("CPU per idle poll (304)              %10s (%s over %d polls)\n", ((c1 - c0) / time.Duration(max(polls, 1))).Round(100*time.Microsecond), (c1 - c0).Round(10*time.Millisecond), polls)
 	fmt.Printf("RSS while idle                       %8.1f MB\n", float64(vtb.ProcKB(pid, "VmRSS"))/1024)
 
+	// Each change swaps the keys of two nodes whose host files the
+	// gateway holds (in the tunnel-server topology, only its assigned
+	// members'), so that every change rewrites files and ends in a HUP.
+	isHeld := map[string]bool{}
+	for _, e := range held {
+		isHeld[e.Name()] = true
+	}
+	var swap []int
+	for i := range f.Nodes {
+		if f.Nodes[i].Tinc != nil && isHeld[f.Nodes[i].Tinc.Name] && len(swap) < 2*changes {
+			swap = append(swap, i)
+		}
+	}
+	if len(swap) < 2*changes {
+		return fmt.Errorf("the gateway holds the files of %d nodes; %d changes need %d", len(swap), changes, 2*changes)
+	}
 	var lat []time.Duration
 	for i := 0; i < changes; i++ {
 		before, err := status()
 		if err != nil {
 			return err
 		}
-		f.Nodes[i].Tinc.PubKey, f.Nodes[i+changes].Tinc.PubKey = f.Nodes[i+changes].Tinc.PubKey, f.Nodes[i].Tinc.PubKey
+		a, b := swap[i], swap[i+changes]
+		f.Nodes[a].Tinc.PubKey, f.Nodes[b].Tinc.PubKey = f.Nodes[b].Tinc.PubKey, f.Nodes[a].Tinc.PubKey
 		time.Sleep(1100 * time.Millisecond) // the registry re-reads its file at most once a second
 		t := time.Now()
 		if err := vtb.WriteTestbedFile(tbPath, f); err != nil {
