@@ -129,21 +129,37 @@ status_socket: %s
 	fmt.Printf("CPU per idle poll (304)              %10s (%s over %d polls)\n", ((c1 - c0) / time.Duration(max(polls, 1))).Round(100*time.Microsecond), (c1 - c0).Round(10*time.Millisecond), polls)
 	fmt.Printf("RSS while idle                       %8.1f MB\n", float64(vtb.ProcKB(pid, "VmRSS"))/1024)
 
-	// Each change swaps the keys of two nodes whose host files the
-	// gateway holds (in the tunnel-server topology, only its assigned
+	// Each change swaps the different keys of two nodes whose host files
+	// the gateway holds (in the tunnel-server topology, only its assigned
 	// members'), so that every change rewrites files and ends in a HUP.
+	// In the legacy topology these are nodes i and i+changes, as before.
 	isHeld := map[string]bool{}
 	for _, e := range held {
 		isHeld[e.Name()] = true
 	}
-	var swap []int
+	var heldNodes []int
 	for i := range f.Nodes {
-		if f.Nodes[i].Tinc != nil && isHeld[f.Nodes[i].Tinc.Name] && len(swap) < 2*changes {
-			swap = append(swap, i)
+		if f.Nodes[i].Tinc != nil && isHeld[f.Nodes[i].Tinc.Name] {
+			heldNodes = append(heldNodes, i)
 		}
 	}
-	if len(swap) < 2*changes {
-		return fmt.Errorf("the gateway holds the files of %d nodes; %d changes need %d", len(swap), changes, 2*changes)
+	type pair struct{ a, b int }
+	var pairs []pair
+	used := map[int]bool{}
+	for k, a := range heldNodes {
+		if len(pairs) == changes || k >= changes {
+			break
+		}
+		for _, b := range heldNodes[k+changes:] {
+			if !used[b] && f.Nodes[b].Tinc.PubKey != f.Nodes[a].Tinc.PubKey {
+				pairs = append(pairs, pair{a, b})
+				used[a], used[b] = true, true
+				break
+			}
+		}
+	}
+	if len(pairs) < changes {
+		return fmt.Errorf("the gateway holds the files of %d nodes: not enough for %d changes", len(heldNodes), changes)
 	}
 	var lat []time.Duration
 	for i := 0; i < changes; i++ {
@@ -151,7 +167,7 @@ status_socket: %s
 		if err != nil {
 			return err
 		}
-		a, b := swap[i], swap[i+changes]
+		a, b := pairs[i].a, pairs[i].b
 		f.Nodes[a].Tinc.PubKey, f.Nodes[b].Tinc.PubKey = f.Nodes[b].Tinc.PubKey, f.Nodes[a].Tinc.PubKey
 		time.Sleep(1100 * time.Millisecond) // the registry re-reads its file at most once a second
 		t := time.Now()
