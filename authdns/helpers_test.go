@@ -58,7 +58,7 @@ func cand(tb testing.TB, kind addressing.Kind, id uint64, name string) mesh.Cand
 // build returns the testbed of cands, failing on any rejection.
 func build(tb testing.TB, cands ...mesh.Candidate) *mesh.Testbed {
 	tb.Helper()
-	res := mesh.Build(plan, cands)
+	res := mesh.Build(plan, cands, mesh.BuildOptions{})
 	if len(res.Rejected)+len(res.Skipped) > 0 {
 		tb.Fatalf("build testbed: rejected %v, skipped %v", res.Rejected, res.Skipped)
 	}
@@ -102,7 +102,7 @@ func bigTestbed(tb testing.TB) *mesh.Testbed {
 		for id := uint64(2); id < 12; id++ {
 			cands = append(cands, cand(tb, addressing.KindServer, id, "server-"+strconv.FormatUint(id, 10)))
 		}
-		res := mesh.BuildWith(plan, cands, mesh.BuildOptions{Keys: mesh.NewKeyCache()})
+		res := mesh.Build(plan, cands, mesh.BuildOptions{Keys: mesh.NewKeyCache()})
 		if res.Testbed.Len() != 66000 {
 			panic("big testbed: " + strconv.Itoa(res.Testbed.Len()) + " members")
 		}

@@ -25,7 +25,7 @@ func assignTestbed(t *testing.T, g, n, cap int, extra ...Candidate) *Testbed {
 		cands = append(cands, node(t, uint64(i)))
 	}
 	cands = append(cands, extra...)
-	res := Build(plan, cands)
+	res := Build(plan, cands, BuildOptions{})
 	if len(res.Rejected)+len(res.Warnings) != 0 {
 		t.Fatalf("rejected %v, warnings %v", res.Rejected, res.Warnings)
 	}
@@ -128,7 +128,7 @@ func TestAssignment(t *testing.T) {
 			}
 		}
 		cands = append(cands, n)
-		res := Build(plan, cands)
+		res := Build(plan, cands, BuildOptions{})
 		gws, _ := res.Testbed.Assignment().Of("node_7")
 		if res.Testbed.Assignment().PerMember() != 2 || len(gws) != 2 || gws[0] != "server_3" || len(res.Rejected) != 0 {
 			t.Errorf("node_7 in island 3: gateways %v, want server_3 first of 2", gws)
@@ -174,7 +174,7 @@ func TestCapacityProperty(t *testing.T) {
 	for _, v := range []string{"0", "1001", "x", "-3", ""} {
 		c := server(t, 1, CandidateAddress{Addr: "192.0.2.1"})
 		c.Properties = map[string]string{CapacityProperty: v}
-		res := Build(plan, []Candidate{c})
+		res := Build(plan, []Candidate{c}, BuildOptions{})
 		if len(res.Warnings) != 1 || !strings.Contains(res.Warnings[0].String(), CapacityProperty) {
 			t.Errorf("%q: warnings %v", v, res.Warnings)
 		}
@@ -196,7 +196,7 @@ func BenchmarkAssignment66000(b *testing.B) {
 	for i := 1; i <= 65520; i++ {
 		cands = append(cands, node(t, uint64(i)))
 	}
-	tb := Build(plan, cands).Testbed
+	tb := Build(plan, cands, BuildOptions{}).Testbed
 	b.ResetTimer()
 	for b.Loop() {
 		a := assign(tb)

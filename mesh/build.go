@@ -59,9 +59,15 @@ type Result struct {
 // the valid ones. A candidate that fails is rejected on its own, with a
 // reason that names it; the rest still form the testbed. Build never fails
 // as a whole: an empty testbed is a valid result (the caller's mass-deletion
-// guard decides what to do with it).
-func Build(plan addressing.Plan, cands []Candidate) Result {
-	return BuildWith(plan, cands, BuildOptions{})
+// guard decides what to do with it). o adds a key cache and the grant
+// policy (Policy), applied to every member that passes validation; a
+// daemon streams its candidates into a Builder instead.
+func Build(plan addressing.Plan, cands []Candidate, o BuildOptions) Result {
+	b := NewBuilder(o)
+	for i := range cands {
+		b.Add(&cands[i])
+	}
+	return b.Build(plan)
 }
 
 // KeyCache remembers the public keys that passed NormalizePublicKey, so
@@ -100,16 +106,6 @@ func (k *KeyCache) normalize(raw string) (string, error) {
 // rotate keeps only the keys used by the last Build, so the cache never
 // holds more than one snapshot's keys.
 func (k *KeyCache) rotate() { k.m, k.next = k.next, map[string]string{} }
-
-// BuildWith is Build with options: a key cache, and the grant policy
-// (Policy) applied to every member that passes validation.
-func BuildWith(plan addressing.Plan, cands []Candidate, o BuildOptions) Result {
-	b := NewBuilder(o)
-	for i := range cands {
-		b.Add(&cands[i])
-	}
-	return b.Build(plan)
-}
 
 // Builder validates candidates one at a time, as a source decodes them,
 // into a Testbed: Build's work without the whole candidate list in memory.
@@ -293,7 +289,7 @@ func (b *Builder) ChoosePrefix(declared, fallback netip.Prefix) (netip.Prefix, s
 }
 
 // Build finishes validation against plan and returns the testbed, as
-// BuildWith would for the candidates added.
+// Build would for the candidates added.
 func (b *Builder) Build(plan addressing.Plan) Result {
 	res := Result{Rejected: b.rejected, Skipped: b.skipped}
 	var ungranted map[string][]TincAddress

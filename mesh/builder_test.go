@@ -26,7 +26,7 @@ func builderCandidates(t *testing.T) []Candidate {
 
 func TestBuilderRollback(t *testing.T) {
 	cands := builderCandidates(t)
-	want := Build(plan, cands)
+	want := Build(plan, cands, BuildOptions{})
 	b := NewBuilder(BuildOptions{Keys: NewKeyCache()})
 	b.Add(&cands[0])
 	b.Checkpoint()
@@ -86,7 +86,7 @@ func TestBuilderChoosePrefixMatches(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, want := b.Build(otherPlan).Testbed.Version(), Build(otherPlan, cands).Testbed.Version(); got != want {
+	if got, want := b.Build(otherPlan).Testbed.Version(), Build(otherPlan, cands, BuildOptions{}).Testbed.Version(); got != want {
 		t.Errorf("version %s, want %s", got, want)
 	}
 }
@@ -96,7 +96,7 @@ func TestBuilderChoosePrefixMatches(t *testing.T) {
 // policy too.
 func TestTestbedCandidatesRebuild(t *testing.T) {
 	cands := builderCandidates(t)
-	res := Build(plan, cands)
+	res := Build(plan, cands, BuildOptions{})
 	var again []Candidate
 	for c := range res.Testbed.Candidates() {
 		again = append(again, c)
@@ -104,12 +104,12 @@ func TestTestbedCandidatesRebuild(t *testing.T) {
 	if len(again) != res.Testbed.Len() {
 		t.Fatalf("%d candidates, want %d", len(again), res.Testbed.Len())
 	}
-	if v := Build(plan, again).Testbed.Version(); v != res.Testbed.Version() {
+	if v := Build(plan, again, BuildOptions{}).Testbed.Version(); v != res.Testbed.Version() {
 		t.Errorf("rebuilt version %s, want %s", v, res.Testbed.Version())
 	}
 	policy := Policy{Gateways: []string{"node_8"}}
-	want := BuildWith(plan, cands, BuildOptions{Policy: policy}).Testbed.Version()
-	if v := BuildWith(plan, again, BuildOptions{Policy: policy}).Testbed.Version(); v != want {
+	want := Build(plan, cands, BuildOptions{Policy: policy}).Testbed.Version()
+	if v := Build(plan, again, BuildOptions{Policy: policy}).Testbed.Version(); v != want {
 		t.Errorf("rebuilt with node_8 a gateway: version %s, want %s", v, want)
 	}
 }
@@ -144,7 +144,7 @@ func testBuilderRollbackChunks(t *testing.T, cands []Candidate, grow int) {
 		b.Add(&cands[1500+i])
 	}
 	got := b.Build(plan)
-	want := Build(plan, cands[:2049])
+	want := Build(plan, cands[:2049], BuildOptions{})
 	if got.Testbed.Len() != 2047 || got.Testbed.Version() != want.Testbed.Version() {
 		t.Errorf("Grow(%d): %d members, version %s; want 2047, %s", grow, got.Testbed.Len(), got.Testbed.Version(), want.Testbed.Version())
 	}

@@ -87,7 +87,7 @@ func TestBuildEgress(t *testing.T) {
 		{"node listed", Policy{Egress: []string{"node_31"}}, Egress{Offered: true, Weight: 10}, nil, []string{"node_31", "server"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			res := BuildWith(addressing.Default(), cands, BuildOptions{Policy: tc.policy})
+			res := Build(addressing.Default(), cands, BuildOptions{Policy: tc.policy})
 			if len(res.Rejected) != 0 {
 				t.Fatalf("rejected: %v", res.Rejected)
 			}
@@ -135,7 +135,7 @@ func TestPolicyGateways(t *testing.T) {
 		{Policy{}, []string{"server"}},
 		{Policy{Gateways: []string{"node_31"}}, []string{"node_31", "server"}},
 	} {
-		res := BuildWith(addressing.Default(), []Candidate{srv, n}, BuildOptions{Policy: tc.policy})
+		res := Build(addressing.Default(), []Candidate{srv, n}, BuildOptions{Policy: tc.policy})
 		var gws []string
 		for _, g := range res.Testbed.Gateways() {
 			gws = append(gws, g.TincName)

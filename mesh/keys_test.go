@@ -63,7 +63,7 @@ func TestBuildRejectsWeakKeys(t *testing.T) {
 			bad := node(t, 31)
 			bad.Tinc.PubKey = tt.key
 			start := time.Now()
-			res := Build(plan, []Candidate{node(t, 2), bad, server(t, 2)})
+			res := Build(plan, []Candidate{node(t, 2), bad, server(t, 2)}, BuildOptions{})
 			took := time.Since(start)
 			if len(res.Rejected) != 1 || !strings.HasPrefix(res.Rejected[0].String(), tt.want) {
 				t.Fatalf("rejected %q, want one starting %q", res.Rejected, tt.want)

@@ -58,7 +58,7 @@ func TestBuildValid(t *testing.T) {
 		node(t, 31), node(t, 2),
 		server(t, 2, CandidateAddress{Addr: "gw.Example.net"}, CandidateAddress{Addr: "10.241.0.254", Port: 655, Island: 2}),
 		h,
-	})
+	}, BuildOptions{})
 	if len(res.Rejected)+len(res.Skipped)+len(res.Warnings) != 0 {
 		t.Fatalf("unexpected problems: %+v", res)
 	}
@@ -140,7 +140,7 @@ func TestBuildRejects(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			good := node(t, 9)
-			res := Build(plan, []Candidate{tt.cand, good})
+			res := Build(plan, []Candidate{tt.cand, good}, BuildOptions{})
 			probs := res.Rejected
 			if tt.skipped {
 				probs = res.Skipped
@@ -175,7 +175,7 @@ func TestBuildTincAddresses(t *testing.T) {
 		CandidateAddress{Addr: "2001:db8::1", Port: 656}, // duplicate
 		CandidateAddress{Addr: "gw-1.example.net."},
 	)
-	res := Build(plan, []Candidate{s})
+	res := Build(plan, []Candidate{s}, BuildOptions{})
 	if len(res.Rejected) != 0 {
 		t.Fatalf("rejected: %v", res.Rejected)
 	}
@@ -207,7 +207,7 @@ func TestBuildDuplicates(t *testing.T) {
 	e := node(t, 9) // listed twice, identical (pages shifted): kept once
 	h := Candidate{Kind: addressing.KindHost, ID: 8, MgmtAddr: "fdf5:5351:1dfd:0:2000::8", Backend: "tinc",
 		Tinc: &CandidateTinc{Name: "server", PubKey: spkiKey}} // a host posing as the main server
-	res := Build(plan, []Candidate{a, b, c, d, node(t, 8), e, e, h})
+	res := Build(plan, []Candidate{a, b, c, d, node(t, 8), e, e, h}, BuildOptions{})
 	var kept []string
 	for m := range res.Testbed.All() {
 		kept = append(kept, m.TincName)
@@ -246,10 +246,10 @@ func TestDedupeOverlap(t *testing.T) {
 
 func TestVersionAndDiff(t *testing.T) {
 	base := []Candidate{node(t, 1), node(t, 2), node(t, 3), server(t, 2, CandidateAddress{Addr: "10.0.0.1"})}
-	a := Build(plan, base).Testbed
+	a := Build(plan, base, BuildOptions{}).Testbed
 	// Same content in another order: same version.
 	rev := []Candidate{base[3], base[2], base[1], base[0]}
-	if b := Build(plan, rev).Testbed; b.Version() != a.Version() || b.Serial() != a.Serial() {
+	if b := Build(plan, rev, BuildOptions{}).Testbed; b.Version() != a.Version() || b.Serial() != a.Serial() {
 		t.Errorf("version depends on order: %s vs %s", a.Version(), b.Version())
 	}
 	changed := append([]Candidate(nil), base...)
@@ -257,7 +257,7 @@ func TestVersionAndDiff(t *testing.T) {
 	changed[1].Name = "renamed"
 	changed = changed[1:] // node_1 removed
 	changed = append(changed, node(t, 4))
-	b := Build(plan, changed).Testbed
+	b := Build(plan, changed, BuildOptions{}).Testbed
 	if b.Version() == a.Version() {
 		t.Error("different content, same version")
 	}
@@ -280,7 +280,7 @@ func TestVersionAndDiff(t *testing.T) {
 	p1.Properties = map[string]string{"mgmtnet.egress": "weight=10"}
 	p2 := server(t, 3)
 	p2.Properties = map[string]string{"mgmtnet.egress": "weight=20"}
-	if d := Diff(Build(plan, []Candidate{p1}).Testbed, Build(plan, []Candidate{p2}).Testbed); len(d.Changed) != 1 {
+	if d := Diff(Build(plan, []Candidate{p1}, BuildOptions{}).Testbed, Build(plan, []Candidate{p2}, BuildOptions{}).Testbed); len(d.Changed) != 1 {
 		t.Errorf("property change not seen: %+v", d)
 	}
 }
@@ -309,7 +309,7 @@ func FuzzBuild(f *testing.F) {
 	f.Fuzz(func(t *testing.T, kind uint8, id uint64, name, addr, key, taddr string, port int) {
 		c := Candidate{Kind: addressing.Kind(kind % 6), ID: id, MgmtAddr: addr, Backend: "tinc",
 			Tinc: &CandidateTinc{Name: name, PubKey: key, Addresses: []CandidateAddress{{Addr: taddr, Port: port}}}}
-		res := Build(plan, []Candidate{c})
+		res := Build(plan, []Candidate{c}, BuildOptions{})
 		if res.Testbed.Len()+len(res.Rejected)+len(res.Skipped) != 1 {
 			t.Fatalf("candidate neither kept nor rejected: %+v", res)
 		}
@@ -349,16 +349,16 @@ func TestChoosePrefix(t *testing.T) {
 	}
 }
 
-func TestBuildWithKeyCache(t *testing.T) {
+func TestBuildKeyCache(t *testing.T) {
 	cache := NewKeyCache()
-	a := BuildWith(plan, []Candidate{node(t, 1), node(t, 2)}, BuildOptions{Keys: cache})
-	b := BuildWith(plan, []Candidate{node(t, 1), node(t, 2)}, BuildOptions{Keys: cache})
+	a := Build(plan, []Candidate{node(t, 1), node(t, 2)}, BuildOptions{Keys: cache})
+	b := Build(plan, []Candidate{node(t, 1), node(t, 2)}, BuildOptions{Keys: cache})
 	if a.Testbed.Version() != b.Testbed.Version() || len(cache.m) != 1 {
 		t.Errorf("cached build differs or cache holds %d keys", len(cache.m))
 	}
 	bad := node(t, 3)
 	bad.Tinc.PubKey = "junk"
-	c := BuildWith(plan, []Candidate{bad}, BuildOptions{Keys: cache})
+	c := Build(plan, []Candidate{bad}, BuildOptions{Keys: cache})
 	if len(c.Rejected) != 1 || len(cache.m) != 0 {
 		t.Errorf("a bad key was cached or accepted: %v, %d keys", c.Rejected, len(cache.m))
 	}

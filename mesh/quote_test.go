@@ -24,7 +24,7 @@ func TestProblemsQuoteRegistryStrings(t *testing.T) {
 	key.Tinc.PubKey = "-----BEGIN RSA PUBLIC KEY-----" + evil
 	egress := node(t, 8)
 	egress.Properties = map[string]string{EgressProperty: "weight=1" + evil}
-	res := Build(plan, []Candidate{name, addr, mgmt, backend, key, egress})
+	res := Build(plan, []Candidate{name, addr, mgmt, backend, key, egress}, BuildOptions{})
 	var all []Problem
 	all = append(all, res.Rejected...)
 	all = append(all, res.Warnings...)

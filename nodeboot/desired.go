@@ -244,7 +244,7 @@ func RegistryGateways(cfg Config, declared netip.Prefix, cands []mesh.Candidate)
 			break
 		}
 	}
-	res := mesh.Build(plan, cands)
+	res := mesh.Build(plan, cands, mesh.BuildOptions{})
 	for _, p := range res.Rejected {
 		notes = append(notes, "rejected "+p.String())
 	}

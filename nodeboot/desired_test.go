@@ -229,7 +229,7 @@ func TestDesiredAssignedGateways(t *testing.T) {
 	if err != nil || len(notes) != 0 {
 		t.Fatalf("err %v, notes %q", err, notes)
 	}
-	want, _ := mesh.Build(plan, cands).Testbed.Assignment().Of("node_31")
+	want, _ := mesh.Build(plan, cands, mesh.BuildOptions{}).Testbed.Assignment().Of("node_31")
 	var got []string
 	for _, g := range gws {
 		got = append(got, g.Name)

@@ -36,7 +36,7 @@ func snapshotTestbed(t *testing.T) ([]mesh.Candidate, *mesh.Testbed) {
 	}
 	cands[1].Tinc.Addresses = []mesh.CandidateAddress{{Addr: "192.0.2.1", Port: 700}}
 	cands[2].MgmtAddr = "fdf5:5351:1dfd:77::2" // rejected
-	return cands, mesh.Build(plan, cands).Testbed
+	return cands, mesh.Build(plan, cands, mesh.BuildOptions{}).Testbed
 }
 
 // A saved snapshot loads, one candidate at a time, into the same testbed.

@@ -63,7 +63,7 @@ func (a *Applier) HostsDir() string {
 // (tincgen.SyncSource, which renders them one at a time), and needs
 // ActionReload when any file was written or removed.
 func (a *Applier) Sync(src tincgen.Source, o tincgen.SyncOptions) (tincgen.Report, error) {
-	rep, err := tincgen.SyncSource(a.HostsDir(), src, o)
+	rep, err := tincgen.Sync(a.HostsDir(), src, o)
 	if err != nil {
 		return rep, err
 	}

@@ -62,18 +62,11 @@ func NodeGatewayHost(plan addressing.Plan, m *mesh.Member, island uint64) Host {
 	return h
 }
 
-// HostFiles renders the host file of every member of tb, named by tinc
-// name, with island-first address order for the given island (0: registry
-// order) and the members' own egress offers (see HostFilesWith).
-func HostFiles(tb *mesh.Testbed, island uint64) (Files, error) {
-	return HostFilesWith(tb, HostOptions{Island: island})
-}
-
 // EgressDefault is the Subnet a gateway that offers Internet egress
 // announces (with its weight): every IPv4 destination.
 var EgressDefault = netip.PrefixFrom(netip.IPv4Unspecified(), 0)
 
-// HostOptions adjust the host files HostFilesWith renders.
+// HostOptions adjust the host files HostFiles and a HostSource render.
 type HostOptions struct {
 	// Island puts the gateways' addresses in this island first (0:
 	// registry order).
@@ -118,7 +111,7 @@ const PeerServiceWeight = 1 << 16
 // connected to this gateway.
 const RelayWeight = 100
 
-// HostFilesWith renders the host file of every member of tb, named by tinc
+// HostFiles renders the host file of every member of tb, named by tinc
 // name. A member that offers egress (its registry property, or o.Egress)
 // carries Subnet = 0.0.0.0/0#weight, and while any member offers egress
 // every node carries its egress /32 (addressing.EgressIPv4), so that
@@ -128,9 +121,9 @@ const RelayWeight = 100
 // (Host.Validate) and reported rather than written. With o.Gateway set,
 // only the members that gateway holds are rendered (see Holds).
 //
-// HostFilesWith holds every file at once; SyncSource of a HostSource
-// renders them one at a time.
-func HostFilesWith(tb *mesh.Testbed, o HostOptions) (Files, error) {
+// HostFiles holds every file at once; Sync of a HostSource renders them
+// one at a time.
+func HostFiles(tb *mesh.Testbed, o HostOptions) (Files, error) {
 	src := NewHostSource(tb, o)
 	files := make(Files, tb.Len())
 	for m := range tb.All() {

@@ -24,11 +24,11 @@ func TestHostFiles(t *testing.T) {
 			}}},
 		{Kind: addressing.KindNode, ID: 31, MgmtAddr: "fdf5:5351:1dfd:1f::2", Backend: "tinc",
 			Tinc: &mesh.CandidateTinc{Name: "node_31", PubKey: string(key)}},
-	})
+	}, mesh.BuildOptions{})
 	if len(res.Rejected) != 0 {
 		t.Fatalf("rejected: %v", res.Rejected)
 	}
-	files, err := HostFiles(res.Testbed, 0)
+	files, err := HostFiles(res.Testbed, HostOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,7 +70,7 @@ func FuzzHostOfMember(f *testing.F) {
 	plan := addressing.Default()
 	f.Fuzz(func(t *testing.T, name, pubkey, addr string, port int) {
 		res := mesh.Build(plan, []mesh.Candidate{{Kind: addressing.KindNode, ID: 31, MgmtAddr: "fdf5:5351:1dfd:1f::2", Backend: "tinc",
-			Tinc: &mesh.CandidateTinc{Name: name, PubKey: pubkey, Addresses: []mesh.CandidateAddress{{Addr: addr, Port: port}}}}})
+			Tinc: &mesh.CandidateTinc{Name: name, PubKey: pubkey, Addresses: []mesh.CandidateAddress{{Addr: addr, Port: port}}}}}, mesh.BuildOptions{})
 		for m := range res.Testbed.All() {
 			h := HostFor(m, 0)
 			if err := h.Validate(); err != nil {
@@ -129,11 +129,11 @@ func TestHostFilesEgress(t *testing.T) {
 	}
 	render := func(egress string, o HostOptions) Files {
 		t.Helper()
-		res := mesh.Build(plan, cands(egress))
+		res := mesh.Build(plan, cands(egress), mesh.BuildOptions{})
 		if len(res.Rejected)+len(res.Warnings) != 0 {
 			t.Fatalf("rejected %v, warnings %v", res.Rejected, res.Warnings)
 		}
-		files, err := HostFilesWith(res.Testbed, o)
+		files, err := HostFiles(res.Testbed, o)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -180,7 +180,7 @@ func TestHostFilesEgress(t *testing.T) {
 			}
 		})
 	}
-	// Without egress, HostFilesWith is HostFiles is the controller's
+	// Without egress, HostFiles is the controller's
 	// golden file.
 	golden, err := os.ReadFile("testdata/node.host")
 	if err != nil {

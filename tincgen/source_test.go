@@ -26,20 +26,20 @@ func sourceTestbed(t *testing.T, n int) *mesh.Testbed {
 		cands = append(cands, mesh.Candidate{Kind: addressing.KindNode, ID: id, MgmtAddr: a.String(), Backend: "tinc",
 			Tinc: &mesh.CandidateTinc{Name: name, PubKey: string(key)}})
 	}
-	res := mesh.Build(plan, cands)
+	res := mesh.Build(plan, cands, mesh.BuildOptions{})
 	if len(res.Rejected) != 0 {
 		t.Fatalf("rejected: %v", res.Rejected)
 	}
 	return res.Testbed
 }
 
-// TestHostSourceMatchesHostFiles: a HostSource renders what HostFilesWith
-// renders, and SyncSource of it does what Sync of the files does, dry
+// TestHostSourceMatchesHostFiles: a HostSource renders what HostFiles
+// renders, and Sync of it does what Sync of the files does, dry
 // run, Only and removal included.
 func TestHostSourceMatchesHostFiles(t *testing.T) {
 	tb := sourceTestbed(t, 20)
 	for _, o := range []HostOptions{{}, {Island: 1, Gateway: "server"}} {
-		files, err := HostFilesWith(tb, o)
+		files, err := HostFiles(tb, o)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -73,15 +73,15 @@ func TestHostSourceMatchesHostFiles(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got, err := SyncSource(b, src, opts)
+			got, err := Sync(b, src, opts)
 			if err != nil {
 				t.Fatal(err)
 			}
 			if diff := cmp.Diff(want, got); diff != "" {
-				t.Errorf("report (-Sync +SyncSource):\n%s", diff)
+				t.Errorf("report (-Sync of Files +Sync of a HostSource):\n%s", diff)
 			}
 			if diff := cmp.Diff(dirState(t, a), dirState(t, b)); diff != "" {
-				t.Errorf("directory (-Sync +SyncSource):\n%s", diff)
+				t.Errorf("directory (-Sync of Files +Sync of a HostSource):\n%s", diff)
 			}
 		}
 	}

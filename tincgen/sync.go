@@ -173,15 +173,15 @@ const tempPrefix = ".mgmtnet-"
 // Report then lists what the sync would have done. On any other error the
 // Report is empty; files already renamed are complete, and no target is ever
 // half-written.
-func Sync(dir string, files Files, opts SyncOptions) (Report, error) {
-	return syncDir(dir, files, opts, nil)
-}
-
-// SyncSource is Sync of the files src renders. Each file is rendered when
-// it is compared, and again when it is written, and dropped after: the
-// sync holds the bytes of one file per worker (see parallel), not of the
-// whole directory. A Diff (DryRun) holds what it shows.
-func SyncSource(dir string, src Source, opts SyncOptions) (Report, error) {
+//
+// The files are those src renders (Files, or a HostSource). Each file is
+// rendered when it is compared, and again when it is written, and dropped
+// after: the sync holds the bytes of one file per worker (see parallel),
+// not of the whole directory. A Diff (DryRun) holds what it shows.
+func Sync(dir string, src Source, opts SyncOptions) (Report, error) {
+	if src == nil {
+		src = Files(nil) // no files: every owned file goes
+	}
 	return syncDir(dir, src, opts, nil)
 }
 

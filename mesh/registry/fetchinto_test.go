@@ -91,7 +91,7 @@ func TestFetchIntoBuilds(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, want := b.Build(plan).Testbed, mesh.Build(plan, snap.Candidates).Testbed; got.Version() != want.Version() || got.Len() != 57 {
+	if got, want := b.Build(plan).Testbed, mesh.Build(plan, snap.Candidates, mesh.BuildOptions{}).Testbed; got.Version() != want.Version() || got.Len() != 57 {
 		t.Errorf("built %d members, version %s; want 57, %s", got.Len(), got.Version(), want.Version())
 	}
 	if diff := cmp.Diff(snap.Validators, snap2.Validators); diff != "" {

@@ -244,7 +244,7 @@ func (f *File) assignment() *mesh.Assignment {
 			cands = append(cands, c)
 		}
 	}
-	return mesh.BuildWith(plan, cands, mesh.BuildOptions{Keys: mesh.NewKeyCache()}).Testbed.Assignment()
+	return mesh.Build(plan, cands, mesh.BuildOptions{Keys: mesh.NewKeyCache()}).Testbed.Assignment()
 }
 
 // SyntheticSpec describes a synthetic testbed; see Synthetic.

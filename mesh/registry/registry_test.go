@@ -156,7 +156,7 @@ func TestFetchDialects(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			res := mesh.Build(plan, snap.Candidates)
+			res := mesh.Build(plan, snap.Candidates, mesh.BuildOptions{})
 			if res.Testbed.Len() != 3 || len(res.Rejected) != 0 || len(res.Skipped) != 1 || len(res.Warnings) != 0 {
 				t.Errorf("build: %d members, rejected %v, skipped %v, warnings %v", res.Testbed.Len(), res.Rejected, res.Skipped, res.Warnings)
 			}

@@ -120,7 +120,7 @@ func render(topo string, n, g, joins, probes int, capacity float64, keys []keyPa
 			Tinc: &mesh.CandidateTinc{Name: "node_" + strconv.Itoa(i), PubKey: string(key(i).pub)},
 		})
 	}
-	res := mesh.Build(plan, cands)
+	res := mesh.Build(plan, cands, mesh.BuildOptions{})
 	if len(res.Rejected) > 0 {
 		return nil, fmt.Errorf("synthetic testbed: %d candidates rejected, first: %s", len(res.Rejected), res.Rejected[0])
 	}
@@ -221,7 +221,7 @@ func pickProbes(nodes []*daemon, k int) []int {
 }
 
 // writeGateway writes gateway m's tinc directory. Tunnel-server: the
-// hosts directory HostFilesWith renders for it and tincgen.GatewayConf
+// hosts directory HostFiles renders for it and tincgen.GatewayConf
 // with the gateways after it as peers, as gateway/hostsync.go's applyConf
 // does. Legacy: every member's controller host file, and a ConnectTo to
 // every other gateway, as the 2015 controller's servers ran.
@@ -232,7 +232,7 @@ func writeGateway(topo string, tb *mesh.Testbed, m *mesh.Member, i int, k keyPai
 	conf := tincgen.Conf{Name: m.TincName, Port: uint16(d.port), StrictSubnets: true}
 	switch topo {
 	case topoTunnel:
-		files, err = tincgen.HostFilesWith(tb, tincgen.HostOptions{Gateway: m.TincName})
+		files, err = tincgen.HostFiles(tb, tincgen.HostOptions{Gateway: m.TincName})
 		var peers []string
 		for _, o := range tb.Gateways() {
 			if o.TincName > m.TincName {
@@ -241,7 +241,7 @@ func writeGateway(topo string, tb *mesh.Testbed, m *mesh.Member, i int, k keyPai
 		}
 		conf = tincgen.GatewayConf(conf, peers)
 	case topoLegacy:
-		files, err = tincgen.HostFiles(tb, 0)
+		files, err = tincgen.HostFiles(tb, tincgen.HostOptions{})
 		for _, o := range tb.Gateways() {
 			if o.TincName != m.TincName {
 				conf.ConnectTo = append(conf.ConnectTo, o.TincName)
