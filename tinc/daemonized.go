@@ -38,6 +38,16 @@ type Daemonized struct {
 	// LogFile, when set, is passed as --logfile (otherwise tincd logs to
 	// syslog).
 	LogFile string
+	// FirmwareCommand starts tincd with the node firmware's command line,
+	// "tincd --logfile -n <Net>": argv[0] is "tincd" whatever Binary's
+	// path, and tincd logs to its default log file
+	// (/var/log/tinc.<Net>.log). The firmware finds its tincd by that
+	// line alone (its cron watchdog runs ps | grep " tincd --logfile -n
+	// confine$" every 5 minutes and starts another tincd when none
+	// matches; its stop greps for it too), so a node's tincd started any
+	// other way is invisible to it. It needs Net, and neither PidFile
+	// (other than the net's default) nor LogFile.
+	FirmwareCommand bool
 	// StartTimeout bounds the wait for the pid file; default
 	// DefaultStartTimeout.
 	StartTimeout time.Duration
@@ -56,6 +66,9 @@ func (t *Daemonized) pidFile() string {
 // Args returns tincd's arguments: "-n <net>" or "-c <dir>", then
 // "--pidfile=" (unless it is the net's default) and "--logfile=" when set.
 func (t *Daemonized) Args() []string {
+	if t.firmwareCommand() {
+		return []string{"--logfile", "-n", t.Net}
+	}
 	var args []string
 	if t.Net != "" {
 		args = append(args, "-n", t.Net)
@@ -69,6 +82,12 @@ func (t *Daemonized) Args() []string {
 		args = append(args, "--logfile="+t.LogFile)
 	}
 	return args
+}
+
+// firmwareCommand reports whether FirmwareCommand applies: it does only
+// with the settings the firmware's command line implies.
+func (t *Daemonized) firmwareCommand() bool {
+	return t.FirmwareCommand && t.Net != "" && t.LogFile == "" && (t.PidFile == "" || t.PidFile == DefaultPidFile(t.Net))
 }
 
 // Running returns the pid of the running tincd. When none runs the error
@@ -120,6 +139,9 @@ func (t *Daemonized) start(ctx context.Context) (int, error) {
 		bin = DefaultTincd
 	}
 	cmd := exec.CommandContext(ctx, bin, t.Args()...)
+	if t.firmwareCommand() {
+		cmd.Args[0] = "tincd" // what ps shows, and the firmware greps for
+	}
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	// The daemon child reopens its stdio on /dev/null; should it keep

@@ -20,6 +20,9 @@ func TestTincdArgs(t *testing.T) {
 		{"net", Daemonized{Net: "confine"}, []string{"-n", "confine"}},
 		{"net, default pid file", Daemonized{Net: "confine", PidFile: "/var/run/tinc.confine.pid"}, []string{"-n", "confine"}},
 		{"net, own pid file", Daemonized{Net: "confine", PidFile: "/run/x.pid"}, []string{"-n", "confine", "--pidfile=/run/x.pid"}},
+		{"firmware", Daemonized{Net: "confine", FirmwareCommand: true}, []string{"--logfile", "-n", "confine"}},
+		{"firmware, default pid file", Daemonized{Net: "confine", PidFile: "/var/run/tinc.confine.pid", FirmwareCommand: true}, []string{"--logfile", "-n", "confine"}},
+		{"firmware needs the defaults", Daemonized{Net: "confine", PidFile: "/run/x.pid", FirmwareCommand: true}, []string{"-n", "confine", "--pidfile=/run/x.pid"}},
 		{"dir", Daemonized{ConfDir: "/tmp/t", PidFile: "/tmp/t/tinc.pid", LogFile: "/tmp/t/tinc.log"},
 			[]string{"-c", "/tmp/t", "--pidfile=/tmp/t/tinc.pid", "--logfile=/tmp/t/tinc.log"}},
 	}

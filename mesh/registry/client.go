@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -321,10 +322,12 @@ type Snapshot struct {
 	// NotModified reports that every member collection answered 304 to
 	// the validators given: nothing changed, Candidates is nil.
 	NotModified bool
-	// Validators maps each member collection's URL to the ETag of this
-	// fetch, to persist and pass to the next Fetch. A collection the
-	// registry paginated has none (the first page's ETag cannot vouch for
-	// the others), so it is read in full every time.
+	// Validators maps each member collection's URL to its validator of
+	// this fetch, to persist and pass to the next Fetch: the ETag as the
+	// registry sent it, or for a collection the registry paginated the
+	// ETags of all its pages (a page's ETag vouches only for that page).
+	// A collection that came without an ETag has none and is read in full
+	// every time. The values are opaque.
 	Validators map[string]string
 	// Dialect is DialectV0 when the base used the pre-2015 relations or
 	// any member had the pre-2015 mgmt_net shape, else DialectV1.
@@ -474,8 +477,8 @@ func (c *Client) fetch(ctx context.Context, validators map[string]string, sink S
 		if d.V0 {
 			snap.Dialect = DialectV0
 		}
-		if results[i].etag != "" {
-			snap.Validators[col.url] = results[i].etag
+		if results[i].validator != "" {
+			snap.Validators[col.url] = results[i].validator
 		}
 	}
 	return snap, nil
@@ -514,21 +517,151 @@ func (c *Client) discover(base *page) (cols []collection, v0 bool, err error) {
 // collectionResult is one collection read in full, or a 304.
 type collectionResult struct {
 	decoded
-	etag        string // for an unpaginated collection only
+	validator   string // to pass to the next Fetch (see pageValidators)
 	notModified bool
 }
 
-// fetchCollection reads and decodes every page of a collection. The ETag
-// is the response's, for an unpaginated collection; none for a paginated
-// one. A 304 to the validator reports notModified. With a sink the
-// candidates go to it, else to the result.
+// pageValidator is what a paginated collection's validator records of
+// one page: its URL as followed, its ETag, and the elements on it.
+type pageValidator struct {
+	URL     string `json:"url"`
+	ETag    string `json:"etag"`
+	Members int    `json:"members"`
+}
+
+// A collection's validator is its ETag when the registry did not paginate
+// it, as the registry sent it. When it did, the validator is a JSON array
+// of pageValidator, one per page in order: an ETag covers one page's
+// body, so an unchanged collection is one whose every page is unchanged
+// (revalidate). Callers treat validators as opaque strings.
+func pageValidators(pages []pageValidator) string {
+	b, err := json.Marshal(pages)
+	if err != nil {
+		return ""
+	}
+	return string(b)
+}
+
+// parsePageValidators decodes a paginated collection's validator; ok is
+// false for a plain ETag (or anything else that is not one).
+func parsePageValidators(v string) (pages []pageValidator, ok bool) {
+	if !strings.HasPrefix(v, "[") {
+		return nil, false
+	}
+	if err := json.Unmarshal([]byte(v), &pages); err != nil || len(pages) == 0 {
+		return nil, false
+	}
+	for _, p := range pages {
+		if p.URL == "" || p.ETag == "" {
+			return nil, false
+		}
+	}
+	return pages, true
+}
+
+// IfNoneMatch returns the If-None-Match value that revalidates an ETag the
+// registry sent, the way the field's own clients do it:
+//
+//   - The 2015 controller runs Django 1.6's GZipMiddleware ahead of
+//     CommonMiddleware, so on the way out CommonMiddleware first tags the
+//     uncompressed body ("<md5>") and compares If-None-Match with it as a
+//     whole string, and GZipMiddleware then sends a compressed answer's
+//     tag as "<md5>;gzip". Sent back as is, that tag never matches. The
+//     node firmware's client keeps what comes before the first ";" and
+//     quotes it again; so does this.
+//   - A weak tag (W/"x", as nginx makes of a strong tag when it
+//     compresses) is sent as its opaque part, "x", quoted: If-None-Match
+//     compares weakly (RFC 9110 §13.1.2), so any server that honours W/
+//     matches it, and one that compares strings, like Django 1.6 behind
+//     such a proxy, matches only that form.
+//
+// A tag that is not quoted is sent as it came.
+func IfNoneMatch(etag string) string {
+	t := strings.TrimSpace(etag)
+	t = strings.TrimPrefix(t, "W/")
+	if len(t) < 2 || t[0] != '"' || t[len(t)-1] != '"' {
+		return strings.TrimSpace(etag)
+	}
+	opaque := t[1 : len(t)-1]
+	if i := strings.IndexByte(opaque, ';'); i >= 0 {
+		opaque = opaque[:i]
+	}
+	return `"` + opaque + `"`
+}
+
+// pagesValidated reports whether a paginated collection is unchanged
+// since its validator (pageValidators): one conditional GET per page. A
+// page's ETag covers only its body, and on the controller not its Link
+// header, so a full last page could have grown a next page that no 304
+// would show: that page is read in full and its Link header checked. The
+// first page that changed ends the check; the caller then reads the
+// collection again, so a change costs at most one page more.
+func (c *Client) pagesValidated(ctx context.Context, st *fetchState, col collection, pages []pageValidator) (bool, error) {
+	if pages[0].URL != col.url {
+		return false, nil // the base moved the collection
+	}
+	for i, pv := range pages {
+		st.pages++
+		if st.pages > c.opts.MaxPages {
+			return false, fmt.Errorf("get %s: more than %d list pages in one fetch (MaxPages)", pv.URL, c.opts.MaxPages)
+		}
+		last := i == len(pages)-1
+		full := last && (len(pages) == 1 || pv.Members >= pages[0].Members)
+		inm := pv.ETag
+		if full {
+			inm = ""
+		}
+		p, err := c.get(ctx, st, pv.URL, inm, discardBody)
+		if err != nil {
+			return false, err
+		}
+		if p.notModified {
+			continue
+		}
+		if !full || p.header.Get("ETag") != pv.ETag {
+			return false, nil
+		}
+		if _, more := parseLinks(p.url, p.header.Values("Link"))["next"]; more {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// discardBody reads a body that revalidation does not need: a 200 to a
+// conditional GET means a change, which a full fetch reads again.
+func discardBody(r *limitedBody) error {
+	_, err := io.Copy(io.Discard, r)
+	return err
+}
+
+// fetchCollection reads and decodes every page of a collection, unless
+// validator (of an earlier fetch) shows it unchanged: then the result is
+// notModified. An unpaginated collection's validator makes its one request
+// conditional; a paginated one's is checked page by page first
+// (pagesValidated). The validator it returns is the response's ETag for
+// an unpaginated collection, the pages' (pageValidators) for a paginated
+// one, and "" when a page had no ETag. With a sink the candidates go to
+// it, else to the result.
 func (c *Client) fetchCollection(ctx context.Context, st *fetchState, col collection, validator string, sink Sink) (*collectionResult, error) {
+	if pages, ok := parsePageValidators(validator); ok {
+		same, err := c.pagesValidated(ctx, st, col, pages)
+		if err != nil {
+			return nil, err
+		}
+		if same {
+			return &collectionResult{validator: validator, notModified: true}, nil
+		}
+		validator = ""
+	}
 	md := newMemberDecoder(col.kind, col.url, c.log)
 	md.sink = sink
 	res := &collectionResult{}
 	seen := map[string]bool{}
+	var pages []pageValidator
+	tagged := true
 	next := col.url
-	for first := true; next != ""; first = false {
+	for next != "" {
 		if seen[next] {
 			return nil, fmt.Errorf("get %s: pagination loops back to %s", col.url, next)
 		}
@@ -537,11 +670,12 @@ func (c *Client) fetchCollection(ctx context.Context, st *fetchState, col collec
 		if st.pages > c.opts.MaxPages {
 			return nil, fmt.Errorf("get %s: more than %d list pages in one fetch (MaxPages)", next, c.opts.MaxPages)
 		}
+		pageURL := next
+		before := md.n
 		inm := ""
-		if first {
+		if len(pages) == 0 {
 			inm = validator
 		}
-		pageURL := next
 		p, err := c.get(ctx, st, pageURL, inm, func(r *limitedBody) error {
 			// An attempt that fails half-way leaves nothing behind for
 			// the retry to meet as duplicates.
@@ -558,11 +692,13 @@ func (c *Client) fetchCollection(ctx context.Context, st *fetchState, col collec
 		if p.notModified {
 			// Only the first page carries a validator: get fails any
 			// other 304.
-			return &collectionResult{etag: validator, notModified: true}, nil
+			return &collectionResult{validator: validator, notModified: true}, nil
 		}
-		if first {
-			res.etag = p.header.Get("ETag")
+		etag := p.header.Get("ETag")
+		if etag == "" {
+			tagged = false
 		}
+		pages = append(pages, pageValidator{URL: pageURL, ETag: etag, Members: md.n - before})
 		if c.opts.Progress != nil {
 			c.opts.Progress(col.url, md.members())
 		}
@@ -575,12 +711,19 @@ func (c *Client) fetchCollection(ctx context.Context, st *fetchState, col collec
 		}
 		next = target.String()
 	}
-	if len(seen) > 1 {
-		// The first page's ETag says nothing about later pages: a member
-		// on page 7 may change while page 1 stays the same. So a
-		// paginated collection gets no validator and is always read in
-		// full.
-		res.etag = ""
+	// A collection on one page is validated by its ETag alone. The
+	// controller sends "first" and "last" links on every list, paginated
+	// or not, and puts a whole collection on one page unless asked for
+	// per_page, so one page is the usual case; only a registry that
+	// paginates unasked, and whose collection fills exactly one page,
+	// could grow a second page that the first page's 304 does not show,
+	// until the first page changes too.
+	switch {
+	case !tagged:
+	case len(pages) > 1:
+		res.validator = pageValidators(pages)
+	default:
+		res.validator = pages[0].ETag
 	}
 	res.decoded = md.decoded
 	return res, nil
@@ -616,7 +759,7 @@ func (c *Client) get(ctx context.Context, st *fetchState, target, ifNoneMatch st
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", c.opts.UserAgent)
 	if ifNoneMatch != "" {
-		req.Header.Set("If-None-Match", ifNoneMatch)
+		req.Header.Set("If-None-Match", IfNoneMatch(ifNoneMatch))
 	}
 	var got *page
 	// checkRetry records each failed attempt's error, to name it when the

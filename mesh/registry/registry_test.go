@@ -9,11 +9,13 @@ import (
 	"io"
 	"log"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -166,9 +168,10 @@ func TestFetchDialects(t *testing.T) {
 
 // countingHandler counts requests by path.
 type countingHandler struct {
-	h  http.Handler
-	mu sync.Mutex
-	n  map[string]int
+	h    http.Handler
+	mu   sync.Mutex
+	n    map[string]int
+	cond map[string]int // requests with If-None-Match
 }
 
 func (c *countingHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -177,6 +180,12 @@ func (c *countingHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		c.n = map[string]int{}
 	}
 	c.n[r.URL.Path]++
+	if r.Header.Get("If-None-Match") != "" {
+		if c.cond == nil {
+			c.cond = map[string]int{}
+		}
+		c.cond[r.URL.Path]++
+	}
 	c.mu.Unlock()
 	c.h.ServeHTTP(w, r)
 }
@@ -185,8 +194,16 @@ func (c *countingHandler) reset() map[string]int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	n := c.n
-	c.n = nil
+	c.n, c.cond = nil, nil
 	return n
+}
+
+// conditional returns the counts of conditional requests since the last
+// reset; call it before reset.
+func (c *countingHandler) conditional() map[string]int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return maps.Clone(c.cond)
 }
 
 func TestFetchPagesAndRevalidates(t *testing.T) {
@@ -226,22 +243,25 @@ func TestFetchPagesAndRevalidates(t *testing.T) {
 	if diff := cmp.Diff(map[string]int{"/api/": 1, "/api/servers/": 1, "/api/hosts/": 1, "/api/nodes/": 7}, counter.reset()); diff != "" {
 		t.Errorf("requests (-want +got):\n%s", diff)
 	}
-	// The paginated nodes have no validator; servers and hosts do.
-	if _, ok := snap.Validators[base+"nodes/"]; ok || len(snap.Validators) != 2 {
+	// Every collection has a validator: per page for nodes, the ETag for
+	// servers and hosts (one page each).
+	if len(snap.Validators) != 3 {
 		t.Errorf("validators: %v", snap.Validators)
 	}
 	again, err := c.Fetch(ctx, snap.Validators)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if again.NotModified {
-		t.Errorf("paginated collection reported not modified")
+	if !again.NotModified || again.Candidates != nil {
+		t.Errorf("idle fetch of a paginated registry: NotModified %v, %d candidates", again.NotModified, len(again.Candidates))
 	}
-	if diff := cmp.Diff(snap.Candidates, again.Candidates); diff != "" {
-		t.Errorf("second fetch (-want +got):\n%s", diff)
+	// nodes: one conditional GET per page, each a 304 (the last page,
+	// with 1 node of 4, could not have grown a next page unseen); servers
+	// and hosts: one conditional GET each.
+	if diff := cmp.Diff(map[string]int{"/api/servers/": 1, "/api/hosts/": 1, "/api/nodes/": 7}, counter.conditional()); diff != "" {
+		t.Errorf("conditional requests (-want +got):\n%s", diff)
 	}
-	// servers and hosts: a 304, then again in full; nodes: 7 pages.
-	if diff := cmp.Diff(map[string]int{"/api/": 1, "/api/servers/": 2, "/api/hosts/": 2, "/api/nodes/": 7}, counter.reset()); diff != "" {
+	if diff := cmp.Diff(map[string]int{"/api/": 1, "/api/servers/": 1, "/api/hosts/": 1, "/api/nodes/": 7}, counter.reset()); diff != "" {
 		t.Errorf("requests (-want +got):\n%s", diff)
 	}
 	// A change on the last page is seen although page 1 is unchanged.
@@ -1047,5 +1067,77 @@ func TestNewErrors(t *testing.T) {
 	_, err := New("https://r.example/api/", Options{Insecure: true, CAFile: "ca.pem"})
 	if err == nil || errors.Is(err, ErrBadURI) || strings.Contains(err.Error(), "--") || !strings.Contains(err.Error(), "Options.Insecure and Options.CAFile exclude each other") {
 		t.Errorf("New with Insecure and CAFile: error %v", err)
+	}
+}
+
+// A paginated collection whose last page is full can grow a page that no
+// 304 would show; a change in a middle page shows in that page's ETag.
+func TestPaginatedRevalidationSeesEveryChange(t *testing.T) {
+	f := smallSynthetic(t, 20, 1, 0)
+	srv := NewServer(f, nil)
+	srv.DefaultPerPage = 4
+	counter := &countingHandler{h: srv}
+	base := serve(t, counter)
+	c := newClient(t, base, fastOptions())
+	ctx := context.Background()
+	snap, err := c.Fetch(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	counter.reset()
+	idle, err := c.Fetch(ctx, snap.Validators)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !idle.NotModified {
+		t.Fatalf("idle fetch: not NotModified")
+	}
+	// 5 full pages: 4 conditional, the last read to see its Link header.
+	if diff := cmp.Diff(map[string]int{"/api/servers/": 1, "/api/hosts/": 1, "/api/nodes/": 4}, counter.conditional()); diff != "" {
+		t.Errorf("conditional requests (-want +got):\n%s", diff)
+	}
+	counter.reset()
+
+	grown := *f
+	grown.Nodes = append(slices.Clone(f.Nodes), f.Nodes[19])
+	grown.Nodes[20].ID, grown.Nodes[20].Name = 21, "node-21"
+	grown.Nodes[20].Tinc = &FileTinc{Name: "node_21", PubKey: f.Nodes[19].Tinc.PubKey}
+	srv.SetFile(&grown)
+	after, err := c.Fetch(ctx, snap.Validators)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if after.NotModified || len(after.Candidates) != 22 {
+		t.Fatalf("after a node was added on a new page: NotModified %v, %d candidates; want 22", after.NotModified, len(after.Candidates))
+	}
+
+	middle := grown
+	middle.Nodes = slices.Clone(grown.Nodes)
+	middle.Nodes[9].Name = "renamed"
+	srv.SetFile(&middle)
+	again, err := c.Fetch(ctx, after.Validators)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.NotModified || again.Candidates[1+9].Name != "renamed" {
+		t.Fatalf("a change on page 3 was not seen: NotModified %v", again.NotModified)
+	}
+}
+
+func TestIfNoneMatch(t *testing.T) {
+	for _, tc := range []struct{ etag, want string }{
+		{`"abc"`, `"abc"`},
+		{`"abc;gzip"`, `"abc"`},             // Django 1.6 GZipMiddleware
+		{`W/"abc"`, `"abc"`},                // nginx gzip
+		{`W/"abc;gzip"`, `"abc"`},           // both
+		{` "abc" `, `"abc"`},                // header whitespace
+		{`"3f2a-5e1;gzip;x"`, `"3f2a-5e1"`}, // up to the first ;
+		{`abc`, `abc`},                      // unquoted: as it came
+		{`"`, `"`},                          // not a tag
+		{`W/"d41d8cd98f00b204e9800998ecf8427e"`, `"d41d8cd98f00b204e9800998ecf8427e"`},
+	} {
+		if got := IfNoneMatch(tc.etag); got != tc.want {
+			t.Errorf("IfNoneMatch(%q) = %q, want %q", tc.etag, got, tc.want)
+		}
 	}
 }

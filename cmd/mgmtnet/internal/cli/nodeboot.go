@@ -120,7 +120,9 @@ func runNodeBoot(ctx context.Context, env Env, args []string) error {
 func newTincd(f nodeBootFlags) *tinc.Daemonized {
 	t := &tinc.Daemonized{Binary: f.tincd, PidFile: f.pidFile}
 	if filepath.Clean(f.tincDir) == nodeboot.DefaultTincDir {
-		t.Net = "confine"
+		// The firmware's own command line, so that its watchdog and its
+		// stop find this tincd.
+		t.Net, t.FirmwareCommand = "confine", true
 		return t
 	}
 	t.ConfDir = f.tincDir
