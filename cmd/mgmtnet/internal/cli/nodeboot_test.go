@@ -99,7 +99,8 @@ func TestNodeBootTincdWiring(t *testing.T) {
 		dir, pid string
 		want     []string
 	}{
-		{"/etc/tinc/confine", "", []string{"-n", "confine"}},
+		// The firmware's command line: its watchdog greps for it.
+		{"/etc/tinc/confine", "", []string{"--logfile", "-n", "confine"}},
 		{"/etc/tinc/confine/", "/tmp/x.pid", []string{"-n", "confine", "--pidfile=/tmp/x.pid"}},
 		{"/tmp/t", "", []string{"-c", "/tmp/t", "--pidfile=/tmp/t/tinc.pid", "--logfile=/tmp/t/tinc.log"}},
 	}
