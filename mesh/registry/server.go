@@ -3,6 +3,7 @@ package registry
 import (
 	"bufio"
 	"bytes"
+	"compress/gzip"
 	cryptorand "crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
@@ -12,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -72,11 +74,13 @@ func (s *Server) SetFile(f *File) {
 // File returns the served testbed. It must not be modified.
 func (s *Server) File() *File { return s.cur.Load().file }
 
-// served is one File with its rendered bodies, made on first use.
+// served is one File with its rendered bodies, made on first use, and
+// the gzipped bodies it served.
 type served struct {
 	file *File
 	once sync.Once
 	r    *rendered
+	gz   gzipCache
 }
 
 func (s *Server) rendered(sv *served) *rendered {
@@ -188,11 +192,15 @@ type (
 		Addr    string `json:"addr"`
 		Backend string `json:"backend"`
 	}
+	// outMgmtNetV0 is mgmt_net of v0.11.x, which kept the pre-2015
+	// fields (tinc_client, tinc_server, native) next to v1's top-level
+	// "tinc" ("#157 compatibility").
 	outMgmtNetV0 struct {
 		Addr       string         `json:"addr"`
 		Backend    string         `json:"backend"`
 		TincClient *outTincClient `json:"tinc_client"`
 		TincServer *outTincServer `json:"tinc_server"`
+		Native     *struct{}      `json:"native"`
 	}
 	outMember struct {
 		URI        string             `json:"uri"`
@@ -200,7 +208,7 @@ type (
 		Name       string             `json:"name"`
 		Island     *outRef            `json:"island"`
 		MgmtNet    any                `json:"mgmt_net"`
-		Tinc       json.RawMessage    `json:"tinc,omitempty"` // v1 only; "null" when no key
+		Tinc       json.RawMessage    `json:"tinc"` // "null" when no key
 		Properties *map[string]string `json:"properties,omitempty"`
 		// Gateways is mgmtnet's addition to the controller's member
 		// (v1 only): the gateways the testbed's assignment gives a member
@@ -216,18 +224,19 @@ type (
 	}
 )
 
-func (f *File) relPrefix() string {
-	if f.Dialect == DialectV0 {
-		return relPrefixV0
-	}
-	return relPrefixV1
-}
+// Link relations of the controller's own resources (not the registry's).
+const relPrefixController = "http://confine-project.eu/rel/controller/"
 
+// profile is the controller's media type of a resource: the v1 schema, or
+// for dialect v0 the v0 schema of the v0.11.2 to v0.11.9 releases, whose
+// shapes the v0 dialect serves. A list's resource is "resource-list",
+// whatever it lists.
 func (f *File) profile(resource string) string {
+	v := "v1"
 	if f.Dialect == DialectV0 {
-		return `application/json; profile="http://confine-project.eu/schema/server/v0/` + resource + `"`
+		v = "v0"
 	}
-	return `application/json; profile="http://confine-project.eu/schema/registry/v1/` + resource + `"`
+	return `application/json; profile="http://confine-project.eu/schema/registry/` + v + `/` + resource + `"`
 }
 
 // render serializes f's collections, with a placeholder for the base URL.
@@ -300,8 +309,8 @@ func render(f *File) *rendered {
 				o.MgmtNet = mn
 			} else {
 				o.MgmtNet = outMgmtNet{Addr: addr, Backend: backend}
-				o.Tinc = mustJSON(t) // "null" for nil
 			}
+			o.Tinc = mustJSON(t) // "null" for nil
 			l.ids[i] = m.ID
 			l.elems[i] = newTemplate(mustJSON(o), r.placeholder)
 		}
@@ -399,10 +408,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.log.Debug("registry request", "method", r.Method, "uri", r.URL.RequestURI(), "status", status, "bytes", n, "took", time.Since(start))
 }
 
+// allowed is the Allow header: this server only reads.
+const allowed = "GET, HEAD"
+
 func (s *Server) serve(w http.ResponseWriter, r *http.Request) (status, n int) {
 	sv := s.cur.Load()
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		w.Header().Set("Allow", "GET, HEAD")
+		w.Header().Set("Allow", allowed)
 		return writeError(w, r, http.StatusMethodNotAllowed, fmt.Sprintf("Method %q not allowed.", r.Method))
 	}
 	path := r.URL.Path
@@ -423,12 +435,12 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) (status, n int) {
 	base := scheme + "://" + host + PathPrefix
 	rest := strings.TrimPrefix(path, PathPrefix)
 	if rest == "" {
-		w.Header().Set("Link", sv.file.links(base))
 		root := sv.file.root(base)
-		return writeBody(w, r, sv.file.profile("base"), etagOf(root), len(root), func(bw *bufio.Writer) error {
-			_, err := bw.Write(root)
-			return err
-		})
+		return s.respond(w, r, sv, answer{key: "base", contentType: sv.file.profile("base"), link: sv.file.links(base),
+			etag: etagOf(root), size: len(root), write: func(bw *bufio.Writer) error {
+				_, err := bw.Write(root)
+				return err
+			}})
 	}
 	parts := strings.Split(rest, "/")
 	if parts[len(parts)-1] != "" {
@@ -462,18 +474,29 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) (status, n int) {
 			return writeError(w, r, http.StatusNotFound, "Not found.")
 		}
 		t := &l.elems[i]
-		return writeBody(w, r, sv.file.profile(l.resource), etagFor(jsonBase, t.digest), t.size(rd.placeholder, jsonBase), func(bw *bufio.Writer) error {
-			return t.write(bw, rd.placeholder, jsonBase)
-		})
+		link := baseLinks(base) + fmt.Sprintf(`, <%s%s/>; rel="%s%s-list"`, base, parts[0], relPrefixV1, l.resource)
+		return s.respond(w, r, sv, answer{key: parts[0] + "/" + parts[1] + "|" + string(jsonBase), contentType: sv.file.profile(l.resource),
+			link: link, etag: etagFor(jsonBase, t.digest), size: t.size(rd.placeholder, jsonBase), write: func(bw *bufio.Writer) error {
+				return t.write(bw, rd.placeholder, jsonBase)
+			}})
 	}
-	return s.serveList(w, r, sv.file, base+parts[0]+"/", rd, l, jsonBase)
+	return s.serveList(w, r, sv, base, parts[0], rd, l, jsonBase)
 }
 
-// links is the base resource's Link header.
+// baseLinks are the links to the base resource that the controller puts
+// on every list and member.
+func baseLinks(base string) string {
+	return fmt.Sprintf(`<%s>; rel="%sbase", <%s>; rel="%sbase"`, base, relPrefixV1, base, relPrefixController)
+}
+
+// links is the base resource's Link header: the base itself, then each
+// collection by its relation, as the controller v1 renders them. (The
+// controller also links its token endpoint and its other collections,
+// which this server does not serve.)
 func (f *File) links(base string) string {
-	var links []string
-	for _, c := range []string{"node", "server", "host", "island"} {
-		links = append(links, fmt.Sprintf(`<%s%ss/>; rel="%s%s-list"`, base, c, f.relPrefix(), c))
+	links := []string{fmt.Sprintf(`<%s>; rel="%sbase"`, base, relPrefixV1)}
+	for _, c := range []string{"node", "server", "island", "host"} {
+		links = append(links, fmt.Sprintf(`<%s%ss/>; rel="%s%s-list"`, base, c, relPrefixV1, c))
 	}
 	return strings.Join(links, ", ")
 }
@@ -481,8 +504,9 @@ func (f *File) links(base string) string {
 // root is the base resource. It is small enough to render per request.
 func (f *File) root(base string) []byte {
 	return mustJSON(map[string]any{
-		"uri":            base,
-		"testbed_params": map[string]string{"mgmt_ipv6_prefix": f.MgmtPrefix.String()},
+		"uri":               base,
+		"testbed_params":    map[string]string{"mgmt_ipv6_prefix": f.MgmtPrefix.String()},
+		"testbed_resources": []any{},
 		"confine_params": map[string]string{
 			"debug_ipv6_prefix": addressing.DefaultDebugPrefix().String(),
 			"priv_ipv6_prefix":  addressing.DefaultPrivatePrefix().String(),
@@ -490,49 +514,49 @@ func (f *File) root(base string) []byte {
 	})
 }
 
-func (s *Server) serveList(w http.ResponseWriter, r *http.Request, f *File, listURL string, rd *rendered, l *renderedList, jsonBase []byte) (int, int) {
-	ct := f.profile(l.resource + "-list")
+// serveList serves a collection the way the controller's lists answer:
+// per_page (an integer; less than 1 means 1; anything else, or none, the
+// server's default, which is everything on one page) and page (an
+// integer; none or not one means 1; out of range means the last page), a
+// plain JSON array, and a Link header with the base, then "first" and
+// "last", and "prev" and "next" where they exist, on every list, paginated
+// or not. Like the controller's, the links repeat per_page when the
+// request gave it, and set page.
+func (s *Server) serveList(w http.ResponseWriter, r *http.Request, sv *served, base, name string, rd *rendered, l *renderedList, jsonBase []byte) (int, int) {
 	q := r.URL.Query()
-	perPage := s.DefaultPerPage
-	if v := q.Get("per_page"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 {
-			return writeError(w, r, http.StatusBadRequest, fmt.Sprintf("Invalid per_page %q: want a positive integer.", v))
-		}
-		perPage = n
+	perPage, givenPerPage := s.DefaultPerPage, false
+	if n, err := strconv.Atoi(q.Get("per_page")); err == nil {
+		perPage, givenPerPage = max(1, n), true
 	}
-	page := 1
-	if v := q.Get("page"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 {
-			return writeError(w, r, http.StatusNotFound, "Invalid page.")
-		}
-		page = n
-	}
-	elems, size, n, digest := l.elems, l.size, l.n, l.digest
 	if perPage <= 0 {
-		if page != 1 {
-			return writeError(w, r, http.StatusNotFound, "Invalid page.")
+		perPage = max(1, len(l.elems))
+	}
+	pages := max(1, (len(l.elems)+perPage-1)/perPage)
+	page := 1
+	if n, err := strconv.Atoi(q.Get("page")); err == nil {
+		page = n
+		if page < 1 || page > pages {
+			page = pages
 		}
-	} else {
-		pages := max(1, (len(l.elems)+perPage-1)/perPage)
-		if page > pages {
-			return writeError(w, r, http.StatusNotFound, "Invalid page.")
+	}
+	listURL := base + name + "/"
+	link := func(p int, rel string) string {
+		if givenPerPage {
+			return fmt.Sprintf(`<%s?per_page=%d&page=%d>; rel="%s"`, listURL, perPage, p, rel)
 		}
-		link := func(p int, rel string) string {
-			return fmt.Sprintf(`<%s?page=%d&per_page=%d>; rel="%s"`, listURL, p, perPage, rel)
-		}
-		links := []string{link(1, "first")}
-		if page > 1 {
-			links = append(links, link(page-1, "prev"))
-		}
-		if page < pages {
-			links = append(links, link(page+1, "next"))
-		}
-		links = append(links, link(pages, "last"))
-		w.Header().Set("Link", strings.Join(links, ", "))
-		lo := (page - 1) * perPage
-		hi := min(lo+perPage, len(l.elems))
+		return fmt.Sprintf(`<%s?page=%d>; rel="%s"`, listURL, p, rel)
+	}
+	links := []string{baseLinks(base), link(1, "first"), link(pages, "last")}
+	if page > 1 {
+		links = append(links, link(page-1, "prev"))
+	}
+	if page < pages {
+		links = append(links, link(page+1, "next"))
+	}
+	lo := (page - 1) * perPage
+	hi := min(lo+perPage, len(l.elems))
+	elems, size, n, digest := l.elems, l.size, l.n, l.digest
+	if lo != 0 || hi != len(l.elems) {
 		elems, size, n = l.elems[lo:hi], 0, 0
 		for i := range elems {
 			size += len(elems[i].b)
@@ -540,34 +564,88 @@ func (s *Server) serveList(w http.ResponseWriter, r *http.Request, f *File, list
 		}
 		digest = digestOf(elems)
 	}
-	return writeBody(w, r, ct, etagFor(jsonBase, digest), arraySize(elems, size, n, rd.placeholder, jsonBase), func(bw *bufio.Writer) error {
-		return writeArray(bw, elems, rd.placeholder, jsonBase)
-	})
+	return s.respond(w, r, sv, answer{key: fmt.Sprintf("%s/?%d,%d|%s", name, lo, hi, jsonBase), contentType: sv.file.profile("resource-list"),
+		link: strings.Join(links, ", "), etag: etagFor(jsonBase, digest), size: arraySize(elems, size, n, rd.placeholder, jsonBase),
+		write: func(bw *bufio.Writer) error {
+			return writeArray(bw, elems, rd.placeholder, jsonBase)
+		}})
+}
+
+// answer is one 200 before the controller's middleware has seen it: key
+// names its bytes in the gzip cache (the same key, the same bytes, within
+// one File).
+type answer struct {
+	key, contentType, link, etag string
+	size                         int
+	write                        func(*bufio.Writer) error
 }
 
 // maxWriteBuffer bounds the buffer between a body's many small pieces and
 // the connection: large enough that a big list takes few system calls.
 const maxWriteBuffer = 1 << 20
 
-// writeBody writes a 200 (or a 304 when If-None-Match matches etag) with a
-// body of size bytes that write writes.
-func writeBody(w http.ResponseWriter, r *http.Request, contentType, etag string, size int, write func(*bufio.Writer) error) (int, int) {
+// gzipMinSize is the smallest body Django's GZipMiddleware compresses.
+const gzipMinSize = 200
+
+// acceptsGzip is Django 1.6's test of Accept-Encoding: the word "gzip"
+// anywhere, q-values ignored.
+var acceptsGzip = regexp.MustCompile(`\bgzip\b`)
+
+// respond writes a 200, or a 304, as the 2015 controller's middleware
+// does it (Django 1.6, GZipMiddleware listed ahead of CommonMiddleware, so
+// that CommonMiddleware sees the response first on the way out):
+//
+//  1. CommonMiddleware (USE_ETAGS) tags the uncompressed body, and answers
+//     304 when If-None-Match, as a whole string, equals that tag: no list,
+//     no W/, no "*". The 304 is a fresh response: no ETag, Content-Type,
+//     Vary or Link, and Content-Length 0.
+//  2. GZipMiddleware, for a body of at least 200 bytes, adds Accept-Encoding
+//     to Vary and, when the client accepts gzip and the compressed body is
+//     shorter, sends that instead, with its Content-Length, and the tag as
+//     "<tag>;gzip".
+//
+// So a client that sends a compressed answer's tag back unchanged never
+// gets a 304, as against the real controller. The tags are hashes of the
+// body, 32 hex digits like Django's MD5, though not MD5.
+func (s *Server) respond(w http.ResponseWriter, r *http.Request, sv *served, resp answer) (int, int) {
 	h := w.Header()
-	h.Set("ETag", etag)
-	h.Set("Vary", "Accept")
-	if etagMatches(r.Header.Values("If-None-Match"), etag) {
+	if r.Header.Get("If-None-Match") == resp.etag {
+		h.Set("Content-Length", "0")
 		w.WriteHeader(http.StatusNotModified)
 		return http.StatusNotModified, 0
 	}
-	h.Set("Content-Type", contentType)
-	h.Set("Content-Length", strconv.Itoa(size))
+	h.Set("Content-Type", resp.contentType)
+	h.Set("Allow", allowed)
+	if resp.link != "" {
+		h.Set("Link", resp.link)
+	}
+	vary := "Accept, Cookie"
+	if resp.size >= gzipMinSize {
+		vary += ", Accept-Encoding"
+	}
+	h.Set("Vary", vary)
+	if resp.size >= gzipMinSize && acceptsGzip.MatchString(r.Header.Get("Accept-Encoding")) {
+		if gz := sv.gz.get(resp.key, resp.size, resp.write); gz != nil {
+			h.Set("ETag", strings.TrimSuffix(resp.etag, `"`)+`;gzip"`)
+			h.Set("Content-Encoding", "gzip")
+			h.Set("Content-Length", strconv.Itoa(len(gz)))
+			w.WriteHeader(http.StatusOK)
+			if r.Method == http.MethodHead {
+				return http.StatusOK, 0
+			}
+			n, _ := w.Write(gz)
+			return http.StatusOK, n
+		}
+	}
+	h.Set("ETag", resp.etag)
+	h.Set("Content-Length", strconv.Itoa(resp.size))
 	w.WriteHeader(http.StatusOK)
 	if r.Method == http.MethodHead {
 		return http.StatusOK, 0
 	}
 	cw := &countingWriter{w: w}
-	bw := bufio.NewWriterSize(cw, min(max(size, 16), maxWriteBuffer))
-	if write(bw) == nil {
+	bw := bufio.NewWriterSize(cw, min(max(resp.size, 16), maxWriteBuffer))
+	if resp.write(bw) == nil {
 		bw.Flush()
 	}
 	return http.StatusOK, cw.n
@@ -585,18 +663,68 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// etagMatches implements If-None-Match's weak comparison (RFC 9110
-// §13.1.2).
-func etagMatches(values []string, etag string) bool {
-	for _, v := range values {
-		for _, t := range strings.Split(v, ",") {
-			t = strings.TrimSpace(t)
-			if t == "*" || strings.TrimPrefix(t, "W/") == etag {
-				return true
+// gzipCacheBytes bounds the compressed bodies one File keeps: a 66 000-node
+// list with real keys compresses to about 35 MB, and the few Host names and
+// pages clients use fit beside it.
+const gzipCacheBytes = 128 << 20
+
+// gzipCache holds compressed bodies by key, compressed once each (Django
+// compresses every answer again; a list of 66 000 nodes takes a second of
+// CPU to compress). The oldest go first past gzipCacheBytes.
+type gzipCache struct {
+	mu    sync.Mutex
+	m     map[string]*gzipEntry
+	order []string
+	bytes int
+}
+
+type gzipEntry struct {
+	once    sync.Once
+	b       []byte // nil: not shorter than the body, so not compressed
+	counted int    // len(b) once in gzipCache.bytes; under gzipCache.mu
+}
+
+// get returns the compressed body of key, or nil when compressing does not
+// make it shorter (Django then sends it as it is).
+func (c *gzipCache) get(key string, size int, write func(*bufio.Writer) error) []byte {
+	c.mu.Lock()
+	if c.m == nil {
+		c.m = map[string]*gzipEntry{}
+	}
+	e, ok := c.m[key]
+	if !ok {
+		e = &gzipEntry{}
+		c.m[key] = e
+		c.order = append(c.order, key)
+	}
+	c.mu.Unlock()
+	e.once.Do(func() {
+		var buf bytes.Buffer
+		zw, _ := gzip.NewWriterLevel(&buf, 6) // Django's compress_string level
+		bw := bufio.NewWriterSize(zw, min(max(size, 16), maxWriteBuffer))
+		if write(bw) != nil || bw.Flush() != nil || zw.Close() != nil || buf.Len() >= size {
+			return
+		}
+		e.b = buf.Bytes()
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.m[key] != e {
+			return // evicted while it was compressed
+		}
+		e.counted = len(e.b)
+		c.bytes += e.counted
+		for c.bytes > gzipCacheBytes && len(c.order) > 1 {
+			old := c.order[0]
+			c.order = c.order[1:]
+			if oe := c.m[old]; oe != e {
+				c.bytes -= oe.counted
+				delete(c.m, old)
+			} else {
+				c.order = append(c.order, old)
 			}
 		}
-	}
-	return false
+	})
+	return e.b
 }
 
 // writeError writes the controller's JSON error: {"detail": "..."}.

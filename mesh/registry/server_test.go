@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"compress/gzip"
 	"context"
 	"crypto/x509"
 	"encoding/base64"
@@ -14,6 +15,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -61,25 +63,37 @@ func TestServerResponses(t *testing.T) {
 	node32 := `{"uri":"` + ex + `nodes/32/","id":32,"name":"node-32","island":{"uri":"` + ex + `islands/2/","id":2},"mgmt_net":{"addr":"fd65:fc41:c50f:20::2","backend":"tinc"},"tinc":{"name":"node_32","pubkey":"K32","addresses":[]},"properties":{"arch":"x86_64"}}`
 	host7 := `{"uri":"` + ex + `hosts/7/","id":7,"name":"laptop","island":null,"mgmt_net":{"addr":"fd65:fc41:c50f:0:2000::7","backend":"tinc"},"tinc":null}`
 	notFound := `{"detail":"Not found."}`
+	rel := func(r string) string { return `rel="http://confine-project.eu/rel/registry/` + r + `"` }
+	bases := `<` + ex + `>; ` + rel("base") + `, <` + ex + `>; rel="http://confine-project.eu/rel/controller/base"`
+	page := func(q, r string) string { return `<` + ex + `nodes/?` + q + `>; rel="` + r + `"` }
 	tests := []struct {
 		method, target string
 		want           response
 	}{
 		{"GET", "/api/", response{200, ct("base"),
-			`<` + ex + `nodes/>; rel="http://confine-project.eu/rel/registry/node-list", <` + ex + `servers/>; rel="http://confine-project.eu/rel/registry/server-list", <` + ex + `hosts/>; rel="http://confine-project.eu/rel/registry/host-list", <` + ex + `islands/>; rel="http://confine-project.eu/rel/registry/island-list"`, "",
-			`{"confine_params":{"debug_ipv6_prefix":"fd5f:eee5:e6ad::/48","priv_ipv6_prefix":"fdbd:e804:6aa9::/48"},"testbed_params":{"mgmt_ipv6_prefix":"fd65:fc41:c50f::/48"},"uri":"` + ex + `"}`}},
-		{"GET", "/api/nodes/", response{200, ct("node-list"), "", "", "[" + node31 + "," + node32 + "]"}},
-		{"GET", "/api/nodes/31/", response{200, ct("node"), "", "", node31}},
-		{"GET", "/api/hosts/", response{200, ct("host-list"), "", "", "[" + host7 + "]"}},
-		{"GET", "/api/islands/2/", response{200, ct("island"), "", "", `{"uri":"` + ex + `islands/2/","id":2,"name":"island-2","description":"reached over the Internet"}`}},
-		{"HEAD", "/api/nodes/31/", response{200, ct("node"), "", "", ""}},
-		{"GET", "/api/nodes/?per_page=1", response{200, ct("node-list"),
-			`<` + ex + `nodes/?page=1&per_page=1>; rel="first", <` + ex + `nodes/?page=2&per_page=1>; rel="next", <` + ex + `nodes/?page=2&per_page=1>; rel="last"`, "", "[" + node31 + "]"}},
-		{"GET", "/api/nodes/?per_page=1&page=2", response{200, ct("node-list"),
-			`<` + ex + `nodes/?page=1&per_page=1>; rel="first", <` + ex + `nodes/?page=1&per_page=1>; rel="prev", <` + ex + `nodes/?page=2&per_page=1>; rel="last"`, "", "[" + node32 + "]"}},
-		{"GET", "/api/nodes/?per_page=1&page=3", response{404, "application/json", "", "", `{"detail":"Invalid page."}`}},
-		{"GET", "/api/nodes/?page=2", response{404, "application/json", "", "", `{"detail":"Invalid page."}`}},
-		{"GET", "/api/nodes/?per_page=0", response{400, "application/json", "", "", `{"detail":"Invalid per_page \"0\": want a positive integer."}`}},
+			`<` + ex + `>; ` + rel("base") + `, <` + ex + `nodes/>; ` + rel("node-list") + `, <` + ex + `servers/>; ` + rel("server-list") + `, <` + ex + `islands/>; ` + rel("island-list") + `, <` + ex + `hosts/>; ` + rel("host-list"), "",
+			`{"confine_params":{"debug_ipv6_prefix":"fd5f:eee5:e6ad::/48","priv_ipv6_prefix":"fdbd:e804:6aa9::/48"},"testbed_params":{"mgmt_ipv6_prefix":"fd65:fc41:c50f::/48"},"testbed_resources":[],"uri":"` + ex + `"}`}},
+		// Every list has first and last, paginated or not.
+		{"GET", "/api/nodes/", response{200, ct("resource-list"), bases + ", " + page("page=1", "first") + ", " + page("page=1", "last"), "", "[" + node31 + "," + node32 + "]"}},
+		{"GET", "/api/nodes/31/", response{200, ct("node"), bases + `, <` + ex + `nodes/>; ` + rel("node-list"), "", node31}},
+		{"GET", "/api/hosts/", response{200, ct("resource-list"), bases + `, <` + ex + `hosts/?page=1>; rel="first", <` + ex + `hosts/?page=1>; rel="last"`, "", "[" + host7 + "]"}},
+		{"GET", "/api/islands/2/", response{200, ct("island"), bases + `, <` + ex + `islands/>; ` + rel("island-list"), "", `{"uri":"` + ex + `islands/2/","id":2,"name":"island-2","description":"reached over the Internet"}`}},
+		{"HEAD", "/api/nodes/31/", response{200, ct("node"), bases + `, <` + ex + `nodes/>; ` + rel("node-list"), "", ""}},
+		{"GET", "/api/nodes/?per_page=1", response{200, ct("resource-list"),
+			bases + ", " + page("per_page=1&page=1", "first") + ", " + page("per_page=1&page=2", "last") + ", " + page("per_page=1&page=2", "next"), "", "[" + node31 + "]"}},
+		{"GET", "/api/nodes/?page=2&per_page=1", response{200, ct("resource-list"),
+			bases + ", " + page("per_page=1&page=1", "first") + ", " + page("per_page=1&page=2", "last") + ", " + page("per_page=1&page=1", "prev"), "", "[" + node32 + "]"}},
+		// The controller's answers to odd pages: out of range is the
+		// last page, not a number is the first; per_page below 1 is 1,
+		// not a number is the default (everything).
+		{"GET", "/api/nodes/?per_page=1&page=3", response{200, ct("resource-list"),
+			bases + ", " + page("per_page=1&page=1", "first") + ", " + page("per_page=1&page=2", "last") + ", " + page("per_page=1&page=1", "prev"), "", "[" + node32 + "]"}},
+		{"GET", "/api/nodes/?per_page=1&page=x", response{200, ct("resource-list"),
+			bases + ", " + page("per_page=1&page=1", "first") + ", " + page("per_page=1&page=2", "last") + ", " + page("per_page=1&page=2", "next"), "", "[" + node31 + "]"}},
+		{"GET", "/api/nodes/?page=2", response{200, ct("resource-list"), bases + ", " + page("page=1", "first") + ", " + page("page=1", "last"), "", "[" + node31 + "," + node32 + "]"}},
+		{"GET", "/api/nodes/?per_page=0", response{200, ct("resource-list"),
+			bases + ", " + page("per_page=1&page=1", "first") + ", " + page("per_page=1&page=2", "last") + ", " + page("per_page=1&page=2", "next"), "", "[" + node31 + "]"}},
+		{"GET", "/api/nodes/?per_page=all", response{200, ct("resource-list"), bases + ", " + page("page=1", "first") + ", " + page("page=1", "last"), "", "[" + node31 + "," + node32 + "]"}},
 		{"GET", "/api/nodes/99/", response{404, "application/json", "", "", notFound}},
 		{"GET", "/api/nodes/x/", response{404, "application/json", "", "", notFound}},
 		{"GET", "/api/slices/", response{404, "application/json", "", "", notFound}},
@@ -102,17 +116,20 @@ func TestServerETags(t *testing.T) {
 	for _, target := range []string{"/api/", "/api/nodes/", "/api/nodes/31/", "/api/nodes/?per_page=1&page=2"} {
 		first, h := do(srv, "GET", target)
 		etag := h.Get("ETag")
-		if first.Status != 200 || !strings.HasPrefix(etag, `"`) {
-			t.Fatalf("%s: status %d, ETag %q", target, first.Status, etag)
+		if first.Status != 200 || len(etag) != 34 || etag[0] != '"' || etag[33] != '"' {
+			t.Fatalf("%s: status %d, ETag %q; want 32 hex digits quoted, like Django's", target, first.Status, etag)
 		}
-		for _, inm := range []string{etag, "W/" + etag, `"other", ` + etag, "*"} {
-			got, h2 := do(srv, "GET", target, "If-None-Match", inm)
-			if got.Status != 304 || got.Body != "" || h2.Get("ETag") != etag {
-				t.Errorf("%s If-None-Match %s: status %d, body %q, ETag %q", target, inm, got.Status, got.Body, h2.Get("ETag"))
+		// Django 1.6's CommonMiddleware compares If-None-Match as one
+		// string: only the bare tag matches. Its 304 is a new response,
+		// with none of the 200's headers.
+		got, h2 := do(srv, "GET", target, "If-None-Match", etag)
+		if got.Status != 304 || got.Body != "" || h2.Get("ETag") != "" || h2.Get("Content-Type") != "" || h2.Get("Link") != "" || h2.Get("Content-Length") != "0" {
+			t.Errorf("%s If-None-Match %s: status %d, body %q, headers %v", target, etag, got.Status, got.Body, h2)
+		}
+		for _, inm := range []string{"W/" + etag, `"other", ` + etag, "*", strings.TrimSuffix(etag, `"`) + `;gzip"`, " " + etag} {
+			if got, _ := do(srv, "GET", target, "If-None-Match", inm); got.Status != 200 {
+				t.Errorf("%s If-None-Match %s: status %d; the controller answers 200", target, inm, got.Status)
 			}
-		}
-		if got, _ := do(srv, "GET", target, "If-None-Match", `"other"`); got.Status != 200 {
-			t.Errorf("%s with another ETag: status %d", target, got.Status)
 		}
 	}
 	// A changed member changes the list's and its own ETag, not others'.
@@ -138,8 +155,9 @@ func TestServerV0Shapes(t *testing.T) {
 	f.Nodes[0].Tinc.PubKey = "K31"
 	srv := NewServer(f, nil)
 	base, _ := do(srv, "GET", "/api/")
-	if !strings.Contains(base.Link, `rel="http://confine-project.eu/rel/server/node-list"`) {
-		t.Errorf("v0 Link: %s", base.Link)
+	// v0.11.2 to v0.11.9: the registry relations, the v0 profiles.
+	if !strings.Contains(base.Link, `rel="http://confine-project.eu/rel/registry/node-list"`) || base.ContentType != `application/json; profile="http://confine-project.eu/schema/registry/v0/base"` {
+		t.Errorf("v0 Link: %s, Content-Type %s", base.Link, base.ContentType)
 	}
 	var got []map[string]any
 	for _, target := range []string{"/api/servers/2/", "/api/nodes/31/", "/api/hosts/7/"} {
@@ -149,18 +167,21 @@ func TestServerV0Shapes(t *testing.T) {
 			t.Fatal(err)
 		}
 		got = append(got, map[string]any{"mgmt_net": m["mgmt_net"], "has_tinc": m["tinc"] != nil})
+		if _, ok := m["tinc"]; !ok {
+			t.Errorf("%s: no top-level tinc; v0.11 had it next to mgmt_net's", target)
+		}
 	}
 	isl := func(id float64) map[string]any {
 		return map[string]any{"uri": fmt.Sprintf("http://example.com/api/islands/%v/", id), "id": id}
 	}
 	want := []map[string]any{
-		{"has_tinc": false, "mgmt_net": map[string]any{"addr": "fd65:fc41:c50f::2", "backend": "tinc_server", "tinc_client": nil,
+		{"has_tinc": true, "mgmt_net": map[string]any{"addr": "fd65:fc41:c50f::2", "backend": "tinc_server", "tinc_client": nil, "native": nil,
 			"tinc_server": map[string]any{"name": "server", "pubkey": "KS", "is_active": true, "addresses": []any{
 				map[string]any{"addr": "10.0.1.1", "port": 655.0, "island": isl(1)},
 				map[string]any{"addr": "198.51.100.1", "port": 655.0, "island": isl(2)}}}}},
-		{"has_tinc": false, "mgmt_net": map[string]any{"addr": "fd65:fc41:c50f:1f::2", "backend": "tinc_client", "tinc_server": nil,
+		{"has_tinc": true, "mgmt_net": map[string]any{"addr": "fd65:fc41:c50f:1f::2", "backend": "tinc_client", "tinc_server": nil, "native": nil,
 			"tinc_client": map[string]any{"name": "node_31", "pubkey": "K31"}}},
-		{"has_tinc": false, "mgmt_net": map[string]any{"addr": "fd65:fc41:c50f:0:2000::7", "backend": "tinc_client", "tinc_server": nil, "tinc_client": nil}},
+		{"has_tinc": false, "mgmt_net": map[string]any{"addr": "fd65:fc41:c50f:0:2000::7", "backend": "tinc_client", "tinc_server": nil, "tinc_client": nil, "native": nil}},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("(-want +got):\n%s", diff)
@@ -455,5 +476,52 @@ func TestServerAssignment(t *testing.T) {
 	r, _ = do(srv, "GET", "http://example.com/api/servers/")
 	if r.Status != 200 || strings.Contains(r.Body, "mgmtnet_gateways") {
 		t.Errorf("servers (all gateways): %d %s", r.Status, r.Body)
+	}
+}
+
+// The controller's GZipMiddleware, replayed: bodies of 200 bytes or more
+// vary on Accept-Encoding and, to a client that accepts gzip, go
+// compressed with the tag "<tag>;gzip", which never gets a 304; the bare
+// tag does.
+func TestServerGzipLikeDjango(t *testing.T) {
+	srv := NewServer(loadTestdata(t), nil)
+	plain, ph := do(srv, "GET", "/api/nodes/")
+	got, h := do(srv, "GET", "/api/nodes/", "Accept-Encoding", "deflate, gzip;q=0.5")
+	if got.Status != 200 || h.Get("Content-Encoding") != "gzip" || h.Get("Vary") != "Accept, Cookie, Accept-Encoding" {
+		t.Fatalf("gzip answer: status %d, headers %v", got.Status, h)
+	}
+	if want := strings.TrimSuffix(ph.Get("ETag"), `"`) + `;gzip"`; h.Get("ETag") != want {
+		t.Errorf("gzip ETag %q, want %q", h.Get("ETag"), want)
+	}
+	if h.Get("Content-Length") != strconv.Itoa(len(got.Body)) {
+		t.Errorf("Content-Length %s of %d bytes", h.Get("Content-Length"), len(got.Body))
+	}
+	zr, err := gzip.NewReader(strings.NewReader(got.Body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	unzipped, err := io.ReadAll(zr)
+	if err != nil || string(unzipped) != plain.Body {
+		t.Errorf("unzipped body differs from the plain one (err %v)", err)
+	}
+	if ph.Get("Content-Encoding") != "" || ph.Get("Vary") != "Accept, Cookie, Accept-Encoding" {
+		t.Errorf("plain answer: headers %v", ph)
+	}
+	if r, _ := do(srv, "GET", "/api/nodes/", "Accept-Encoding", "gzip", "If-None-Match", h.Get("ETag")); r.Status != 200 {
+		t.Errorf("the ;gzip tag sent back: status %d, want 200 as from the controller", r.Status)
+	}
+	if r, _ := do(srv, "GET", "/api/nodes/", "Accept-Encoding", "gzip", "If-None-Match", ph.Get("ETag")); r.Status != 304 {
+		t.Errorf("the bare tag sent back: status %d, want 304", r.Status)
+	}
+	// HEAD has the GET's headers, Content-Length of the gzipped body too.
+	if _, hh := do(srv, "HEAD", "/api/nodes/", "Accept-Encoding", "gzip"); hh.Get("Content-Length") != h.Get("Content-Length") || hh.Get("ETag") != h.Get("ETag") {
+		t.Errorf("HEAD headers %v", hh)
+	}
+	// Under 200 bytes: neither compressed nor Vary: Accept-Encoding.
+	f := loadTestdata(t)
+	f.Islands = f.Islands[:1]
+	small := NewServer(f, nil)
+	if r, sh := do(small, "GET", "/api/islands/1/", "Accept-Encoding", "gzip"); len(r.Body) >= 200 || sh.Get("Content-Encoding") != "" || sh.Get("Vary") != "Accept, Cookie" {
+		t.Errorf("small body (%d bytes): headers %v", len(r.Body), sh)
 	}
 }
