@@ -339,6 +339,9 @@ type collection struct {
 	kind addressing.Kind
 	rel  string // "server-list"...
 	url  string
+	// single marks a singleton resource, one object rather than a list:
+	// the server of controllers v0.10 to v0.11.1.
+	single bool
 }
 
 // fetchState is what one Fetch has used of its limits.
@@ -432,7 +435,7 @@ func (c *Client) fetch(ctx context.Context, validators map[string]string, sink S
 	if v0 {
 		snap.Dialect = DialectV0
 	}
-	c.log.Debug("registry collections", "base", baseURL, "servers", cols[0].url, "hosts", cols[1].url, "nodes", cols[2].url, "dialect", snap.Dialect)
+	c.log.Debug("registry collections", "base", baseURL, "collections", cols, "dialect", snap.Dialect)
 
 	results := make([]*collectionResult, len(cols))
 	allNotModified := true
@@ -488,28 +491,58 @@ func (c *Client) fetch(ctx context.Context, validators map[string]string, sink S
 // registry relations, else the pre-2015 server relations (v0 reports
 // that), else the fixed paths relative to the base. A Link target must
 // pass follow.
+//
+// Controllers v0.10 to v0.11.1 had no server list: they linked the one
+// server as a singleton (rel server/server, at /api/server/) and the
+// other gateways as their own collection (rel server/gateway-list, at
+// /api/gateways/, members gateway_<id>). Where the base links those and
+// no server list, they are read instead. (From v0.11.2 the base links
+// both a server list and, for old clients, the singleton, and gateways/
+// is an empty stub: the list is read.)
 func (c *Client) discover(base *page) (cols []collection, v0 bool, err error) {
 	links := parseLinks(base.url, base.header.Values("Link"))
-	cols = []collection{
-		{kind: addressing.KindServer, rel: "server-list"},
-		{kind: addressing.KindHost, rel: "host-list"},
-		{kind: addressing.KindNode, rel: "node-list"},
-	}
-	fixed := map[string]string{"server-list": "servers/", "host-list": "hosts/", "node-list": "nodes/"}
-	for i := range cols {
-		var target *url.URL
-		if u, ok := links[relPrefixV1+cols[i].rel]; ok {
-			target = u
-		} else if u, ok := links[relPrefixV0+cols[i].rel]; ok {
-			target = u
-			v0 = true
-		} else {
-			target = base.url.ResolveReference(&url.URL{Path: fixed[cols[i].rel]})
+	rel := func(name string) (*url.URL, bool) {
+		if u, ok := links[relPrefixV1+name]; ok {
+			return u, true
 		}
-		if err := c.follow("Link rel="+cols[i].rel, base.url, target); err != nil {
+		if u, ok := links[relPrefixV0+name]; ok {
+			v0 = true
+			return u, true
+		}
+		return nil, false
+	}
+	fixed := func(path string) *url.URL { return base.url.ResolveReference(&url.URL{Path: path}) }
+	var servers []collection
+	if u, ok := rel("server-list"); ok {
+		servers = []collection{{kind: addressing.KindServer, rel: "server-list", url: u.String()}}
+	} else if u, ok := links[relPrefixV0+"server"]; ok {
+		v0 = true
+		servers = []collection{{kind: addressing.KindServer, rel: "server", url: u.String(), single: true}}
+		g, ok := links[relPrefixV0+"gateway-list"]
+		if !ok {
+			g = fixed("gateways/")
+		}
+		servers = append(servers, collection{kind: addressing.KindGateway, rel: "gateway-list", url: g.String()})
+	} else {
+		servers = []collection{{kind: addressing.KindServer, rel: "server-list", url: fixed("servers/").String()}}
+	}
+	cols = servers
+	for _, m := range []struct {
+		kind addressing.Kind
+		rel  string
+		path string
+	}{{addressing.KindHost, "host-list", "hosts/"}, {addressing.KindNode, "node-list", "nodes/"}} {
+		u, ok := rel(m.rel)
+		if !ok {
+			u = fixed(m.path)
+		}
+		cols = append(cols, collection{kind: m.kind, rel: m.rel, url: u.String()})
+	}
+	for _, col := range cols {
+		target, _ := url.Parse(col.url)
+		if err := c.follow("Link rel="+col.rel, base.url, target); err != nil {
 			return nil, false, fmt.Errorf("registry base %s: %w", base.url, err)
 		}
-		cols[i].url = target.String()
 	}
 	return cols, v0, nil
 }
@@ -656,6 +689,11 @@ func (c *Client) fetchCollection(ctx context.Context, st *fetchState, col collec
 	}
 	md := newMemberDecoder(col.kind, col.url, c.log)
 	md.sink = sink
+	decode := decodeList
+	if col.single {
+		// The singleton server has no id: it is the main server.
+		decode, md.defaultID = decodeObject, addressing.MainServerID
+	}
 	res := &collectionResult{}
 	seen := map[string]bool{}
 	var pages []pageValidator
@@ -680,7 +718,7 @@ func (c *Client) fetchCollection(ctx context.Context, st *fetchState, col collec
 			// An attempt that fails half-way leaves nothing behind for
 			// the retry to meet as duplicates.
 			mark := md.mark()
-			if err := decodeList(pageURL, r, md.add); err != nil {
+			if err := decode(pageURL, r, md.add); err != nil {
 				md.rollback(mark)
 				return err
 			}

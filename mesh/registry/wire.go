@@ -226,11 +226,13 @@ type decoded struct {
 // Elements that differ but claim the same id or name are kept, for
 // mesh.Build to reject both claimants.
 type memberDecoder struct {
-	kind   addressing.Kind
-	source string // names the collection in problem reasons, e.g. its URL
-	log    *slog.Logger
-	n      int // elements given to add, duplicates included
-	dups   int // exact duplicates dropped
+	kind addressing.Kind
+	// defaultID is the id of an element that gives none (0: none).
+	defaultID uint64
+	source    string // names the collection in problem reasons, e.g. its URL
+	log       *slog.Logger
+	n         int // elements given to add, duplicates included
+	dups      int // exact duplicates dropped
 	// seen holds a digest of each element rather than its bytes, so as
 	// not to keep a second copy of the collection. 128 bits of SHA-256
 	// make a collision, which would drop a member, practically
@@ -274,6 +276,9 @@ func (md *memberDecoder) add(raw json.RawMessage) {
 	if err != nil {
 		md.Problems = append(md.Problems, elementProblem(md.kind, md.source, i, raw, err))
 		return
+	}
+	if c.ID == 0 && md.defaultID != 0 {
+		c.ID = md.defaultID
 	}
 	if m.isV0() {
 		md.V0 = true
@@ -408,6 +413,28 @@ func decodeList(url string, r io.Reader, add func(json.RawMessage)) error {
 		}
 		return fmt.Errorf("decode %s: want a JSON array of objects: data after the array at byte %d", url, dec.InputOffset())
 	}
+	return nil
+}
+
+// decodeObject decodes a singleton resource: one JSON object, which it
+// passes to add.
+func decodeObject(url string, r io.Reader, add func(json.RawMessage)) error {
+	cr := &countingReader{r: r}
+	dec := newCappedDecoder(&spaceSqueezer{r: cr})
+	var raw json.RawMessage
+	if err := dec.Decode(&raw); err != nil {
+		return fmt.Errorf("decode %s: want a JSON object: %w", url, describeJSONError(cr.n, err))
+	}
+	if b := bytes.TrimSpace(raw); len(b) == 0 || b[0] != '{' {
+		return fmt.Errorf("decode %s: want a JSON object, not %s", url, truncate(b))
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		if err != nil && !isSyntaxError(err) {
+			return fmt.Errorf("decode %s: %w", url, err)
+		}
+		return fmt.Errorf("decode %s: want a JSON object: data after it at byte %d", url, dec.InputOffset())
+	}
+	add(raw)
 	return nil
 }
 
