@@ -457,9 +457,14 @@ func finish(plan addressing.Plan, m *Member, pd *pending) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
+	var warnings []string
 	switch {
 	case pd.addrEmpty:
-		return nil, fmt.Errorf("mgmt_net.addr is empty; the plan says %s", want)
+		// The controller renders "mgmt_net": {} for a member that has no
+		// management-network record yet, and writes its host file with
+		// the address it computes from the id all the same. So does this.
+		m.Addr = want
+		warnings = append(warnings, fmt.Sprintf("mgmt_net gives no addr (\"mgmt_net\": {} when the controller has no management-network record for it); using the plan's %s, as the controller does", want))
 	case !m.Addr.IsValid():
 		return nil, fmt.Errorf("mgmt_net.addr %q is not an IPv6 address; the plan says %s", pd.rawAddr, want)
 	}
@@ -480,7 +485,7 @@ func finish(plan addressing.Plan, m *Member, pd *pending) ([]string, error) {
 		return nil, pd.keyErr
 	}
 	m.Subnets = []netip.Prefix{sub}
-	warnings := pd.warnings
+	warnings = append(warnings, pd.warnings...)
 	var w string
 	if m.DNS, w = dnsServiceOf(plan, m.Properties); w != "" {
 		warnings = append(warnings, w)

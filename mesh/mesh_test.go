@@ -119,7 +119,6 @@ func TestBuildRejects(t *testing.T) {
 		{"addr P::2 for a node", mod(node(t, 3), func(c *Candidate) { c.MgmtAddr = "fdf5:5351:1dfd::2" }), false, "it is the address of server 2"},
 		{"addr outside plan", mod(node(t, 3), func(c *Candidate) { c.MgmtAddr = "fd65:fc41:c50f:3::2" }), false, "outside the plan's fdf5:5351:1dfd::/48"},
 		{"addr not assigned", mod(node(t, 3), func(c *Candidate) { c.MgmtAddr = "fdf5:5351:1dfd:3::1" }), false, "not an address the plan assigns"},
-		{"addr empty", mod(node(t, 3), func(c *Candidate) { c.MgmtAddr = "" }), false, "mgmt_net.addr is empty; the plan says fdf5:5351:1dfd:3::2"},
 		{"addr ipv4", mod(node(t, 3), func(c *Candidate) { c.MgmtAddr = "10.0.0.1" }), false, "not an IPv6 address"},
 		{"key garbage", mod(node(t, 3), func(c *Candidate) { c.Tinc.PubKey = "ssh-rsa AAAA" }), false, "not PEM"},
 		{"key empty", mod(node(t, 3), func(c *Candidate) { c.Tinc.PubKey = " \n" }), false, "public key is empty"},
@@ -361,5 +360,21 @@ func TestBuildKeyCache(t *testing.T) {
 	c := Build(plan, []Candidate{bad}, BuildOptions{Keys: cache})
 	if len(c.Rejected) != 1 || len(cache.m) != 0 {
 		t.Errorf("a bad key was cached or accepted: %v, %d keys", c.Rejected, len(cache.m))
+	}
+}
+
+// "mgmt_net": {} (no management-network record on the controller) is no
+// rejection: the controller computes the address from the id, and so does
+// Build, with a warning.
+func TestBuildMgmtNetWithoutAddr(t *testing.T) {
+	c := node(t, 3)
+	c.MgmtAddr, c.Backend = "", ""
+	res := Build(addressing.Default(), []Candidate{c}, BuildOptions{})
+	if len(res.Rejected) != 0 || len(res.Warnings) != 1 || !strings.Contains(res.Warnings[0].String(), "using the plan's fdf5:5351:1dfd:3::2") {
+		t.Fatalf("rejected %v, warnings %v", res.Rejected, res.Warnings)
+	}
+	m, ok := res.Testbed.Lookup("node_3")
+	if !ok || m.Addr.String() != "fdf5:5351:1dfd:3::2" || m.Subnets[0].String() != "fdf5:5351:1dfd:3::/64" {
+		t.Errorf("member %+v", m)
 	}
 }

@@ -12,32 +12,23 @@ import (
 
 // HostFor returns the host file of a member. Its Address lines keep the
 // registry's order, except that with island != 0 the addresses in that
-// island come first (the controller's island-first order, so that a node
-// tries the gateway address it can reach directly before the others).
+// island come first, so that a node tries the gateway address it can reach
+// directly before the others. Those come in reverse registry order: the
+// controller's get_host inserts each one at the front of the file
+// (host.insert(0, line)), and the files are byte-compatible with its.
 func HostFor(m *mesh.Member, island uint64) Host {
 	h := Host{PublicKey: m.PubKey}
+	var first []Address
 	for _, a := range m.Addresses {
-		h.Addresses = append(h.Addresses, Address{Host: a.Host, Port: a.Port})
-	}
-	if island != 0 {
-		idx := make([]int, len(m.Addresses))
-		for i := range idx {
-			idx[i] = i
+		addr := Address{Host: a.Host, Port: a.Port}
+		if island != 0 && a.Island == island {
+			first = append(first, addr)
+			continue
 		}
-		slices.SortStableFunc(idx, func(a, b int) int {
-			ia, ib := m.Addresses[a].Island == island, m.Addresses[b].Island == island
-			switch {
-			case ia && !ib:
-				return -1
-			case ib && !ia:
-				return 1
-			}
-			return 0
-		})
-		for i, j := range idx {
-			h.Addresses[i] = Address{Host: m.Addresses[j].Host, Port: m.Addresses[j].Port}
-		}
+		h.Addresses = append(h.Addresses, addr)
 	}
+	slices.Reverse(first)
+	h.Addresses = append(first, h.Addresses...)
 	for _, p := range m.Subnets {
 		h.Subnets = append(h.Subnets, NewSubnet(p))
 	}

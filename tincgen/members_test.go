@@ -56,6 +56,41 @@ func TestHostFiles(t *testing.T) {
 	}
 }
 
+// The controller's get_host(island) inserts each address of the island at
+// the front (host.insert(0, line)): two or more of them come in reverse
+// registry order, then the others in registry order. Its output for this
+// member, island 1, is the expected file, byte for byte.
+func TestHostForIslandOrderIsTheController(t *testing.T) {
+	key, err := os.ReadFile("testdata/rsa_public_key.pem")
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := mesh.Build(addressing.Default(), []mesh.Candidate{
+		{Kind: addressing.KindServer, ID: 2, MgmtAddr: "fdf5:5351:1dfd::2", Backend: "tinc",
+			Tinc: &mesh.CandidateTinc{Name: "server", PubKey: string(key), Addresses: []mesh.CandidateAddress{
+				{Addr: "10.0.0.1", Port: 655, Island: 1},
+				{Addr: "198.51.100.1", Port: 655, Island: 2},
+				{Addr: "10.0.0.2", Port: 656, Island: 1},
+				{Addr: "gw.example.net", Port: 655},
+				{Addr: "10.0.0.3", Port: 655, Island: 1},
+			}}},
+	}, mesh.BuildOptions{})
+	if len(res.Rejected) != 0 {
+		t.Fatalf("rejected: %v", res.Rejected)
+	}
+	got := string(RenderHost(HostFor(res.Testbed.At(0), 1)))
+	want := "Address = 10.0.0.3 655\nAddress = 10.0.0.2 656\nAddress = 10.0.0.1 655\n" +
+		"Address = 198.51.100.1 655\nAddress = gw.example.net 655\n" +
+		"Subnet = fdf5:5351:1dfd:0:0:0:0:2\n\n" + string(key)
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("island 1 (-controller +mgmtnet):\n%s", diff)
+	}
+	// Without an island: registry order.
+	if h := HostFor(res.Testbed.At(0), 0); h.Addresses[0].Host != "10.0.0.1" || h.Addresses[4].Host != "10.0.0.3" {
+		t.Errorf("no island: %v", h.Addresses)
+	}
+}
+
 // FuzzHostOfMember: whatever the registry sends, a member that mesh accepts
 // renders to a host file that parses back to exactly its own Addresses,
 // Subnets and key: no registry value can add a line to a host file.
