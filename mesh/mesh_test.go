@@ -300,6 +300,32 @@ func TestNormalizePublicKey(t *testing.T) {
 	}
 }
 
+// The controller stores a key as it was submitted (only CRLF and the
+// space around it normalised), so a registry may hold base64 lines of
+// any length: they are read and re-wrapped to 64 columns, the same key.
+func TestNormalizePublicKeyRewraps(t *testing.T) {
+	k, s := keys(t)
+	for _, want := range []string{k, s} {
+		lines := strings.Split(strings.TrimSpace(want), "\n")
+		body := strings.Join(lines[1:len(lines)-1], "")
+		var wrapped76 []string
+		for b := body; len(b) > 0; {
+			n := min(76, len(b))
+			wrapped76 = append(wrapped76, b[:n])
+			b = b[n:]
+		}
+		for name, in := range map[string]string{
+			"76 columns": lines[0] + "\n" + strings.Join(wrapped76, "\n") + "\n" + lines[len(lines)-1],
+			"one line":   lines[0] + "\n" + body + "\n" + lines[len(lines)-1],
+		} {
+			out, err := NormalizePublicKey(in)
+			if err != nil || out != want {
+				t.Errorf("%s: %q, %v; want the 64-column key", name, out, err)
+			}
+		}
+	}
+}
+
 func FuzzBuild(f *testing.F) {
 	k, _ := keys(f)
 	f.Add(uint8(1), uint64(31), "node_31", "fdf5:5351:1dfd:1f::2", k, "10.0.0.1", 655)

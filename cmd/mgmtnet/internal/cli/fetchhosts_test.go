@@ -2,6 +2,8 @@ package cli
 
 import (
 	"encoding/json"
+	"fmt"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -9,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
 
 	"github.com/confine-project/mgmtnet/addressing"
 	"github.com/confine-project/mgmtnet/fetchhosts"
@@ -289,5 +293,72 @@ func TestFetchHostsOwnFileNotOverwritten(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(filepath.Join(hosts, "node_1")); !strings.HasPrefix(string(b), "Subnet = fdf5:5351:1dfd:1:0:0:0:0/64\n\n-----BEGIN") {
 		t.Errorf("missing own host file not written from the registry:\n%s", b)
+	}
+}
+
+// gzipLog records each request to a registry: path, status, whether it
+// was conditional and whether the answer was gzipped.
+type gzipLog struct {
+	h   http.Handler
+	mu  sync.Mutex
+	log []string
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (w *statusWriter) WriteHeader(code int) { w.code = code; w.ResponseWriter.WriteHeader(code) }
+
+func (g *gzipLog) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	sw := &statusWriter{ResponseWriter: w, code: 200}
+	g.h.ServeHTTP(sw, r)
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.log = append(g.log, fmt.Sprintf("%s %d conditional=%v gzip=%v", r.URL.Path, sw.code,
+		r.Header.Get("If-None-Match") != "", w.Header().Get("Content-Encoding") == "gzip"))
+}
+
+func (g *gzipLog) take() []string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	l := g.log
+	g.log = nil
+	return l
+}
+
+// Against a registry that gzips as the controller does (tags "<md5>;gzip",
+// 304 only to the bare tag), a second run prints unchanged and asks only
+// conditionally for every collection, each answered 304.
+func TestFetchHostsSecondRunAgainstGzipRegistry(t *testing.T) {
+	rec := &gzipLog{h: registry.NewServer(testbed(t, 4), nil)}
+	ts := httptest.NewServer(rec)
+	t.Cleanup(ts.Close)
+	hosts := filepath.Join(t.TempDir(), "hosts")
+	if _, errOut, code := run(t, "fetch-hosts", ts.URL+"/api/", "--hosts-dir", hosts); code != 0 {
+		t.Fatalf("first run: exit %d\n%s", code, errOut)
+	}
+	first := []string{
+		"/api/ 200 conditional=false gzip=true",
+		"/api/servers/ 200 conditional=false gzip=true",
+		"/api/hosts/ 200 conditional=false gzip=false", // [] is under Django's 200 bytes
+		"/api/nodes/ 200 conditional=false gzip=true",
+	}
+	if diff := cmp.Diff(first, rec.take()); diff != "" {
+		t.Errorf("first run's requests (-want +got):\n%s", diff)
+	}
+	_, errOut, code := run(t, "fetch-hosts", ts.URL+"/api/", "--hosts-dir", hosts)
+	if code != 0 || !strings.Contains(errOut, "unchanged: the registry has not changed since the last run") {
+		t.Fatalf("second run: exit %d\n%s", code, errOut)
+	}
+	want := []string{
+		"/api/ 200 conditional=false gzip=true", // the base, for its Link header
+		"/api/servers/ 304 conditional=true gzip=false",
+		"/api/hosts/ 304 conditional=true gzip=false",
+		"/api/nodes/ 304 conditional=true gzip=false",
+	}
+	if diff := cmp.Diff(want, rec.take()); diff != "" {
+		t.Errorf("second run's requests (-want +got):\n%s", diff)
 	}
 }
