@@ -76,6 +76,14 @@ func oldController(t *testing.T, release string, key string) string {
 	client := map[string]any{"name": "node_31", "pubkey": key}
 	node := member(map[string]any{"uri": host + "/api/nodes/31", "id": 31, "name": "node-31", "island": island,
 		"mgmt_net": map[string]any{"addr": "fd65:fc41:c50f:1f::2", "backend": "tinc_client", "tinc_server": nil, "native": nil, "tinc_client": client}}, client)
+	// A node without a key: v0.11 still renders tinc_client, with
+	// "pubkey": null, and the top-level tinc as null.
+	keyless := map[string]any{"uri": host + "/api/nodes/32", "id": 32, "name": "node-32", "island": island,
+		"mgmt_net": map[string]any{"addr": "fd65:fc41:c50f:20::2", "backend": "tinc_client", "tinc_server": nil, "native": nil,
+			"tinc_client": map[string]any{"name": "node_32", "pubkey": nil}}}
+	if release != "v0.10" {
+		keyless["tinc"] = nil
+	}
 	listLink := `<` + host + `/api/>; rel="` + rel + `base"`
 	if release != "v0.10" {
 		listLink += `, <` + host + `/api/>; rel="http://confine-project.eu/rel/controller/base"`
@@ -129,7 +137,7 @@ func oldController(t *testing.T, release string, key string) string {
 		write(w, ct("resource-list"), listLink, []any{s})
 	})
 	mux.HandleFunc("/api/nodes/", func(w http.ResponseWriter, r *http.Request) {
-		write(w, ct("resource-list"), listLink, []any{node})
+		write(w, ct("resource-list"), listLink, []any{node, keyless})
 	})
 	mux.HandleFunc("/api/hosts/", func(w http.ResponseWriter, r *http.Request) {
 		write(w, ct("resource-list"), listLink, []any{})
@@ -168,6 +176,9 @@ func TestOldControllerReleases(t *testing.T) {
 			res := mesh.Build(plan, snap.Candidates, mesh.BuildOptions{})
 			if len(res.Rejected) != 0 {
 				t.Errorf("rejected: %v", res.Rejected)
+			}
+			if len(res.Skipped) != 1 || !strings.Contains(res.Skipped[0].String(), "no tinc key") {
+				t.Errorf("skipped: %v; want node 32, which has no key", res.Skipped)
 			}
 			var got []string
 			for m := range res.Testbed.All() {

@@ -171,6 +171,12 @@ func (m *wireMember) candidate(kind addressing.Kind) (mesh.Candidate, error) {
 				// Neither: no key registered, like v1's "tinc": null,
 				// unless the object also carries a v1 tinc section.
 			}
+			if tinc != nil && tinc.PubKey == "" {
+				// v0.11 renders tinc_client and tinc_server whether or
+				// not a key is registered ("pubkey": null): no key, as
+				// its top-level "tinc": null says.
+				tinc = nil
+			}
 		}
 	}
 	if tinc != nil {
