@@ -16,6 +16,7 @@ declare -A need=(
   [dnsperf]=dnsperf
   [dnsmasq]=dnsmasq-base
   [tcpdump]=tcpdump
+  [busybox]=busybox
 )
 if [ "${1:-}" = stress ]; then
   need[stress-ng]=stress-ng
