@@ -286,3 +286,39 @@ func TestMaxTimeoutSpread(t *testing.T) {
 		}
 	}
 }
+
+// TestDesiredOwnHost: DesiredFiles keeps the node's existing host file
+// (DesiredOptions.OwnHost) when it means the same as its own rendering,
+// and renders its own otherwise.
+func TestDesiredOwnHost(t *testing.T) {
+	pub, spki := readTestdata(t, "node.pub"), string(readTestdata(t, "node.spki.pub"))
+	ours := "Subnet = fdf5:5351:1dfd:1f:0:0:0:0/64\n\n" + string(pub)
+	gws := []Gateway{{Name: "server", Host: readTestdata(t, "firmware/tinc/hosts/server")}}
+	tests := []struct {
+		name   string
+		own    string
+		egress bool
+		want   string
+	}{
+		{"none", "", false, ours},
+		{"SPKI form kept", "Subnet = fdf5:5351:1dfd:1f:0:0:0:0/64\n\n" + spki, false, "Subnet = fdf5:5351:1dfd:1f:0:0:0:0/64\n\n" + spki},
+		{"egress: the /32 is missing", "Subnet = fdf5:5351:1dfd:1f:0:0:0:0/64\n\n" + spki, true, "Subnet = fdf5:5351:1dfd:1f:0:0:0:0/64\nSubnet = 100.64.0.31\n\n" + string(pub)},
+		{"another key", "Subnet = fdf5:5351:1dfd:1f:0:0:0:0/64\n\n" + string(readTestdata(t, "gw.pub")), false, ours},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var own []byte
+			if tt.own != "" {
+				own = []byte(tt.own)
+			}
+			d, err := DesiredFiles(node31(t), pub, gws, DesiredOptions{Egress: tt.egress, OwnHost: own})
+			if err != nil {
+				t.Fatal(err)
+			}
+			f, _ := d.Lookup("hosts/node_31")
+			if diff := cmp.Diff(tt.want, string(f.Data)); diff != "" {
+				t.Errorf("hosts/node_31 (-want +got):\n%s", diff)
+			}
+		})
+	}
+}

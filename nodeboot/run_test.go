@@ -364,3 +364,98 @@ func TestRunDryRun(t *testing.T) {
 		})
 	}
 }
+
+// TestRunKeepsOwnHostFile: node-boot keeps the node's own host file when it
+// means the same as the one it would write, whatever its form, so that the
+// file the image or the firmware made is not rewritten (and tincd not
+// restarted) only to change its form; one that means something else is
+// rewritten and tincd restarted, as its own Subnets and key are read only
+// at start.
+func TestRunKeepsOwnHostFile(t *testing.T) {
+	pkcs1, spki, other := string(readTestdata(t, "node.pub")), string(readTestdata(t, "node.spki.pub")), string(readTestdata(t, "gw.pub"))
+	// What the controller ships: IPy's strNormal, a blank line, the key as
+	// M2Crypto writes it (SPKI).
+	image := "Subnet = fdf5:5351:1dfd:1f:0:0:0:0/64\n\n" + spki
+	// What the firmware shell writes when the image has none: the UCI id
+	// verbatim, the key of ssh-keygen -e -m PEM on the next line.
+	shell := "Subnet = fdf5:5351:1dfd:001f:0:0:0:0/64\n" + pkcs1
+	ours := "Subnet = fdf5:5351:1dfd:1f:0:0:0:0/64\n\n" + pkcs1
+	old := time.Date(2015, 3, 1, 12, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name    string
+		booted  bool   // node-boot ran before, tincd runs
+		file    string // hosts/node_31 before the run
+		egress  EgressMode
+		want    string // hosts/node_31 after
+		written []string
+		calls   []string
+	}{
+		{name: "first boot of a controller image", file: image, want: image,
+			written: []string{"tinc-down", "tinc-up", "tinc.conf"}, calls: []string{"Start"}},
+		{name: "controller image form", booted: true, file: image, want: image},
+		{name: "firmware shell form", booted: true, file: shell, want: shell},
+		{name: "another key", booted: true, file: "Subnet = fdf5:5351:1dfd:1f:0:0:0:0/64\n\n" + other, want: ours,
+			written: []string{"hosts/node_31"}, calls: []string{"Restart"}},
+		{name: "another subnet", booted: true, file: "Subnet = fdf5:5351:1dfd:20:0:0:0:0/64\n\n" + spki, want: ours,
+			written: []string{"hosts/node_31"}, calls: []string{"Restart"}},
+		{name: "egress on adds its /32", booted: true, file: image, egress: EgressOn,
+			want:    "Subnet = fdf5:5351:1dfd:1f:0:0:0:0/64\nSubnet = 100.64.0.31\n\n" + pkcs1,
+			written: []string{"hosts/node_31", "tinc-up", "tinc.conf"}, calls: []string{"Restart"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			hosts := filepath.Join(dir, "hosts")
+			must(t, os.MkdirAll(hosts, 0o755))
+			must(t, os.WriteFile(filepath.Join(dir, KeyFile), readTestdata(t, "node.priv"), 0o600))
+			must(t, os.WriteFile(filepath.Join(hosts, "server_5"), readTestdata(t, "firmware/gateways/server_5"), 0o644))
+			cfg := node31(t)
+			cfg.TincGateway = "server_5"
+			tincd := newFakeTincd(t)
+			opts := testOptions(dir, "", tincd)
+			if tt.booted {
+				if _, err := Run(t.Context(), cfg, opts); err != nil {
+					t.Fatal(err)
+				}
+				tincd.take()
+			}
+			own := filepath.Join(hosts, "node_31")
+			must(t, os.WriteFile(own, []byte(tt.file), 0o644))
+			must(t, os.Chtimes(own, old, old))
+			if tt.egress != "" {
+				cfg.Egress = tt.egress
+			}
+			res, err := Run(t.Context(), cfg, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := cmp.Diff(tt.written, res.Written, cmpNilEmpty); d != "" {
+				t.Errorf("written (-want +got):\n%s", d)
+			}
+			if d := cmp.Diff(tt.calls, tincd.take()); d != "" {
+				t.Errorf("tincd calls (-want +got):\n%s", d)
+			}
+			got, err := os.ReadFile(own)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := cmp.Diff(tt.want, string(got)); d != "" {
+				t.Errorf("hosts/node_31 (-want +got):\n%s", d)
+			}
+			st, err := os.Stat(own)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if kept := tt.want == tt.file; kept != st.ModTime().Equal(old) {
+				t.Errorf("hosts/node_31 kept %v, but its mtime is %v (was %v)", kept, st.ModTime(), old)
+			}
+		})
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
