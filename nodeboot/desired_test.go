@@ -322,3 +322,30 @@ func TestDesiredOwnHost(t *testing.T) {
 		})
 	}
 }
+
+// TestFirmwareGatewaysOwnNameExact: the node's own host file is told from
+// the gateways' by its exact name. The firmware's "ls hosts/ | grep -v
+// node_1" also drops node_10, node_11, ... for node 1; node-boot does not
+// reproduce that: any other file with an Address is a gateway.
+func TestFirmwareGatewaysOwnNameExact(t *testing.T) {
+	cfg := node31(t)
+	cfg.NodeID = 1
+	dir := t.TempDir()
+	gw := string(readTestdata(t, "gw.pub"))
+	writeTree(t, dir, map[string]fileState{
+		"hosts/node_1":  {[]byte("Subnet = fdf5:5351:1dfd:1:0:0:0:0/64\n\n" + string(readTestdata(t, "node.pub"))), 0o644},
+		"hosts/node_10": {[]byte("Address = 192.0.2.10 655\nSubnet = fdf5:5351:1dfd:a:0:0:0:0/64\n\n" + gw), 0o644},
+		"hosts/server":  {[]byte("Address = 192.0.2.2 655\nSubnet = fdf5:5351:1dfd:0:0:0:0:2\n\n" + gw), 0o644},
+	})
+	gws, notes, err := FirmwareGateways(cfg, dir, "")
+	if err != nil || len(notes) != 0 {
+		t.Fatalf("err %v, notes %q", err, notes)
+	}
+	var names []string
+	for _, g := range gws {
+		names = append(names, g.Name)
+	}
+	if d := cmp.Diff([]string{"server", "node_10"}, names); d != "" {
+		t.Errorf("gateways of node_1 (-want +got):\n%s", d)
+	}
+}

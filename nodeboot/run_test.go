@@ -459,3 +459,65 @@ func must(t *testing.T, err error) {
 		t.Fatal(err)
 	}
 }
+
+// TestRunOldImage: a G1 image (before the controller's tinc_gateway, Nov
+// 2014) ships every gateway's host file in hosts/, and its firmware
+// connects to each. node-boot keeps every one of them (those with an
+// Address) until the registry answers; then it connects to the registry's
+// gateways, and leaves the image's other files on disk. Offline again, it
+// connects to every gateway file it has.
+func TestRunOldImage(t *testing.T) {
+	_, base := serveRegistry(t, testRegistry(t))
+	dir := t.TempDir()
+	writeTree(t, dir, readTree(t, "testdata/generations/g1/image"))
+	must(t, os.WriteFile(filepath.Join(dir, KeyFile), readTestdata(t, "node.priv"), 0o600))
+	cfg, err := LoadConfig("testdata/generations/g1/confine")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.TincGateway != DefaultTincGateway || cfg.RegistryURI != "" {
+		t.Fatalf("G1 UCI: tinc_gateway %q, registry %q; want the default and none", cfg.TincGateway, cfg.RegistryURI)
+	}
+	all := []string{"server", "gateway_4", "gateway_7"} // gateway_9 has no Address
+	const down = "http://127.0.0.1:1/api/"
+	tincd := newFakeTincd(t)
+	for _, s := range []struct {
+		name     string
+		registry string
+		source   string
+		gateways []string
+		written  []string
+		calls    []string
+	}{
+		{"first boot, registry unreachable", down, SourceFirmware, all, []string{"tinc-down", "tinc-up", "tinc.conf"}, []string{"Start"}},
+		{"no registry configured", "", SourceFirmware, all, nil, nil},
+		{"the registry answers", base, SourceRegistry, []string{"server"}, []string{"hosts/server", "tinc.conf"}, []string{"Reload"}},
+		{"unreachable again", down, SourceFirmware, all, []string{"tinc.conf"}, []string{"Reload"}},
+	} {
+		t.Run(s.name, func(t *testing.T) {
+			opts := testOptions(dir, s.registry, tincd)
+			res, err := Run(t.Context(), cfg, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Source != s.source {
+				t.Errorf("source %s, want %s", res.Source, s.source)
+			}
+			if d := cmp.Diff(s.gateways, res.Gateways); d != "" {
+				t.Errorf("ConnectTo (-want +got):\n%s", d)
+			}
+			if d := cmp.Diff(s.written, res.Written, cmpNilEmpty); d != "" {
+				t.Errorf("written (-want +got):\n%s", d)
+			}
+			if d := cmp.Diff(s.calls, tincd.take()); d != "" {
+				t.Errorf("tincd calls (-want +got):\n%s", d)
+			}
+			for _, n := range []string{"gateway_4", "gateway_7", "gateway_9", "node_31"} {
+				want, _ := os.ReadFile(filepath.Join("testdata/generations/g1/image/hosts", n))
+				if got, err := os.ReadFile(filepath.Join(dir, "hosts", n)); err != nil || string(got) != string(want) {
+					t.Errorf("hosts/%s changed or gone (%v)", n, err)
+				}
+			}
+		})
+	}
+}

@@ -22,7 +22,9 @@ testbed.mgmt_ipv6_prefix48) it:
   1. generates an RSA key in rsa_key.priv if there is none (never replaces one);
   2. asks the registry for the gateways; when it does not answer (usual at
      first boot, before tinc is up) it uses the firmware's gateway files:
-     hosts/<tinc_gateway> as it is, and the files in --gateways-dir;
+     hosts/<tinc_gateway> as it is, every other file in hosts/ with an
+     Address (an old image's gateways, an earlier boot's), and the files in
+     --gateways-dir;
   3. writes hosts/node_<id> (its /64 and public key; an existing one that
      means the same, in the image's or the firmware's form, is kept),
      tinc.conf (Name and one ConnectTo per gateway), tinc-up, tinc-down and
