@@ -14,8 +14,10 @@
 // differ, and Run puts it together and decides start, SIGHUP or restart.
 //
 // It never deletes a file in the tinc directory, never overwrites an
-// existing private key, and does not poll the registry afterwards (nothing
-// in mgmtnet polls on a node; run node-boot again).
+// existing private key, keeps the node's own host file when it means the
+// same as the one it would write (the image's or the firmware's form), and
+// does not poll the registry afterwards (nothing in mgmtnet polls on a
+// node; run node-boot again).
 package nodeboot
 
 import (

@@ -93,6 +93,15 @@ type DesiredOptions struct {
 	// restart takes away with the old interface).
 	Egress   bool
 	EgressUp string
+	// OwnHost is the node's own host file as it is on disk (nil for
+	// none). When it means the same as the one DesiredFiles renders
+	// (tincgen.EquivalentHosts: the same Subnets, the same key in either
+	// PEM form, no other line that differs), DesiredFiles keeps its bytes.
+	// The file the controller ships (SPKI key after a blank line) and the
+	// one the firmware shell writes (Subnet with the UCI's zero-padded
+	// id, PKCS#1 key on the next line) then stay as they are, and tincd is
+	// not restarted only to change the form of its own host file.
+	OwnHost []byte
 }
 
 // File is one file of the tinc directory: its path relative to the
@@ -135,8 +144,9 @@ var ErrNoGateway = errors.New("no gateway to connect to")
 // and one ConnectTo per gateway: cfg.TincGateway first when it is one of
 // them, then the others by name), tinc-up and tinc-down (the node's
 // address P:N::2 with /48, MTU 1400), and hosts/<name> of each gateway with
-// the given bytes; o adds egress. It is pure: the same inputs give the
-// same value.
+// the given bytes; o adds egress and may keep the node's existing host
+// file (DesiredOptions.OwnHost). It is pure: the same inputs give the same
+// value.
 func DesiredFiles(cfg Config, pub []byte, gateways []Gateway, o DesiredOptions) (Desired, error) {
 	plan, err := cfg.Plan()
 	if err != nil {
@@ -174,11 +184,12 @@ func DesiredFiles(cfg Config, pub []byte, gateways []Gateway, o DesiredOptions) 
 		opts = append(opts, []tincgen.Option{{Key: "Interface", Value: TincInterface},
 			{Key: "PingInterval", Value: egressPingInterval}, {Key: "PingTimeout", Value: egressPingTimeout}}...)
 	}
+	ownHost := tincgen.RenderHost(tincgen.Host{Subnets: subnets, PublicKey: string(pub)})
+	if o.OwnHost != nil && tincgen.EquivalentHosts(o.OwnHost, ownHost) {
+		ownHost = o.OwnHost
+	}
 	files := []File{
-		{Name: HostsDir + "/" + own, Mode: 0o644, Data: tincgen.RenderHost(tincgen.Host{
-			Subnets:   subnets,
-			PublicKey: string(pub),
-		})},
+		{Name: HostsDir + "/" + own, Mode: 0o644, Data: ownHost},
 		{Name: TincUpFile, Mode: 0o755, Data: tincUp},
 		{Name: TincDownFile, Mode: 0o755, Data: tincgen.RenderTincDown(addr, tincUpBits)},
 	}

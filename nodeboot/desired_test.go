@@ -286,3 +286,66 @@ func TestMaxTimeoutSpread(t *testing.T) {
 		}
 	}
 }
+
+// TestDesiredOwnHost: DesiredFiles keeps the node's existing host file
+// (DesiredOptions.OwnHost) when it means the same as its own rendering,
+// and renders its own otherwise.
+func TestDesiredOwnHost(t *testing.T) {
+	pub, spki := readTestdata(t, "node.pub"), string(readTestdata(t, "node.spki.pub"))
+	ours := "Subnet = fdf5:5351:1dfd:1f:0:0:0:0/64\n\n" + string(pub)
+	gws := []Gateway{{Name: "server", Host: readTestdata(t, "firmware/tinc/hosts/server")}}
+	tests := []struct {
+		name   string
+		own    string
+		egress bool
+		want   string
+	}{
+		{"none", "", false, ours},
+		{"SPKI form kept", "Subnet = fdf5:5351:1dfd:1f:0:0:0:0/64\n\n" + spki, false, "Subnet = fdf5:5351:1dfd:1f:0:0:0:0/64\n\n" + spki},
+		{"egress: the /32 is missing", "Subnet = fdf5:5351:1dfd:1f:0:0:0:0/64\n\n" + spki, true, "Subnet = fdf5:5351:1dfd:1f:0:0:0:0/64\nSubnet = 100.64.0.31\n\n" + string(pub)},
+		{"another key", "Subnet = fdf5:5351:1dfd:1f:0:0:0:0/64\n\n" + string(readTestdata(t, "gw.pub")), false, ours},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var own []byte
+			if tt.own != "" {
+				own = []byte(tt.own)
+			}
+			d, err := DesiredFiles(node31(t), pub, gws, DesiredOptions{Egress: tt.egress, OwnHost: own})
+			if err != nil {
+				t.Fatal(err)
+			}
+			f, _ := d.Lookup("hosts/node_31")
+			if diff := cmp.Diff(tt.want, string(f.Data)); diff != "" {
+				t.Errorf("hosts/node_31 (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestFirmwareGatewaysOwnNameExact: the node's own host file is told from
+// the gateways' by its exact name. The firmware's "ls hosts/ | grep -v
+// node_1" also drops node_10, node_11, ... for node 1; node-boot does not
+// reproduce that: any other file with an Address is a gateway.
+func TestFirmwareGatewaysOwnNameExact(t *testing.T) {
+	cfg := node31(t)
+	cfg.NodeID = 1
+	dir := t.TempDir()
+	gw := string(readTestdata(t, "gw.pub"))
+	writeTree(t, dir, map[string]fileState{
+		"hosts/node_1":  {[]byte("Subnet = fdf5:5351:1dfd:1:0:0:0:0/64\n\n" + string(readTestdata(t, "node.pub"))), 0o644},
+		"hosts/node_10": {[]byte("Address = 192.0.2.10 655\nSubnet = fdf5:5351:1dfd:a:0:0:0:0/64\n\n" + gw), 0o644},
+		"hosts/server":  {[]byte("Address = 192.0.2.2 655\nSubnet = fdf5:5351:1dfd:0:0:0:0:2\n\n" + gw), 0o644},
+	})
+	gws, notes, err := FirmwareGateways(cfg, dir, "")
+	if err != nil || len(notes) != 0 {
+		t.Fatalf("err %v, notes %q", err, notes)
+	}
+	var names []string
+	for _, g := range gws {
+		names = append(names, g.Name)
+	}
+	if d := cmp.Diff([]string{"server", "node_10"}, names); d != "" {
+		t.Errorf("gateways of node_1 (-want +got):\n%s", d)
+	}
+}

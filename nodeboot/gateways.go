@@ -15,10 +15,13 @@ import (
 // registry does not answer (at first boot a node usually cannot reach it
 // before tinc is up): the existing host file of cfg.TincGateway in
 // tincDir/hosts, kept as it is, the other host files there that have an
-// Address (gateways an earlier boot got from the registry), and every file
-// in gatewaysDir whose name is
-// a valid tinc name (other than the node's own and cfg.TincGateway when
-// hosts/ already has it), copied. A file that tincgen.ParseHost rejects, or
+// Address (the gateways an earlier boot got from the registry, and every
+// gateway of an image made before the controller's tinc_gateway, Nov 2014,
+// whose firmware connected to each file in hosts/), and every file in
+// gatewaysDir (/etc/confine/tinc-gateways, where later images put the
+// gateways other than tinc_gateway; the firmware itself never reads it)
+// whose name is a valid tinc name (other than the node's own and those
+// hosts/ already has), copied. A file that tincgen.ParseHost rejects, or
 // that has no Address or no public key, is skipped and named in notes. A
 // missing gatewaysDir is not an error.
 func FirmwareGateways(cfg Config, tincDir, gatewaysDir string) (gws []Gateway, notes []string, err error) {

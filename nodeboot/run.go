@@ -172,7 +172,11 @@ func Run(ctx context.Context, cfg Config, opts Options) (*Result, error) {
 	if err != nil {
 		return res, err
 	}
-	desired, err := DesiredFiles(cfg, pub, gws, DesiredOptions{Egress: egressOn, EgressUp: egressUp()})
+	// The node's own host file as the image or the firmware left it, kept
+	// when it means the same as ours. A file that cannot be read is
+	// treated as missing here; Apply reports why.
+	ownHost, _ := tincgen.ReadRegularFile(filepath.Join(opts.TincDir, HostsDir, cfg.TincName()))
+	desired, err := DesiredFiles(cfg, pub, gws, DesiredOptions{Egress: egressOn, EgressUp: egressUp(), OwnHost: ownHost})
 	if err != nil {
 		return res, err
 	}

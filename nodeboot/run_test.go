@@ -364,3 +364,160 @@ func TestRunDryRun(t *testing.T) {
 		})
 	}
 }
+
+// TestRunKeepsOwnHostFile: node-boot keeps the node's own host file when it
+// means the same as the one it would write, whatever its form, so that the
+// file the image or the firmware made is not rewritten (and tincd not
+// restarted) only to change its form; one that means something else is
+// rewritten and tincd restarted, as its own Subnets and key are read only
+// at start.
+func TestRunKeepsOwnHostFile(t *testing.T) {
+	pkcs1, spki, other := string(readTestdata(t, "node.pub")), string(readTestdata(t, "node.spki.pub")), string(readTestdata(t, "gw.pub"))
+	// What the controller ships: IPy's strNormal, a blank line, the key as
+	// M2Crypto writes it (SPKI).
+	image := "Subnet = fdf5:5351:1dfd:1f:0:0:0:0/64\n\n" + spki
+	// What the firmware shell writes when the image has none: the UCI id
+	// verbatim, the key of ssh-keygen -e -m PEM on the next line.
+	shell := "Subnet = fdf5:5351:1dfd:001f:0:0:0:0/64\n" + pkcs1
+	ours := "Subnet = fdf5:5351:1dfd:1f:0:0:0:0/64\n\n" + pkcs1
+	old := time.Date(2015, 3, 1, 12, 0, 0, 0, time.UTC)
+	tests := []struct {
+		name    string
+		booted  bool   // node-boot ran before, tincd runs
+		file    string // hosts/node_31 before the run
+		egress  EgressMode
+		want    string // hosts/node_31 after
+		written []string
+		calls   []string
+	}{
+		{name: "first boot of a controller image", file: image, want: image,
+			written: []string{"tinc-down", "tinc-up", "tinc.conf"}, calls: []string{"Start"}},
+		{name: "controller image form", booted: true, file: image, want: image},
+		{name: "firmware shell form", booted: true, file: shell, want: shell},
+		{name: "another key", booted: true, file: "Subnet = fdf5:5351:1dfd:1f:0:0:0:0/64\n\n" + other, want: ours,
+			written: []string{"hosts/node_31"}, calls: []string{"Restart"}},
+		{name: "another subnet", booted: true, file: "Subnet = fdf5:5351:1dfd:20:0:0:0:0/64\n\n" + spki, want: ours,
+			written: []string{"hosts/node_31"}, calls: []string{"Restart"}},
+		{name: "egress on adds its /32", booted: true, file: image, egress: EgressOn,
+			want:    "Subnet = fdf5:5351:1dfd:1f:0:0:0:0/64\nSubnet = 100.64.0.31\n\n" + pkcs1,
+			written: []string{"hosts/node_31", "tinc-up", "tinc.conf"}, calls: []string{"Restart"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			hosts := filepath.Join(dir, "hosts")
+			must(t, os.MkdirAll(hosts, 0o755))
+			must(t, os.WriteFile(filepath.Join(dir, KeyFile), readTestdata(t, "node.priv"), 0o600))
+			must(t, os.WriteFile(filepath.Join(hosts, "server_5"), readTestdata(t, "firmware/gateways/server_5"), 0o644))
+			cfg := node31(t)
+			cfg.TincGateway = "server_5"
+			tincd := newFakeTincd(t)
+			opts := testOptions(dir, "", tincd)
+			if tt.booted {
+				if _, err := Run(t.Context(), cfg, opts); err != nil {
+					t.Fatal(err)
+				}
+				tincd.take()
+			}
+			own := filepath.Join(hosts, "node_31")
+			must(t, os.WriteFile(own, []byte(tt.file), 0o644))
+			must(t, os.Chtimes(own, old, old))
+			if tt.egress != "" {
+				cfg.Egress = tt.egress
+			}
+			res, err := Run(t.Context(), cfg, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := cmp.Diff(tt.written, res.Written, cmpNilEmpty); d != "" {
+				t.Errorf("written (-want +got):\n%s", d)
+			}
+			if d := cmp.Diff(tt.calls, tincd.take()); d != "" {
+				t.Errorf("tincd calls (-want +got):\n%s", d)
+			}
+			got, err := os.ReadFile(own)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d := cmp.Diff(tt.want, string(got)); d != "" {
+				t.Errorf("hosts/node_31 (-want +got):\n%s", d)
+			}
+			st, err := os.Stat(own)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if kept := tt.want == tt.file; kept != st.ModTime().Equal(old) {
+				t.Errorf("hosts/node_31 kept %v, but its mtime is %v (was %v)", kept, st.ModTime(), old)
+			}
+		})
+	}
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRunOldImage: a G1 image (before the controller's tinc_gateway, Nov
+// 2014) ships every gateway's host file in hosts/, and its firmware
+// connects to each. node-boot keeps every one of them (those with an
+// Address) until the registry answers; then it connects to the registry's
+// gateways, and leaves the image's other files on disk. Offline again, it
+// connects to every gateway file it has.
+func TestRunOldImage(t *testing.T) {
+	_, base := serveRegistry(t, testRegistry(t))
+	dir := t.TempDir()
+	writeTree(t, dir, readTree(t, "testdata/generations/g1/image"))
+	must(t, os.WriteFile(filepath.Join(dir, KeyFile), readTestdata(t, "node.priv"), 0o600))
+	cfg, err := LoadConfig("testdata/generations/g1/confine")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.TincGateway != DefaultTincGateway || cfg.RegistryURI != "" {
+		t.Fatalf("G1 UCI: tinc_gateway %q, registry %q; want the default and none", cfg.TincGateway, cfg.RegistryURI)
+	}
+	all := []string{"server", "gateway_4", "gateway_7"} // gateway_9 has no Address
+	const down = "http://127.0.0.1:1/api/"
+	tincd := newFakeTincd(t)
+	for _, s := range []struct {
+		name     string
+		registry string
+		source   string
+		gateways []string
+		written  []string
+		calls    []string
+	}{
+		{"first boot, registry unreachable", down, SourceFirmware, all, []string{"tinc-down", "tinc-up", "tinc.conf"}, []string{"Start"}},
+		{"no registry configured", "", SourceFirmware, all, nil, nil},
+		{"the registry answers", base, SourceRegistry, []string{"server"}, []string{"hosts/server", "tinc.conf"}, []string{"Reload"}},
+		{"unreachable again", down, SourceFirmware, all, []string{"tinc.conf"}, []string{"Reload"}},
+	} {
+		t.Run(s.name, func(t *testing.T) {
+			opts := testOptions(dir, s.registry, tincd)
+			res, err := Run(t.Context(), cfg, opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Source != s.source {
+				t.Errorf("source %s, want %s", res.Source, s.source)
+			}
+			if d := cmp.Diff(s.gateways, res.Gateways); d != "" {
+				t.Errorf("ConnectTo (-want +got):\n%s", d)
+			}
+			if d := cmp.Diff(s.written, res.Written, cmpNilEmpty); d != "" {
+				t.Errorf("written (-want +got):\n%s", d)
+			}
+			if d := cmp.Diff(s.calls, tincd.take()); d != "" {
+				t.Errorf("tincd calls (-want +got):\n%s", d)
+			}
+			for _, n := range []string{"gateway_4", "gateway_7", "gateway_9", "node_31"} {
+				want, _ := os.ReadFile(filepath.Join("testdata/generations/g1/image/hosts", n))
+				if got, err := os.ReadFile(filepath.Join(dir, "hosts", n)); err != nil || string(got) != string(want) {
+					t.Errorf("hosts/%s changed or gone (%v)", n, err)
+				}
+			}
+		})
+	}
+}

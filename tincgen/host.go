@@ -16,10 +16,13 @@ package tincgen
 
 import (
 	"bytes"
+	"cmp"
+	"crypto/rsa"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -273,6 +276,78 @@ func ParseHost(b []byte) (Host, error) {
 		h.Addresses[i].Port = port
 	}
 	return h, nil
+}
+
+// EquivalentHosts reports whether the host files a and b mean the same to
+// tincd, whatever their form. They do when both parse (ParseHost) and have:
+//   - the same set of Subnets, compared parsed: "fdf5:5351:1dfd:001f:0:0:0:0/64"
+//     (the firmware shell's form) and "fdf5:5351:1dfd:1f:0:0:0:0/64" (the
+//     controller's) are one Subnet; weights must be equal, and a weight
+//     written is not the same as none, even "#10";
+//   - the same RSA public key, compared decoded: the PKCS#1 ("RSA PUBLIC
+//     KEY") and X.509 SPKI ("PUBLIC KEY") forms of one key, both of which
+//     tinc 1.0 reads from a host file, are equal; or no key in either;
+//   - the same other lines (Address, Port and every other variable), in the
+//     same order (tincd tries Addresses in order), keys compared without
+//     regard to case and values with their blank space collapsed.
+//
+// Comments, blank lines, line endings and where the key stands do not
+// count. A file that does not parse, or whose key does not decode, is
+// equivalent to no file, not even to itself: only a file whose meaning is
+// known is worth keeping.
+func EquivalentHosts(a, b []byte) bool {
+	ma, ok := meaningOf(a)
+	if !ok {
+		return false
+	}
+	mb, ok := meaningOf(b)
+	if !ok {
+		return false
+	}
+	return slices.Equal(ma.subnets, mb.subnets) && slices.Equal(ma.lines, mb.lines) &&
+		(ma.key == nil) == (mb.key == nil) && (ma.key == nil || ma.key.Equal(mb.key))
+}
+
+// hostMeaning is what EquivalentHosts compares of a host file.
+type hostMeaning struct {
+	subnets []Subnet       // sorted, without repeats
+	key     *rsa.PublicKey // nil for none
+	lines   []string       // "key = value", key lower-case, in file order
+}
+
+func meaningOf(b []byte) (hostMeaning, bool) {
+	h, err := ParseHost(b)
+	if err != nil {
+		return hostMeaning{}, false
+	}
+	// ParseHost folds a Port line into the Addresses and drops it, but a
+	// Port line also sets the port the node's own tincd listens on: so the
+	// lines are compared as written, from the scanner.
+	items, err := scan(b)
+	if err != nil {
+		return hostMeaning{}, false
+	}
+	var m hostMeaning
+	if h.PublicKey != "" {
+		if m.key, err = decodePublicKey(h.PublicKey); err != nil {
+			return hostMeaning{}, false
+		}
+	}
+	m.subnets = slices.Clone(h.Subnets)
+	slices.SortFunc(m.subnets, func(x, y Subnet) int {
+		if c := x.Prefix.Compare(y.Prefix); c != 0 {
+			return c
+		}
+		return cmp.Compare(x.Weight, y.Weight)
+	})
+	m.subnets = slices.Compact(m.subnets)
+	for _, it := range items {
+		if it.pem != "" || strings.EqualFold(it.key, "Subnet") {
+			continue
+		}
+		m.lines = append(m.lines, strings.ToLower(it.key)+" = "+strings.Join(strings.Fields(it.value), " "))
+	}
+	return m, true
 }
 
 func parsePort(s string) (uint16, error) {

@@ -63,3 +63,35 @@ func PublicKeyOf(privPEM []byte) ([]byte, error) {
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "RSA PUBLIC KEY", Bytes: x509.MarshalPKCS1PublicKey(&k.PublicKey)}), nil
 }
+
+// decodePublicKey decodes a PEM RSA public key in either form tinc 1.0
+// reads from a host file: PKCS#1 "RSA PUBLIC KEY" (PEM_read_RSAPublicKey,
+// what tincd -K and ssh-keygen -e -m PEM write) or X.509 SPKI "PUBLIC KEY"
+// (PEM_read_RSA_PUBKEY, tinc's fallback, what the CONFINE controller
+// ships). Unlike mesh.NormalizePublicKey it sets no bounds on the key: it
+// compares keys already on the machine, it does not admit new ones.
+func decodePublicKey(s string) (*rsa.PublicKey, error) {
+	block, _ := pem.Decode([]byte(s))
+	if block == nil {
+		return nil, fmt.Errorf("public key: not PEM")
+	}
+	switch block.Type {
+	case "RSA PUBLIC KEY":
+		k, err := x509.ParsePKCS1PublicKey(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("public key: %w", err)
+		}
+		return k, nil
+	case "PUBLIC KEY":
+		k, err := x509.ParsePKIXPublicKey(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("public key: %w", err)
+		}
+		rk, ok := k.(*rsa.PublicKey)
+		if !ok {
+			return nil, fmt.Errorf("public key: a %T, but tinc 1.0 needs RSA", k)
+		}
+		return rk, nil
+	}
+	return nil, fmt.Errorf("public key: PEM type %q; want RSA PUBLIC KEY or PUBLIC KEY", block.Type)
+}

@@ -22,10 +22,14 @@ testbed.mgmt_ipv6_prefix48) it:
   1. generates an RSA key in rsa_key.priv if there is none (never replaces one);
   2. asks the registry for the gateways; when it does not answer (usual at
      first boot, before tinc is up) it uses the firmware's gateway files:
-     hosts/<tinc_gateway> as it is, and the files in --gateways-dir;
-  3. writes hosts/node_<id> (its /64 and public key), tinc.conf (Name and one
-     ConnectTo per gateway), tinc-up, tinc-down and the gateways' host files,
-     each only if its bytes differ, atomically; it never deletes anything;
+     hosts/<tinc_gateway> as it is, every other file in hosts/ with an
+     Address (an old image's gateways, an earlier boot's), and the files in
+     --gateways-dir;
+  3. writes hosts/node_<id> (its /64 and public key; an existing one that
+     means the same, in the image's or the firmware's form, is kept),
+     tinc.conf (Name and one ConnectTo per gateway), tinc-up, tinc-down and
+     the gateways' host files, each only if its bytes differ, atomically; it
+     never deletes anything;
   4. starts tincd if it is not running; else restarts it when its own host
      file, name, Interface or TunnelServer changed, sends one SIGHUP when
      anything else changed, and leaves it alone when nothing changed.
