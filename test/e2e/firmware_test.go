@@ -20,9 +20,18 @@ import (
 // firmwareWatchdog is the node firmware's cron line, verbatim
 // (confine-dist, etc/crontabs/root, every 5 minutes): when BusyBox ps
 // shows no " tincd --logfile -n confine" at the end of a line it starts
-// one. A second tincd refuses to start beside a running one, saying so,
-// so the line prints nothing exactly when it found the running tincd.
+// one. The test runs it with a tincd on PATH that only says it was
+// started (watchdogPath), so the line prints nothing exactly when it
+// found the running tincd.
 const firmwareWatchdog = `(ps|grep " tincd --logfile -n confine$" &> /dev/null) || tincd --logfile -n confine`
+
+// The line is run from a file: crond runs it as "sh -c <line>", whose own
+// command line ends in " tincd --logfile -n confine", so in the field the
+// grep always matches the watchdog itself and it never starts a tincd
+// (found by this test). From a file it checks what it means to.
+
+// watchdogTincd stands for the tincd the watchdog would start.
+const watchdogTincd = "#!/bin/sh\necho \"the watchdog starts another tincd: tincd $*\"\n"
 
 // TestFirmwareCoexistence boots a node from a controller-built image (its
 // own host file shipped with the key in SPKI form, hosts/server, no
@@ -83,7 +92,11 @@ func TestFirmwareCoexistence(t *testing.T) {
 			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 				t.Fatal(err)
 			}
-			if err := os.WriteFile(p, b, 0o600); err != nil {
+			mode := os.FileMode(0o644)
+			if n == "rsa_key.priv" {
+				mode = 0o600
+			}
+			if err := os.WriteFile(p, b, mode); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -100,6 +113,10 @@ func TestFirmwareCoexistence(t *testing.T) {
 			os.Symlink(busybox, filepath.Join(bin, applet))
 		}
 		os.Symlink(tincd, filepath.Join(bin, "tincd"))
+		wd := filepath.Join(dir, "watchdog-bin")
+		os.MkdirAll(wd, 0o755)
+		os.WriteFile(filepath.Join(wd, "tincd"), []byte(watchdogTincd), 0o755)
+		os.WriteFile(filepath.Join(dir, "watchdog.sh"), []byte(firmwareWatchdog+"\n"), 0o644)
 		ns, err := lab.AddNetns(name)
 		if err != nil {
 			t.Fatal(err)
@@ -108,7 +125,7 @@ func TestFirmwareCoexistence(t *testing.T) {
 		// this test's, and vanish with it.
 		full := "set -e\nmount --make-rprivate /\nmount -t tmpfs tmpfs /run\nmount -t tmpfs tmpfs /var/log\n" +
 			"mount --bind " + filepath.Dir(etc) + " /etc/tinc\nexport PATH=" + bin + ":$PATH\n" +
-			"export UCI=" + uci + " MGMTNET=" + mgmtnetBin + "\n" + script
+			"export UCI=" + uci + " MGMTNET=" + mgmtnetBin + " WATCHDOG_PATH=" + wd + ":" + bin + ":$PATH WATCHDOG=" + filepath.Join(dir, "watchdog.sh") + "\n" + script
 		out, err := ns.Run(context.Background(), "unshare", "--mount", "sh", "-c", full)
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
@@ -116,12 +133,29 @@ func TestFirmwareCoexistence(t *testing.T) {
 		return out
 	}
 
+	// The control, first (BusyBox ps lists every process of the pid
+	// namespace, so no tincd of the main case may run yet): the watchdog
+	// does not see a tincd started any other way, and would start a
+	// second one.
+	ctl := run("fw-control", `printf 'Name = node_31\nConnectTo = server\n' > /etc/tinc/confine/tinc.conf
+tincd -n confine
+echo "watchdog<<"
+PATH=$WATCHDOG_PATH busybox sh "$WATCHDOG" 2>&1 || true
+echo ">>watchdog"
+`)
+	if w := between(ctl, "watchdog<<\n", ">>watchdog"); w != "the watchdog starts another tincd: tincd --logfile -n confine" {
+		t.Errorf("control: the watchdog saw a tincd started as \"tincd -n confine\", so this test proves nothing:\n%s", ctl)
+	}
+
 	out := run("fw", `$MGMTNET node-boot --uci "$UCI"
 echo "pid=$(cat /var/run/tinc.confine.pid)"
 echo "cmdline=$(tr '\0' ' ' < /proc/$(cat /var/run/tinc.confine.pid)/cmdline)"
 echo "watchdog<<"
-busybox sh -c '`+firmwareWatchdog+`' 2>&1 || true
+PATH=$WATCHDOG_PATH busybox sh "$WATCHDOG" 2>&1 || true
 echo ">>watchdog"
+echo "ps<<"
+ps | grep " tincd --logfile -n confine$" || true
+echo ">>ps"
 cmp /etc/tinc/confine/hosts/node_31 /etc/tinc/node_31.image && echo "own host file kept"
 `)
 	t.Logf("node-boot on the firmware's paths:\n%s", out)
@@ -147,15 +181,9 @@ cmp /etc/tinc/confine/hosts/node_31 /etc/tinc/node_31.image && echo "own host fi
 		}
 	}
 
-	// The control: the same watchdog does not see a tincd started any
-	// other way, and would start a second one.
-	ctl := run("fw-control", `tincd -n confine
-echo "watchdog<<"
-busybox sh -c '`+firmwareWatchdog+`' 2>&1 || true
-echo ">>watchdog"
-`)
-	if w := between(ctl, "watchdog<<\n", ">>watchdog"); !strings.Contains(w, "already running") {
-		t.Errorf("control: the watchdog saw a tincd started as \"tincd -n confine\", so this test proves nothing:\n%s", ctl)
+	// What the watchdog's grep matched is node-boot's tincd.
+	if m := between(out, "ps<<\n", ">>ps"); !strings.HasPrefix(strings.TrimSpace(m), pid[1]+" ") {
+		t.Errorf("the watchdog's grep matched %q, not pid %s", m, pid[1])
 	}
 }
 
