@@ -233,6 +233,23 @@ func ConfigFromUCI(name string, data []byte) (Config, error) {
 	return c, nil
 }
 
+// FirmwareRegistryURI is the registry the node firmware asks when its UCI
+// file names none (confine-dist since late 2014: the server's management
+// address, http://[<prefix48>::2]/api): reached over the tinc overlay,
+// whose tinc keys authenticate the path, so plain http. Images built
+// before controller v0.11.2 have no registry section at all.
+func (c Config) FirmwareRegistryURI() string {
+	plan, err := c.Plan()
+	if err != nil {
+		return ""
+	}
+	a, err := plan.Address(addressing.Entity{Kind: addressing.KindServer, ID: addressing.MainServerID})
+	if err != nil {
+		return ""
+	}
+	return "http://[" + a.String() + "]/api/"
+}
+
 // CheckRegistryURI reports whether s is usable as a registry base URI: an
 // absolute http or https URI with a host and no credentials.
 func CheckRegistryURI(s string) error {

@@ -138,3 +138,13 @@ func FuzzConfigFromUCI(f *testing.F) {
 		}
 	})
 }
+
+func TestFirmwareRegistryURI(t *testing.T) {
+	c, err := ConfigFromUCI("confine", []byte("config node node\n\toption id '001f'\nconfig testbed testbed\n\toption mgmt_ipv6_prefix48 'fd65:fc41:c50f'\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.FirmwareRegistryURI(); got != "http://[fd65:fc41:c50f::2]/api/" || c.RegistryURI != "" {
+		t.Errorf("FirmwareRegistryURI %q, RegistryURI %q", got, c.RegistryURI)
+	}
+}

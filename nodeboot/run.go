@@ -46,6 +46,9 @@ type Options struct {
 	Registry string
 	CAFile   string
 	Insecure bool
+	// RegistryIsDefault says that Registry is the firmware's default
+	// (Config.FirmwareRegistryURI), named so in the report.
+	RegistryIsDefault bool
 	// Timeout bounds the whole registry fetch, every request, retry and
 	// body read (default DefaultTimeout); each attempt's wait for
 	// progress is at most StallTimeout. Retries is the number of retries (0 means
@@ -234,6 +237,9 @@ func gateways(ctx context.Context, cfg Config, opts Options, res *Result, log *s
 		why = "no registry configured"
 	} else {
 		res.Registry = opts.Registry
+		if opts.RegistryIsDefault {
+			res.say("the UCI file names no registry (registry.base_uri): asking the firmware's default, %s", opts.Registry)
+		}
 		gws, island, reason, err := fromRegistry(ctx, cfg, opts, log, note)
 		if err != nil {
 			return nil, err

@@ -163,6 +163,11 @@ cmp /etc/tinc/confine/hosts/node_31 /etc/tinc/node_31.image && echo "own host fi
 	if pid == nil {
 		t.Fatalf("no tincd pid in:\n%s", out)
 	}
+	// No registry section (as in images before controller v0.11.2): the
+	// firmware's default, the server over the overlay, which is not up.
+	if !strings.Contains(out, "asking the firmware's default, http://[fdf5:5351:1dfd::2]/api/\n") || !strings.Contains(out, "unreachable") {
+		t.Errorf("node-boot did not ask the firmware's default registry:\n%s", out)
+	}
 	if !strings.Contains(out, "started tincd (pid "+pid[1]+")") {
 		t.Errorf("node-boot did not start tincd itself:\n%s", out)
 	}

@@ -35,8 +35,13 @@ testbed.mgmt_ipv6_prefix48) it:
      anything else changed, and leaves it alone when nothing changed.
 Running it again with nothing new writes nothing and signals nothing.
 
-tincd runs as "tincd -n confine" for the default --tinc-dir, else as
-"tincd -c DIR --pidfile=FILE --logfile=DIR/tinc.log".
+The registry is --registry, else the UCI file's registry.base_uri, else the
+firmware's default, http://[<prefix48>::2]/api/ (the server, over the
+overlay); --registry none asks none.
+
+tincd runs as "tincd --logfile -n confine" for the default --tinc-dir, the
+firmware's own command line (its watchdog and its stop look for it), else
+as "tincd -c DIR --pidfile=FILE --logfile=DIR/tinc.log".
 
 Exit status: 0 success, 1 error (bad UCI file, no gateway, tincd failed),
 2 usage error.
@@ -58,7 +63,7 @@ func runNodeBoot(ctx context.Context, env Env, args []string) error {
 	var f nodeBootFlags
 	fs.StringVar(&f.uci, "uci", nodeboot.DefaultUCIFile, "the firmware's UCI `file`")
 	fs.StringVar(&f.tincDir, "tinc-dir", nodeboot.DefaultTincDir, "tinc `directory` of the net")
-	fs.StringVar(&f.registry, "registry", "", "registry base `URI` (default: the UCI file's registry.base_uri)")
+	fs.StringVar(&f.registry, "registry", "", "registry base `URI`; none: ask no registry (default: the UCI file's registry.base_uri, else the firmware's http://[<prefix48>::2]/api/)")
 	fs.StringVar(&f.gatewaysDir, "gateways-dir", nodeboot.DefaultGatewaysDir, "`directory` of the firmware's extra gateway host files")
 	fs.StringVar(&f.ca, "ca", "", "PEM `file` to verify the registry's TLS against (default: the UCI file's registry.cert)")
 	fs.BoolVar(&f.insecure, "insecure", false, "do not verify the registry's TLS certificate")
@@ -78,7 +83,7 @@ func runNodeBoot(ctx context.Context, env Env, args []string) error {
 	if f.ca != "" && f.insecure {
 		return usagef("--ca and --insecure exclude each other")
 	}
-	if f.registry != "" {
+	if f.registry != "" && f.registry != "none" {
 		if err := nodeboot.CheckRegistryURI(f.registry); err != nil {
 			return usagef("--registry %q: %w", f.registry, err)
 		}
@@ -94,8 +99,14 @@ func runNodeBoot(ctx context.Context, env Env, args []string) error {
 		TincDir: f.tincDir, GatewaysDir: f.gatewaysDir, Registry: f.registry, CAFile: f.ca, Insecure: f.insecure,
 		Timeout: f.timeout, DryRun: f.dryRun, Logger: env.Logger,
 	}
-	if opts.Registry == "" {
+	switch {
+	case opts.Registry == "none":
+		opts.Registry = ""
+	case opts.Registry == "" && cfg.RegistryURI != "":
 		opts.Registry = cfg.RegistryURI
+	case opts.Registry == "":
+		// As the firmware does.
+		opts.Registry, opts.RegistryIsDefault = cfg.FirmwareRegistryURI(), true
 	}
 	// The firmware pins the registry's certificate; it applies to the
 	// https URI unless the user chose otherwise.

@@ -63,6 +63,17 @@ func TestNodeBoot(t *testing.T) {
 	}
 }
 
+// --registry none asks no registry, not even the firmware's default.
+func TestNodeBootRegistryNone(t *testing.T) {
+	dir := t.TempDir()
+	uci := filepath.Join(dir, "confine")
+	os.WriteFile(uci, []byte(nodeBootUCI), 0o644)
+	out, errOut, code := run(t, "node-boot", "--uci", uci, "--tinc-dir", filepath.Join(dir, "tinc"), "--gateways-dir", dir+"/none", "--no-start", "--registry", "none")
+	if code != 1 || strings.Contains(out, "registry http") || !strings.Contains(errOut, "no registry configured, and the firmware shipped no gateway file") {
+		t.Errorf("exit %d\n%s\n%s", code, out, errOut)
+	}
+}
+
 func TestNodeBootErrors(t *testing.T) {
 	dir := t.TempDir()
 	bad := filepath.Join(dir, "bad")
