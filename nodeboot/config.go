@@ -66,6 +66,11 @@ type Config struct {
 	// registry.cert, the pinned certificate to verify TLS against.
 	RegistryURI  string
 	RegistryCert string
+	// ServerProto and ServerBasePath are server.tcp_proto and
+	// server.base_path, which firmware before late 2014 built its
+	// registry URI from ("" when absent).
+	ServerProto    string
+	ServerBasePath string
 	// Prefix is testbed.mgmt_ipv6_prefix48, default Community-Lab's
 	// fdf5:5351:1dfd::/48.
 	Prefix netip.Prefix
@@ -178,6 +183,20 @@ func ConfigFromUCI(name string, data []byte) (Config, error) {
 		c.RegistryCert, _ = reg.Get("cert")
 	}
 
+	if srv := f.Section("server"); srv != nil {
+		if v, ok := srv.Get("tcp_proto"); ok && v != "" {
+			if v != "http" && v != "https" {
+				return Config{}, bad(srv, "server tcp_proto %q: want http or https", v)
+			}
+			c.ServerProto = v
+		}
+		if v, ok := srv.Get("base_path"); ok && v != "" {
+			if !strings.HasPrefix(v, "/") || strings.ContainsAny(v, " ?#[]@") {
+				return Config{}, bad(srv, "server base_path %q: want an absolute path (e.g. /api)", v)
+			}
+			c.ServerBasePath = v
+		}
+	}
 	if tb := f.Section("testbed"); tb != nil {
 		if v, ok := tb.Get("mgmt_ipv6_prefix48"); ok {
 			p, err := addressing.ParsePrefix48(v)
@@ -234,10 +253,12 @@ func ConfigFromUCI(name string, data []byte) (Config, error) {
 }
 
 // FirmwareRegistryURI is the registry the node firmware asks when its UCI
-// file names none (confine-dist since late 2014: the server's management
-// address, http://[<prefix48>::2]/api): reached over the tinc overlay,
-// whose tinc keys authenticate the path, so plain http. Images built
-// before controller v0.11.2 have no registry section at all.
+// file has no registry.base_uri: the server's management address, as
+// http://[<prefix48>::2]/api/ (confine-dist since late 2014), or with the
+// scheme and path of server.tcp_proto and server.base_path where the UCI
+// file sets them (earlier firmware read those; controllers write
+// base_path '/api'). It is reached over the tinc overlay, whose keys
+// authenticate the path.
 func (c Config) FirmwareRegistryURI() string {
 	plan, err := c.Plan()
 	if err != nil {
@@ -247,7 +268,14 @@ func (c Config) FirmwareRegistryURI() string {
 	if err != nil {
 		return ""
 	}
-	return "http://[" + a.String() + "]/api/"
+	proto, path := "http", "/api"
+	if c.ServerProto != "" {
+		proto = c.ServerProto
+	}
+	if c.ServerBasePath != "" {
+		path = c.ServerBasePath
+	}
+	return proto + "://[" + a.String() + "]" + strings.TrimSuffix(path, "/") + "/"
 }
 
 // CheckRegistryURI reports whether s is usable as a registry base URI: an

@@ -148,3 +148,24 @@ func TestFirmwareRegistryURI(t *testing.T) {
 		t.Errorf("FirmwareRegistryURI %q, RegistryURI %q", got, c.RegistryURI)
 	}
 }
+
+// Firmware before late 2014 built the URI from server.tcp_proto and
+// server.base_path.
+func TestFirmwareRegistryURIOfOldImages(t *testing.T) {
+	for uci, want := range map[string]string{
+		"config server server\n\toption base_path '/api'\n":                              "http://[fdf5:5351:1dfd::2]/api/",
+		"config server server\n\toption tcp_proto 'https'\n\toption base_path '/api/'\n": "https://[fdf5:5351:1dfd::2]/api/",
+		"config server server\n\toption base_path '/registry'\n":                         "http://[fdf5:5351:1dfd::2]/registry/",
+	} {
+		c, err := ConfigFromUCI("confine", []byte("config node node\n\toption id '001f'\n"+uci))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := c.FirmwareRegistryURI(); got != want {
+			t.Errorf("%q: %q, want %q", uci, got, want)
+		}
+	}
+	if _, err := ConfigFromUCI("confine", []byte("config node node\n\toption id '001f'\nconfig server server\n\toption tcp_proto 'ftp'\n")); err == nil || !strings.Contains(err.Error(), "tcp_proto") {
+		t.Errorf("tcp_proto ftp: %v", err)
+	}
+}

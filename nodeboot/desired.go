@@ -44,7 +44,7 @@ type Gateway struct {
 
 // TincInterface is the node's tinc interface when egress is on: tinc.conf
 // names it, so that the egress rules can name it too (it is what
-// "tincd -n confine" calls it anyway).
+// "tincd ... -n confine" calls it anyway).
 const TincInterface = "confine"
 
 // Tinc timers on a node that uses egress. A gateway that stops or

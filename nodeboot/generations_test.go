@@ -215,7 +215,9 @@ func TestGenerations(t *testing.T) {
 				t.Fatal(err)
 			}
 			tincd := newFakeTincd(t)
-			// As the CLI does: the registry of the UCI file, if any.
+			// The registry of the UCI file, if any; else none (the CLI
+			// would ask the firmware's default, unreachable at first
+			// boot anyway; --registry none is this).
 			opts := Options{TincDir: tincDir, GatewaysDir: gwDir, Registry: cfg.RegistryURI,
 				Timeout: 2 * time.Second, Retries: -1, Tincd: tincd}
 			res, err := Run(t.Context(), cfg, opts)

@@ -43,7 +43,7 @@ type Daemonized struct {
 	// path, and tincd logs to its default log file
 	// (/var/log/tinc.<Net>.log). The firmware finds its tincd by that
 	// line alone (its cron watchdog runs ps | grep " tincd --logfile -n
-	// confine$" every 5 minutes and starts another tincd when none
+	// confine$" every 5 minutes, meant to start a tincd when none
 	// matches; its stop greps for it too), so a node's tincd started any
 	// other way is invisible to it. It needs Net, and neither PidFile
 	// (other than the net's default) nor LogFile.

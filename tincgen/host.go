@@ -315,6 +315,7 @@ type hostMeaning struct {
 	lines   []string       // "key = value", key lower-case, in file order
 }
 
+// meaningOf reads a host file's meaning; false when it does not parse.
 func meaningOf(b []byte) (hostMeaning, bool) {
 	h, err := ParseHost(b)
 	if err != nil {

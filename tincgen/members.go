@@ -107,7 +107,7 @@ const RelayWeight = 100
 // carries Subnet = 0.0.0.0/0#weight, and while any member offers egress
 // every node carries its egress /32 (addressing.EgressIPv4), so that
 // gateways running StrictSubnets accept both (design.md). Without egress
-// the files are the controller's, byte for byte. mesh validated every
+// the files are the controller's, line for line. mesh validated every
 // member, so an invalid host file here is a bug; it is still checked
 // (Host.Validate) and reported rather than written. With o.Gateway set,
 // only the members that gateway holds are rendered (see Holds).

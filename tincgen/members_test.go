@@ -58,8 +58,9 @@ func TestHostFiles(t *testing.T) {
 
 // The controller's get_host(island) inserts each address of the island at
 // the front (host.insert(0, line)): two or more of them come in reverse
-// registry order, then the others in registry order. Its output for this
-// member, island 1, is the expected file, byte for byte.
+// registry order, then the others in registry order. Its lines for this
+// member, island 1, are the expected file's (which, unlike the
+// controller's, ends with a newline).
 func TestHostForIslandOrderIsTheController(t *testing.T) {
 	key, err := os.ReadFile("testdata/rsa_public_key.pem")
 	if err != nil {

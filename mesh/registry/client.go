@@ -562,11 +562,11 @@ type pageValidator struct {
 	Members int    `json:"members"`
 }
 
-// A collection's validator is its ETag when the registry did not paginate
-// it, as the registry sent it. When it did, the validator is a JSON array
-// of pageValidator, one per page in order: an ETag covers one page's
-// body, so an unchanged collection is one whose every page is unchanged
-// (revalidate). Callers treat validators as opaque strings.
+// pageValidators is the validator of a paginated collection: a JSON array
+// of its pages' pageValidator, in order. An ETag covers one page's body,
+// so an unchanged collection is one whose every page is unchanged
+// (pagesValidated). The validator of an unpaginated collection is its ETag
+// as the registry sent it. Callers treat validators as opaque strings.
 func pageValidators(pages []pageValidator) string {
 	b, err := json.Marshal(pages)
 	if err != nil {
@@ -646,7 +646,15 @@ func (c *Client) pagesValidated(ctx context.Context, st *fetchState, col collect
 		}
 		p, err := c.get(ctx, st, pv.URL, inm, discardBody)
 		if err != nil {
-			return false, err
+			if ctx.Err() != nil {
+				return false, err
+			}
+			// A page that is gone (a registry that answers 404 past
+			// the last page, once the collection shrank) or any other
+			// failure: read the collection again, which reports an
+			// error that persists.
+			c.log.Debug("revalidating a page failed; reading the collection again", "url", pv.URL, "err", err)
+			return false, nil
 		}
 		if p.notModified {
 			continue

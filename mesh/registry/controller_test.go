@@ -31,11 +31,12 @@ import (
 //   - "v0.11.2" (v0.11.2 to v0.11.9): rel/registry/, a server list at
 //     /api/servers/, the singleton still linked (the server with id 2) and
 //     /api/gateways/ an empty stub that the base does not link.
-func oldController(t *testing.T, release string, key string) string {
+func oldController(t *testing.T, release string, key string) (string, *countingHandler) {
 	t.Helper()
 	mux := http.NewServeMux()
+	counter := &countingHandler{h: mux}
 	var host string
-	ts := serve(t, mux)
+	ts := serve(t, counter)
 	host = strings.TrimSuffix(ts, "/api/")
 	rel := "http://confine-project.eu/rel/server/"
 	if release == "v0.11.2" {
@@ -87,6 +88,9 @@ func oldController(t *testing.T, release string, key string) string {
 	listLink := `<` + host + `/api/>; rel="` + rel + `base"`
 	if release != "v0.10" {
 		listLink += `, <` + host + `/api/>; rel="http://confine-project.eu/rel/controller/base"`
+	}
+	if release == "v0.11.2" { // pagination links arrived with it
+		listLink += `, <` + host + `/api/x/?page=1>; rel="first", <` + host + `/api/x/?page=1>; rel="last"`
 	}
 	write := func(w http.ResponseWriter, contentType, link string, v any) {
 		w.Header().Set("Content-Type", contentType)
@@ -142,7 +146,7 @@ func oldController(t *testing.T, release string, key string) string {
 	mux.HandleFunc("/api/hosts/", func(w http.ResponseWriter, r *http.Request) {
 		write(w, ct("resource-list"), listLink, []any{})
 	})
-	return ts
+	return ts, counter
 }
 
 // Controllers v0.10 to v0.11.1 had no server list; their server and
@@ -160,7 +164,7 @@ func TestOldControllerReleases(t *testing.T) {
 		{"v0.11.2", []string{"node 31 node_31 []", "server 2 server [10.0.1.1:655]"}},
 	} {
 		t.Run(tc.release, func(t *testing.T) {
-			base := oldController(t, tc.release, key)
+			base, counter := oldController(t, tc.release, key)
 			c := newClient(t, base, fastOptions())
 			snap, err := c.Fetch(context.Background(), nil)
 			if err != nil {
@@ -190,6 +194,13 @@ func TestOldControllerReleases(t *testing.T) {
 			}
 			if diff := cmp.Diff(tc.want, got); diff != "" {
 				t.Errorf("members (-want +got):\n%s", diff)
+			}
+			// From v0.11.2 the server list is read, not the singleton
+			// or the gateways stub; before, those and no list.
+			n := counter.reset()
+			single := n["/api/server/"] + n["/api/gateways/"]
+			if tc.release == "v0.11.2" && (single != 0 || n["/api/servers/"] != 1) || tc.release != "v0.11.2" && (single != 2 || n["/api/servers/"] != 0) {
+				t.Errorf("requests: %v", n)
 			}
 		})
 	}

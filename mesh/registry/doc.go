@@ -1,5 +1,5 @@
-// Package registry speaks the CONFINE registry REST API (controller v1,
-// and the pre-2015 "v0" shapes) for the management network.
+// Package registry speaks the CONFINE registry REST API (controller v1.0,
+// and the shapes of releases v0.10 to v0.11.9) for the management network.
 //
 // The Client reads a registry: it discovers the member collections from the
 // base resource's Link header, follows pagination, revalidates with ETags,
@@ -11,8 +11,9 @@
 //
 // The Server serves a testbed File (a JSON description of islands,
 // servers, nodes and hosts, or a Synthetic one of any size) read-only over
-// the same API, faithfully enough for the Client, the node firmware's
-// scripts and tests.
+// the same API as the controller answers it (its middleware's ETags, 304s
+// and gzip, its Link headers and pagination), so that the Client, the node
+// firmware's scripts and tests meet what they meet in the field.
 //
 // The package does not validate members against the addressing plan, nor
 // write tinc files, nor run DNS: mesh.Build validates candidates, and other

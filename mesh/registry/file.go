@@ -37,9 +37,10 @@ import (
 //	}
 //
 // mgmt_ipv6_prefix is required. dialect is "v1" (the default: controller
-// v1, "rel/registry/..." relations, a top-level "tinc" object) or "v0" (the
-// pre-2015 controller: "rel/server/..." relations, mgmt_net.tinc_client and
-// mgmt_net.tinc_server). Islands, servers, nodes and hosts are optional
+// v1.0, a top-level "tinc" object, the registry/v1 profiles) or "v0"
+// (controllers v0.11.2 to v0.11.9: the registry/v0 profiles and
+// mgmt_net.tinc_client and mgmt_net.tinc_server next to the top-level
+// "tinc"); both use the "rel/registry/..." relations. Islands, servers, nodes and hosts are optional
 // lists. A member's "island" and an address's "island" are island ids
 // (0 or absent for none) and must name a listed island. "tinc": null (or
 // absent) is a member without a registered key. Each member may also set

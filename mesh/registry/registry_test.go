@@ -1111,6 +1111,37 @@ func TestPaginatedRevalidationSeesEveryChange(t *testing.T) {
 		t.Fatalf("after a node was added on a new page: NotModified %v, %d candidates; want 22", after.NotModified, len(after.Candidates))
 	}
 
+	// A registry that answers 404 past the last page (as DRF's own
+	// paginator does), and a collection that loses its last page: the
+	// check falls back to reading the collection, every time.
+	shrunk := *f
+	shrunk.Nodes = slices.Clone(f.Nodes[:16])
+	srv.SetFile(&shrunk)
+	gone := &countingHandler{h: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("page") == "5" && len(srv.File().Nodes) <= 16 {
+			http.Error(w, `{"detail": "Invalid page."}`, http.StatusNotFound)
+			return
+		}
+		srv.ServeHTTP(w, r)
+	})}
+	c404 := newClient(t, serve(t, gone), fastOptions())
+	// Validators of the 20-node collection (5 pages), on this server.
+	srv.SetFile(f)
+	five, err := c404.Fetch(ctx, nil)
+	if err != nil || len(five.Candidates) != 21 {
+		t.Fatalf("20 nodes: %v, %d candidates", err, len(five.Candidates))
+	}
+	srv.SetFile(&shrunk)
+	for range 2 {
+		got, err := c404.Fetch(ctx, five.Validators)
+		if err != nil {
+			t.Fatalf("after the collection lost a page: %v", err)
+		}
+		if got.NotModified || len(got.Candidates) != 17 {
+			t.Fatalf("after the collection lost a page: NotModified %v, %d candidates; want 17", got.NotModified, len(got.Candidates))
+		}
+	}
+
 	middle := grown
 	middle.Nodes = slices.Clone(grown.Nodes)
 	middle.Nodes[9].Name = "renamed"

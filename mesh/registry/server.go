@@ -28,18 +28,20 @@ import (
 const PathPrefix = "/api/"
 
 // Server serves a testbed File read-only over the registry REST API, as
-// the controller v1 does (or the pre-2015 controller for dialect "v0"):
-// the base resource at PathPrefix with a Link header naming the
-// collections, the node, server, host and island collections and their
-// members, ?per_page=N&page=K pagination, strong ETags and 304s. Only GET
+// the controller v1.0 does (or v0.11.2 to v0.11.9 for dialect "v0"): the
+// base resource at PathPrefix with a Link header naming the collections,
+// the node, server, host and island collections and their members, the
+// controller's pagination, ETags, 304s and gzip (see respond). Only GET
 // and HEAD are allowed.
 //
 // URIs in the bodies are absolute, built from the request's Host (and
 // https when the request came over TLS). Each member is serialized once
 // per File, with a placeholder where the base URL goes, and the base is
-// put in as the body is written. So a request costs the same whatever its
-// Host: any number of Host headers cannot make the server render the
-// testbed again, nor hold a copy per Host.
+// put in as the body is written. So a plain request costs the same
+// whatever its Host: any number of Host headers cannot make the server
+// render the testbed again, nor hold a copy per Host. Gzipped bodies are
+// kept for the first gzipCacheBases bases that ask; a request with yet
+// another Host is compressed for itself and not kept.
 type Server struct {
 	// DefaultPerPage, when positive, paginates lists that do not ask for
 	// a page size. The controller's default is 0 (unpaginated); tests set
@@ -436,7 +438,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) (status, n int) {
 	rest := strings.TrimPrefix(path, PathPrefix)
 	if rest == "" {
 		root := sv.file.root(base)
-		return s.respond(w, r, sv, answer{key: "base", contentType: sv.file.profile("base"), link: sv.file.links(base),
+		return s.respond(w, r, sv, answer{key: "base|" + base, contentType: sv.file.profile("base"), link: sv.file.links(base),
 			etag: etagOf(root), size: len(root), write: func(bw *bufio.Writer) error {
 				_, err := bw.Write(root)
 				return err
@@ -598,7 +600,7 @@ var acceptsGzip = regexp.MustCompile(`\bgzip\b`)
 //  1. CommonMiddleware (USE_ETAGS) tags the uncompressed body, and answers
 //     304 when If-None-Match, as a whole string, equals that tag: no list,
 //     no W/, no "*". The 304 is a fresh response: no ETag, Content-Type,
-//     Vary or Link, and Content-Length 0.
+//     Vary or Link.
 //  2. GZipMiddleware, for a body of at least 200 bytes, adds Accept-Encoding
 //     to Vary and, when the client accepts gzip and the compressed body is
 //     shorter, sends that instead, with its Content-Length, and the tag as
@@ -610,7 +612,6 @@ var acceptsGzip = regexp.MustCompile(`\bgzip\b`)
 func (s *Server) respond(w http.ResponseWriter, r *http.Request, sv *served, resp answer) (int, int) {
 	h := w.Header()
 	if r.Header.Get("If-None-Match") == resp.etag {
-		h.Set("Content-Length", "0")
 		w.WriteHeader(http.StatusNotModified)
 		return http.StatusNotModified, 0
 	}
@@ -665,23 +666,44 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 
 // gzipCacheBytes bounds the compressed bodies one File keeps: a 66 000-node
 // list with real keys compresses to about 35 MB, and the few Host names and
-// pages clients use fit beside it.
-const gzipCacheBytes = 128 << 20
+// pages clients use fit beside it. gzipCacheBases bounds the bases (scheme
+// and Host) whose bodies are kept: a registry has a name or two and an
+// address or two, and a client that makes up Host headers must not evict
+// theirs.
+const (
+	gzipCacheBytes = 128 << 20
+	gzipCacheBases = 4
+)
 
 // gzipCache holds compressed bodies by key, compressed once each (Django
 // compresses every answer again; a list of 66 000 nodes takes a second of
-// CPU to compress). The oldest go first past gzipCacheBytes.
+// CPU to compress). The oldest go first past gzipCacheBytes. Keys end in
+// "|<base>".
 type gzipCache struct {
 	mu    sync.Mutex
 	m     map[string]*gzipEntry
 	order []string
 	bytes int
+	bases map[string]bool
 }
 
+// gzipEntry is one key's compressed body, made once.
 type gzipEntry struct {
 	once    sync.Once
 	b       []byte // nil: not shorter than the body, so not compressed
 	counted int    // len(b) once in gzipCache.bytes; under gzipCache.mu
+}
+
+// compress returns the body that write writes, of size bytes, gzipped as
+// Django's compress_string does (level 6); nil when that is not shorter.
+func compress(size int, write func(*bufio.Writer) error) []byte {
+	var buf bytes.Buffer
+	zw, _ := gzip.NewWriterLevel(&buf, 6)
+	bw := bufio.NewWriterSize(zw, min(max(size, 16), maxWriteBuffer))
+	if write(bw) != nil || bw.Flush() != nil || zw.Close() != nil || buf.Len() >= size {
+		return nil
+	}
+	return buf.Bytes()
 }
 
 // get returns the compressed body of key, or nil when compressing does not
@@ -689,23 +711,26 @@ type gzipEntry struct {
 func (c *gzipCache) get(key string, size int, write func(*bufio.Writer) error) []byte {
 	c.mu.Lock()
 	if c.m == nil {
-		c.m = map[string]*gzipEntry{}
+		c.m, c.bases = map[string]*gzipEntry{}, map[string]bool{}
 	}
 	e, ok := c.m[key]
 	if !ok {
+		base := key[strings.LastIndexByte(key, '|')+1:]
+		if !c.bases[base] && len(c.bases) >= gzipCacheBases {
+			c.mu.Unlock()
+			return compress(size, write)
+		}
+		c.bases[base] = true
 		e = &gzipEntry{}
 		c.m[key] = e
 		c.order = append(c.order, key)
 	}
 	c.mu.Unlock()
 	e.once.Do(func() {
-		var buf bytes.Buffer
-		zw, _ := gzip.NewWriterLevel(&buf, 6) // Django's compress_string level
-		bw := bufio.NewWriterSize(zw, min(max(size, 16), maxWriteBuffer))
-		if write(bw) != nil || bw.Flush() != nil || zw.Close() != nil || buf.Len() >= size {
+		e.b = compress(size, write)
+		if e.b == nil {
 			return
 		}
-		e.b = buf.Bytes()
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		if c.m[key] != e {

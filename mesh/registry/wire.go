@@ -174,8 +174,8 @@ func (m *wireMember) candidate(kind addressing.Kind) (mesh.Candidate, error) {
 			if tinc != nil && tinc.PubKey == "" {
 				// v0.11 renders tinc_client and tinc_server whether or
 				// not a key is registered ("pubkey": null): no key, as
-				// its top-level "tinc": null says.
-				tinc = nil
+				// its top-level "tinc" (null then) says.
+				tinc = m.Tinc
 			}
 		}
 	}

@@ -40,7 +40,7 @@ firmware's default, http://[<prefix48>::2]/api/ (the server, over the
 overlay); --registry none asks none.
 
 tincd runs as "tincd --logfile -n confine" for the default --tinc-dir, the
-firmware's own command line (its watchdog and its stop look for it), else
+firmware's own command line (its watchdog looks for it), else
 as "tincd -c DIR --pidfile=FILE --logfile=DIR/tinc.log".
 
 Exit status: 0 success, 1 error (bad UCI file, no gateway, tincd failed),

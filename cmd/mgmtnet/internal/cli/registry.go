@@ -23,8 +23,9 @@ const registrySynopsis = `  mgmtnet registry serve (--testbed FILE | --synthetic
                          [--tls-cert FILE --tls-key FILE] [--per-page N]
   mgmtnet registry synth SPEC [--out FILE]
 
-serve answers the CONFINE registry REST API (controller v1, or the pre-2015
-shapes for a testbed file with "dialect": "v0") read-only at
+serve answers the CONFINE registry REST API as the 2015 controller v1.0
+does (or v0.11.2 to v0.11.9, for a testbed file with "dialect": "v0"):
+gzip, its ETags and 304s, Link headers and pagination; read-only, at
 http://ADDR/api/, from a testbed file or a synthetic testbed. It stops on
 SIGINT or SIGTERM. A testbed file is re-read when it changes: its mtime and
 size are checked at most once a second, on requests, and on SIGHUP. A file
