@@ -165,11 +165,11 @@ var layers = [][]string{
 	{"addressing"}, // pure: the plan
 	{"mesh"},       // pure: the snapshot model
 	{"mesh/registry", "tincgen", "vpn", "gateway/egress", "gateway/loopback"}, // leaf adapters: wire, tinc files, kernel
-	{"source", "tinc"},                    // the one snapshot source; the one tincd controller and applier
-	{"authdns", "fetchhosts", "nodeboot"}, // appliers of a snapshot
-	{"gateway"},                           // the gateway's loop and its components
-	{"cmd/mgmtnet/internal/cli"},          // flags, output, exit codes
-	{"cmd/mgmtnet"},                       // main
+	{"source", "tinc", "registrydb"},                                          // the one snapshot source; the one tincd controller and applier; the registry's database
+	{"authdns", "fetchhosts", "nodeboot"},                                     // appliers of a snapshot
+	{"gateway"},                                                               // the gateway's loop and its components
+	{"cmd/mgmtnet/internal/cli"},                                              // flags, output, exit codes
+	{"cmd/mgmtnet"},                                                           // main
 }
 
 // TestLayers: every package of the module (but test/) is in a layer, and

@@ -19,17 +19,32 @@ import (
 	"github.com/confine-project/mgmtnet/tincgen"
 )
 
-const registrySynopsis = `  mgmtnet registry serve (--testbed FILE | --synthetic SPEC) [--listen ADDR]
+const registrySynopsis = `  mgmtnet registry serve [--db URL | --testbed FILE | --synthetic SPEC] [--listen ADDR]
                          [--tls-cert FILE --tls-key FILE] [--per-page N]
+  mgmtnet registry import --from FILE|URL [--db URL]
+  mgmtnet registry export [--db URL] [--out FILE]
   mgmtnet registry synth SPEC [--out FILE]
 
 serve answers the CONFINE registry REST API as the 2015 controller v1.0
 does (or v0.11.2 to v0.11.9, for a testbed file with "dialect": "v0"):
 gzip, its ETags and 304s, Link headers and pagination; read-only, at
-http://ADDR/api/, from a testbed file or a synthetic testbed. It stops on
-SIGINT or SIGTERM. A testbed file is re-read when it changes: its mtime and
-size are checked at most once a second, on requests, and on SIGHUP. A file
-that no longer loads keeps the last good testbed served, and the log says why.
+http://ADDR/api/, from the registry database (the default), a testbed
+file or a synthetic testbed. It stops on SIGINT or SIGTERM. The database is
+checked for a new version once a second, so a write (an import, or another
+instance sharing a PostgreSQL database) is served within about a second. A
+testbed file is re-read when it changes: its mtime and size are checked at
+most once a second, on requests, and on SIGHUP. A file that no longer loads
+keeps the last good testbed served, and the log says why.
+
+--db is sqlite:PATH (default ` + defaultRegistryDB + `; the file
+is created) or postgres://... (a pgx connection string: several instances
+can share one database). The schema is migrated at start; a schema newer
+than this binary is refused.
+
+import replaces the database's testbed with a testbed file, or with what a
+live registry (the 2015 controller, or another mgmtnet) answers at URL: the
+migration path off the old controller. export writes the database's testbed
+as a testbed file (stdout by default).
 
 synth writes a synthetic testbed file (stdout by default) to edit or serve.
 
@@ -39,6 +54,9 @@ and prefix=P/48 (default fd65:fc41:c50f::/48). Nodes get ids 1..N,
 servers 2..S+1 (id 2 is tinc name "server"), hosts 1..H.
 
 Examples:
+  mgmtnet registry import --from https://controller.example/api/ --db sqlite:/var/lib/mgmtnet/registry.db
+  mgmtnet registry serve --db sqlite:/var/lib/mgmtnet/registry.db --listen [::]:8080
+  mgmtnet registry export --out testbed.json
   mgmtnet registry serve --testbed mesh/registry/testdata/testbed.json
   mgmtnet registry serve --synthetic nodes=65520,hosts=1000,servers=10 --listen [::1]:8080
   mgmtnet registry serve --testbed testbed.json --tls-cert reg.crt --tls-key reg.key --listen :443
@@ -47,6 +65,8 @@ Examples:
 
 func runRegistry(ctx context.Context, env Env, args []string) error {
 	fs := newFlagSet("registry", registrySynopsis, env.Stderr)
+	dbURL := fs.String("db", "", "serve, import, export: the registry database `URL`, sqlite:PATH or postgres://... (default "+defaultRegistryDB+")")
+	from := fs.String("from", "", "import: a testbed `FILE`, or the base URI of a live registry")
 	testbed := fs.String("testbed", "", "serve: testbed `FILE` (JSON)")
 	synthetic := fs.String("synthetic", "", "serve: a synthetic testbed of this `SPEC`")
 	listen := fs.String("listen", "127.0.0.1:8080", "serve: `ADDR` to listen on (host:port)")
@@ -59,7 +79,7 @@ func runRegistry(ctx context.Context, env Env, args []string) error {
 		return err
 	}
 	if len(pos) == 0 {
-		return usagef("missing form: serve or synth")
+		return usagef("missing form: serve, import, export or synth")
 	}
 	switch pos[0] {
 	case "serve":
@@ -69,8 +89,20 @@ func runRegistry(ctx context.Context, env Env, args []string) error {
 		if *out != "" {
 			return usagef("--out is for registry synth")
 		}
-		if (*testbed == "") == (*synthetic == "") {
-			return usagef("serve: give exactly one of --testbed FILE or --synthetic SPEC")
+		n := 0
+		for _, v := range []string{*dbURL, *testbed, *synthetic} {
+			if v != "" {
+				n++
+			}
+		}
+		if n > 1 {
+			return usagef("serve: give one of --db URL, --testbed FILE or --synthetic SPEC")
+		}
+		if *from != "" {
+			return usagef("--from is for registry import")
+		}
+		if n == 0 {
+			*dbURL = defaultRegistryDB
 		}
 		if (*tlsCert == "") != (*tlsKey == "") {
 			return usagef("serve: --tls-cert and --tls-key go together")
@@ -79,14 +111,34 @@ func runRegistry(ctx context.Context, env Env, args []string) error {
 			return usagef("--per-page %d: want 0 or more", *perPage)
 		}
 		return registryServe(ctx, env, serveConfig{
-			testbed: *testbed, synthetic: *synthetic, listen: *listen,
+			db: *dbURL, testbed: *testbed, synthetic: *synthetic, listen: *listen,
 			tlsCert: *tlsCert, tlsKey: *tlsKey, perPage: *perPage,
 		})
+	case "import", "export":
+		if len(pos) != 1 {
+			return usagef("%s takes flags only, got %q", pos[0], pos[1:])
+		}
+		if *testbed != "" || *synthetic != "" || *tlsCert != "" || *tlsKey != "" || *perPage != 0 {
+			return usagef("%s takes only --db and %s", pos[0], map[string]string{"import": "--from", "export": "--out"}[pos[0]])
+		}
+		if *dbURL == "" {
+			*dbURL = defaultRegistryDB
+		}
+		if pos[0] == "import" {
+			if *from == "" || *out != "" {
+				return usagef("import: want --from FILE|URL (and no --out)")
+			}
+			return registryImport(ctx, env, *dbURL, *from)
+		}
+		if *from != "" {
+			return usagef("export: --from is for registry import")
+		}
+		return registryExport(ctx, env, *dbURL, *out)
 	case "synth":
 		if len(pos) != 2 {
 			return usagef("synth: want exactly one SPEC, e.g. nodes=100,servers=1,hosts=2")
 		}
-		if *testbed != "" || *synthetic != "" || *tlsCert != "" || *tlsKey != "" || *perPage != 0 {
+		if *testbed != "" || *synthetic != "" || *tlsCert != "" || *tlsKey != "" || *perPage != 0 || *dbURL != "" || *from != "" {
 			return usagef("synth takes only SPEC and --out")
 		}
 		spec, err := registry.ParseSyntheticSpec(pos[1])
@@ -95,7 +147,7 @@ func runRegistry(ctx context.Context, env Env, args []string) error {
 		}
 		return registrySynth(env, spec, *out)
 	}
-	return usagef("unknown form %q: want serve or synth", pos[0])
+	return usagef("unknown form %q: want serve, import, export or synth", pos[0])
 }
 
 func registrySynth(env Env, spec registry.SyntheticSpec, out string) error {
@@ -118,18 +170,29 @@ func registrySynth(env Env, spec registry.SyntheticSpec, out string) error {
 	return tincgen.WriteFileAtomic(out, b, 0o644)
 }
 
+// defaultRegistryDB is the database of "mgmtnet registry" when --db is not
+// given (registrydb.DefaultURL).
+const defaultRegistryDB = "sqlite:/var/lib/mgmtnet/registry.db"
+
 type serveConfig struct {
-	testbed, synthetic string
-	listen             string
-	tlsCert, tlsKey    string
-	perPage            int
+	db, testbed, synthetic string
+	listen                 string
+	tlsCert, tlsKey        string
+	perPage                int
 }
 
 func registryServe(ctx context.Context, env Env, c serveConfig) error {
 	log := env.Logger
 	var f *registry.File
 	var err error
-	if c.synthetic != "" {
+	var follow func(ctx context.Context, srv *registry.Server, stop <-chan struct{})
+	if c.db != "" {
+		var closeDB func() error
+		if f, follow, closeDB, err = serveFromDB(ctx, c.db, log); err != nil {
+			return err
+		}
+		defer closeDB()
+	} else if c.synthetic != "" {
 		spec, err := registry.ParseSyntheticSpec(c.synthetic)
 		if err != nil {
 			return usagef("--synthetic: %w", err)
@@ -144,6 +207,17 @@ func registryServe(ctx context.Context, env Env, c serveConfig) error {
 	srv := registry.NewServer(f, log)
 	srv.DefaultPerPage = c.perPage
 	var handler http.Handler = srv
+	if follow != nil {
+		// Follow the database: a write anywhere (an import, another
+		// instance on the same PostgreSQL) is served within a second.
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		wg.Go(func() { follow(ctx, srv, stop) })
+		defer func() {
+			close(stop)
+			wg.Wait()
+		}()
+	}
 	if c.testbed != "" {
 		rl := registry.NewFileReloader(srv, c.testbed, log)
 		handler = rl

@@ -1,0 +1,132 @@
+//go:build !nodb && !mips && !mipsle && !mips64 && !mips64le
+
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/confine-project/mgmtnet/mesh/registry"
+	"github.com/confine-project/mgmtnet/registrydb"
+	"github.com/confine-project/mgmtnet/tincgen"
+)
+
+// The registry database, in every build but a node's (tag nodb, and MIPS,
+// for which modernc.org/sqlite does not build): it adds about 8 MB.
+
+// dbPollInterval is how often "registry serve --db" asks the database for
+// its version: one indexed row, so cheap at any testbed size.
+const dbPollInterval = time.Second
+
+// serveFromDB opens the database of "registry serve --db" and reads its
+// testbed; follow serves each new version until stop closes.
+func serveFromDB(ctx context.Context, url string, log *slog.Logger) (*registry.File, func(context.Context, *registry.Server, <-chan struct{}), func() error, error) {
+	db, err := registrydb.Open(ctx, url, log)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	f, version, err := db.Testbed(ctx)
+	if err != nil {
+		db.Close()
+		return nil, nil, nil, err
+	}
+	follow := func(ctx context.Context, srv *registry.Server, stop <-chan struct{}) {
+		followDB(ctx, db, srv, version, stop, log)
+	}
+	return f, follow, db.Close, nil
+}
+
+// followDB serves each new version of the database's testbed until stop
+// closes. A version that does not read keeps the last one served.
+func followDB(ctx context.Context, db *registrydb.DB, srv *registry.Server, have uint64, stop <-chan struct{}, log *slog.Logger) {
+	t := time.NewTicker(dbPollInterval)
+	defer t.Stop()
+	failing := false
+	for {
+		select {
+		case <-stop:
+			return
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		v, err := db.Version(ctx)
+		if err == nil && v == have {
+			continue
+		}
+		var f *registry.File
+		if err == nil {
+			f, v, err = db.Testbed(ctx)
+		}
+		if err != nil {
+			if !failing {
+				log.Warn("registry database: still serving the last version read", "version", have, "err", err)
+			}
+			failing = true
+			continue
+		}
+		failing = false
+		srv.SetFile(f)
+		servers, nodes, hosts := f.Count()
+		log.Info("registry database: serving a new version", "version", v, "nodes", nodes, "servers", servers, "hosts", hosts)
+		have = v
+	}
+}
+
+// registryImport replaces the database's testbed with a file's or a live
+// registry's.
+func registryImport(ctx context.Context, env Env, dbURL, from string) error {
+	var f *registry.File
+	var notes []string
+	var err error
+	if strings.HasPrefix(from, "http://") || strings.HasPrefix(from, "https://") {
+		f, notes, err = registrydb.FetchFile(ctx, from, registry.Options{Logger: env.Logger})
+	} else {
+		f, err = registry.LoadFile(from)
+	}
+	if err != nil {
+		return err
+	}
+	for _, n := range notes {
+		fmt.Fprintf(env.Stderr, "import: %s\n", n)
+	}
+	db, err := registrydb.Open(ctx, dbURL, env.Logger)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	v, err := db.Replace(ctx, f)
+	if err != nil {
+		return err
+	}
+	servers, nodes, hosts := f.Count()
+	fmt.Fprintf(env.Stderr, "imported %d nodes, %d servers, %d hosts and %d islands from %s into %s (version %d)\n", nodes, servers, hosts, len(f.Islands), from, db, v)
+	return nil
+}
+
+// registryExport writes the database's testbed as a testbed file.
+func registryExport(ctx context.Context, env Env, dbURL, out string) error {
+	db, err := registrydb.Open(ctx, dbURL, env.Logger)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	f, _, err := db.Testbed(ctx)
+	if err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(f, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode testbed: %w", err)
+	}
+	b = append(b, '\n')
+	if out == "" {
+		_, err := env.Stdout.Write(b)
+		return err
+	}
+	return tincgen.WriteFileAtomic(out, b, 0o644)
+}

@@ -1,0 +1,23 @@
+//go:build nodb || mips || mipsle || mips64 || mips64le
+
+package cli
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+
+	"github.com/confine-project/mgmtnet/mesh/registry"
+)
+
+// errNoDB is the answer of a build without the registry database (a
+// node's: tag nodb, or MIPS).
+var errNoDB = errors.New("this mgmtnet was built without the registry database (a node build); serve a testbed file with --testbed FILE")
+
+func serveFromDB(context.Context, string, *slog.Logger) (*registry.File, func(context.Context, *registry.Server, <-chan struct{}), func() error, error) {
+	return nil, nil, nil, errNoDB
+}
+
+func registryImport(context.Context, Env, string, string) error { return errNoDB }
+
+func registryExport(context.Context, Env, string, string) error { return errNoDB }

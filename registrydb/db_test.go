@@ -1,0 +1,146 @@
+package registrydb
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+
+	"github.com/confine-project/mgmtnet/mesh/registry"
+	"github.com/confine-project/mgmtnet/test/pgtest"
+)
+
+// backends returns a fresh database URL of each kind: an SQLite file and
+// a real PostgreSQL server (started for the test, as nobody).
+func backends(t *testing.T) map[string]string {
+	t.Helper()
+	return map[string]string{
+		SQLite:   "sqlite:" + filepath.Join(t.TempDir(), "registry.db"),
+		Postgres: pgtest.Start(t),
+	}
+}
+
+func testdataFile(t *testing.T) *registry.File {
+	t.Helper()
+	f, err := registry.LoadFile("../mesh/registry/testdata/testbed.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// The testbed goes in and comes back the same, with a version that grows
+// by one per write; an empty database says how to fill it.
+func TestReplaceAndRead(t *testing.T) {
+	ctx := context.Background()
+	for name, url := range backends(t) {
+		t.Run(name, func(t *testing.T) {
+			db, err := Open(ctx, url, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer db.Close()
+			if _, _, err := db.Testbed(ctx); !errors.Is(err, ErrNoTestbed) {
+				t.Errorf("empty database: %v", err)
+			}
+			if _, err := db.Version(ctx); !errors.Is(err, ErrNoTestbed) {
+				t.Errorf("empty database version: %v", err)
+			}
+			want := testdataFile(t)
+			for i := uint64(1); i <= 2; i++ {
+				v, err := db.Replace(ctx, want)
+				if err != nil || v != i {
+					t.Fatalf("Replace %d: version %d, %v", i, v, err)
+				}
+			}
+			got, v, err := db.Testbed(ctx)
+			if err != nil || v != 2 {
+				t.Fatalf("Testbed: version %d, %v", v, err)
+			}
+			if want.Dialect == "" {
+				want.Dialect = registry.DialectV1
+			}
+			if diff := cmp.Diff(want, got, cmpopts.EquateEmpty(), cmp.Comparer(func(a, b interface{ String() string }) bool { return a.String() == b.String() })); diff != "" {
+				t.Errorf("read back (-want +got):\n%s", diff)
+			}
+			// An invalid testbed is refused whole: the old one stays.
+			bad := *want
+			bad.Nodes = append(bad.Nodes, bad.Nodes[0])
+			if _, err := db.Replace(ctx, &bad); err == nil || !strings.Contains(err.Error(), "import") {
+				t.Errorf("a duplicate node: %v", err)
+			}
+			if v, _ := db.Version(ctx); v != 2 {
+				t.Errorf("version after a refused import: %d", v)
+			}
+		})
+	}
+}
+
+// A database migrated by a newer mgmtnet is refused with a clear error,
+// and left as it is.
+func TestRefusesNewerSchema(t *testing.T) {
+	ctx := context.Background()
+	for name, url := range backends(t) {
+		t.Run(name, func(t *testing.T) {
+			db, err := Open(ctx, url, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := db.sql.ExecContext(ctx, db.rebind(`UPDATE schema_version SET version = ?`), SchemaVersion+1); err != nil {
+				t.Fatal(err)
+			}
+			db.Close()
+			_, err = Open(ctx, url, nil)
+			if !errors.Is(err, ErrSchemaTooNew) || !strings.Contains(err.Error(), "run a newer mgmtnet") {
+				t.Fatalf("newer schema: %v", err)
+			}
+		})
+	}
+}
+
+// Two instances on one PostgreSQL database: they migrate it together
+// (one waits for the other), and a write on one is read on the other.
+func TestTwoInstancesShareOnePostgres(t *testing.T) {
+	ctx := context.Background()
+	url := pgtest.Start(t)
+	dbs := make([]*DB, 2)
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	for i := range dbs {
+		wg.Go(func() { dbs[i], errs[i] = Open(ctx, url, nil) })
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("instance %d: %v", i, err)
+		}
+		defer dbs[i].Close()
+	}
+	if _, err := dbs[0].Replace(ctx, testdataFile(t)); err != nil {
+		t.Fatal(err)
+	}
+	f, v, err := dbs[1].Testbed(ctx)
+	if err != nil || v != 1 || len(f.Nodes) != 2 {
+		t.Fatalf("the other instance reads version %d, %v", v, err)
+	}
+}
+
+func TestOpenErrors(t *testing.T) {
+	ctx := context.Background()
+	for _, url := range []string{"mysql://x", "sqlite:", "/var/lib/x.db"} {
+		if _, err := Open(ctx, url, nil); !errors.Is(err, ErrBadURL) {
+			t.Errorf("%q: %v", url, err)
+		}
+	}
+	if _, err := Open(ctx, "sqlite:"+filepath.Join(t.TempDir(), "no", "such", "dir", "r.db"), nil); err == nil {
+		t.Errorf("a database in a missing directory opened")
+	}
+	if got := redact("postgres://u:secret@h/db"); got != "postgres://u:xxxxx@h/db" {
+		t.Errorf("redact: %s", got)
+	}
+}

@@ -1,0 +1,125 @@
+package registrydb
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+)
+
+// migrations are the schema, one step per version: migrations[i] takes
+// the schema from version i to i+1. A step is never edited once released;
+// a change is a new step. The SQL is the common subset of SQLite and
+// PostgreSQL.
+var migrations = [][]string{
+	// 1: the testbed.
+	{
+		`CREATE TABLE testbed (
+			id INTEGER PRIMARY KEY CHECK (id = 1),
+			mgmt_prefix TEXT NOT NULL,
+			dialect TEXT NOT NULL DEFAULT 'v1',
+			version BIGINT NOT NULL
+		)`,
+		`CREATE TABLE islands (
+			id BIGINT PRIMARY KEY,
+			name TEXT NOT NULL,
+			description TEXT NOT NULL DEFAULT ''
+		)`,
+		// kind is "server", "node" or "host". tinc_name is NULL for a
+		// member without a registered key (the controller's "tinc":
+		// null).
+		`CREATE TABLE members (
+			kind TEXT NOT NULL CHECK (kind IN ('server', 'node', 'host')),
+			id BIGINT NOT NULL,
+			name TEXT NOT NULL,
+			island BIGINT REFERENCES islands (id),
+			mgmt_addr TEXT NOT NULL DEFAULT '',
+			backend TEXT NOT NULL DEFAULT '',
+			tinc_name TEXT,
+			pubkey TEXT,
+			PRIMARY KEY (kind, id)
+		)`,
+		`CREATE TABLE addresses (
+			kind TEXT NOT NULL,
+			id BIGINT NOT NULL,
+			pos INTEGER NOT NULL,
+			addr TEXT NOT NULL,
+			port INTEGER NOT NULL DEFAULT 0,
+			island BIGINT REFERENCES islands (id),
+			PRIMARY KEY (kind, id, pos),
+			FOREIGN KEY (kind, id) REFERENCES members (kind, id) ON DELETE CASCADE
+		)`,
+		`CREATE TABLE properties (
+			kind TEXT NOT NULL,
+			id BIGINT NOT NULL,
+			key TEXT NOT NULL,
+			value TEXT NOT NULL,
+			PRIMARY KEY (kind, id, key),
+			FOREIGN KEY (kind, id) REFERENCES members (kind, id) ON DELETE CASCADE
+		)`,
+	},
+}
+
+// SchemaVersion is the schema this binary writes and reads.
+var SchemaVersion = len(migrations)
+
+// ErrSchemaTooNew is wrapped by Open's error for a database that a newer
+// mgmtnet has migrated.
+var ErrSchemaTooNew = errors.New("registry database schema is newer than this mgmtnet")
+
+// migrate brings the schema to SchemaVersion, each step in a transaction
+// of its own, and refuses a newer schema. Two instances starting at once
+// on one PostgreSQL database migrate one after the other (an advisory
+// lock); SQLite's write lock does the same.
+func (d *DB) migrate(ctx context.Context) error {
+	conn, err := d.sql.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("migrate %s: %w", d.url, err)
+	}
+	defer conn.Close()
+	if d.dialect == Postgres {
+		// Any fixed key: "mgmtnet registry" in ASCII.
+		const lockKey int64 = 0x6d676d746e6574
+		if _, err := conn.ExecContext(ctx, "SELECT pg_advisory_lock($1)", lockKey); err != nil {
+			return fmt.Errorf("migrate %s: lock: %w", d.url, err)
+		}
+		defer conn.ExecContext(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock($1)", lockKey)
+	}
+	if _, err := conn.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)`); err != nil {
+		return fmt.Errorf("migrate %s: %w", d.url, err)
+	}
+	var have int
+	err = conn.QueryRowContext(ctx, `SELECT version FROM schema_version`).Scan(&have)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		if _, err := conn.ExecContext(ctx, `INSERT INTO schema_version (version) VALUES (0)`); err != nil {
+			return fmt.Errorf("migrate %s: %w", d.url, err)
+		}
+	case err != nil:
+		return fmt.Errorf("migrate %s: read schema version: %w", d.url, err)
+	}
+	if have > SchemaVersion {
+		return fmt.Errorf("%w: %s has schema version %d, this mgmtnet knows up to %d; run a newer mgmtnet", ErrSchemaTooNew, d.url, have, SchemaVersion)
+	}
+	for v := have; v < SchemaVersion; v++ {
+		tx, err := conn.BeginTx(ctx, nil)
+		if err != nil {
+			return fmt.Errorf("migrate %s to schema %d: %w", d.url, v+1, err)
+		}
+		for _, stmt := range migrations[v] {
+			if _, err := tx.ExecContext(ctx, stmt); err != nil {
+				tx.Rollback()
+				return fmt.Errorf("migrate %s to schema %d: %w", d.url, v+1, err)
+			}
+		}
+		if _, err := tx.ExecContext(ctx, d.rebind(`UPDATE schema_version SET version = ?`), v+1); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("migrate %s to schema %d: %w", d.url, v+1, err)
+		}
+		if err := tx.Commit(); err != nil {
+			return fmt.Errorf("migrate %s to schema %d: %w", d.url, v+1, err)
+		}
+		d.log.Info("registry database migrated", "db", d.url, "schema", v+1)
+	}
+	return nil
+}

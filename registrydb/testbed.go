@@ -1,0 +1,273 @@
+package registrydb
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"github.com/confine-project/mgmtnet/mesh/registry"
+)
+
+// ErrNoTestbed is returned by Testbed and Version for a database that
+// holds no testbed yet (nothing was imported).
+var ErrNoTestbed = errors.New("the registry database holds no testbed yet (import one: mgmtnet registry import --from FILE|URL)")
+
+// Version returns the testbed's version: it grows by one with every
+// write, so a reader that holds version v has what the database holds
+// exactly while Version is v.
+func (d *DB) Version(ctx context.Context) (uint64, error) {
+	var v int64
+	err := d.sql.QueryRowContext(ctx, `SELECT version FROM testbed WHERE id = 1`).Scan(&v)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, ErrNoTestbed
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read testbed version from %s: %w", d.url, err)
+	}
+	return uint64(v), nil
+}
+
+// Testbed reads the whole testbed, consistently (one read transaction),
+// as a validated registry.File, and its version.
+func (d *DB) Testbed(ctx context.Context) (*registry.File, uint64, error) {
+	tx, err := d.sql.BeginTx(ctx, &sql.TxOptions{ReadOnly: d.dialect == Postgres, Isolation: d.isolation()})
+	if err != nil {
+		return nil, 0, fmt.Errorf("read testbed from %s: %w", d.url, err)
+	}
+	defer tx.Rollback()
+	f := &registry.File{}
+	var (
+		prefix  string
+		version int64
+	)
+	err = tx.QueryRowContext(ctx, `SELECT mgmt_prefix, dialect, version FROM testbed WHERE id = 1`).Scan(&prefix, &f.Dialect, &version)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, 0, ErrNoTestbed
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("read testbed from %s: %w", d.url, err)
+	}
+	if f.MgmtPrefix, err = netip.ParsePrefix(prefix); err != nil {
+		return nil, 0, fmt.Errorf("read testbed from %s: management prefix %q: %w", d.url, prefix, err)
+	}
+	rows, err := tx.QueryContext(ctx, `SELECT id, name, description FROM islands ORDER BY id`)
+	if err != nil {
+		return nil, 0, fmt.Errorf("read islands from %s: %w", d.url, err)
+	}
+	for rows.Next() {
+		var is registry.FileIsland
+		var id int64
+		if err := rows.Scan(&id, &is.Name, &is.Description); err != nil {
+			rows.Close()
+			return nil, 0, fmt.Errorf("read islands from %s: %w", d.url, err)
+		}
+		is.ID = uint64(id)
+		f.Islands = append(f.Islands, is)
+	}
+	if err := rows.Close(); err != nil {
+		return nil, 0, fmt.Errorf("read islands from %s: %w", d.url, err)
+	}
+
+	type key struct {
+		kind string
+		id   uint64
+	}
+	members := map[key]*registry.FileMember{}
+	var order []key
+	rows, err = tx.QueryContext(ctx, `SELECT kind, id, name, island, mgmt_addr, backend, tinc_name, pubkey FROM members ORDER BY kind, id`)
+	if err != nil {
+		return nil, 0, fmt.Errorf("read members from %s: %w", d.url, err)
+	}
+	for rows.Next() {
+		var (
+			k              key
+			id             int64
+			island         sql.NullInt64
+			tincName, pubk sql.NullString
+			m              registry.FileMember
+		)
+		if err := rows.Scan(&k.kind, &id, &m.Name, &island, &m.MgmtAddr, &m.Backend, &tincName, &pubk); err != nil {
+			rows.Close()
+			return nil, 0, fmt.Errorf("read members from %s: %w", d.url, err)
+		}
+		k.id, m.ID, m.Island = uint64(id), uint64(id), uint64(island.Int64)
+		if tincName.Valid {
+			m.Tinc = &registry.FileTinc{Name: tincName.String, PubKey: pubk.String}
+		}
+		members[k], order = &m, append(order, k)
+	}
+	if err := rows.Close(); err != nil {
+		return nil, 0, fmt.Errorf("read members from %s: %w", d.url, err)
+	}
+	rows, err = tx.QueryContext(ctx, `SELECT kind, id, addr, port, island FROM addresses ORDER BY kind, id, pos`)
+	if err != nil {
+		return nil, 0, fmt.Errorf("read addresses from %s: %w", d.url, err)
+	}
+	for rows.Next() {
+		var (
+			k      key
+			id     int64
+			a      registry.FileAddress
+			island sql.NullInt64
+		)
+		if err := rows.Scan(&k.kind, &id, &a.Addr, &a.Port, &island); err != nil {
+			rows.Close()
+			return nil, 0, fmt.Errorf("read addresses from %s: %w", d.url, err)
+		}
+		k.id, a.Island = uint64(id), uint64(island.Int64)
+		if m := members[k]; m != nil && m.Tinc != nil {
+			m.Tinc.Addresses = append(m.Tinc.Addresses, a)
+		}
+	}
+	if err := rows.Close(); err != nil {
+		return nil, 0, fmt.Errorf("read addresses from %s: %w", d.url, err)
+	}
+	rows, err = tx.QueryContext(ctx, `SELECT kind, id, key, value FROM properties`)
+	if err != nil {
+		return nil, 0, fmt.Errorf("read properties from %s: %w", d.url, err)
+	}
+	for rows.Next() {
+		var (
+			k      key
+			id     int64
+			pk, pv string
+		)
+		if err := rows.Scan(&k.kind, &id, &pk, &pv); err != nil {
+			rows.Close()
+			return nil, 0, fmt.Errorf("read properties from %s: %w", d.url, err)
+		}
+		k.id = uint64(id)
+		if m := members[k]; m != nil {
+			if m.Properties == nil {
+				m.Properties = map[string]string{}
+			}
+			m.Properties[pk] = pv
+		}
+	}
+	if err := rows.Close(); err != nil {
+		return nil, 0, fmt.Errorf("read properties from %s: %w", d.url, err)
+	}
+	for _, k := range order {
+		m := *members[k]
+		switch k.kind {
+		case "server":
+			f.Servers = append(f.Servers, m)
+		case "node":
+			f.Nodes = append(f.Nodes, m)
+		case "host":
+			f.Hosts = append(f.Hosts, m)
+		}
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, 0, fmt.Errorf("read testbed from %s: %w", d.url, err)
+	}
+	if err := f.Validate(); err != nil {
+		return nil, 0, fmt.Errorf("testbed in %s: %w", d.url, err)
+	}
+	return f, uint64(version), nil
+}
+
+// isolation is the read transaction's level: a snapshot on PostgreSQL
+// (repeatable read); SQLite's transactions are serializable anyway.
+func (d *DB) isolation() sql.IsolationLevel {
+	if d.dialect == Postgres {
+		return sql.LevelRepeatableRead
+	}
+	return sql.LevelDefault
+}
+
+// Replace makes f the whole testbed, in one transaction, and bumps the
+// version (the import of a testbed file or of a live controller). f must
+// pass Validate. It returns the new version.
+func (d *DB) Replace(ctx context.Context, f *registry.File) (uint64, error) {
+	if err := f.Validate(); err != nil {
+		return 0, fmt.Errorf("import: %w", err)
+	}
+	tx, err := d.sql.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, fmt.Errorf("import into %s: %w", d.url, err)
+	}
+	defer tx.Rollback()
+	fail := func(what string, err error) (uint64, error) {
+		return 0, fmt.Errorf("import into %s: %s: %w", d.url, what, err)
+	}
+	for _, t := range []string{"properties", "addresses", "members", "islands"} {
+		if _, err := d.exec(ctx, tx, "DELETE FROM "+t); err != nil {
+			return fail("clear "+t, err)
+		}
+	}
+	for _, is := range f.Islands {
+		if _, err := d.exec(ctx, tx, `INSERT INTO islands (id, name, description) VALUES (?, ?, ?)`, int64(is.ID), is.Name, is.Description); err != nil {
+			return fail(fmt.Sprintf("island %d", is.ID), err)
+		}
+	}
+	for kind, ms := range map[string][]registry.FileMember{"server": f.Servers, "node": f.Nodes, "host": f.Hosts} {
+		for _, m := range ms {
+			if err := d.insertMember(ctx, tx, kind, &m); err != nil {
+				return fail(fmt.Sprintf("%s %d", kind, m.ID), err)
+			}
+		}
+	}
+	dialect := f.Dialect
+	if dialect == "" {
+		dialect = registry.DialectV1
+	}
+	var v int64
+	err = tx.QueryRowContext(ctx, `SELECT version FROM testbed WHERE id = 1`).Scan(&v)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		v = 1
+		_, err = d.exec(ctx, tx, `INSERT INTO testbed (id, mgmt_prefix, dialect, version) VALUES (1, ?, ?, ?)`, f.MgmtPrefix.String(), dialect, v)
+	case err == nil:
+		v++
+		_, err = d.exec(ctx, tx, `UPDATE testbed SET mgmt_prefix = ?, dialect = ?, version = ? WHERE id = 1`, f.MgmtPrefix.String(), dialect, v)
+	}
+	if err != nil {
+		return fail("testbed", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fail("commit", err)
+	}
+	return uint64(v), nil
+}
+
+// insertMember writes one member with its addresses and properties.
+func (d *DB) insertMember(ctx context.Context, tx *sql.Tx, kind string, m *registry.FileMember) error {
+	var island, tincName, pubkey any
+	if m.Island != 0 {
+		island = int64(m.Island)
+	}
+	if m.Tinc != nil {
+		tincName, pubkey = m.Tinc.Name, m.Tinc.PubKey
+	}
+	if _, err := d.exec(ctx, tx, `INSERT INTO members (kind, id, name, island, mgmt_addr, backend, tinc_name, pubkey) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+		kind, int64(m.ID), m.Name, island, m.MgmtAddr, m.Backend, tincName, pubkey); err != nil {
+		return err
+	}
+	if m.Tinc != nil {
+		for i, a := range m.Tinc.Addresses {
+			var ai any
+			if a.Island != 0 {
+				ai = int64(a.Island)
+			}
+			if _, err := d.exec(ctx, tx, `INSERT INTO addresses (kind, id, pos, addr, port, island) VALUES (?, ?, ?, ?, ?, ?)`,
+				kind, int64(m.ID), i, a.Addr, a.Port, ai); err != nil {
+				return fmt.Errorf("address %d: %w", i, err)
+			}
+		}
+	}
+	keys := make([]string, 0, len(m.Properties))
+	for k := range m.Properties {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		if _, err := d.exec(ctx, tx, `INSERT INTO properties (kind, id, key, value) VALUES (?, ?, ?, ?)`, kind, int64(m.ID), k, m.Properties[k]); err != nil {
+			return fmt.Errorf("property %q: %w", k, err)
+		}
+	}
+	return nil
+}
