@@ -53,7 +53,7 @@ func TestReplaceAndRead(t *testing.T) {
 			}
 			want := testdataFile(t)
 			for i := uint64(1); i <= 2; i++ {
-				v, err := db.Replace(ctx, want)
+				v, err := db.Replace(ctx, want, "test", "testdata")
 				if err != nil || v != i {
 					t.Fatalf("Replace %d: version %d, %v", i, v, err)
 				}
@@ -71,11 +71,28 @@ func TestReplaceAndRead(t *testing.T) {
 			// An invalid testbed is refused whole: the old one stays.
 			bad := *want
 			bad.Nodes = append(bad.Nodes, bad.Nodes[0])
-			if _, err := db.Replace(ctx, &bad); err == nil || !strings.Contains(err.Error(), "import") {
+			if _, err := db.Replace(ctx, &bad, "test", "bad"); err == nil || !strings.Contains(err.Error(), "import") {
 				t.Errorf("a duplicate node: %v", err)
 			}
 			if v, _ := db.Version(ctx); v != 2 {
 				t.Errorf("version after a refused import: %d", v)
+			}
+			// The audit log: both imports, newest first, with the
+			// testbed before and after; the refused one left none.
+			log, err := db.Log(ctx, 0)
+			if err != nil || len(log) != 2 {
+				t.Fatalf("audit log: %v, %+v", err, log)
+			}
+			if e := log[0]; e.Seq <= log[1].Seq || e.Actor != "test" || e.Action != "import" || e.Object != "testbed" ||
+				e.Before != `{"version":1,"mgmt_ipv6_prefix":"fd65:fc41:c50f::/48","islands":2,"servers":1,"nodes":2,"hosts":1}` ||
+				e.After != `{"version":2,"source":"testdata","mgmt_ipv6_prefix":"fd65:fc41:c50f::/48","islands":2,"servers":1,"nodes":2,"hosts":1}` {
+				t.Errorf("newest entry: %+v", e)
+			}
+			if log[1].Before != "" || log[1].At.IsZero() {
+				t.Errorf("first import: %+v", log[1])
+			}
+			if one, _ := db.Log(ctx, 1); len(one) != 1 || one[0].Seq != log[0].Seq {
+				t.Errorf("Log(1): %+v", one)
 			}
 		})
 	}
@@ -121,7 +138,7 @@ func TestTwoInstancesShareOnePostgres(t *testing.T) {
 		}
 		defer dbs[i].Close()
 	}
-	if _, err := dbs[0].Replace(ctx, testdataFile(t)); err != nil {
+	if _, err := dbs[0].Replace(ctx, testdataFile(t), "test", "testdata"); err != nil {
 		t.Fatal(err)
 	}
 	f, v, err := dbs[1].Testbed(ctx)

@@ -5,12 +5,13 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // migrations are the schema, one step per version: migrations[i] takes
 // the schema from version i to i+1. A step is never edited once released;
 // a change is a new step. The SQL is the common subset of SQLite and
-// PostgreSQL.
+// PostgreSQL, but for %SERIAL%, an auto-numbered primary key (dialectSQL).
 var migrations = [][]string{
 	// 1: the testbed.
 	{
@@ -58,6 +59,28 @@ var migrations = [][]string{
 			FOREIGN KEY (kind, id) REFERENCES members (kind, id) ON DELETE CASCADE
 		)`,
 	},
+	// 2: the audit log: who changed what, when, and what it was before
+	// and after (JSON; "" for nothing).
+	{
+		`CREATE TABLE audit (
+			seq %SERIAL%,
+			at TEXT NOT NULL,
+			actor TEXT NOT NULL,
+			action TEXT NOT NULL,
+			object TEXT NOT NULL,
+			before TEXT NOT NULL DEFAULT '',
+			after TEXT NOT NULL DEFAULT ''
+		)`,
+	},
+}
+
+// dialectSQL puts the dialect's auto-numbered primary key in for %SERIAL%.
+func (d *DB) dialectSQL(stmt string) string {
+	serial := "INTEGER PRIMARY KEY AUTOINCREMENT"
+	if d.dialect == Postgres {
+		serial = "BIGSERIAL PRIMARY KEY"
+	}
+	return strings.ReplaceAll(stmt, "%SERIAL%", serial)
 }
 
 // SchemaVersion is the schema this binary writes and reads.
@@ -107,7 +130,7 @@ func (d *DB) migrate(ctx context.Context) error {
 			return fmt.Errorf("migrate %s to schema %d: %w", d.url, v+1, err)
 		}
 		for _, stmt := range migrations[v] {
-			if _, err := tx.ExecContext(ctx, stmt); err != nil {
+			if _, err := tx.ExecContext(ctx, d.dialectSQL(stmt)); err != nil {
 				tx.Rollback()
 				return fmt.Errorf("migrate %s to schema %d: %w", d.url, v+1, err)
 			}

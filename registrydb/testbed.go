@@ -3,6 +3,7 @@ package registrydb
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -181,8 +182,10 @@ func (d *DB) isolation() sql.IsolationLevel {
 
 // Replace makes f the whole testbed, in one transaction, and bumps the
 // version (the import of a testbed file or of a live controller). f must
-// pass Validate. It returns the new version.
-func (d *DB) Replace(ctx context.Context, f *registry.File) (uint64, error) {
+// pass Validate. The audit log records it as actor's "import" of the
+// testbed from source, with the counts and versions before and after. It
+// returns the new version.
+func (d *DB) Replace(ctx context.Context, f *registry.File, actor, source string) (uint64, error) {
 	if err := f.Validate(); err != nil {
 		return 0, fmt.Errorf("import: %w", err)
 	}
@@ -193,6 +196,10 @@ func (d *DB) Replace(ctx context.Context, f *registry.File) (uint64, error) {
 	defer tx.Rollback()
 	fail := func(what string, err error) (uint64, error) {
 		return 0, fmt.Errorf("import into %s: %s: %w", d.url, what, err)
+	}
+	before, err := d.summary(ctx, tx)
+	if err != nil {
+		return fail("read what is there", err)
 	}
 	for _, t := range []string{"properties", "addresses", "members", "islands"} {
 		if _, err := d.exec(ctx, tx, "DELETE FROM "+t); err != nil {
@@ -228,10 +235,56 @@ func (d *DB) Replace(ctx context.Context, f *registry.File) (uint64, error) {
 	if err != nil {
 		return fail("testbed", err)
 	}
+	servers, nodes, hosts := f.Count()
+	after := mustJSON(testbedSummary{Version: v, Source: source, Prefix: f.MgmtPrefix.String(), Islands: len(f.Islands), Servers: servers, Nodes: nodes, Hosts: hosts})
+	if err := d.audit(ctx, tx, AuditEntry{Actor: actor, Action: "import", Object: "testbed", Before: before, After: after}); err != nil {
+		return fail("audit", err)
+	}
 	if err := tx.Commit(); err != nil {
 		return fail("commit", err)
 	}
 	return uint64(v), nil
+}
+
+// testbedSummary is what the audit log records of a whole testbed.
+type testbedSummary struct {
+	Version int64  `json:"version"`
+	Source  string `json:"source,omitempty"`
+	Prefix  string `json:"mgmt_ipv6_prefix"`
+	Islands int    `json:"islands"`
+	Servers int    `json:"servers"`
+	Nodes   int    `json:"nodes"`
+	Hosts   int    `json:"hosts"`
+}
+
+// summary describes the testbed in tx for the audit log ("" for none).
+func (d *DB) summary(ctx context.Context, tx *sql.Tx) (string, error) {
+	var s testbedSummary
+	err := tx.QueryRowContext(ctx, `SELECT version, mgmt_prefix FROM testbed WHERE id = 1`).Scan(&s.Version, &s.Prefix)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM islands`).Scan(&s.Islands); err != nil {
+		return "", err
+	}
+	for kind, n := range map[string]*int{"server": &s.Servers, "node": &s.Nodes, "host": &s.Hosts} {
+		if err := tx.QueryRowContext(ctx, d.rebind(`SELECT COUNT(*) FROM members WHERE kind = ?`), kind).Scan(n); err != nil {
+			return "", err
+		}
+	}
+	return mustJSON(s), nil
+}
+
+// mustJSON encodes values that cannot fail to encode.
+func mustJSON(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(fmt.Sprintf("registrydb: encode %T: %v", v, err))
+	}
+	return string(b)
 }
 
 // insertMember writes one member with its addresses and properties.

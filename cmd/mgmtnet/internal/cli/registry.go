@@ -23,6 +23,7 @@ const registrySynopsis = `  mgmtnet registry serve [--db URL | --testbed FILE | 
                          [--tls-cert FILE --tls-key FILE] [--per-page N]
   mgmtnet registry import --from FILE|URL [--db URL]
   mgmtnet registry export [--db URL] [--out FILE]
+  mgmtnet registry log [--db URL] [--limit N] [--json]
   mgmtnet registry synth SPEC [--out FILE]
 
 serve answers the CONFINE registry REST API as the 2015 controller v1.0
@@ -44,7 +45,9 @@ than this binary is refused.
 import replaces the database's testbed with a testbed file, or with what a
 live registry (the 2015 controller, or another mgmtnet) answers at URL: the
 migration path off the old controller. export writes the database's testbed
-as a testbed file (stdout by default).
+as a testbed file (stdout by default). log prints the audit log, newest
+first: every write, who made it ("cli:<user>"), when, and the testbed
+before and after.
 
 synth writes a synthetic testbed file (stdout by default) to edit or serve.
 
@@ -57,6 +60,7 @@ Examples:
   mgmtnet registry import --from https://controller.example/api/ --db sqlite:/var/lib/mgmtnet/registry.db
   mgmtnet registry serve --db sqlite:/var/lib/mgmtnet/registry.db --listen [::]:8080
   mgmtnet registry export --out testbed.json
+  mgmtnet registry log --limit 5
   mgmtnet registry serve --testbed mesh/registry/testdata/testbed.json
   mgmtnet registry serve --synthetic nodes=65520,hosts=1000,servers=10 --listen [::1]:8080
   mgmtnet registry serve --testbed testbed.json --tls-cert reg.crt --tls-key reg.key --listen :443
@@ -73,13 +77,18 @@ func runRegistry(ctx context.Context, env Env, args []string) error {
 	tlsCert := fs.String("tls-cert", "", "serve: TLS certificate `FILE` (PEM); serve HTTPS")
 	tlsKey := fs.String("tls-key", "", "serve: TLS private key `FILE` (PEM)")
 	perPage := fs.Int("per-page", 0, "serve: paginate lists with this page `size` unless a client asks for one (0: unpaginated, like the controller)")
-	out := fs.String("out", "", "synth: write to `FILE` instead of stdout")
+	out := fs.String("out", "", "synth, export: write to `FILE` instead of stdout")
+	limit := fs.Int("limit", 20, "log: the newest `N` entries (0: all)")
+	asJSON := fs.Bool("json", false, "log: print the entries as a JSON array")
 	pos, err := parseInterspersed(fs, args, env.Stdout)
 	if err != nil {
 		return err
 	}
 	if len(pos) == 0 {
-		return usagef("missing form: serve, import, export or synth")
+		return usagef("missing form: serve, import, export, log or synth")
+	}
+	if pos[0] != "log" && (*limit != 20 || *asJSON) {
+		return usagef("--limit and --json are for registry log")
 	}
 	switch pos[0] {
 	case "serve":
@@ -114,6 +123,17 @@ func runRegistry(ctx context.Context, env Env, args []string) error {
 			db: *dbURL, testbed: *testbed, synthetic: *synthetic, listen: *listen,
 			tlsCert: *tlsCert, tlsKey: *tlsKey, perPage: *perPage,
 		})
+	case "log":
+		if len(pos) != 1 {
+			return usagef("log takes flags only, got %q", pos[1:])
+		}
+		if *limit < 0 {
+			return usagef("--limit %d: want 0 or more", *limit)
+		}
+		if *dbURL == "" {
+			*dbURL = defaultRegistryDB
+		}
+		return registryLog(ctx, env, *dbURL, *limit, *asJSON)
 	case "import", "export":
 		if len(pos) != 1 {
 			return usagef("%s takes flags only, got %q", pos[0], pos[1:])
@@ -147,7 +167,7 @@ func runRegistry(ctx context.Context, env Env, args []string) error {
 		}
 		return registrySynth(env, spec, *out)
 	}
-	return usagef("unknown form %q: want serve, import, export or synth", pos[0])
+	return usagef("unknown form %q: want serve, import, export, log or synth", pos[0])
 }
 
 func registrySynth(env Env, spec registry.SyntheticSpec, out string) error {

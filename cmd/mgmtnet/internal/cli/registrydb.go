@@ -7,6 +7,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"os"
+	"os/user"
+	"strconv"
 	"strings"
 	"time"
 
@@ -99,7 +102,7 @@ func registryImport(ctx context.Context, env Env, dbURL, from string) error {
 		return err
 	}
 	defer db.Close()
-	v, err := db.Replace(ctx, f)
+	v, err := db.Replace(ctx, f, actor(), from)
 	if err != nil {
 		return err
 	}
@@ -129,4 +132,52 @@ func registryExport(ctx context.Context, env Env, dbURL, out string) error {
 		return err
 	}
 	return tincgen.WriteFileAtomic(out, b, 0o644)
+}
+
+// actor names who writes from the command line, for the audit log:
+// "cli:<user>" (the user sudo ran as, when it did).
+func actor() string {
+	name := os.Getenv("SUDO_USER")
+	if name == "" {
+		if u, err := user.Current(); err == nil {
+			name = u.Username
+		} else {
+			name = strconv.Itoa(os.Getuid())
+		}
+	}
+	return "cli:" + name
+}
+
+// registryLog prints the newest limit entries of the audit log.
+func registryLog(ctx context.Context, env Env, dbURL string, limit int, asJSON bool) error {
+	db, err := registrydb.Open(ctx, dbURL, env.Logger)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	entries, err := db.Log(ctx, limit)
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		if entries == nil {
+			entries = []registrydb.AuditEntry{}
+		}
+		b, err := json.MarshalIndent(entries, "", "  ")
+		if err != nil {
+			return fmt.Errorf("encode the audit log: %w", err)
+		}
+		_, err = fmt.Fprintf(env.Stdout, "%s\n", b)
+		return err
+	}
+	for _, e := range entries {
+		fmt.Fprintf(env.Stdout, "%d  %s  %s  %s %s\n", e.Seq, e.At.UTC().Format(time.RFC3339), e.Actor, e.Action, e.Object)
+		if e.Before != "" {
+			fmt.Fprintf(env.Stdout, "    before %s\n", e.Before)
+		}
+		if e.After != "" {
+			fmt.Fprintf(env.Stdout, "    after  %s\n", e.After)
+		}
+	}
+	return nil
 }

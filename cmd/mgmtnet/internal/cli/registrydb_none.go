@@ -21,3 +21,5 @@ func serveFromDB(context.Context, string, *slog.Logger) (*registry.File, func(co
 func registryImport(context.Context, Env, string, string) error { return errNoDB }
 
 func registryExport(context.Context, Env, string, string) error { return errNoDB }
+
+func registryLog(context.Context, Env, string, int, bool) error { return errNoDB }

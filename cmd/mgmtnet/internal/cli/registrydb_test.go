@@ -157,6 +157,18 @@ func TestRegistryDatabase(t *testing.T) {
 		t.Error(err)
 	}
 
+	// The audit log: both imports, newest first.
+	out, errOut, code = run(t, "registry", "log", "--db", db, "--limit", "1")
+	if code != 0 || strings.Count(out, "import testbed") != 1 || !strings.Contains(out, "  cli:") ||
+		!strings.Contains(out, `after  {"version":2,"source":"`+moreFile+`"`) || !strings.Contains(out, `before {"version":1,`) {
+		t.Errorf("registry log: exit %d\n%s%s", code, out, errOut)
+	}
+	out, _, _ = run(t, "registry", "log", "--db", db, "--json")
+	var entries []struct{ Seq int64 }
+	if err := json.Unmarshal([]byte(out), &entries); err != nil || len(entries) != 2 || entries[0].Seq <= entries[1].Seq {
+		t.Errorf("registry log --json: %v\n%s", err, out)
+	}
+
 	// Two instances, one PostgreSQL database.
 	pg := pgtest.Start(t)
 	if _, errOut, code := run(t, "registry", "import", "--from", testdata, "--db", pg); code != 0 {
