@@ -60,16 +60,7 @@ func TestFirmwareCoexistence(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	block, _ := pem.Decode(pub)
-	rsaPub, err := x509.ParsePKCS1PublicKey(block.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.MarshalPKIXPublicKey(rsaPub)
-	if err != nil {
-		t.Fatal(err)
-	}
-	spki := pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})
+	spki := spkiOf(t, pub)
 	_, gwPub, err := tincgen.GenerateKey(nil, 2048)
 	if err != nil {
 		t.Fatal(err)

@@ -175,6 +175,12 @@ func registrySynth(env Env, spec registry.SyntheticSpec, out string) error {
 	if err != nil {
 		return err
 	}
+	return writeTestbedFile(env, f, out)
+}
+
+// writeTestbedFile writes f as a testbed file to out, or to stdout when out
+// is "".
+func writeTestbedFile(env Env, f *registry.File, out string) error {
 	b, err := json.MarshalIndent(f, "", "  ")
 	if err != nil {
 		return fmt.Errorf("encode testbed: %w", err)

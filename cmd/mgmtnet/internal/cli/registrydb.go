@@ -15,7 +15,6 @@ import (
 
 	"github.com/confine-project/mgmtnet/mesh/registry"
 	"github.com/confine-project/mgmtnet/registrydb"
-	"github.com/confine-project/mgmtnet/tincgen"
 )
 
 // The registry database, in every build but a node's (tag nodb, and MIPS,
@@ -122,16 +121,7 @@ func registryExport(ctx context.Context, env Env, dbURL, out string) error {
 	if err != nil {
 		return err
 	}
-	b, err := json.MarshalIndent(f, "", "  ")
-	if err != nil {
-		return fmt.Errorf("encode testbed: %w", err)
-	}
-	b = append(b, '\n')
-	if out == "" {
-		_, err := env.Stdout.Write(b)
-		return err
-	}
-	return tincgen.WriteFileAtomic(out, b, 0o644)
+	return writeTestbedFile(env, f, out)
 }
 
 // actor names who writes from the command line, for the audit log:
