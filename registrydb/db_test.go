@@ -161,3 +161,90 @@ func TestOpenErrors(t *testing.T) {
 		t.Errorf("redact: %s", got)
 	}
 }
+
+// Member writes are checked as clients check what the registry serves, and
+// refused with the client's reason; each is one audited transaction.
+func TestMemberWrites(t *testing.T) {
+	ctx := context.Background()
+	for name, url := range backends(t) {
+		t.Run(name, func(t *testing.T) {
+			db, err := Open(ctx, url, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer db.Close()
+			f := testdataFile(t)
+			if _, err := db.Replace(ctx, f, "test", "testdata"); err != nil {
+				t.Fatal(err)
+			}
+			key := f.Nodes[0].Tinc.PubKey
+			node := registry.FileMember{ID: 40, Name: "node-40", Island: 1, Tinc: &registry.FileTinc{PubKey: key}}
+			v, _, err := db.PutMember(ctx, "op", KindNode, node, true)
+			if err != nil || v != 2 {
+				t.Fatalf("add node 40: version %d, %v", v, err)
+			}
+			got, err := db.Member(ctx, KindNode, 40)
+			if err != nil || got.Tinc == nil || got.Tinc.Name != "node_40" {
+				t.Fatalf("node 40: %+v, %v", got, err)
+			}
+			if _, _, err := db.PutMember(ctx, "op", KindNode, node, true); !errors.Is(err, ErrExists) {
+				t.Errorf("add twice: %v", err)
+			}
+			for _, tc := range []struct {
+				name   string
+				mod    func(*registry.FileMember)
+				reason string
+			}{
+				{"bad key", func(m *registry.FileMember) { m.Tinc = &registry.FileTinc{PubKey: "ssh-rsa AAAA"} }, "public key is not PEM"},
+				{"another's address", func(m *registry.FileMember) { m.MgmtAddr = "fd65:fc41:c50f:1f::2" }, "it is the address of node 31"},
+				{"no such island", func(m *registry.FileMember) { m.Island = 9 }, "island 9 does not exist"},
+			} {
+				m := node
+				m.Tinc = &registry.FileTinc{PubKey: key}
+				tc.mod(&m)
+				if _, _, err := db.PutMember(ctx, "op", KindNode, m, false); !errors.Is(err, ErrRejected) || !strings.Contains(err.Error(), tc.reason) {
+					t.Errorf("%s: %v; want rejected: %s", tc.name, err, tc.reason)
+				}
+			}
+			if v, _ := db.Version(ctx); v != 2 {
+				t.Errorf("version after refused writes: %d, want 2", v)
+			}
+			// A key removed: no error (clients skip the member).
+			keyless := node
+			keyless.Tinc = nil
+			if _, _, err := db.PutMember(ctx, "op", KindNode, keyless, false); err != nil {
+				t.Errorf("remove the key: %v", err)
+			}
+			if _, err := db.DeleteIsland(ctx, "op", 1); !errors.Is(err, ErrRejected) || !strings.Contains(err.Error(), "in use") {
+				t.Errorf("remove an island in use: %v", err)
+			}
+			if _, err := db.PutIsland(ctx, "op", registry.FileIsland{ID: 3, Name: "three"}, true); err != nil {
+				t.Errorf("add island 3: %v", err)
+			}
+			if _, err := db.DeleteIsland(ctx, "op", 3); err != nil {
+				t.Errorf("remove island 3: %v", err)
+			}
+			if _, err := db.DeleteMember(ctx, "op", KindNode, 40); err != nil {
+				t.Errorf("remove node 40: %v", err)
+			}
+			if _, err := db.DeleteMember(ctx, "op", KindNode, 40); !errors.Is(err, ErrNotFound) {
+				t.Errorf("remove node 40 again: %v", err)
+			}
+			log, err := db.Log(ctx, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var actions []string
+			for _, e := range log {
+				actions = append(actions, e.Actor+" "+e.Action+" "+e.Object)
+			}
+			want := []string{"op node rm node 40", "op island rm island 3", "op island add island 3", "op node set node 40", "op node add node 40", "test import testbed"}
+			if diff := cmp.Diff(want, actions); diff != "" {
+				t.Errorf("audit log (-want +got):\n%s", diff)
+			}
+			if !strings.Contains(log[0].Before, `"name":"node-40"`) || log[0].After != "" {
+				t.Errorf("rm entry: %+v", log[0])
+			}
+		})
+	}
+}

@@ -9,12 +9,13 @@ import (
 	"net/netip"
 	"slices"
 
+	"github.com/confine-project/mgmtnet/addressing"
 	"github.com/confine-project/mgmtnet/mesh/registry"
 )
 
 // ErrNoTestbed is returned by Testbed and Version for a database that
 // holds no testbed yet (nothing was imported).
-var ErrNoTestbed = errors.New("the registry database holds no testbed yet (import one: mgmtnet registry import --from FILE|URL)")
+var ErrNoTestbed = errors.New("the registry database holds no testbed yet (import one: mgmtnet registry import --from FILE|URL, or start one: mgmtnet registry init --prefix P/48)")
 
 // Version returns the testbed's version: it grows by one with every
 // write, so a reader that holds version v has what the database holds
@@ -39,6 +40,19 @@ func (d *DB) Testbed(ctx context.Context) (*registry.File, uint64, error) {
 		return nil, 0, fmt.Errorf("read testbed from %s: %w", d.url, err)
 	}
 	defer tx.Rollback()
+	f, v, err := d.testbedIn(ctx, tx)
+	if err != nil {
+		return nil, 0, err
+	}
+	if err := tx.Commit(); err != nil {
+		return nil, 0, fmt.Errorf("read testbed from %s: %w", d.url, err)
+	}
+	return f, v, nil
+}
+
+// testbedIn reads the testbed in tx.
+func (d *DB) testbedIn(ctx context.Context, tx *sql.Tx) (*registry.File, uint64, error) {
+	var err error
 	f := &registry.File{}
 	var (
 		prefix  string
@@ -161,9 +175,6 @@ func (d *DB) Testbed(ctx context.Context) (*registry.File, uint64, error) {
 		case "host":
 			f.Hosts = append(f.Hosts, m)
 		}
-	}
-	if err := tx.Commit(); err != nil {
-		return nil, 0, fmt.Errorf("read testbed from %s: %w", d.url, err)
 	}
 	if err := f.Validate(); err != nil {
 		return nil, 0, fmt.Errorf("testbed in %s: %w", d.url, err)
@@ -323,4 +334,36 @@ func (d *DB) insertMember(ctx context.Context, tx *sql.Tx, kind string, m *regis
 		}
 	}
 	return nil
+}
+
+// Init creates an empty testbed with the management prefix (a /48), in a
+// database that holds none: the start of a testbed that comes from no
+// earlier registry. It returns the version, 1.
+func (d *DB) Init(ctx context.Context, actor string, prefix netip.Prefix) (uint64, error) {
+	if _, err := addressing.New(prefix); err != nil {
+		return 0, fmt.Errorf("init: %w", err)
+	}
+	tx, err := d.sql.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, fmt.Errorf("init %s: %w", d.url, err)
+	}
+	defer tx.Rollback()
+	var n int
+	if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM testbed`).Scan(&n); err != nil {
+		return 0, fmt.Errorf("init %s: %w", d.url, err)
+	}
+	if n != 0 {
+		return 0, fmt.Errorf("init %s: the database holds a testbed already (%w); import replaces it", d.url, ErrExists)
+	}
+	if _, err := d.exec(ctx, tx, `INSERT INTO testbed (id, mgmt_prefix, dialect, version) VALUES (1, ?, ?, 1)`, prefix.Masked().String(), registry.DialectV1); err != nil {
+		return 0, fmt.Errorf("init %s: %w", d.url, err)
+	}
+	after := mustJSON(testbedSummary{Version: 1, Prefix: prefix.Masked().String()})
+	if err := d.audit(ctx, tx, AuditEntry{Actor: actor, Action: "init", Object: "testbed", After: after}); err != nil {
+		return 0, err
+	}
+	if err := tx.Commit(); err != nil {
+		return 0, fmt.Errorf("init %s: %w", d.url, err)
+	}
+	return 1, nil
 }

@@ -233,19 +233,29 @@ func (f *File) assignment() *mesh.Assignment {
 	var cands []mesh.Candidate
 	for _, g := range f.groups() {
 		for i := range g.members {
-			m := &g.members[i]
-			c := mesh.Candidate{Kind: g.kind, ID: m.ID, Name: m.Name, Island: m.Island, MgmtAddr: mgmtAddr(g.kind, m),
-				Backend: m.Backend, Properties: m.Properties}
-			if m.Tinc != nil {
-				c.Tinc = &mesh.CandidateTinc{Name: m.Tinc.Name, PubKey: m.Tinc.PubKey}
-				for _, a := range m.Tinc.Addresses {
-					c.Tinc.Addresses = append(c.Tinc.Addresses, mesh.CandidateAddress{Addr: a.Addr, Port: a.Port, Island: a.Island})
-				}
-			}
-			cands = append(cands, c)
+			cands = append(cands, candidateOf(g.kind, &g.members[i], mgmtAddr(g.kind, &g.members[i])))
 		}
 	}
 	return mesh.Build(plan, cands, mesh.BuildOptions{Keys: mesh.NewKeyCache()}).Testbed.Assignment()
+}
+
+// Candidate returns a member of f as a client decodes it from the server's
+// answer, to validate with mesh.Build: its mgmt_addr defaults to the
+// plan's address for its kind and id, as the server renders it.
+func (f *File) Candidate(kind addressing.Kind, m *FileMember) mesh.Candidate {
+	return candidateOf(kind, m, f.mgmtAddrFunc()(kind, m))
+}
+
+func candidateOf(kind addressing.Kind, m *FileMember, mgmtAddr string) mesh.Candidate {
+	c := mesh.Candidate{Kind: kind, ID: m.ID, Name: m.Name, Island: m.Island, MgmtAddr: mgmtAddr,
+		Backend: m.Backend, Properties: m.Properties}
+	if m.Tinc != nil {
+		c.Tinc = &mesh.CandidateTinc{Name: m.Tinc.Name, PubKey: m.Tinc.PubKey}
+		for _, a := range m.Tinc.Addresses {
+			c.Tinc.Addresses = append(c.Tinc.Addresses, mesh.CandidateAddress{Addr: a.Addr, Port: a.Port, Island: a.Island})
+		}
+	}
+	return c
 }
 
 // SyntheticSpec describes a synthetic testbed; see Synthetic.

@@ -21,9 +21,11 @@ import (
 
 const registrySynopsis = `  mgmtnet registry serve [--db URL | --testbed FILE | --synthetic SPEC] [--listen ADDR]
                          [--tls-cert FILE --tls-key FILE] [--per-page N]
+  mgmtnet registry init --prefix P/48 [--db URL]
   mgmtnet registry import --from FILE|URL [--db URL]
   mgmtnet registry export [--db URL] [--out FILE]
   mgmtnet registry log [--db URL] [--limit N] [--json]
+  mgmtnet registry node|server|host|island add|set|rm|list|show ...
   mgmtnet registry synth SPEC [--out FILE]
 
 serve answers the CONFINE registry REST API as the 2015 controller v1.0
@@ -42,10 +44,13 @@ is created) or postgres://... (a pgx connection string: several instances
 can share one database). The schema is migrated at start; a schema newer
 than this binary is refused.
 
-import replaces the database's testbed with a testbed file, or with what a
+init starts an empty testbed in a database that holds none, with its
+management /48. import replaces the database's testbed with a testbed file, or with what a
 live registry (the 2015 controller, or another mgmtnet) answers at URL: the
 migration path off the old controller. export writes the database's testbed
-as a testbed file (stdout by default). log prints the audit log, newest
+as a testbed file (stdout by default). node, server, host and island add,
+change, remove, list and show members and islands, checked as clients check
+them ("mgmtnet registry node --help"). log prints the audit log, newest
 first: every write, who made it ("cli:<user>"), when, and the testbed
 before and after.
 
@@ -57,6 +62,7 @@ and prefix=P/48 (default fd65:fc41:c50f::/48). Nodes get ids 1..N,
 servers 2..S+1 (id 2 is tinc name "server"), hosts 1..H.
 
 Examples:
+  mgmtnet registry init --prefix fdf5:5351:1dfd::/48
   mgmtnet registry import --from https://controller.example/api/ --db sqlite:/var/lib/mgmtnet/registry.db
   mgmtnet registry serve --db sqlite:/var/lib/mgmtnet/registry.db --listen [::]:8080
   mgmtnet registry export --out testbed.json
@@ -68,6 +74,12 @@ Examples:
 `
 
 func runRegistry(ctx context.Context, env Env, args []string) error {
+	if len(args) > 0 {
+		switch args[0] {
+		case "node", "server", "host", "island":
+			return runRegistryMember(ctx, env, args[0], args[1:])
+		}
+	}
 	fs := newFlagSet("registry", registrySynopsis, env.Stderr)
 	dbURL := fs.String("db", "", "serve, import, export: the registry database `URL`, sqlite:PATH or postgres://... (default "+defaultRegistryDB+")")
 	from := fs.String("from", "", "import: a testbed `FILE`, or the base URI of a live registry")
@@ -79,16 +91,20 @@ func runRegistry(ctx context.Context, env Env, args []string) error {
 	perPage := fs.Int("per-page", 0, "serve: paginate lists with this page `size` unless a client asks for one (0: unpaginated, like the controller)")
 	out := fs.String("out", "", "synth, export: write to `FILE` instead of stdout")
 	limit := fs.Int("limit", 20, "log: the newest `N` entries (0: all)")
+	prefix := fs.String("prefix", "", "init: the testbed's management `/48`")
 	asJSON := fs.Bool("json", false, "log: print the entries as a JSON array")
 	pos, err := parseInterspersed(fs, args, env.Stdout)
 	if err != nil {
 		return err
 	}
 	if len(pos) == 0 {
-		return usagef("missing form: serve, import, export, log or synth")
+		return usagef("missing form: serve, init, import, export, log or synth")
 	}
 	if pos[0] != "log" && (*limit != 20 || *asJSON) {
 		return usagef("--limit and --json are for registry log")
+	}
+	if pos[0] != "init" && *prefix != "" {
+		return usagef("--prefix is for registry init")
 	}
 	switch pos[0] {
 	case "serve":
@@ -123,6 +139,17 @@ func runRegistry(ctx context.Context, env Env, args []string) error {
 			db: *dbURL, testbed: *testbed, synthetic: *synthetic, listen: *listen,
 			tlsCert: *tlsCert, tlsKey: *tlsKey, perPage: *perPage,
 		})
+	case "init":
+		if len(pos) != 1 || *prefix == "" {
+			return usagef("init: want --prefix P/48 and no arguments")
+		}
+		if *testbed != "" || *synthetic != "" || *from != "" || *out != "" {
+			return usagef("init takes only --prefix and --db")
+		}
+		if *dbURL == "" {
+			*dbURL = defaultRegistryDB
+		}
+		return registryInit(ctx, env, *dbURL, *prefix)
 	case "log":
 		if len(pos) != 1 {
 			return usagef("log takes flags only, got %q", pos[1:])
@@ -167,7 +194,7 @@ func runRegistry(ctx context.Context, env Env, args []string) error {
 		}
 		return registrySynth(env, spec, *out)
 	}
-	return usagef("unknown form %q: want serve, import, export, log or synth", pos[0])
+	return usagef("unknown form %q: want serve, init, import, export, log or synth", pos[0])
 }
 
 func registrySynth(env Env, spec registry.SyntheticSpec, out string) error {

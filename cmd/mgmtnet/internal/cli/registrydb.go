@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/confine-project/mgmtnet/addressing"
 	"github.com/confine-project/mgmtnet/mesh/registry"
 	"github.com/confine-project/mgmtnet/registrydb"
 )
@@ -169,5 +170,24 @@ func registryLog(ctx context.Context, env Env, dbURL string, limit int, asJSON b
 			fmt.Fprintf(env.Stdout, "    after  %s\n", e.After)
 		}
 	}
+	return nil
+}
+
+// registryInit starts an empty testbed in the database.
+func registryInit(ctx context.Context, env Env, dbURL, prefix string) error {
+	p, err := addressing.ParsePrefix48(prefix)
+	if err != nil {
+		return usagef("--prefix %q: want an IPv6 /48 (e.g. fdf5:5351:1dfd::/48)", prefix)
+	}
+	db, err := registrydb.Open(ctx, dbURL, env.Logger)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	v, err := db.Init(ctx, actor(), p)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(env.Stderr, "started an empty testbed on %s in %s (version %d)\n", p, db, v)
 	return nil
 }

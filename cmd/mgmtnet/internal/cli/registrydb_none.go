@@ -23,3 +23,7 @@ func registryImport(context.Context, Env, string, string) error { return errNoDB
 func registryExport(context.Context, Env, string, string) error { return errNoDB }
 
 func registryLog(context.Context, Env, string, int, bool) error { return errNoDB }
+
+func runRegistryMember(context.Context, Env, string, []string) error { return errNoDB }
+
+func registryInit(context.Context, Env, string, string) error { return errNoDB }

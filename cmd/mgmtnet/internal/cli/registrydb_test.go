@@ -26,6 +26,7 @@ import (
 	"github.com/confine-project/mgmtnet/registrydb"
 	"github.com/confine-project/mgmtnet/test/pgtest"
 	"github.com/confine-project/mgmtnet/test/vtb"
+	"github.com/confine-project/mgmtnet/tincgen"
 )
 
 // syncBuffer is a bytes.Buffer safe for a server goroutine's writes.
@@ -192,7 +193,7 @@ func TestRegistryDatabase(t *testing.T) {
 
 func TestRegistryDatabaseErrors(t *testing.T) {
 	db := "sqlite:" + filepath.Join(t.TempDir(), "r.db")
-	if _, errOut, code := run(t, "registry", "serve", "--db", db, "--listen", "127.0.0.1:0"); code != 1 || !strings.Contains(errOut, "holds no testbed yet (import one: mgmtnet registry import --from FILE|URL)") {
+	if _, errOut, code := run(t, "registry", "serve", "--db", db, "--listen", "127.0.0.1:0"); code != 1 || !strings.Contains(errOut, "holds no testbed yet (import one: mgmtnet registry import --from FILE|URL, or start one: mgmtnet registry init --prefix P/48)") {
 		t.Errorf("serve of an empty database: exit %d\n%s", code, errOut)
 	}
 	if _, errOut, code := run(t, "registry", "import", "--db", db); code != 2 || !strings.Contains(errOut, "want --from") {
@@ -206,5 +207,120 @@ func TestRegistryDatabaseErrors(t *testing.T) {
 func TestDefaultRegistryDB(t *testing.T) {
 	if defaultRegistryDB != registrydb.DefaultURL {
 		t.Errorf("the CLI's default database %q is not registrydb.DefaultURL %q", defaultRegistryDB, registrydb.DefaultURL)
+	}
+}
+
+// The admin commands: add, set, show, list and rm, checked as clients
+// check, audited, served.
+func TestRegistryMemberCommands(t *testing.T) {
+	dir := t.TempDir()
+	db := "sqlite:" + filepath.Join(dir, "registry.db")
+	if _, errOut, code := run(t, "registry", "import", "--from", "../../../../mesh/registry/testdata/testbed.json", "--db", db); code != 0 {
+		t.Fatalf("import: %s", errOut)
+	}
+	f, err := registry.LoadFile("../../../../mesh/registry/testdata/testbed.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := filepath.Join(dir, "node.pub")
+	if err := os.WriteFile(key, []byte(f.Nodes[0].Tinc.PubKey), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	bad := filepath.Join(dir, "bad.pub")
+	if err := os.WriteFile(bad, []byte("ssh-rsa AAAA\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args   []string
+		code   int
+		stderr string
+	}{
+		{[]string{"registry", "node", "add", "0028", "--island", "1", "--pubkey", key, "--property", "arch=x86_64"}, 0, "added node 40 (version 2)"},
+		{[]string{"registry", "node", "add", "40"}, 1, "node 40: exists already"},
+		{[]string{"registry", "node", "set", "40", "--pubkey", bad}, 1, "rejected: node 40 (node_40): public key is not PEM"},
+		{[]string{"registry", "node", "set", "40", "--island", "7"}, 1, "island 7 does not exist"},
+		{[]string{"registry", "island", "add", "7", "--name", "seven"}, 0, "added island 7 (version 3)"},
+		{[]string{"registry", "node", "set", "40", "--island", "7", "--property", "arch="}, 0, "changed node 40 (version 4)"},
+		{[]string{"registry", "server", "add", "3", "--pubkey", key, "--address", "192.0.2.3@7", "--address", "gw.example.net:656"}, 0, "added server 3 (version 5)"},
+		{[]string{"registry", "host", "rm", "99"}, 1, "host 99: not found"},
+		{[]string{"registry", "node", "rm", "40", "--name", "x"}, 2, "--name is for add and set"},
+		{[]string{"registry", "node", "frob", "40"}, 2, `unknown action "frob"`},
+		{[]string{"registry", "island", "rm", "7"}, 1, "island 7 is in use"},
+	} {
+		_, errOut, code := run(t, append(tc.args, "--db", db)...)
+		if code != tc.code || !strings.Contains(errOut, tc.stderr) {
+			t.Errorf("%v: exit %d, want %d with %q:\n%s", tc.args, code, tc.code, tc.stderr, errOut)
+		}
+	}
+	out, _, code := run(t, "registry", "node", "show", "40", "--db", db)
+	if code != 0 || !strings.Contains(out, "tinc name  node_40\n") || !strings.Contains(out, "island     7\n") || strings.Contains(out, "arch") {
+		t.Errorf("node show 40:\n%s", out)
+	}
+	out, _, _ = run(t, "registry", "server", "list", "--db", db)
+	if !strings.Contains(out, "server-3") || !strings.Contains(out, "192.0.2.3 gw.example.net") {
+		t.Errorf("server list:\n%s", out)
+	}
+	// What "registry serve" serves of it, as a client validates it.
+	got, err := registry.ParseFile([]byte(mustRun(t, "registry", "export", "--db", db)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s3 := got.Servers[len(got.Servers)-1]
+	if s3.ID != 3 || s3.Tinc.Name != "server_3" || len(s3.Tinc.Addresses) != 2 || s3.Tinc.Addresses[1].Port != 656 || s3.Tinc.Addresses[0].Island != 7 {
+		t.Errorf("server 3 exported: %+v", s3)
+	}
+	out, _, _ = run(t, "registry", "log", "--db", db, "--limit", "3")
+	for _, want := range []string{"server add server 3", "node set node 40", "island add island 7"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("log lacks %q:\n%s", want, out)
+		}
+	}
+	if _, errOut, code := run(t, "registry", "node", "rm", "40", "--db", db); code != 0 || !strings.Contains(errOut, "removed node 40") {
+		t.Errorf("rm: %s", errOut)
+	}
+}
+
+func mustRun(t *testing.T, args ...string) string {
+	t.Helper()
+	out, errOut, code := run(t, args...)
+	if code != 0 {
+		t.Fatalf("%v: exit %d\n%s", args, code, errOut)
+	}
+	return out
+}
+
+// A testbed that comes from no earlier registry: init, then islands and
+// members one by one.
+func TestRegistryInit(t *testing.T) {
+	dir := t.TempDir()
+	db := "sqlite:" + filepath.Join(dir, "registry.db")
+	if _, errOut, code := run(t, "registry", "init", "--prefix", "fdf5:5351:1dfd::/48", "--db", db); code != 0 || !strings.Contains(errOut, "started an empty testbed on fdf5:5351:1dfd::/48") {
+		t.Fatalf("init: exit %d\n%s", code, errOut)
+	}
+	if _, errOut, code := run(t, "registry", "init", "--prefix", "fdf5:5351:1dfd::/48", "--db", db); code != 1 || !strings.Contains(errOut, "holds a testbed already") {
+		t.Errorf("init twice: exit %d\n%s", code, errOut)
+	}
+	if _, errOut, code := run(t, "registry", "init", "--prefix", "fdf5:5351::/32", "--db", "sqlite:"+filepath.Join(dir, "other.db")); code != 1 || !strings.Contains(errOut, "want a /48") {
+		t.Errorf("init with a /32: exit %d\n%s", code, errOut)
+	}
+	_, pub, err := tincgen.GenerateKey(nil, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := filepath.Join(dir, "node.pub")
+	if err := os.WriteFile(key, pub, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mustRun(t, "registry", "island", "add", "1", "--name", "island-1", "--db", db)
+	if _, errOut, code := run(t, "registry", "node", "add", "001f", "--island", "1", "--pubkey", key, "--db", db); code != 0 || !strings.Contains(errOut, "added node 31 (version 3)") {
+		t.Fatalf("node add: exit %d\n%s", code, errOut)
+	}
+	f, err := registry.ParseFile([]byte(mustRun(t, "registry", "export", "--db", db)))
+	if err != nil || len(f.Nodes) != 1 || f.Nodes[0].Tinc.Name != "node_31" || f.MgmtPrefix.String() != "fdf5:5351:1dfd::/48" {
+		t.Fatalf("export: %+v, %v", f, err)
+	}
+	out := mustRun(t, "registry", "log", "--db", db)
+	if !strings.Contains(out, "init testbed") || !strings.Contains(out, "node add node 31") {
+		t.Errorf("log:\n%s", out)
 	}
 }

@@ -1,0 +1,292 @@
+package registrydb
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/confine-project/mgmtnet/addressing"
+	"github.com/confine-project/mgmtnet/mesh"
+	"github.com/confine-project/mgmtnet/mesh/registry"
+)
+
+// Kinds of members the database holds.
+const (
+	KindServer = "server"
+	KindNode   = "node"
+	KindHost   = "host"
+)
+
+// ErrNotFound is wrapped by the errors about a member or island that does
+// not exist.
+var ErrNotFound = errors.New("not found")
+
+// ErrExists is wrapped by the error of an add whose member or island
+// exists already.
+var ErrExists = errors.New("exists already")
+
+// ErrRejected is wrapped by the error of a write that a client would
+// reject; the message gives the client's reason.
+var ErrRejected = errors.New("rejected")
+
+// kindOf maps a kind name to the plan's.
+func kindOf(kind string) (addressing.Kind, error) {
+	switch kind {
+	case KindServer:
+		return addressing.KindServer, nil
+	case KindNode:
+		return addressing.KindNode, nil
+	case KindHost:
+		return addressing.KindHost, nil
+	}
+	return addressing.KindInvalid, fmt.Errorf("member kind %q: want server, node or host", kind)
+}
+
+// Member returns one member.
+func (d *DB) Member(ctx context.Context, kind string, id uint64) (registry.FileMember, error) {
+	f, _, err := d.Testbed(ctx)
+	if err != nil {
+		return registry.FileMember{}, err
+	}
+	if m := find(f, kind, id); m != nil {
+		return *m, nil
+	}
+	return registry.FileMember{}, fmt.Errorf("%s %d: %w", kind, id, ErrNotFound)
+}
+
+// find returns the member of f of that kind and id, or nil.
+func find(f *registry.File, kind string, id uint64) *registry.FileMember {
+	var ms []registry.FileMember
+	switch kind {
+	case KindServer:
+		ms = f.Servers
+	case KindNode:
+		ms = f.Nodes
+	case KindHost:
+		ms = f.Hosts
+	}
+	for i := range ms {
+		if ms[i].ID == id {
+			return &ms[i]
+		}
+	}
+	return nil
+}
+
+// Check validates a member as clients validate what the registry serves
+// (mesh.Build, against the testbed's plan): a write that a client would
+// reject is refused with the client's reason, wrapping ErrRejected.
+// Warnings are what a client would warn about (a dropped address, an
+// unusable property). A member without a key, or with the native backend,
+// is no error: clients skip it until it has one.
+func Check(f *registry.File, kind string, m *registry.FileMember) (warnings []string, err error) {
+	k, err := kindOf(kind)
+	if err != nil {
+		return nil, err
+	}
+	plan, err := addressing.New(f.MgmtPrefix)
+	if err != nil {
+		return nil, fmt.Errorf("the testbed's management prefix: %w", err)
+	}
+	if m.Island != 0 && !hasIsland(f, m.Island) {
+		return nil, fmt.Errorf("%w: %s %d: island %d does not exist", ErrRejected, kind, m.ID, m.Island)
+	}
+	if m.Tinc != nil {
+		for _, a := range m.Tinc.Addresses {
+			if a.Island != 0 && !hasIsland(f, a.Island) {
+				return nil, fmt.Errorf("%w: %s %d: address %s: island %d does not exist", ErrRejected, kind, m.ID, a.Addr, a.Island)
+			}
+		}
+	}
+	res := mesh.Build(plan, []mesh.Candidate{f.Candidate(k, m)}, mesh.BuildOptions{})
+	if len(res.Rejected) > 0 {
+		var reasons []string
+		for _, p := range res.Rejected {
+			reasons = append(reasons, p.String())
+		}
+		return nil, fmt.Errorf("%w: %s", ErrRejected, strings.Join(reasons, "; "))
+	}
+	for _, w := range res.Warnings {
+		warnings = append(warnings, w.String())
+	}
+	return warnings, nil
+}
+
+func hasIsland(f *registry.File, id uint64) bool {
+	for _, is := range f.Islands {
+		if is.ID == id {
+			return true
+		}
+	}
+	return false
+}
+
+// PutMember adds a member (create) or replaces one that exists (not
+// create), after Check, in one transaction with its audit record (actor,
+// "<kind> add" or "<kind> set", the member before and after). A member
+// with a key gets its tinc name from its kind and id. It returns the new
+// version and Check's warnings.
+func (d *DB) PutMember(ctx context.Context, actor, kind string, m registry.FileMember, create bool) (uint64, []string, error) {
+	return d.write(ctx, func(tx *sql.Tx, f *registry.File) (AuditEntry, []string, error) {
+		k, err := kindOf(kind)
+		if err != nil {
+			return AuditEntry{}, nil, err
+		}
+		old := find(f, kind, m.ID)
+		switch {
+		case create && old != nil:
+			return AuditEntry{}, nil, fmt.Errorf("%s %d: %w", kind, m.ID, ErrExists)
+		case !create && old == nil:
+			return AuditEntry{}, nil, fmt.Errorf("%s %d: %w", kind, m.ID, ErrNotFound)
+		}
+		if m.Tinc != nil {
+			name, err := addressing.TincName(k, m.ID)
+			if err != nil {
+				return AuditEntry{}, nil, fmt.Errorf("%w: %v", ErrRejected, err)
+			}
+			m.Tinc.Name = name
+		}
+		warnings, err := Check(f, kind, &m)
+		if err != nil {
+			return AuditEntry{}, nil, err
+		}
+		e := AuditEntry{Action: kind + " add", Object: fmt.Sprintf("%s %d", kind, m.ID), After: mustJSON(m)}
+		if old != nil {
+			e.Action, e.Before = kind+" set", mustJSON(old)
+			if _, err := d.exec(ctx, tx, `DELETE FROM members WHERE kind = ? AND id = ?`, kind, int64(m.ID)); err != nil {
+				return AuditEntry{}, nil, err
+			}
+		}
+		if err := d.insertMember(ctx, tx, kind, &m); err != nil {
+			return AuditEntry{}, nil, err
+		}
+		return e, warnings, nil
+	}, actor)
+}
+
+// DeleteMember removes a member, with its audit record.
+func (d *DB) DeleteMember(ctx context.Context, actor, kind string, id uint64) (uint64, error) {
+	v, _, err := d.write(ctx, func(tx *sql.Tx, f *registry.File) (AuditEntry, []string, error) {
+		if _, err := kindOf(kind); err != nil {
+			return AuditEntry{}, nil, err
+		}
+		old := find(f, kind, id)
+		if old == nil {
+			return AuditEntry{}, nil, fmt.Errorf("%s %d: %w", kind, id, ErrNotFound)
+		}
+		if _, err := d.exec(ctx, tx, `DELETE FROM members WHERE kind = ? AND id = ?`, kind, int64(id)); err != nil {
+			return AuditEntry{}, nil, err
+		}
+		return AuditEntry{Action: kind + " rm", Object: fmt.Sprintf("%s %d", kind, id), Before: mustJSON(old)}, nil, nil
+	}, actor)
+	return v, err
+}
+
+// PutIsland adds an island (create) or renames one, with its audit record.
+func (d *DB) PutIsland(ctx context.Context, actor string, is registry.FileIsland, create bool) (uint64, error) {
+	v, _, err := d.write(ctx, func(tx *sql.Tx, f *registry.File) (AuditEntry, []string, error) {
+		if is.ID == 0 {
+			return AuditEntry{}, nil, fmt.Errorf("%w: island id 0: want 1 or more", ErrRejected)
+		}
+		var old *registry.FileIsland
+		for i := range f.Islands {
+			if f.Islands[i].ID == is.ID {
+				old = &f.Islands[i]
+			}
+		}
+		switch {
+		case create && old != nil:
+			return AuditEntry{}, nil, fmt.Errorf("island %d: %w", is.ID, ErrExists)
+		case !create && old == nil:
+			return AuditEntry{}, nil, fmt.Errorf("island %d: %w", is.ID, ErrNotFound)
+		}
+		e := AuditEntry{Action: "island add", Object: fmt.Sprintf("island %d", is.ID), After: mustJSON(is)}
+		var err error
+		if old != nil {
+			e.Action, e.Before = "island set", mustJSON(old)
+			_, err = d.exec(ctx, tx, `UPDATE islands SET name = ?, description = ? WHERE id = ?`, is.Name, is.Description, int64(is.ID))
+		} else {
+			_, err = d.exec(ctx, tx, `INSERT INTO islands (id, name, description) VALUES (?, ?, ?)`, int64(is.ID), is.Name, is.Description)
+		}
+		return e, nil, err
+	}, actor)
+	return v, err
+}
+
+// DeleteIsland removes an island that no member or address names.
+func (d *DB) DeleteIsland(ctx context.Context, actor string, id uint64) (uint64, error) {
+	v, _, err := d.write(ctx, func(tx *sql.Tx, f *registry.File) (AuditEntry, []string, error) {
+		var old *registry.FileIsland
+		for i := range f.Islands {
+			if f.Islands[i].ID == id {
+				old = &f.Islands[i]
+			}
+		}
+		if old == nil {
+			return AuditEntry{}, nil, fmt.Errorf("island %d: %w", id, ErrNotFound)
+		}
+		for _, ms := range [][]registry.FileMember{f.Servers, f.Nodes, f.Hosts} {
+			for _, m := range ms {
+				uses := m.Island == id
+				if m.Tinc != nil {
+					for _, a := range m.Tinc.Addresses {
+						uses = uses || a.Island == id
+					}
+				}
+				if uses {
+					return AuditEntry{}, nil, fmt.Errorf("%w: island %d is in use (by %q, id %d)", ErrRejected, id, m.Name, m.ID)
+				}
+			}
+		}
+		if _, err := d.exec(ctx, tx, `DELETE FROM islands WHERE id = ?`, int64(id)); err != nil {
+			return AuditEntry{}, nil, err
+		}
+		return AuditEntry{Action: "island rm", Object: fmt.Sprintf("island %d", id), Before: mustJSON(old)}, nil, nil
+	}, actor)
+	return v, err
+}
+
+// write runs one change: it reads the testbed in the write's transaction
+// (so that the check and the write see the same testbed), lets change
+// write and describe itself, bumps the version and records the audit
+// entry, all in one transaction.
+func (d *DB) write(ctx context.Context, change func(*sql.Tx, *registry.File) (AuditEntry, []string, error), actor string) (uint64, []string, error) {
+	tx, err := d.sql.BeginTx(ctx, &sql.TxOptions{Isolation: d.writeIsolation()})
+	if err != nil {
+		return 0, nil, fmt.Errorf("write to %s: %w", d.url, err)
+	}
+	defer tx.Rollback()
+	f, v, err := d.testbedIn(ctx, tx)
+	if err != nil {
+		return 0, nil, err
+	}
+	e, warnings, err := change(tx, f)
+	if err != nil {
+		return 0, nil, err
+	}
+	v++
+	if _, err := d.exec(ctx, tx, `UPDATE testbed SET version = ? WHERE id = 1`, int64(v)); err != nil {
+		return 0, nil, fmt.Errorf("write to %s: %w", d.url, err)
+	}
+	e.Actor = actor
+	if err := d.audit(ctx, tx, e); err != nil {
+		return 0, nil, err
+	}
+	if err := tx.Commit(); err != nil {
+		return 0, nil, fmt.Errorf("write to %s: %w", d.url, err)
+	}
+	return v, warnings, nil
+}
+
+// writeIsolation is serializable on PostgreSQL: two instances writing at
+// once cannot both pass a check that only one of their writes would pass
+// (the loser's commit fails and is not applied). SQLite takes its write
+// lock at BEGIN (_txlock=immediate).
+func (d *DB) writeIsolation() sql.IsolationLevel {
+	if d.dialect == Postgres {
+		return sql.LevelSerializable
+	}
+	return sql.LevelDefault
+}
