@@ -35,13 +35,23 @@ func (d *DB) audit(ctx context.Context, tx *sql.Tx, e AuditEntry) error {
 // Log returns the newest limit entries of the audit log, newest first
 // (all of them for limit <= 0).
 func (d *DB) Log(ctx context.Context, limit int) ([]AuditEntry, error) {
+	tx, err := d.sql.BeginTx(ctx, &sql.TxOptions{ReadOnly: d.dialect == Postgres})
+	if err != nil {
+		return nil, fmt.Errorf("read the audit log of %s: %w", d.url, err)
+	}
+	defer tx.Rollback()
+	return d.logIn(ctx, tx, limit)
+}
+
+// logIn is Log in tx.
+func (d *DB) logIn(ctx context.Context, tx *sql.Tx, limit int) ([]AuditEntry, error) {
 	q := `SELECT seq, at, actor, action, object, before, after FROM audit ORDER BY seq DESC`
 	var args []any
 	if limit > 0 {
 		q += ` LIMIT ?`
 		args = append(args, limit)
 	}
-	rows, err := d.sql.QueryContext(ctx, d.rebind(q), args...)
+	rows, err := tx.QueryContext(ctx, d.rebind(q), args...)
 	if err != nil {
 		return nil, fmt.Errorf("read the audit log of %s: %w", d.url, err)
 	}

@@ -3,10 +3,12 @@ package registrydb
 import (
 	"context"
 	"errors"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
@@ -244,6 +246,61 @@ func TestMemberWrites(t *testing.T) {
 			}
 			if !strings.Contains(log[0].Before, `"name":"node-40"`) || log[0].After != "" {
 				t.Errorf("rm entry: %+v", log[0])
+			}
+		})
+	}
+}
+
+// A backup is a whole SQLite copy, of either kind of database: the same
+// testbed at the same version, and the same audit log.
+func TestBackup(t *testing.T) {
+	ctx := context.Background()
+	for name, url := range backends(t) {
+		t.Run(name, func(t *testing.T) {
+			db, err := Open(ctx, url, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer db.Close()
+			if _, err := db.Replace(ctx, testdataFile(t), "test", "testdata"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := db.PutIsland(ctx, "op", registry.FileIsland{ID: 9, Name: "nine"}, true); err != nil {
+				t.Fatal(err)
+			}
+			path := filepath.Join(t.TempDir(), "backup.db")
+			if err := db.Backup(ctx, path); err != nil {
+				t.Fatal(err)
+			}
+			if err := db.Backup(ctx, path); err == nil || !strings.Contains(err.Error(), "not replacing it") {
+				t.Errorf("backup over an existing file: %v", err)
+			}
+			b, err := Open(ctx, "sqlite:"+path, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer b.Close()
+			want, wv, _ := db.Testbed(ctx)
+			got, gv, err := b.Testbed(ctx)
+			if err != nil || gv != wv {
+				t.Fatalf("backup: version %d (want %d), %v", gv, wv, err)
+			}
+			if diff := cmp.Diff(want, got, cmpopts.EquateEmpty(), cmp.Comparer(func(a, b interface{ String() string }) bool { return a.String() == b.String() })); diff != "" {
+				t.Errorf("backup's testbed (-want +got):\n%s", diff)
+			}
+			wl, _ := db.Log(ctx, 0)
+			gl, err := b.Log(ctx, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(wl, gl, cmp.Comparer(func(a, b time.Time) bool { return a.Equal(b) })); diff != "" {
+				t.Errorf("backup's audit log (-want +got):\n%s", diff)
+			}
+			ents, _ := os.ReadDir(filepath.Dir(path))
+			for _, e := range ents {
+				if strings.Contains(e.Name(), ".tmp-") {
+					t.Errorf("a temporary file is left: %s", e.Name())
+				}
 			}
 		})
 	}

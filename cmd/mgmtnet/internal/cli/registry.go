@@ -24,6 +24,7 @@ const registrySynopsis = `  mgmtnet registry serve [--db URL | --testbed FILE | 
   mgmtnet registry init --prefix P/48 [--db URL]
   mgmtnet registry import --from FILE|URL [--db URL]
   mgmtnet registry export [--db URL] [--out FILE]
+  mgmtnet registry backup FILE [--db URL]
   mgmtnet registry log [--db URL] [--limit N] [--json]
   mgmtnet registry node|server|host|island add|set|rm|list|show ...
   mgmtnet registry synth SPEC [--out FILE]
@@ -48,7 +49,9 @@ init starts an empty testbed in a database that holds none, with its
 management /48. import replaces the database's testbed with a testbed file, or with what a
 live registry (the 2015 controller, or another mgmtnet) answers at URL: the
 migration path off the old controller. export writes the database's testbed
-as a testbed file (stdout by default). node, server, host and island add,
+as a testbed file (stdout by default). backup writes an online, consistent
+copy of the database, SQLite or PostgreSQL, to a new SQLite FILE: the
+testbed at its version and the audit log. node, server, host and island add,
 change, remove, list and show members and islands, checked as clients check
 them ("mgmtnet registry node --help"). log prints the audit log, newest
 first: every write, who made it ("cli:<user>"), when, and the testbed
@@ -66,6 +69,7 @@ Examples:
   mgmtnet registry import --from https://controller.example/api/ --db sqlite:/var/lib/mgmtnet/registry.db
   mgmtnet registry serve --db sqlite:/var/lib/mgmtnet/registry.db --listen [::]:8080
   mgmtnet registry export --out testbed.json
+  mgmtnet registry backup /var/backups/registry-$(date +%F).db
   mgmtnet registry log --limit 5
   mgmtnet registry serve --testbed mesh/registry/testdata/testbed.json
   mgmtnet registry serve --synthetic nodes=65520,hosts=1000,servers=10 --listen [::1]:8080
@@ -98,7 +102,7 @@ func runRegistry(ctx context.Context, env Env, args []string) error {
 		return err
 	}
 	if len(pos) == 0 {
-		return usagef("missing form: serve, init, import, export, log or synth")
+		return usagef("missing form: serve, init, import, export, backup, log or synth")
 	}
 	if pos[0] != "log" && (*limit != 20 || *asJSON) {
 		return usagef("--limit and --json are for registry log")
@@ -139,6 +143,17 @@ func runRegistry(ctx context.Context, env Env, args []string) error {
 			db: *dbURL, testbed: *testbed, synthetic: *synthetic, listen: *listen,
 			tlsCert: *tlsCert, tlsKey: *tlsKey, perPage: *perPage,
 		})
+	case "backup":
+		if len(pos) != 2 {
+			return usagef("backup: want exactly one FILE")
+		}
+		if *testbed != "" || *synthetic != "" || *from != "" || *out != "" {
+			return usagef("backup takes only FILE and --db")
+		}
+		if *dbURL == "" {
+			*dbURL = defaultRegistryDB
+		}
+		return registryBackup(ctx, env, *dbURL, pos[1])
 	case "init":
 		if len(pos) != 1 || *prefix == "" {
 			return usagef("init: want --prefix P/48 and no arguments")
@@ -194,7 +209,7 @@ func runRegistry(ctx context.Context, env Env, args []string) error {
 		}
 		return registrySynth(env, spec, *out)
 	}
-	return usagef("unknown form %q: want serve, init, import, export, log or synth", pos[0])
+	return usagef("unknown form %q: want serve, init, import, export, backup, log or synth", pos[0])
 }
 
 func registrySynth(env Env, spec registry.SyntheticSpec, out string) error {

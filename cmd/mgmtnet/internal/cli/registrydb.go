@@ -191,3 +191,17 @@ func registryInit(ctx context.Context, env Env, dbURL, prefix string) error {
 	fmt.Fprintf(env.Stderr, "started an empty testbed on %s in %s (version %d)\n", p, db, v)
 	return nil
 }
+
+// registryBackup writes an online, consistent SQLite copy of the database.
+func registryBackup(ctx context.Context, env Env, dbURL, path string) error {
+	db, err := registrydb.Open(ctx, dbURL, env.Logger)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	if err := db.Backup(ctx, path); err != nil {
+		return err
+	}
+	fmt.Fprintf(env.Stderr, "backed up %s to %s (serve it with --db sqlite:%s)\n", db, path, path)
+	return nil
+}

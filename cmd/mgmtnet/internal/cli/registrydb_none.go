@@ -27,3 +27,5 @@ func registryLog(context.Context, Env, string, int, bool) error { return errNoDB
 func runRegistryMember(context.Context, Env, string, []string) error { return errNoDB }
 
 func registryInit(context.Context, Env, string, string) error { return errNoDB }
+
+func registryBackup(context.Context, Env, string, string) error { return errNoDB }

@@ -323,4 +323,11 @@ func TestRegistryInit(t *testing.T) {
 	if !strings.Contains(out, "init testbed") || !strings.Contains(out, "node add node 31") {
 		t.Errorf("log:\n%s", out)
 	}
+	backup := filepath.Join(dir, "backup.db")
+	if _, errOut, code := run(t, "registry", "backup", backup, "--db", db); code != 0 || !strings.Contains(errOut, "backed up "+db+" to "+backup) {
+		t.Fatalf("backup: exit %d\n%s", code, errOut)
+	}
+	if b := mustRun(t, "registry", "export", "--db", "sqlite:"+backup); b != mustRun(t, "registry", "export", "--db", db) {
+		t.Errorf("the backup exports differently:\n%s", b)
+	}
 }

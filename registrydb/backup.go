@@ -1,0 +1,92 @@
+package registrydb
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/confine-project/mgmtnet/mesh/registry"
+)
+
+// Backup writes an online, consistent copy of the database to path, a new
+// SQLite file, whatever the database is: the testbed with its version, and
+// the audit log, all read in one transaction while writers go on. The copy
+// is written under a temporary name and renamed into place, so path is
+// either absent or whole; an existing path is not replaced. Serve it with
+// "--db sqlite:PATH", or import it into another database.
+func (d *DB) Backup(ctx context.Context, path string) error {
+	if _, err := os.Lstat(path); err == nil {
+		return fmt.Errorf("backup to %s: %w (not replacing it)", path, fs.ErrExist)
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("backup to %s: %w", path, err)
+	}
+	tx, err := d.sql.BeginTx(ctx, &sql.TxOptions{ReadOnly: d.dialect == Postgres, Isolation: d.isolation()})
+	if err != nil {
+		return fmt.Errorf("backup %s: %w", d.url, err)
+	}
+	defer tx.Rollback()
+	f, version, err := d.testbedIn(ctx, tx)
+	if err != nil {
+		return fmt.Errorf("backup %s: %w", d.url, err)
+	}
+	entries, err := d.logIn(ctx, tx, 0)
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp-"+fmt.Sprint(time.Now().UnixNano()))
+	defer os.Remove(tmp)
+	out, err := Open(ctx, "sqlite:"+tmp, d.log)
+	if err != nil {
+		return fmt.Errorf("backup to %s: %w", path, err)
+	}
+	defer out.Close()
+	otx, err := out.sql.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("backup to %s: %w", path, err)
+	}
+	defer otx.Rollback()
+	for _, is := range f.Islands {
+		if _, err := out.exec(ctx, otx, `INSERT INTO islands (id, name, description) VALUES (?, ?, ?)`, int64(is.ID), is.Name, is.Description); err != nil {
+			return fmt.Errorf("backup to %s: %w", path, err)
+		}
+	}
+	for kind, ms := range map[string][]registry.FileMember{KindServer: f.Servers, KindNode: f.Nodes, KindHost: f.Hosts} {
+		for i := range ms {
+			if err := out.insertMember(ctx, otx, kind, &ms[i]); err != nil {
+				return fmt.Errorf("backup to %s: %s %d: %w", path, kind, ms[i].ID, err)
+			}
+		}
+	}
+	if _, err := out.exec(ctx, otx, `INSERT INTO testbed (id, mgmt_prefix, dialect, version) VALUES (1, ?, ?, ?)`, f.MgmtPrefix.String(), f.Dialect, int64(version)); err != nil {
+		return fmt.Errorf("backup to %s: %w", path, err)
+	}
+	for i := len(entries) - 1; i >= 0; i-- {
+		e := entries[i]
+		if _, err := out.exec(ctx, otx, `INSERT INTO audit (seq, at, actor, action, object, before, after) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+			e.Seq, e.At.UTC().Format(time.RFC3339Nano), e.Actor, e.Action, e.Object, e.Before, e.After); err != nil {
+			return fmt.Errorf("backup to %s: %w", path, err)
+		}
+	}
+	if err := otx.Commit(); err != nil {
+		return fmt.Errorf("backup to %s: %w", path, err)
+	}
+	// One file: fold the write-ahead log in before the rename.
+	if _, err := out.sql.ExecContext(ctx, `PRAGMA wal_checkpoint(TRUNCATE)`); err != nil {
+		return fmt.Errorf("backup to %s: %w", path, err)
+	}
+	if _, err := out.sql.ExecContext(ctx, `PRAGMA journal_mode = DELETE`); err != nil {
+		return fmt.Errorf("backup to %s: %w", path, err)
+	}
+	if err := out.Close(); err != nil {
+		return fmt.Errorf("backup to %s: %w", path, err)
+	}
+	if err := os.Link(tmp, path); err != nil {
+		return fmt.Errorf("backup to %s: %w", path, err)
+	}
+	return nil
+}
