@@ -4,7 +4,6 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
@@ -154,12 +153,7 @@ func registryLog(ctx context.Context, env Env, dbURL string, limit int, asJSON b
 		if entries == nil {
 			entries = []registrydb.AuditEntry{}
 		}
-		b, err := json.MarshalIndent(entries, "", "  ")
-		if err != nil {
-			return fmt.Errorf("encode the audit log: %w", err)
-		}
-		_, err = fmt.Fprintf(env.Stdout, "%s\n", b)
-		return err
+		return printJSON(env, entries)
 	}
 	for _, e := range entries {
 		fmt.Fprintf(env.Stdout, "%d  %s  %s  %s %s\n", e.Seq, e.At.UTC().Format(time.RFC3339), e.Actor, e.Action, e.Object)

@@ -282,12 +282,7 @@ func printMembers(env Env, f *registry.File, kind string, id uint64, one, asJSON
 		} else if ms == nil {
 			v = []registry.FileMember{}
 		}
-		b, err := json.MarshalIndent(v, "", "  ")
-		if err != nil {
-			return fmt.Errorf("encode: %w", err)
-		}
-		_, err = fmt.Fprintf(env.Stdout, "%s\n", b)
-		return err
+		return printJSON(env, v)
 	}
 	if one {
 		m := ms[0]
@@ -343,12 +338,7 @@ func islandAction(ctx context.Context, env Env, db *registrydb.DB, action string
 			if isl == nil {
 				isl = []registry.FileIsland{}
 			}
-			b, err := json.MarshalIndent(isl, "", "  ")
-			if err != nil {
-				return fmt.Errorf("encode: %w", err)
-			}
-			_, err = fmt.Fprintf(env.Stdout, "%s\n", b)
-			return err
+			return printJSON(env, isl)
 		}
 		fmt.Fprintf(env.Stdout, "%-8s %-24s %s\n", "ID", "NAME", "DESCRIPTION")
 		for _, is := range f.Islands {
@@ -391,4 +381,14 @@ func islandAction(ctx context.Context, env Env, db *registrydb.DB, action string
 	}
 	fmt.Fprintf(env.Stderr, "%s island %d (version %d)\n", map[string]string{"add": "added", "set": "changed"}[action], id, v)
 	return nil
+}
+
+// printJSON prints v as indented JSON on stdout.
+func printJSON(env Env, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode: %w", err)
+	}
+	_, err = fmt.Fprintf(env.Stdout, "%s\n", b)
+	return err
 }
