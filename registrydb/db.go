@@ -17,6 +17,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -63,6 +65,11 @@ func Open(ctx context.Context, url string, logger *slog.Logger) (*DB, error) {
 		path := strings.TrimPrefix(strings.TrimPrefix(url, "sqlite:"), "//")
 		if path == "" {
 			return nil, fmt.Errorf("%w %q: no file (want sqlite:/path/to/registry.db)", ErrBadURL, url)
+		}
+		// The file is created, and its directory (the default's
+		// /var/lib/mgmtnet) when missing.
+		if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+			return nil, fmt.Errorf("open registry database %s: %w", url, err)
 		}
 		// WAL lets readers go on while one writer writes; the busy
 		// timeout makes a second writer wait instead of failing.

@@ -156,8 +156,20 @@ func TestOpenErrors(t *testing.T) {
 			t.Errorf("%q: %v", url, err)
 		}
 	}
-	if _, err := Open(ctx, "sqlite:"+filepath.Join(t.TempDir(), "no", "such", "dir", "r.db"), nil); err == nil {
-		t.Errorf("a database in a missing directory opened")
+	dir := t.TempDir()
+	// A missing directory is created; one that cannot be is an error
+	// that names the database.
+	db, err := Open(ctx, "sqlite:"+filepath.Join(dir, "new", "dir", "r.db"), nil)
+	if err != nil {
+		t.Errorf("a database in a new directory: %v", err)
+	} else {
+		db.Close()
+	}
+	if err := os.WriteFile(filepath.Join(dir, "file"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open(ctx, "sqlite:"+filepath.Join(dir, "file", "r.db"), nil); err == nil || !strings.Contains(err.Error(), "open registry database sqlite:") {
+		t.Errorf("a database under a file: %v", err)
 	}
 	if got := redact("postgres://u:secret@h/db"); got != "postgres://u:xxxxx@h/db" {
 		t.Errorf("redact: %s", got)
