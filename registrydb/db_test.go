@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -313,6 +314,71 @@ func TestBackup(t *testing.T) {
 				if strings.Contains(e.Name(), ".tmp-") {
 					t.Errorf("a temporary file is left: %s", e.Name())
 				}
+			}
+		})
+	}
+}
+
+// A token's key is shown once and kept only as its hash; a revoked or
+// unknown key does not authenticate; roles and scopes are checked.
+func TestTokens(t *testing.T) {
+	ctx := context.Background()
+	for name, url := range backends(t) {
+		t.Run(name, func(t *testing.T) {
+			db, err := Open(ctx, url, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer db.Close()
+			key, id, err := db.CreateToken(ctx, "op", "alice's nodes", RoleNodeAdmin, []string{"node 32", "node 31"})
+			if err != nil || len(key) != 40 || strings.Trim(key, "0123456789abcdef") != "" {
+				t.Fatalf("create: %q, %v", key, err)
+			}
+			var n int
+			if err := db.sql.QueryRowContext(ctx, db.rebind(`SELECT COUNT(*) FROM tokens WHERE hash = ? OR hash = ?`), key, hashKey(key)).Scan(&n); err != nil || n != 1 {
+				t.Fatalf("stored: %d rows, %v", n, err)
+			}
+			var raw string
+			db.sql.QueryRowContext(ctx, `SELECT hash FROM tokens`).Scan(&raw)
+			if raw == key {
+				t.Fatalf("the key itself is stored")
+			}
+			tok, err := db.Authenticate(ctx, key)
+			if err != nil || tok.ID != id || tok.Role != RoleNodeAdmin || !slices.Equal(tok.Scope, []string{"node 31", "node 32"}) {
+				t.Errorf("authenticate: %+v, %v", tok, err)
+			}
+			for _, bad := range []string{"", "x", strings.Repeat("0", 40), key[:39], key + "0"} {
+				if _, err := db.Authenticate(ctx, bad); !errors.Is(err, ErrBadToken) {
+					t.Errorf("key %q: %v", bad, err)
+				}
+			}
+			for _, tc := range []struct {
+				role  string
+				scope []string
+			}{{RoleOperator, []string{"node 31"}}, {RoleNodeAdmin, nil}, {RoleNodeAdmin, []string{"host 7"}}, {RoleHostOwner, []string{"host x"}}, {"root", nil}} {
+				if _, _, err := db.CreateToken(ctx, "op", "", tc.role, tc.scope); !errors.Is(err, ErrRejected) {
+					t.Errorf("%s %v: %v", tc.role, tc.scope, err)
+				}
+			}
+			if err := db.RevokeToken(ctx, "op", id); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := db.Authenticate(ctx, key); !errors.Is(err, ErrBadToken) {
+				t.Errorf("revoked key: %v", err)
+			}
+			if err := db.RevokeToken(ctx, "op", id); err == nil || !strings.Contains(err.Error(), "revoked already") {
+				t.Errorf("revoke twice: %v", err)
+			}
+			if err := db.RevokeToken(ctx, "op", 99); !errors.Is(err, ErrNotFound) {
+				t.Errorf("revoke 99: %v", err)
+			}
+			toks, err := db.Tokens(ctx)
+			if err != nil || len(toks) != 1 || toks[0].Revoked.IsZero() || toks[0].Name != "alice's nodes" {
+				t.Errorf("tokens: %+v, %v", toks, err)
+			}
+			log, _ := db.Log(ctx, 0)
+			if len(log) != 2 || log[0].Action != "token revoke" || log[1].Action != "token create" || strings.Contains(log[1].After, key) {
+				t.Errorf("audit log: %+v", log)
 			}
 		})
 	}

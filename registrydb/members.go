@@ -248,36 +248,50 @@ func (d *DB) DeleteIsland(ctx context.Context, actor string, id uint64) (uint64,
 	return v, err
 }
 
-// write runs one change: it reads the testbed in the write's transaction
-// (so that the check and the write see the same testbed), lets change
-// write and describe itself, bumps the version and records the audit
-// entry, all in one transaction.
+// write runs one change of the testbed: it reads the testbed in the
+// write's transaction (so that the check and the write see the same
+// testbed), lets change write and describe itself, bumps the version and
+// records the audit entry, all in one transaction.
 func (d *DB) write(ctx context.Context, change func(*sql.Tx, *registry.File) (AuditEntry, []string, error), actor string) (uint64, []string, error) {
+	var v uint64
+	warnings, err := d.inTx(ctx, actor, func(tx *sql.Tx) (AuditEntry, []string, error) {
+		f, have, err := d.testbedIn(ctx, tx)
+		if err != nil {
+			return AuditEntry{}, nil, err
+		}
+		e, warnings, err := change(tx, f)
+		if err != nil {
+			return AuditEntry{}, nil, err
+		}
+		v = have + 1
+		if _, err := d.exec(ctx, tx, `UPDATE testbed SET version = ? WHERE id = 1`, int64(v)); err != nil {
+			return AuditEntry{}, nil, err
+		}
+		return e, warnings, nil
+	})
+	return v, warnings, err
+}
+
+// inTx runs change in one write transaction with its audit entry, by
+// actor.
+func (d *DB) inTx(ctx context.Context, actor string, change func(*sql.Tx) (AuditEntry, []string, error)) ([]string, error) {
 	tx, err := d.sql.BeginTx(ctx, &sql.TxOptions{Isolation: d.writeIsolation()})
 	if err != nil {
-		return 0, nil, fmt.Errorf("write to %s: %w", d.url, err)
+		return nil, fmt.Errorf("write to %s: %w", d.url, err)
 	}
 	defer tx.Rollback()
-	f, v, err := d.testbedIn(ctx, tx)
+	e, warnings, err := change(tx)
 	if err != nil {
-		return 0, nil, err
-	}
-	e, warnings, err := change(tx, f)
-	if err != nil {
-		return 0, nil, err
-	}
-	v++
-	if _, err := d.exec(ctx, tx, `UPDATE testbed SET version = ? WHERE id = 1`, int64(v)); err != nil {
-		return 0, nil, fmt.Errorf("write to %s: %w", d.url, err)
+		return nil, err
 	}
 	e.Actor = actor
 	if err := d.audit(ctx, tx, e); err != nil {
-		return 0, nil, err
+		return nil, err
 	}
 	if err := tx.Commit(); err != nil {
-		return 0, nil, fmt.Errorf("write to %s: %w", d.url, err)
+		return nil, fmt.Errorf("write to %s: %w", d.url, err)
 	}
-	return v, warnings, nil
+	return warnings, nil
 }
 
 // writeIsolation is serializable on PostgreSQL: two instances writing at

@@ -72,6 +72,19 @@ var migrations = [][]string{
 			after TEXT NOT NULL DEFAULT ''
 		)`,
 	},
+	// 3: API tokens, by the SHA-256 of their key (the key itself is shown
+	// once, at creation). scope lists "node 31", "host 7", comma-separated.
+	{
+		`CREATE TABLE tokens (
+			id %SERIAL%,
+			hash TEXT NOT NULL UNIQUE,
+			name TEXT NOT NULL DEFAULT '',
+			role TEXT NOT NULL CHECK (role IN ('operator', 'node-admin', 'host-owner')),
+			scope TEXT NOT NULL DEFAULT '',
+			created TEXT NOT NULL,
+			revoked TEXT NOT NULL DEFAULT ''
+		)`,
+	},
 }
 
 // dialectSQL puts the dialect's auto-numbered primary key in for %SERIAL%.

@@ -27,6 +27,7 @@ const registrySynopsis = `  mgmtnet registry serve [--db URL | --testbed FILE | 
   mgmtnet registry backup FILE [--db URL]
   mgmtnet registry log [--db URL] [--limit N] [--json]
   mgmtnet registry node|server|host|island add|set|rm|list|show ...
+  mgmtnet registry token create|list|revoke ...
   mgmtnet registry synth SPEC [--out FILE]
 
 serve answers the CONFINE registry REST API as the 2015 controller v1.0
@@ -53,7 +54,8 @@ as a testbed file (stdout by default). backup writes an online, consistent
 copy of the database, SQLite or PostgreSQL, to a new SQLite FILE: the
 testbed at its version and the audit log. node, server, host and island add,
 change, remove, list and show members and islands, checked as clients check
-them ("mgmtnet registry node --help"). log prints the audit log, newest
+them ("mgmtnet registry node --help"). token creates, lists and revokes API
+tokens ("mgmtnet registry token --help"). log prints the audit log, newest
 first: every write, who made it ("cli:<user>"), when, and the testbed
 before and after.
 
@@ -82,6 +84,8 @@ func runRegistry(ctx context.Context, env Env, args []string) error {
 		switch args[0] {
 		case "node", "server", "host", "island":
 			return runRegistryMember(ctx, env, args[0], args[1:])
+		case "token":
+			return runRegistryToken(ctx, env, args[1:])
 		}
 	}
 	fs := newFlagSet("registry", registrySynopsis, env.Stderr)

@@ -29,3 +29,5 @@ func runRegistryMember(context.Context, Env, string, []string) error { return er
 func registryInit(context.Context, Env, string, string) error { return errNoDB }
 
 func registryBackup(context.Context, Env, string, string) error { return errNoDB }
+
+func runRegistryToken(context.Context, Env, []string) error { return errNoDB }

@@ -331,3 +331,31 @@ func TestRegistryInit(t *testing.T) {
 		t.Errorf("the backup exports differently:\n%s", b)
 	}
 }
+
+func TestRegistryTokenCommands(t *testing.T) {
+	db := "sqlite:" + filepath.Join(t.TempDir(), "registry.db")
+	out, errOut, code := run(t, "registry", "token", "create", "--role", "node-admin", "--node", "001f", "--node", "32", "--name", "alice", "--db", db)
+	key := strings.TrimSpace(out)
+	if code != 0 || len(key) != 40 || !strings.Contains(errOut, "created token 1 (node-admin); its key, above, is shown only now") {
+		t.Fatalf("create: exit %d\n%s%s", code, out, errOut)
+	}
+	if _, errOut, code := run(t, "registry", "token", "create", "--role", "operator", "--node", "31", "--db", db); code != 1 || !strings.Contains(errOut, "an operator's token has no scope") {
+		t.Errorf("operator with a scope: exit %d\n%s", code, errOut)
+	}
+	if _, errOut, code := run(t, "registry", "token", "create", "--db", db); code != 2 || !strings.Contains(errOut, "want --role") {
+		t.Errorf("no role: exit %d\n%s", code, errOut)
+	}
+	out = mustRun(t, "registry", "token", "list", "--db", db)
+	if !strings.Contains(out, "node-admin") || !strings.Contains(out, "active") || !strings.Contains(out, "[node 31 node 32]") || strings.Contains(out, key) {
+		t.Errorf("list:\n%s", out)
+	}
+	if _, errOut, code := run(t, "registry", "token", "revoke", "1", "--db", db); code != 0 || !strings.Contains(errOut, "revoked token 1") {
+		t.Errorf("revoke: exit %d\n%s", code, errOut)
+	}
+	if out := mustRun(t, "registry", "token", "list", "--db", db); !strings.Contains(out, "revoked") {
+		t.Errorf("list after revoke:\n%s", out)
+	}
+	if out := mustRun(t, "registry", "log", "--db", db); strings.Contains(out, key) || !strings.Contains(out, "token revoke token 1") {
+		t.Errorf("log:\n%s", out)
+	}
+}
