@@ -166,10 +166,10 @@ var layers = [][]string{
 	{"mesh"},       // pure: the snapshot model
 	{"mesh/registry", "tincgen", "vpn", "gateway/egress", "gateway/loopback"}, // leaf adapters: wire, tinc files, kernel
 	{"source", "tinc", "registrydb"},                                          // the one snapshot source; the one tincd controller and applier; the registry's database
-	{"authdns", "fetchhosts", "nodeboot"},                                     // appliers of a snapshot
-	{"gateway"},                                                               // the gateway's loop and its components
-	{"cmd/mgmtnet/internal/cli"},                                              // flags, output, exit codes
-	{"cmd/mgmtnet"},                                                           // main
+	{"authdns", "fetchhosts", "nodeboot", "registryapi"},                      // appliers of a snapshot; the registry's write API
+	{"gateway"},                  // the gateway's loop and its components
+	{"cmd/mgmtnet/internal/cli"}, // flags, output, exit codes
+	{"cmd/mgmtnet"},              // main
 }
 
 // TestLayers: every package of the module (but test/) is in a layer, and

@@ -242,6 +242,16 @@ func writeTestbedFile(env Env, f *registry.File, out string) error {
 	return tincgen.WriteFileAtomic(out, b, 0o644)
 }
 
+// dbServer is what "registry serve --db" serves from (dbServing, in the
+// builds that have the database).
+type dbServer interface {
+	// Handler is the write API in front of srv.
+	Handler(srv *registry.Server) http.Handler
+	// Follow serves the database's new versions until stop closes.
+	Follow(ctx context.Context, srv *registry.Server, stop <-chan struct{})
+	Close() error
+}
+
 // defaultRegistryDB is the database of "mgmtnet registry" when --db is not
 // given (registrydb.DefaultURL).
 const defaultRegistryDB = "sqlite:/var/lib/mgmtnet/registry.db"
@@ -257,13 +267,12 @@ func registryServe(ctx context.Context, env Env, c serveConfig) error {
 	log := env.Logger
 	var f *registry.File
 	var err error
-	var follow func(ctx context.Context, srv *registry.Server, stop <-chan struct{})
+	var dbs dbServer
 	if c.db != "" {
-		var closeDB func() error
-		if f, follow, closeDB, err = serveFromDB(ctx, c.db, log); err != nil {
+		if f, dbs, err = serveFromDB(ctx, c.db, log); err != nil {
 			return err
 		}
-		defer closeDB()
+		defer dbs.Close()
 	} else if c.synthetic != "" {
 		spec, err := registry.ParseSyntheticSpec(c.synthetic)
 		if err != nil {
@@ -279,12 +288,14 @@ func registryServe(ctx context.Context, env Env, c serveConfig) error {
 	srv := registry.NewServer(f, log)
 	srv.DefaultPerPage = c.perPage
 	var handler http.Handler = srv
-	if follow != nil {
-		// Follow the database: a write anywhere (an import, another
-		// instance on the same PostgreSQL) is served within a second.
+	if dbs != nil {
+		// The write API in front; and follow the database: a write
+		// anywhere (an import, another instance on the same
+		// PostgreSQL) is served within a second.
+		handler = dbs.Handler(srv)
 		stop := make(chan struct{})
 		var wg sync.WaitGroup
-		wg.Go(func() { follow(ctx, srv, stop) })
+		wg.Go(func() { dbs.Follow(ctx, srv, stop) })
 		defer func() {
 			close(stop)
 			wg.Wait()

@@ -6,14 +6,17 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/user"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/confine-project/mgmtnet/addressing"
 	"github.com/confine-project/mgmtnet/mesh/registry"
+	"github.com/confine-project/mgmtnet/registryapi"
 	"github.com/confine-project/mgmtnet/registrydb"
 )
 
@@ -25,29 +28,47 @@ import (
 const dbPollInterval = time.Second
 
 // serveFromDB opens the database of "registry serve --db" and reads its
-// testbed; follow serves each new version until stop closes.
-func serveFromDB(ctx context.Context, url string, log *slog.Logger) (*registry.File, func(context.Context, *registry.Server, <-chan struct{}), func() error, error) {
+// testbed.
+func serveFromDB(ctx context.Context, url string, log *slog.Logger) (*registry.File, dbServer, error) {
 	db, err := registrydb.Open(ctx, url, log)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, err
 	}
 	f, version, err := db.Testbed(ctx)
 	if err != nil {
 		db.Close()
-		return nil, nil, nil, err
+		return nil, nil, err
 	}
-	follow := func(ctx context.Context, srv *registry.Server, stop <-chan struct{}) {
-		followDB(ctx, db, srv, version, stop, log)
-	}
-	return f, follow, db.Close, nil
+	return f, &dbServing{db: db, log: log, have: version}, nil
 }
 
-// followDB serves each new version of the database's testbed until stop
-// closes. A version that does not read keeps the last one served.
-func followDB(ctx context.Context, db *registrydb.DB, srv *registry.Server, have uint64, stop <-chan struct{}, log *slog.Logger) {
+// dbServing is "registry serve --db": the database, the version served,
+// and the write API in front of the read API.
+type dbServing struct {
+	db  *registrydb.DB
+	log *slog.Logger
+
+	mu      sync.Mutex
+	have    uint64
+	failing bool
+}
+
+func (s *dbServing) Close() error { return s.db.Close() }
+
+// Handler is the write API (registryapi) in front of srv; a write is
+// served by this instance at once, and by others sharing the database
+// within dbPollInterval.
+func (s *dbServing) Handler(srv *registry.Server) http.Handler {
+	api := registryapi.New(s.db, srv, s.log)
+	api.Written = func(ctx context.Context, _ uint64) { s.refresh(ctx, srv) }
+	return api
+}
+
+// Follow serves each new version of the database's testbed until stop
+// closes.
+func (s *dbServing) Follow(ctx context.Context, srv *registry.Server, stop <-chan struct{}) {
 	t := time.NewTicker(dbPollInterval)
 	defer t.Stop()
-	failing := false
 	for {
 		select {
 		case <-stop:
@@ -56,27 +77,35 @@ func followDB(ctx context.Context, db *registrydb.DB, srv *registry.Server, have
 			return
 		case <-t.C:
 		}
-		v, err := db.Version(ctx)
-		if err == nil && v == have {
-			continue
-		}
-		var f *registry.File
-		if err == nil {
-			f, v, err = db.Testbed(ctx)
-		}
-		if err != nil {
-			if !failing {
-				log.Warn("registry database: still serving the last version read", "version", have, "err", err)
-			}
-			failing = true
-			continue
-		}
-		failing = false
-		srv.SetFile(f)
-		servers, nodes, hosts := f.Count()
-		log.Info("registry database: serving a new version", "version", v, "nodes", nodes, "servers", servers, "hosts", hosts)
-		have = v
+		s.refresh(ctx, srv)
 	}
+}
+
+// refresh serves the database's version when it is not the one served. A
+// version that does not read keeps the last one served.
+func (s *dbServing) refresh(ctx context.Context, srv *registry.Server) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v, err := s.db.Version(ctx)
+	if err == nil && v == s.have {
+		return
+	}
+	var f *registry.File
+	if err == nil {
+		f, v, err = s.db.Testbed(ctx)
+	}
+	if err != nil {
+		if !s.failing {
+			s.log.Warn("registry database: still serving the last version read", "version", s.have, "err", err)
+		}
+		s.failing = true
+		return
+	}
+	s.failing = false
+	srv.SetFile(f)
+	servers, nodes, hosts := f.Count()
+	s.log.Info("registry database: serving a new version", "version", v, "nodes", nodes, "servers", servers, "hosts", hosts)
+	s.have = v
 }
 
 // registryImport replaces the database's testbed with a file's or a live

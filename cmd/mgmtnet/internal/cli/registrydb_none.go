@@ -14,8 +14,8 @@ import (
 // node's: tag nodb, or MIPS).
 var errNoDB = errors.New("this mgmtnet was built without the registry database (a node build); serve a testbed file with --testbed FILE")
 
-func serveFromDB(context.Context, string, *slog.Logger) (*registry.File, func(context.Context, *registry.Server, <-chan struct{}), func() error, error) {
-	return nil, nil, nil, errNoDB
+func serveFromDB(context.Context, string, *slog.Logger) (*registry.File, dbServer, error) {
+	return nil, nil, errNoDB
 }
 
 func registryImport(context.Context, Env, string, string) error { return errNoDB }

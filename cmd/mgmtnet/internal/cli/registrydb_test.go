@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -356,6 +357,45 @@ func TestRegistryTokenCommands(t *testing.T) {
 		t.Errorf("list after revoke:\n%s", out)
 	}
 	if out := mustRun(t, "registry", "log", "--db", db); strings.Contains(out, key) || !strings.Contains(out, "token revoke token 1") {
+		t.Errorf("log:\n%s", out)
+	}
+}
+
+// "registry serve --db" takes writes with a token, and serves them at once.
+func TestRegistryServeWrites(t *testing.T) {
+	db := "sqlite:" + filepath.Join(t.TempDir(), "registry.db")
+	mustRun(t, "registry", "import", "--from", "../../../../mesh/registry/testdata/testbed.json", "--db", db)
+	key := strings.TrimSpace(mustRun(t, "registry", "token", "create", "--role", "operator", "--db", db))
+	base := startServe(t, db)
+	req, _ := http.NewRequest("PATCH", base+"nodes/31/", strings.NewReader(`{"name": "renamed"}`))
+	req.Header.Set("Authorization", "Token "+key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("PATCH: %s", resp.Status)
+	}
+	get, err := http.Get(base + "nodes/31/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(get.Body)
+	get.Body.Close()
+	if !strings.Contains(string(b), `"name":"renamed"`) {
+		t.Errorf("the write is not served at once:\n%s", b)
+	}
+	req, _ = http.NewRequest("PATCH", base+"nodes/31/", strings.NewReader(`{"name": "x"}`))
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 401 {
+		t.Errorf("PATCH without a token: %s", resp.Status)
+	}
+	if out := mustRun(t, "registry", "log", "--db", db, "--limit", "1"); !strings.Contains(out, "token:1  node set node 31") {
 		t.Errorf("log:\n%s", out)
 	}
 }

@@ -1,0 +1,258 @@
+// Package registryapi is the registry's write API over HTTP, in front of
+// the read API (registry.Server): token authentication as the 2015
+// controller had it ("Authorization: Token <key>", tokens from
+// registrydb), roles, and writes to a member checked as clients check
+// what the registry serves (registrydb.Check), each audited.
+//
+// PATCH /api/{nodes,servers,hosts}/ID/ changes the fields a JSON object
+// gives ("name", "island", "properties", "tinc": {"pubkey", "addresses"};
+// "tinc": null removes the key); DELETE removes the member. An operator's
+// token may do everything. A node admin's may set only the "tinc" pubkey
+// of its nodes, a host owner's only that of its hosts: names, islands,
+// properties (egress and DNS-service grants among them) and tinc
+// addresses (which make a member a gateway) are the operator's. A
+// missing or bad token gets 401, a role that may not 403, input that a
+// client would reject 400 with the client's reason, an unknown member
+// 404; the answers are the controller's {"detail": "..."}.
+package registryapi
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/confine-project/mgmtnet/mesh/registry"
+	"github.com/confine-project/mgmtnet/registrydb"
+)
+
+// maxBody bounds a write's JSON: a member with a 16384-bit key and many
+// addresses is a few KB.
+const maxBody = 64 << 10
+
+// Handler serves writes itself and hands reads to the read API.
+type Handler struct {
+	db   *registrydb.DB
+	read http.Handler
+	log  *slog.Logger
+	// Written, when set, is called after each successful write with the
+	// new version (the server then serves it at once).
+	Written func(ctx context.Context, version uint64)
+}
+
+// New returns the API of db in front of read. A nil logger discards.
+func New(db *registrydb.DB, read http.Handler, logger *slog.Logger) *Handler {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &Handler{db: db, read: read, log: logger}
+}
+
+// collections maps a URL collection to the database's kind.
+var collections = map[string]string{"nodes": registrydb.KindNode, "servers": registrydb.KindServer, "hosts": registrydb.KindHost}
+
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodGet || r.Method == http.MethodHead {
+		h.read.ServeHTTP(w, r)
+		return
+	}
+	kind, id, ok := memberPath(r.URL.Path)
+	if !ok || (r.Method != http.MethodPatch && r.Method != http.MethodDelete) {
+		w.Header().Set("Allow", "GET, HEAD, PATCH, DELETE")
+		detail(w, http.StatusMethodNotAllowed, fmt.Sprintf("Method %q not allowed.", r.Method))
+		return
+	}
+	tok, err := h.authenticate(r)
+	if err != nil {
+		w.Header().Set("WWW-Authenticate", "Token")
+		detail(w, http.StatusUnauthorized, "Invalid token.")
+		return
+	}
+	actor := fmt.Sprintf("token:%d", tok.ID)
+	if tok.Name != "" {
+		actor += " (" + tok.Name + ")"
+	}
+	var version uint64
+	switch r.Method {
+	case http.MethodDelete:
+		if tok.Role != registrydb.RoleOperator {
+			detail(w, http.StatusForbidden, "You do not have permission to perform this action.")
+			return
+		}
+		version, err = h.db.DeleteMember(r.Context(), actor, kind, id)
+	case http.MethodPatch:
+		var m registry.FileMember
+		m, version, err = h.patch(r, tok, actor, kind, id)
+		if err == nil {
+			b, _ := json.Marshal(m)
+			defer func() {
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(http.StatusOK)
+				w.Write(b)
+			}()
+		}
+	}
+	var fe forbiddenError
+	switch {
+	case errors.As(err, &fe):
+		detail(w, http.StatusForbidden, fe.Error())
+		return
+	case errors.Is(err, registrydb.ErrNotFound):
+		detail(w, http.StatusNotFound, "Not found.")
+		return
+	case errors.Is(err, registrydb.ErrRejected), errors.As(err, new(badInput)):
+		detail(w, http.StatusBadRequest, err.Error())
+		return
+	case err != nil:
+		h.log.Warn("registry write failed", "method", r.Method, "path", r.URL.Path, "err", err)
+		detail(w, http.StatusInternalServerError, "The write failed; the registry's log says why.")
+		return
+	}
+	h.log.Info("registry write", "method", r.Method, "path", r.URL.Path, "actor", actor, "version", version)
+	if h.Written != nil {
+		h.Written(r.Context(), version)
+	}
+	if r.Method == http.MethodDelete {
+		w.WriteHeader(http.StatusNoContent)
+	}
+}
+
+// memberPath parses /api/<collection>/<id>/.
+func memberPath(path string) (kind string, id uint64, ok bool) {
+	rest, found := strings.CutPrefix(path, registry.PathPrefix)
+	if !found {
+		return "", 0, false
+	}
+	parts := strings.Split(strings.TrimSuffix(rest, "/"), "/")
+	if len(parts) != 2 {
+		return "", 0, false
+	}
+	kind, ok = collections[parts[0]]
+	if !ok {
+		return "", 0, false
+	}
+	id, err := strconv.ParseUint(parts[1], 10, 64)
+	return kind, id, err == nil
+}
+
+// authenticate reads "Authorization: Token <key>".
+func (h *Handler) authenticate(r *http.Request) (registrydb.Token, error) {
+	scheme, key, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+	if !ok || !strings.EqualFold(scheme, "Token") {
+		return registrydb.Token{}, registrydb.ErrBadToken
+	}
+	return h.db.Authenticate(r.Context(), key)
+}
+
+// badInput is a request body that is not a member's JSON.
+type badInput struct{ error }
+
+// forbiddenError is a write the token's role may not make.
+type forbiddenError struct{ msg string }
+
+func (f forbiddenError) Error() string { return f.msg }
+
+// patchBody is what a PATCH may change; an absent field stays.
+type patchBody struct {
+	Name       *string            `json:"name"`
+	Island     *json.RawMessage   `json:"island"`
+	Properties *map[string]string `json:"properties"`
+	Tinc       *json.RawMessage   `json:"tinc"`
+}
+
+type patchTinc struct {
+	PubKey    *string                 `json:"pubkey"`
+	Addresses *[]registry.FileAddress `json:"addresses"`
+}
+
+// patch applies a PATCH body to the member, as the token's role allows.
+func (h *Handler) patch(r *http.Request, tok registrydb.Token, actor, kind string, id uint64) (registry.FileMember, uint64, error) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
+	if err != nil {
+		return registry.FileMember{}, 0, badInput{fmt.Errorf("read the body: %w", err)}
+	}
+	if len(body) > maxBody {
+		return registry.FileMember{}, 0, badInput{fmt.Errorf("the body is over %d bytes", maxBody)}
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	var p patchBody
+	if err := dec.Decode(&p); err != nil {
+		return registry.FileMember{}, 0, badInput{fmt.Errorf("want a JSON object of name, island, properties and tinc: %w", err)}
+	}
+	operator := tok.Role == registrydb.RoleOperator
+	if !operator {
+		own := map[string]string{registrydb.RoleNodeAdmin: registrydb.KindNode, registrydb.RoleHostOwner: registrydb.KindHost}[tok.Role]
+		if own != kind || !slices.Contains(tok.Scope, fmt.Sprintf("%s %d", kind, id)) {
+			return registry.FileMember{}, 0, forbiddenError{fmt.Sprintf("This token may not write %s %d.", kind, id)}
+		}
+		if p.Name != nil || p.Island != nil || p.Properties != nil {
+			return registry.FileMember{}, 0, forbiddenError{"Only an operator may set name, island or properties (egress and DNS-service grants among them)."}
+		}
+	}
+	m, err := h.db.Member(r.Context(), kind, id)
+	if err != nil {
+		return registry.FileMember{}, 0, err
+	}
+	if p.Name != nil {
+		m.Name = *p.Name
+	}
+	if p.Island != nil {
+		var isl *uint64
+		if err := json.Unmarshal(*p.Island, &isl); err != nil {
+			return registry.FileMember{}, 0, badInput{fmt.Errorf("island: want an id or null: %w", err)}
+		}
+		m.Island = 0
+		if isl != nil {
+			m.Island = *isl
+		}
+	}
+	if p.Properties != nil {
+		m.Properties = *p.Properties
+	}
+	if p.Tinc != nil {
+		if string(bytes.TrimSpace(*p.Tinc)) == "null" {
+			m.Tinc = nil
+		} else {
+			var t patchTinc
+			td := json.NewDecoder(bytes.NewReader(*p.Tinc))
+			td.DisallowUnknownFields()
+			if err := td.Decode(&t); err != nil {
+				return registry.FileMember{}, 0, badInput{fmt.Errorf("tinc: want pubkey and addresses: %w", err)}
+			}
+			if t.Addresses != nil && !operator {
+				return registry.FileMember{}, 0, forbiddenError{"Only an operator may set tinc addresses (they make a member a gateway)."}
+			}
+			if m.Tinc == nil {
+				m.Tinc = &registry.FileTinc{}
+			}
+			if t.PubKey != nil {
+				m.Tinc.PubKey = *t.PubKey
+			}
+			if t.Addresses != nil {
+				m.Tinc.Addresses = *t.Addresses
+			}
+		}
+	}
+	v, _, err := h.db.PutMember(r.Context(), actor, kind, m, false)
+	if err != nil {
+		return registry.FileMember{}, 0, err
+	}
+	m, err = h.db.Member(r.Context(), kind, id)
+	return m, v, err
+}
+
+// detail writes the controller's error object.
+func detail(w http.ResponseWriter, status int, msg string) {
+	b, _ := json.Marshal(map[string]string{"detail": msg})
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	w.Write(b)
+}

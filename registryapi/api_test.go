@@ -1,0 +1,118 @@
+package registryapi
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/confine-project/mgmtnet/mesh/registry"
+	"github.com/confine-project/mgmtnet/registrydb"
+	"github.com/confine-project/mgmtnet/tincgen"
+)
+
+// The write API against a real SQLite database: tokens, roles, the
+// client's checks, and the controller's error answers.
+func TestWriteAPI(t *testing.T) {
+	ctx := context.Background()
+	db, err := registrydb.Open(ctx, "sqlite:"+filepath.Join(t.TempDir(), "registry.db"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	f, err := registry.LoadFile("../mesh/registry/testdata/testbed.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Replace(ctx, f, "test", "testdata"); err != nil {
+		t.Fatal(err)
+	}
+	op, _, err := db.CreateToken(ctx, "test", "operator", registrydb.RoleOperator, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	alice, _, err := db.CreateToken(ctx, "test", "alice", registrydb.RoleNodeAdmin, []string{"node 31"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone, goneID, _ := db.CreateToken(ctx, "test", "gone", registrydb.RoleOperator, nil)
+	if err := db.RevokeToken(ctx, "test", goneID); err != nil {
+		t.Fatal(err)
+	}
+	h := New(db, registry.NewServer(f, nil), nil)
+	var written atomic.Uint64
+	h.Written = func(_ context.Context, v uint64) { written.Store(v) }
+	ts := httptest.NewServer(h)
+	defer ts.Close()
+	_, pub, err := tincgen.GenerateKey(nil, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	newKey, _ := json.Marshal(string(pub))
+
+	do := func(method, path, token, body string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest(method, ts.URL+path, strings.NewReader(body))
+		if token != "" {
+			req.Header.Set("Authorization", "Token "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var b strings.Builder
+		buf := make([]byte, 4096)
+		for {
+			n, err := resp.Body.Read(buf)
+			b.Write(buf[:n])
+			if err != nil {
+				break
+			}
+		}
+		return resp.StatusCode, b.String()
+	}
+	for _, tc := range []struct {
+		name, method, path, token, body string
+		status                          int
+		contains                        string
+	}{
+		{"read", "GET", "/api/nodes/31/", "", "", 200, `"node_31"`},
+		{"no token", "PATCH", "/api/nodes/31/", "", `{}`, 401, `"Invalid token."`},
+		{"bad token", "PATCH", "/api/nodes/31/", strings.Repeat("a", 40), `{}`, 401, `"Invalid token."`},
+		{"revoked token", "PATCH", "/api/nodes/31/", gone, `{}`, 401, `"Invalid token."`},
+		{"another's node", "PATCH", "/api/nodes/32/", alice, `{"tinc": {"pubkey": ` + string(newKey) + `}}`, 403, "may not write node 32"},
+		{"a node admin renames", "PATCH", "/api/nodes/31/", alice, `{"name": "x"}`, 403, "Only an operator may set name"},
+		{"a node admin sets egress", "PATCH", "/api/nodes/31/", alice, `{"properties": {"mgmtnet.egress": "yes"}}`, 403, "egress and DNS-service grants"},
+		{"a node admin makes a gateway", "PATCH", "/api/nodes/31/", alice, `{"tinc": {"addresses": [{"addr": "192.0.2.9"}]}}`, 403, "Only an operator may set tinc addresses"},
+		{"bad key", "PATCH", "/api/nodes/31/", alice, `{"tinc": {"pubkey": "ssh-rsa AAAA"}}`, 400, "rejected: node 31 (node_31): public key is not PEM"},
+		{"not JSON", "PATCH", "/api/nodes/31/", alice, `{"tinc": `, 400, "want a JSON object"},
+		{"unknown field", "PATCH", "/api/nodes/31/", alice, `{"tinc": {"key": "x"}}`, 400, "unknown field"},
+		{"new key", "PATCH", "/api/nodes/31/", alice, `{"tinc": {"pubkey": ` + string(newKey) + `}}`, 200, `"name":"node_31"`},
+		{"no such island", "PATCH", "/api/nodes/31/", op, `{"island": 9}`, 400, "island 9 does not exist"},
+		{"operator deletes", "DELETE", "/api/nodes/32/", op, ``, 204, ``},
+		{"a node admin deletes", "DELETE", "/api/nodes/31/", alice, ``, 403, "permission"},
+		{"gone", "DELETE", "/api/nodes/32/", op, ``, 404, `"Not found."`},
+		{"POST", "POST", "/api/nodes/", op, `{}`, 405, "not allowed"},
+	} {
+		status, body := do(tc.method, tc.path, tc.token, tc.body)
+		if status != tc.status || !strings.Contains(body, tc.contains) {
+			t.Errorf("%s: %d %s; want %d with %q", tc.name, status, body, tc.status, tc.contains)
+		}
+	}
+	m, err := db.Member(ctx, registrydb.KindNode, 31)
+	if err != nil || m.Tinc == nil || m.Tinc.PubKey != string(pub) {
+		t.Errorf("node 31's key was not changed: %+v, %v", m, err)
+	}
+	if v, _ := db.Version(ctx); written.Load() != v {
+		t.Errorf("Written saw version %d, the database is at %d", written.Load(), v)
+	}
+	log, _ := db.Log(ctx, 2)
+	if len(log) != 2 || log[0].Actor != "token:1 (operator)" || log[0].Action != "node rm" || log[1].Actor != "token:2 (alice)" || log[1].Action != "node set" {
+		t.Errorf("audit log: %+v", log)
+	}
+}
