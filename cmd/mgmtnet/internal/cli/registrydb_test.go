@@ -190,6 +190,26 @@ func TestRegistryDatabase(t *testing.T) {
 			t.Error(err)
 		}
 	}
+	// A write through one instance's API is served by the other.
+	key := strings.TrimSpace(mustRun(t, "registry", "token", "create", "--role", "operator", "--db", pg))
+	req, _ := http.NewRequest("DELETE", a+"nodes/40/", nil)
+	req.Header.Set("Authorization", "Token "+key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("DELETE on one instance: %s", resp.Status)
+	}
+	if err := vtb.WaitFor(context.Background(), 5*time.Second, 50*time.Millisecond, func() error {
+		if n := nodesServed(t, bb); n != 2 {
+			return fmt.Errorf("the other instance serves %d nodes, want 2", n)
+		}
+		return nil
+	}); err != nil {
+		t.Error(err)
+	}
 }
 
 func TestRegistryDatabaseErrors(t *testing.T) {
