@@ -79,7 +79,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if tok.Name != "" {
 		actor += " (" + tok.Name + ")"
 	}
-	var version uint64
+	var (
+		version uint64
+		changed []byte // the member after a PATCH
+	)
 	switch r.Method {
 	case http.MethodDelete:
 		if tok.Role != registrydb.RoleOperator {
@@ -89,14 +92,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		version, err = h.db.DeleteMember(r.Context(), actor, kind, id)
 	case http.MethodPatch:
 		var m registry.FileMember
-		m, version, err = h.patch(r, tok, actor, kind, id)
-		if err == nil {
-			b, _ := json.Marshal(m)
-			defer func() {
-				w.Header().Set("Content-Type", "application/json")
-				w.WriteHeader(http.StatusOK)
-				w.Write(b)
-			}()
+		if m, version, err = h.patch(r, tok, actor, kind, id); err == nil {
+			changed, err = json.Marshal(m)
 		}
 	}
 	var fe forbiddenError
@@ -121,7 +118,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if r.Method == http.MethodDelete {
 		w.WriteHeader(http.StatusNoContent)
+		return
 	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	w.Write(changed)
 }
 
 // memberPath parses /api/<collection>/<id>/.
