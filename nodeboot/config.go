@@ -83,6 +83,9 @@ type Config struct {
 	// Community is mgmtnet.community: destinations that stay on the
 	// community network, never through the VPN (default RFC 1918).
 	Community []netip.Prefix
+	// EnrolToken is mgmtnet.enrol_token: a one-time invite to register
+	// the node's key with (Options.EnrolToken).
+	EnrolToken string
 }
 
 // EgressMode is the node's egress setting.
@@ -235,6 +238,7 @@ func ConfigFromUCI(name string, data []byte) (Config, error) {
 			}
 			c.EgressPrefix = p.Masked()
 		}
+		c.EnrolToken, _ = m.Get("enrol_token")
 		if l := m.Lists["community"]; len(l) > 0 {
 			c.Community = nil
 			for _, v := range l {

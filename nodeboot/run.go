@@ -46,6 +46,11 @@ type Options struct {
 	Registry string
 	CAFile   string
 	Insecure bool
+	// EnrolToken, when set, is a one-time invite ("mgmtnet registry
+	// invite"): Run registers the node's public key with the registry
+	// before it asks for the gateways. A failed enrolment is reported and
+	// the boot goes on (the invite stays unspent for the next boot).
+	EnrolToken string
 	// RegistryIsDefault says that Registry is the firmware's default
 	// (Config.FirmwareRegistryURI), named so in the report.
 	RegistryIsDefault bool
@@ -96,7 +101,9 @@ type Result struct {
 	Subnet       string `json:"subnet"`
 	TincDir      string `json:"tinc_dir"`
 	KeyGenerated bool   `json:"key_generated"`
-	Egress       bool   `json:"egress"`
+	// Enrolled reports that the node's key was registered with an invite.
+	Enrolled bool `json:"enrolled,omitempty"`
+	Egress   bool `json:"egress"`
 	// Registry is the base URI used ("" for none); RegistryError why it
 	// was not used. Source is SourceRegistry or SourceFirmware.
 	Registry      string   `json:"registry,omitempty"`
@@ -157,6 +164,11 @@ func Run(ctx context.Context, cfg Config, opts Options) (*Result, error) {
 		} else {
 			res.say("generated a new RSA key in %s", keyPath)
 		}
+	}
+
+	// 1b. Enrolment with an invite.
+	if opts.EnrolToken != "" {
+		enrol(ctx, cfg, opts, pub, res, log)
 	}
 
 	// 2. The gateways: the registry's, else the firmware's.
@@ -425,4 +437,34 @@ func tincd(ctx context.Context, opts Options, res *Result, changed, restart bool
 		res.say("nothing changed; tincd (pid %d) left alone", pid)
 	}
 	return nil
+}
+
+// enrol registers the node's public key with the registry's invite,
+// reporting on res; a failure is a note, not an error.
+func enrol(ctx context.Context, cfg Config, opts Options, pub []byte, res *Result, log *slog.Logger) {
+	fail := func(why string) {
+		n := "enrolment with the invite failed: " + why + "; booting on (the invite stays unspent unless the registry says otherwise)"
+		res.Notes = append(res.Notes, n)
+		res.say("%s", n)
+		log.Warn(n)
+	}
+	switch {
+	case opts.Registry == "":
+		fail("no registry configured")
+		return
+	case opts.DryRun:
+		res.say("would register this node's public key with the registry's invite")
+		return
+	}
+	c, err := registry.New(opts.Registry, registry.Options{CAFile: opts.CAFile, Insecure: opts.Insecure, Timeout: StallTimeout, Logger: log})
+	if err != nil {
+		fail(err.Error())
+		return
+	}
+	if err := c.Enrol(ctx, "nodes", uint64(cfg.NodeID), opts.EnrolToken, string(pub)); err != nil {
+		fail(failure(err))
+		return
+	}
+	res.Enrolled = true
+	res.say("registered this node's public key with the registry (the invite is spent)")
 }

@@ -14,6 +14,11 @@
 // missing or bad token gets 401, a role that may not 403, input that a
 // client would reject 400 with the client's reason, an unknown member
 // 404; the answers are the controller's {"detail": "..."}.
+//
+// POST /api/{nodes,hosts}/ID/ctl/enrol/ with {"token", "pubkey"} enrols a
+// member with a one-time invite (registrydb.CreateInvite): no API token,
+// the invite is the credential; the key is checked like any write; an
+// unknown, spent or expired invite gets 403 saying which.
 package registryapi
 
 import (
@@ -61,6 +66,10 @@ var collections = map[string]string{"nodes": registrydb.KindNode, "servers": reg
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method == http.MethodGet || r.Method == http.MethodHead {
 		h.read.ServeHTTP(w, r)
+		return
+	}
+	if kind, id, ok := enrolPath(r.URL.Path); ok && r.Method == http.MethodPost {
+		h.enrol(w, r, kind, id)
 		return
 	}
 	kind, id, ok := memberPath(r.URL.Path)
@@ -255,5 +264,62 @@ func detail(w http.ResponseWriter, status int, msg string) {
 	b, _ := json.Marshal(map[string]string{"detail": msg})
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
+	w.Write(b)
+}
+
+// EnrolPath is where a node or host enrols with an invite, relative to the
+// member's URI: the controller's "ctl" endpoints' form.
+const EnrolPath = "ctl/enrol/"
+
+// enrolPath parses /api/<nodes|hosts>/<id>/ctl/enrol/.
+func enrolPath(path string) (kind string, id uint64, ok bool) {
+	rest, found := strings.CutSuffix(path, "/"+EnrolPath)
+	if !found {
+		return "", 0, false
+	}
+	kind, id, ok = memberPath(rest + "/")
+	return kind, id, ok && (kind == registrydb.KindNode || kind == registrydb.KindHost)
+}
+
+// EnrolRequest is the body of an enrolment: the invite's key and the
+// member's public key (PEM).
+type EnrolRequest struct {
+	Token  string `json:"token"`
+	PubKey string `json:"pubkey"`
+}
+
+// enrol spends an invite: the member gets its key. No API token: the
+// invite is the credential.
+func (h *Handler) enrol(w http.ResponseWriter, r *http.Request, kind string, id uint64) {
+	var req EnrolRequest
+	dec := json.NewDecoder(io.LimitReader(r.Body, maxBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		detail(w, http.StatusBadRequest, fmt.Sprintf("want a JSON object of token and pubkey: %v", err))
+		return
+	}
+	m, version, err := h.db.Enrol(r.Context(), kind, id, req.Token, req.PubKey)
+	switch {
+	case errors.Is(err, registrydb.ErrInviteUnknown), errors.Is(err, registrydb.ErrInviteSpent), errors.Is(err, registrydb.ErrInviteExpired):
+		detail(w, http.StatusForbidden, err.Error())
+		return
+	case errors.Is(err, registrydb.ErrRejected):
+		detail(w, http.StatusBadRequest, err.Error())
+		return
+	case errors.Is(err, registrydb.ErrNotFound):
+		detail(w, http.StatusNotFound, "Not found.")
+		return
+	case err != nil:
+		h.log.Warn("registry enrolment failed", "path", r.URL.Path, "err", err)
+		detail(w, http.StatusInternalServerError, "The enrolment failed; the registry's log says why.")
+		return
+	}
+	h.log.Info("registry enrolment", "member", fmt.Sprintf("%s %d", kind, id), "version", version)
+	if h.Written != nil {
+		h.Written(r.Context(), version)
+	}
+	b, _ := json.Marshal(m)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
 	w.Write(b)
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/confine-project/mgmtnet/mesh/registry"
 	"github.com/confine-project/mgmtnet/registrydb"
@@ -114,5 +115,56 @@ func TestWriteAPI(t *testing.T) {
 	log, _ := db.Log(ctx, 2)
 	if len(log) != 2 || log[0].Actor != "token:1 (operator)" || log[0].Action != "node rm" || log[1].Actor != "token:2 (alice)" || log[1].Action != "node set" {
 		t.Errorf("audit log: %+v", log)
+	}
+}
+
+// Enrolment: an invite is the only credential, spent once; each refusal
+// says why.
+func TestEnrolAPI(t *testing.T) {
+	ctx := context.Background()
+	db, err := registrydb.Open(ctx, "sqlite:"+filepath.Join(t.TempDir(), "registry.db"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	f, err := registry.LoadFile("../mesh/registry/testdata/testbed.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Replace(ctx, f, "test", "testdata"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := db.PutMember(ctx, "op", registrydb.KindNode, registry.FileMember{ID: 40, Name: "node-40", Island: 1}, true); err != nil {
+		t.Fatal(err)
+	}
+	invite, err := db.CreateInvite(ctx, "op", registrydb.KindNode, 40, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(New(db, registry.NewServer(f, nil), nil))
+	defer ts.Close()
+	c, err := registry.New(ts.URL+"/api/", registry.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := f.Nodes[0].Tinc.PubKey
+	for _, tc := range []struct {
+		name, token, pubkey string
+		id                  uint64
+		err                 string
+	}{
+		{"unknown", strings.Repeat("0", 40), key, 40, "status 403: unknown invite token"},
+		{"another node", invite, key, 31, "status 403: unknown invite token"},
+		{"bad key", invite, "ssh-rsa AAAA", 40, "status 400: rejected: node 40 (node_40): public key is not PEM"},
+		{"good", invite, key, 40, ""},
+		{"spent", invite, key, 40, "status 403: the invite token was used already"},
+	} {
+		err := c.Enrol(ctx, "nodes", tc.id, tc.token, tc.pubkey)
+		if tc.err == "" && err != nil || tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)) {
+			t.Errorf("%s: %v; want %q", tc.name, err, tc.err)
+		}
+	}
+	if m, err := db.Member(ctx, registrydb.KindNode, 40); err != nil || m.Tinc == nil || m.Tinc.PubKey != key {
+		t.Errorf("node 40 after enrolment: %+v, %v", m, err)
 	}
 }

@@ -383,3 +383,58 @@ func TestTokens(t *testing.T) {
 		})
 	}
 }
+
+// An invite enrols its member once, before it expires, and only with a key
+// that a client would take; each failure says which.
+func TestInvites(t *testing.T) {
+	ctx := context.Background()
+	for name, url := range backends(t) {
+		t.Run(name, func(t *testing.T) {
+			db, err := Open(ctx, url, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer db.Close()
+			f := testdataFile(t)
+			if _, err := db.Replace(ctx, f, "test", "testdata"); err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := db.PutMember(ctx, "op", KindNode, registry.FileMember{ID: 40, Name: "node-40", Island: 1}, true); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := db.CreateInvite(ctx, "op", KindNode, 41, time.Hour); !errors.Is(err, ErrNotFound) {
+				t.Errorf("invite for a missing node: %v", err)
+			}
+			key, err := db.CreateInvite(ctx, "op", KindNode, 40, time.Hour)
+			if err != nil {
+				t.Fatal(err)
+			}
+			pub := f.Nodes[0].Tinc.PubKey
+			if _, _, err := db.Enrol(ctx, KindNode, 40, key, "ssh-rsa AAAA"); !errors.Is(err, ErrRejected) {
+				t.Errorf("enrol with a bad key: %v", err)
+			}
+			if _, _, err := db.Enrol(ctx, KindNode, 31, key, pub); !errors.Is(err, ErrInviteUnknown) {
+				t.Errorf("enrol another node: %v", err)
+			}
+			m, _, err := db.Enrol(ctx, KindNode, 40, key, pub)
+			if err != nil || m.Tinc == nil || m.Tinc.Name != "node_40" {
+				t.Fatalf("enrol: %+v, %v", m, err)
+			}
+			if _, _, err := db.Enrol(ctx, KindNode, 40, key, pub); !errors.Is(err, ErrInviteSpent) {
+				t.Errorf("enrol twice: %v", err)
+			}
+			short, err := db.CreateInvite(ctx, "op", KindNode, 40, time.Nanosecond)
+			if err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(time.Millisecond)
+			if _, _, err := db.Enrol(ctx, KindNode, 40, short, pub); !errors.Is(err, ErrInviteExpired) {
+				t.Errorf("enrol with an expired invite: %v", err)
+			}
+			log, _ := db.Log(ctx, 3)
+			if log[0].Action != "invite create" || log[1].Action != "node enrol" || strings.Contains(log[0].After, short) {
+				t.Errorf("audit log: %+v", log)
+			}
+		})
+	}
+}

@@ -44,6 +44,15 @@ func kindOf(kind string) (addressing.Kind, error) {
 	return addressing.KindInvalid, fmt.Errorf("member kind %q: want server, node or host", kind)
 }
 
+// tincNameOf is a member's tinc name by its kind and id.
+func tincNameOf(kind string, id uint64) (string, error) {
+	k, err := kindOf(kind)
+	if err != nil {
+		return "", err
+	}
+	return addressing.TincName(k, id)
+}
+
 // Member returns one member.
 func (d *DB) Member(ctx context.Context, kind string, id uint64) (registry.FileMember, error) {
 	f, _, err := d.Testbed(ctx)

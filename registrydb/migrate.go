@@ -85,6 +85,18 @@ var migrations = [][]string{
 			revoked TEXT NOT NULL DEFAULT ''
 		)`,
 	},
+	// 4: one-time enrolment invites, by the SHA-256 of their key.
+	{
+		`CREATE TABLE invites (
+			id %SERIAL%,
+			hash TEXT NOT NULL UNIQUE,
+			kind TEXT NOT NULL,
+			member BIGINT NOT NULL,
+			created TEXT NOT NULL,
+			expires TEXT NOT NULL,
+			spent TEXT NOT NULL DEFAULT ''
+		)`,
+	},
 }
 
 // dialectSQL puts the dialect's auto-numbered primary key in for %SERIAL%.

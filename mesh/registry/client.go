@@ -1135,3 +1135,43 @@ func parseLinks(base *url.URL, values []string) map[string]*url.URL {
 	}
 	return links
 }
+
+// Enrol registers a member's public key with a one-time invite: POST
+// <base>/<nodes|hosts>/<id>/ctl/enrol/ with {"token", "pubkey"}, over the
+// client's TLS settings (the pinned CA of a node). collection is "nodes"
+// or "hosts". It is not retried: an invite is spent by the first answer
+// that takes it. A refusal gives the registry's reason ("the invite token
+// was used already").
+func (c *Client) Enrol(ctx context.Context, collection string, id uint64, token, pubkey string) error {
+	target := c.base.ResolveReference(&url.URL{Path: collection + "/" + strconv.FormatUint(id, 10) + "/ctl/enrol/"})
+	body, err := json.Marshal(map[string]string{"token": token, "pubkey": pubkey})
+	if err != nil {
+		return fmt.Errorf("enrol: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.opts.Timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target.String(), strings.NewReader(string(body)))
+	if err != nil {
+		return fmt.Errorf("enrol: %w", err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json")
+	req.Header.Set("User-Agent", c.opts.UserAgent)
+	resp, err := c.http.HTTPClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("enrol at %s: %w", target, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusOK {
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
+		return nil
+	}
+	var d struct {
+		Detail string `json:"detail"`
+	}
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if json.Unmarshal(b, &d) == nil && d.Detail != "" && isPrintable([]byte(d.Detail)) {
+		return fmt.Errorf("enrol at %s: status %d: %s", target, resp.StatusCode, d.Detail)
+	}
+	return fmt.Errorf("enrol at %s: status %d %s", target, resp.StatusCode, http.StatusText(resp.StatusCode))
+}

@@ -14,7 +14,7 @@ import (
 
 const nodeBootSynopsis = `  mgmtnet node-boot [--uci FILE] [--tinc-dir DIR] [--registry URI] [--gateways-dir DIR]
                     [--ca FILE] [--insecure] [--timeout D] [--no-start] [--dry-run]
-                    [--pidfile FILE] [--tincd PATH] [--json]
+                    [--pidfile FILE] [--tincd PATH] [--enrol TOKEN] [--json]
 
 The node's boot hook (run once at boot by the OpenWrt init script). From the
 firmware's UCI file (node.id, node.tinc_gateway, registry.base_uri,
@@ -53,9 +53,9 @@ Examples:
 `
 
 type nodeBootFlags struct {
-	uci, tincDir, registry, gatewaysDir, ca, pidFile, tincd string
-	insecure, noStart, dryRun, json                         bool
-	timeout                                                 time.Duration
+	uci, tincDir, registry, gatewaysDir, ca, pidFile, tincd, enrol string
+	insecure, noStart, dryRun, json                                bool
+	timeout                                                        time.Duration
 }
 
 func runNodeBoot(ctx context.Context, env Env, args []string) error {
@@ -73,6 +73,7 @@ func runNodeBoot(ctx context.Context, env Env, args []string) error {
 	fs.StringVar(&f.pidFile, "pidfile", "", "tincd pid `file` (default /var/run/tinc.confine.pid for the default --tinc-dir, else DIR/tinc.pid)")
 	fs.StringVar(&f.tincd, "tincd", tinc.DefaultTincd, "tincd `executable`")
 	fs.BoolVar(&f.json, "json", false, "print a summary as one JSON object instead of one line per action")
+	fs.StringVar(&f.enrol, "enrol", "", "register the node's public key with this one-time invite `TOKEN` (mgmtnet registry invite; default: the UCI file's mgmtnet.enrol_token)")
 	pos, err := parseInterspersed(fs, args, env.Stdout)
 	if err != nil {
 		return err
@@ -98,6 +99,10 @@ func runNodeBoot(ctx context.Context, env Env, args []string) error {
 	opts := nodeboot.Options{
 		TincDir: f.tincDir, GatewaysDir: f.gatewaysDir, Registry: f.registry, CAFile: f.ca, Insecure: f.insecure,
 		Timeout: f.timeout, DryRun: f.dryRun, Logger: env.Logger,
+	}
+	opts.EnrolToken = f.enrol
+	if opts.EnrolToken == "" {
+		opts.EnrolToken = cfg.EnrolToken
 	}
 	switch {
 	case opts.Registry == "none":

@@ -28,6 +28,7 @@ const registrySynopsis = `  mgmtnet registry serve [--db URL | --testbed FILE | 
   mgmtnet registry log [--db URL] [--limit N] [--json]
   mgmtnet registry node|server|host|island add|set|rm|list|show ...
   mgmtnet registry token create|list|revoke ...
+  mgmtnet registry invite (--node ID | --host ID) [--ttl 24h]
   mgmtnet registry synth SPEC [--out FILE]
 
 serve answers the CONFINE registry REST API as the 2015 controller v1.0
@@ -86,6 +87,8 @@ func runRegistry(ctx context.Context, env Env, args []string) error {
 			return runRegistryMember(ctx, env, args[0], args[1:])
 		case "token":
 			return runRegistryToken(ctx, env, args[1:])
+		case "invite":
+			return runRegistryInvite(ctx, env, args[1:])
 		}
 	}
 	fs := newFlagSet("registry", registrySynopsis, env.Stderr)

@@ -31,3 +31,5 @@ func registryInit(context.Context, Env, string, string) error { return errNoDB }
 func registryBackup(context.Context, Env, string, string) error { return errNoDB }
 
 func runRegistryToken(context.Context, Env, []string) error { return errNoDB }
+
+func runRegistryInvite(context.Context, Env, []string) error { return errNoDB }

@@ -419,3 +419,58 @@ func TestRegistryServeWrites(t *testing.T) {
 		t.Errorf("log:\n%s", out)
 	}
 }
+
+// Enrolment without copying keys: the operator adds a node and invites
+// it; node-boot registers the node's own key with the invite over the
+// registry's API; the key the registry then serves is the node's; the
+// invite is spent.
+func TestEnrolAtBoot(t *testing.T) {
+	dir := t.TempDir()
+	db := "sqlite:" + filepath.Join(dir, "registry.db")
+	mustRun(t, "registry", "import", "--from", "../../../../mesh/registry/testdata/testbed.json", "--db", db)
+	mustRun(t, "registry", "node", "add", "40", "--island", "1", "--db", db)
+	invite := strings.TrimSpace(mustRun(t, "registry", "invite", "--node", "0028", "--db", db))
+	if len(invite) != 40 {
+		t.Fatalf("invite %q", invite)
+	}
+	base := startServe(t, db)
+	uci := filepath.Join(dir, "confine")
+	if err := os.WriteFile(uci, []byte("config node node\n\toption id '0028'\nconfig registry registry\n\toption base_uri '"+base+"'\n"+
+		"config testbed testbed\n\toption mgmt_ipv6_prefix48 'fd65:fc41:c50f'\nconfig mgmtnet mgmtnet\n\toption enrol_token '"+invite+"'\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tincDir := filepath.Join(dir, "tinc")
+	out, errOut, code := run(t, "node-boot", "--uci", uci, "--tinc-dir", tincDir, "--no-start")
+	if code != 0 || !strings.Contains(out, "registered this node's public key with the registry (the invite is spent)") {
+		t.Fatalf("node-boot: exit %d\n%s%s", code, out, errOut)
+	}
+	priv, err := os.ReadFile(filepath.Join(tincDir, "rsa_key.priv"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := tincgen.PublicKeyOf(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := registry.ParseFile([]byte(mustRun(t, "registry", "export", "--db", db)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var served string
+	for _, n := range f.Nodes {
+		if n.ID == 40 && n.Tinc != nil {
+			served = n.Tinc.PubKey
+		}
+	}
+	if served != string(pub) {
+		t.Errorf("the registry holds %q for node 40, not the node's own key", served)
+	}
+	// Again: the invite is spent, and the boot goes on all the same.
+	out, errOut, code = run(t, "node-boot", "--uci", uci, "--tinc-dir", tincDir, "--no-start")
+	if code != 0 || !strings.Contains(out, "enrolment with the invite failed: failed (enrol at "+base+"nodes/40/ctl/enrol/: status 403: the invite token was used already") {
+		t.Errorf("second node-boot: exit %d\n%s%s", code, out, errOut)
+	}
+	if log := mustRun(t, "registry", "log", "--db", db, "--limit", "2"); !strings.Contains(log, "invite for node 40  node enrol node 40") {
+		t.Errorf("log:\n%s", log)
+	}
+}

@@ -124,3 +124,57 @@ func runRegistryToken(ctx context.Context, env Env, args []string) error {
 	}
 	return nil
 }
+
+const registryInviteSynopsis = `  mgmtnet registry invite (--node ID | --host ID) [--ttl 24h] [--db URL]
+
+A one-time invite for a node or host that an operator has added (registry
+node add): its key, printed once on stdout, lets the member register its
+own public key, so that nobody copies keys off nodes. On the node:
+"mgmtnet node-boot --enrol KEY" (or the UCI option mgmtnet.enrol_token)
+uploads the node's public key at boot, over the registry's pinned TLS. The
+invite is spent by its first use, and expires after --ttl.
+
+Examples:
+  mgmtnet registry node add 001f --island 1
+  mgmtnet registry invite --node 001f --ttl 48h
+`
+
+// runRegistryInvite runs "registry invite".
+func runRegistryInvite(ctx context.Context, env Env, args []string) error {
+	fs := newFlagSet("registry invite", registryInviteSynopsis, env.Stderr)
+	dbURL := fs.String("db", defaultRegistryDB, "the registry database `URL`")
+	node := fs.String("node", "", "the node's `ID` (decimal, or the firmware's four hex digits)")
+	host := fs.String("host", "", "the host's `ID`")
+	ttl := fs.Duration("ttl", 24*time.Hour, "how long the invite is valid")
+	pos, err := parseInterspersed(fs, args, env.Stdout)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 0 || (*node == "") == (*host == "") {
+		return usagef("registry invite: want exactly one of --node ID or --host ID, and no arguments")
+	}
+	if *ttl <= 0 {
+		return usagef("--ttl %v: want a positive duration", *ttl)
+	}
+	kind, idText := registrydb.KindNode, *node
+	if *host != "" {
+		kind, idText = registrydb.KindHost, *host
+	}
+	id, err := parseMemberID(kind, idText)
+	if err != nil {
+		return usageError{err}
+	}
+	db, err := registrydb.Open(ctx, *dbURL, env.Logger)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	key, err := db.CreateInvite(ctx, actor(), kind, id, *ttl)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(env.Stdout, key)
+	fmt.Fprintf(env.Stderr, "invite for %s %d, valid until %s, spent by its first use; on the node: mgmtnet node-boot --enrol KEY\n",
+		kind, id, time.Now().Add(*ttl).UTC().Format(time.RFC3339))
+	return nil
+}
