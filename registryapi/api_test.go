@@ -16,15 +16,15 @@ import (
 	"github.com/confine-project/mgmtnet/tincgen"
 )
 
-// The write API against a real SQLite database: tokens, roles, the
-// client's checks, and the controller's error answers.
-func TestWriteAPI(t *testing.T) {
+// testDB is a real SQLite database with the testdata testbed imported.
+func testDB(t *testing.T) (*registrydb.DB, *registry.File) {
+	t.Helper()
 	ctx := context.Background()
 	db, err := registrydb.Open(ctx, "sqlite:"+filepath.Join(t.TempDir(), "registry.db"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer db.Close()
+	t.Cleanup(func() { db.Close() })
 	f, err := registry.LoadFile("../mesh/registry/testdata/testbed.json")
 	if err != nil {
 		t.Fatal(err)
@@ -32,6 +32,14 @@ func TestWriteAPI(t *testing.T) {
 	if _, err := db.Replace(ctx, f, "test", "testdata"); err != nil {
 		t.Fatal(err)
 	}
+	return db, f
+}
+
+// The write API against a real SQLite database: tokens, roles, the
+// client's checks, and the controller's error answers.
+func TestWriteAPI(t *testing.T) {
+	ctx := context.Background()
+	db, f := testDB(t)
 	op, _, err := db.CreateToken(ctx, "test", "operator", registrydb.RoleOperator, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -122,18 +130,7 @@ func TestWriteAPI(t *testing.T) {
 // says why.
 func TestEnrolAPI(t *testing.T) {
 	ctx := context.Background()
-	db, err := registrydb.Open(ctx, "sqlite:"+filepath.Join(t.TempDir(), "registry.db"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	f, err := registry.LoadFile("../mesh/registry/testdata/testbed.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := db.Replace(ctx, f, "test", "testdata"); err != nil {
-		t.Fatal(err)
-	}
+	db, f := testDB(t)
 	if _, _, err := db.PutMember(ctx, "op", registrydb.KindNode, registry.FileMember{ID: 40, Name: "node-40", Island: 1}, true); err != nil {
 		t.Fatal(err)
 	}

@@ -37,6 +37,22 @@ func testdataFile(t *testing.T) *registry.File {
 	return f
 }
 
+// openTestbed opens the database at url with the testdata testbed
+// imported, closed when the test ends.
+func openTestbed(t *testing.T, url string) (*DB, *registry.File) {
+	t.Helper()
+	db, err := Open(context.Background(), url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	f := testdataFile(t)
+	if _, err := db.Replace(context.Background(), f, "test", "testdata"); err != nil {
+		t.Fatal(err)
+	}
+	return db, f
+}
+
 // The testbed goes in and comes back the same, with a version that grows
 // by one per write; an empty database says how to fill it.
 func TestReplaceAndRead(t *testing.T) {
@@ -183,15 +199,7 @@ func TestMemberWrites(t *testing.T) {
 	ctx := context.Background()
 	for name, url := range backends(t) {
 		t.Run(name, func(t *testing.T) {
-			db, err := Open(ctx, url, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer db.Close()
-			f := testdataFile(t)
-			if _, err := db.Replace(ctx, f, "test", "testdata"); err != nil {
-				t.Fatal(err)
-			}
+			db, f := openTestbed(t, url)
 			key := f.Nodes[0].Tinc.PubKey
 			node := registry.FileMember{ID: 40, Name: "node-40", Island: 1, Tinc: &registry.FileTinc{PubKey: key}}
 			v, _, err := db.PutMember(ctx, "op", KindNode, node, true)
@@ -270,14 +278,7 @@ func TestBackup(t *testing.T) {
 	ctx := context.Background()
 	for name, url := range backends(t) {
 		t.Run(name, func(t *testing.T) {
-			db, err := Open(ctx, url, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer db.Close()
-			if _, err := db.Replace(ctx, testdataFile(t), "test", "testdata"); err != nil {
-				t.Fatal(err)
-			}
+			db, _ := openTestbed(t, url)
 			if _, err := db.PutIsland(ctx, "op", registry.FileIsland{ID: 9, Name: "nine"}, true); err != nil {
 				t.Fatal(err)
 			}
@@ -390,15 +391,7 @@ func TestInvites(t *testing.T) {
 	ctx := context.Background()
 	for name, url := range backends(t) {
 		t.Run(name, func(t *testing.T) {
-			db, err := Open(ctx, url, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer db.Close()
-			f := testdataFile(t)
-			if _, err := db.Replace(ctx, f, "test", "testdata"); err != nil {
-				t.Fatal(err)
-			}
+			db, f := openTestbed(t, url)
 			if _, _, err := db.PutMember(ctx, "op", KindNode, registry.FileMember{ID: 40, Name: "node-40", Island: 1}, true); err != nil {
 				t.Fatal(err)
 			}
