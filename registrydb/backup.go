@@ -9,8 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"time"
-
-	"github.com/confine-project/mgmtnet/mesh/registry"
 )
 
 // Backup writes an online, consistent copy of the database to path, a new
@@ -50,17 +48,8 @@ func (d *DB) Backup(ctx context.Context, path string) error {
 		return fmt.Errorf("backup to %s: %w", path, err)
 	}
 	defer otx.Rollback()
-	for _, is := range f.Islands {
-		if _, err := out.exec(ctx, otx, `INSERT INTO islands (id, name, description) VALUES (?, ?, ?)`, int64(is.ID), is.Name, is.Description); err != nil {
-			return fmt.Errorf("backup to %s: %w", path, err)
-		}
-	}
-	for kind, ms := range map[string][]registry.FileMember{KindServer: f.Servers, KindNode: f.Nodes, KindHost: f.Hosts} {
-		for i := range ms {
-			if err := out.insertMember(ctx, otx, kind, &ms[i]); err != nil {
-				return fmt.Errorf("backup to %s: %s %d: %w", path, kind, ms[i].ID, err)
-			}
-		}
+	if err := out.insertTestbed(ctx, otx, f); err != nil {
+		return fmt.Errorf("backup to %s: %w", path, err)
 	}
 	if _, err := out.exec(ctx, otx, `INSERT INTO testbed (id, mgmt_prefix, dialect, version) VALUES (1, ?, ?, ?)`, f.MgmtPrefix.String(), f.Dialect, int64(version)); err != nil {
 		return fmt.Errorf("backup to %s: %w", path, err)

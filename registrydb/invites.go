@@ -105,10 +105,7 @@ func (d *DB) Enrol(ctx context.Context, kind string, id uint64, key, pubkey stri
 		if _, err := Check(f, kind, &m); err != nil {
 			return AuditEntry{}, nil, err
 		}
-		if _, err := d.exec(ctx, tx, `DELETE FROM members WHERE kind = ? AND id = ?`, kind, int64(id)); err != nil {
-			return AuditEntry{}, nil, err
-		}
-		if err := d.insertMember(ctx, tx, kind, &m); err != nil {
+		if err := d.replaceMember(ctx, tx, kind, &m); err != nil {
 			return AuditEntry{}, nil, err
 		}
 		if _, err := d.exec(ctx, tx, `UPDATE invites SET spent = ? WHERE id = ?`, time.Now().UTC().Format(time.RFC3339Nano), inv); err != nil {

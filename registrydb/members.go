@@ -164,11 +164,8 @@ func (d *DB) PutMember(ctx context.Context, actor, kind string, m registry.FileM
 		e := AuditEntry{Action: kind + " add", Object: fmt.Sprintf("%s %d", kind, m.ID), After: mustJSON(m)}
 		if old != nil {
 			e.Action, e.Before = kind+" set", mustJSON(old)
-			if _, err := d.exec(ctx, tx, `DELETE FROM members WHERE kind = ? AND id = ?`, kind, int64(m.ID)); err != nil {
-				return AuditEntry{}, nil, err
-			}
 		}
-		if err := d.insertMember(ctx, tx, kind, &m); err != nil {
+		if err := d.replaceMember(ctx, tx, kind, &m); err != nil {
 			return AuditEntry{}, nil, err
 		}
 		return e, warnings, nil

@@ -217,17 +217,8 @@ func (d *DB) Replace(ctx context.Context, f *registry.File, actor, source string
 			return fail("clear "+t, err)
 		}
 	}
-	for _, is := range f.Islands {
-		if _, err := d.exec(ctx, tx, `INSERT INTO islands (id, name, description) VALUES (?, ?, ?)`, int64(is.ID), is.Name, is.Description); err != nil {
-			return fail(fmt.Sprintf("island %d", is.ID), err)
-		}
-	}
-	for kind, ms := range map[string][]registry.FileMember{"server": f.Servers, "node": f.Nodes, "host": f.Hosts} {
-		for _, m := range ms {
-			if err := d.insertMember(ctx, tx, kind, &m); err != nil {
-				return fail(fmt.Sprintf("%s %d", kind, m.ID), err)
-			}
-		}
+	if err := d.insertTestbed(ctx, tx, f); err != nil {
+		return fail("write", err)
 	}
 	dialect := f.Dialect
 	if dialect == "" {
@@ -296,6 +287,31 @@ func mustJSON(v any) string {
 		panic(fmt.Sprintf("registrydb: encode %T: %v", v, err))
 	}
 	return string(b)
+}
+
+// insertTestbed writes f's islands and members into empty tables.
+func (d *DB) insertTestbed(ctx context.Context, tx *sql.Tx, f *registry.File) error {
+	for _, is := range f.Islands {
+		if _, err := d.exec(ctx, tx, `INSERT INTO islands (id, name, description) VALUES (?, ?, ?)`, int64(is.ID), is.Name, is.Description); err != nil {
+			return fmt.Errorf("island %d: %w", is.ID, err)
+		}
+	}
+	for kind, ms := range map[string][]registry.FileMember{KindServer: f.Servers, KindNode: f.Nodes, KindHost: f.Hosts} {
+		for i := range ms {
+			if err := d.insertMember(ctx, tx, kind, &ms[i]); err != nil {
+				return fmt.Errorf("%s %d: %w", kind, ms[i].ID, err)
+			}
+		}
+	}
+	return nil
+}
+
+// replaceMember writes m in place of the member of its kind and id.
+func (d *DB) replaceMember(ctx context.Context, tx *sql.Tx, kind string, m *registry.FileMember) error {
+	if _, err := d.exec(ctx, tx, `DELETE FROM members WHERE kind = ? AND id = ?`, kind, int64(m.ID)); err != nil {
+		return err
+	}
+	return d.insertMember(ctx, tx, kind, m)
 }
 
 // insertMember writes one member with its addresses and properties.
