@@ -48,10 +48,12 @@ func (d *DB) Backup(ctx context.Context, path string) error {
 		return fmt.Errorf("backup to %s: %w", path, err)
 	}
 	defer otx.Rollback()
-	if err := out.insertTestbed(ctx, otx, f); err != nil {
+	// The copy's feed starts at its version: what changed before is not
+	// copied.
+	if _, err := out.exec(ctx, otx, `INSERT INTO testbed (id, mgmt_prefix, dialect, version, feed_floor) VALUES (1, ?, ?, ?, ?)`, f.MgmtPrefix.String(), f.Dialect, int64(version), int64(version)); err != nil {
 		return fmt.Errorf("backup to %s: %w", path, err)
 	}
-	if _, err := out.exec(ctx, otx, `INSERT INTO testbed (id, mgmt_prefix, dialect, version) VALUES (1, ?, ?, ?)`, f.MgmtPrefix.String(), f.Dialect, int64(version)); err != nil {
+	if err := out.insertTestbed(ctx, otx, f, version); err != nil {
 		return fmt.Errorf("backup to %s: %w", path, err)
 	}
 	for i := len(entries) - 1; i >= 0; i-- {

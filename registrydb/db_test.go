@@ -431,3 +431,132 @@ func TestInvites(t *testing.T) {
 		})
 	}
 }
+
+// The feed: for every version a reader may hold, what Changes gives, put
+// over the testbed of that version, is the testbed now. An import raises
+// the floor; a version from the future is refused.
+func TestChanges(t *testing.T) {
+	ctx := context.Background()
+	for name, url := range backends(t) {
+		t.Run(name, func(t *testing.T) {
+			db, f := openTestbed(t, url)
+			key := f.Nodes[0].Tinc.PubKey
+			at := map[uint64]*registry.File{}
+			snap := func() {
+				tb, v, err := db.Testbed(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				at[v] = tb
+			}
+			snap()
+			steps := []func() (uint64, error){
+				func() (uint64, error) {
+					v, _, err := db.PutMember(ctx, "op", KindNode, registry.FileMember{ID: 40, Name: "n40", Tinc: &registry.FileTinc{PubKey: key}}, true)
+					return v, err
+				},
+				func() (uint64, error) {
+					v, _, err := db.PutMember(ctx, "op", KindNode, registry.FileMember{ID: 41, Name: "n41", Properties: map[string]string{"a": "b"}}, true)
+					return v, err
+				},
+				func() (uint64, error) { return db.DeleteMember(ctx, "op", KindNode, 31) },
+				func() (uint64, error) {
+					return db.PutIsland(ctx, "op", registry.FileIsland{ID: 7, Name: "seven"}, true)
+				},
+				func() (uint64, error) {
+					v, _, err := db.PutMember(ctx, "op", KindNode, registry.FileMember{ID: 40, Name: "n40 renamed", Island: 7, Tinc: &registry.FileTinc{PubKey: key}}, false)
+					return v, err
+				},
+				// Removed, then added again: a put, not a removal.
+				func() (uint64, error) {
+					v, _, err := db.PutMember(ctx, "op", KindNode, registry.FileMember{ID: 31, Name: "back", Tinc: &registry.FileTinc{PubKey: key}}, true)
+					return v, err
+				},
+				func() (uint64, error) { return db.DeleteMember(ctx, "op", KindNode, 41) },
+			}
+			for i, step := range steps {
+				if _, err := step(); err != nil {
+					t.Fatalf("step %d: %v", i, err)
+				}
+				snap()
+			}
+			now, cur, _ := db.Testbed(ctx)
+			for since, old := range at {
+				c, err := db.Changes(ctx, since)
+				if err != nil {
+					t.Fatalf("since %d: %v", since, err)
+				}
+				if c.Version != cur || c.Head.MgmtPrefix != now.MgmtPrefix || len(c.Head.Islands) != len(now.Islands) {
+					t.Errorf("since %d: version %d head %+v", since, c.Version, c.Head)
+				}
+				got := applyChanges(old, c)
+				if diff := cmp.Diff(now, got, cmpopts.EquateEmpty(), cmp.Comparer(func(a, b interface{ String() string }) bool { return a.String() == b.String() })); diff != "" {
+					t.Errorf("since %d: testbed %d + changes != testbed %d (-now +got):\n%s", since, since, cur, diff)
+				}
+				if since == cur && (len(c.Put) != 0 || len(c.Removed) != 0) {
+					t.Errorf("since now: %+v", c)
+				}
+			}
+			if c, _ := db.Changes(ctx, cur-1); len(c.Put) != 0 || len(c.Removed) != 1 || c.Removed[0].ID != 41 {
+				t.Errorf("last step: %+v", c)
+			}
+			if _, err := db.Changes(ctx, cur+1); !errors.Is(err, ErrFeedGone) {
+				t.Errorf("a future version: %v", err)
+			}
+			v, err := db.Replace(ctx, f, "op", "testdata")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := db.Changes(ctx, cur); !errors.Is(err, ErrFeedGone) {
+				t.Errorf("from before an import: %v", err)
+			}
+			if c, err := db.Changes(ctx, v); err != nil || len(c.Put)+len(c.Removed) != 0 {
+				t.Errorf("from the import: %+v, %v", c, err)
+			}
+		})
+	}
+}
+
+// applyChanges puts c over f, as a feed reader does.
+func applyChanges(f *registry.File, c *Changes) *registry.File {
+	out := &registry.File{MgmtPrefix: c.Head.MgmtPrefix, Dialect: c.Head.Dialect, Islands: c.Head.Islands}
+	type key struct {
+		kind string
+		id   uint64
+	}
+	drop := map[key]bool{}
+	for _, r := range c.Removed {
+		drop[key{r.Kind, r.ID}] = true
+	}
+	put := map[key]registry.FileMember{}
+	for _, p := range c.Put {
+		put[key{p.Kind, p.Member.ID}] = p.Member
+	}
+	for kind, in := range map[string][]registry.FileMember{KindServer: f.Servers, KindNode: f.Nodes, KindHost: f.Hosts} {
+		var ms []registry.FileMember
+		for _, m := range in {
+			k := key{kind, m.ID}
+			if p, ok := put[k]; ok {
+				ms = append(ms, p)
+				delete(put, k)
+			} else if !drop[k] {
+				ms = append(ms, m)
+			}
+		}
+		for k, p := range put {
+			if k.kind == kind {
+				ms = append(ms, p)
+			}
+		}
+		slices.SortFunc(ms, func(a, b registry.FileMember) int { return int(a.ID) - int(b.ID) })
+		switch kind {
+		case KindServer:
+			out.Servers = ms
+		case KindNode:
+			out.Nodes = ms
+		case KindHost:
+			out.Hosts = ms
+		}
+	}
+	return out
+}

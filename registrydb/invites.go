@@ -36,11 +36,14 @@ func (d *DB) CreateInvite(ctx context.Context, actor, kind string, id uint64, tt
 	}
 	key := hex.EncodeToString(b[:])
 	_, err := d.inTx(ctx, actor, func(tx *sql.Tx) (AuditEntry, []string, error) {
-		f, _, err := d.testbedIn(ctx, tx)
+		if _, _, err := d.headIn(ctx, tx); err != nil {
+			return AuditEntry{}, nil, err
+		}
+		m, err := d.memberIn(ctx, tx, kind, id)
 		if err != nil {
 			return AuditEntry{}, nil, err
 		}
-		if find(f, kind, id) == nil {
+		if m == nil {
 			return AuditEntry{}, nil, fmt.Errorf("%s %d: %w (add it first: mgmtnet registry %s add %d)", kind, id, ErrNotFound, kind, id)
 		}
 		now := time.Now().UTC()
@@ -65,7 +68,7 @@ func (d *DB) CreateInvite(ctx context.Context, actor, kind string, id uint64, tt
 func (d *DB) Enrol(ctx context.Context, kind string, id uint64, key, pubkey string) (registry.FileMember, uint64, error) {
 	key = strings.TrimSpace(key)
 	var m registry.FileMember
-	v, _, err := d.write(ctx, func(tx *sql.Tx, f *registry.File) (AuditEntry, []string, error) {
+	v, _, err := d.write(ctx, fmt.Sprintf("invite for %s %d", kind, id), &memberRef{kind, id}, func(tx *sql.Tx, f *registry.File, old *registry.FileMember, v uint64) (AuditEntry, []string, error) {
 		var (
 			inv                    int64
 			ikind                  string
@@ -90,7 +93,6 @@ func (d *DB) Enrol(ctx context.Context, kind string, id uint64, key, pubkey stri
 		if time.Now().After(exp) {
 			return AuditEntry{}, nil, fmt.Errorf("%w (at %s)", ErrInviteExpired, exp.UTC().Format(time.RFC3339))
 		}
-		old := find(f, kind, id)
 		if old == nil {
 			return AuditEntry{}, nil, fmt.Errorf("%s %d: %w", kind, id, ErrNotFound)
 		}
@@ -105,14 +107,14 @@ func (d *DB) Enrol(ctx context.Context, kind string, id uint64, key, pubkey stri
 		if _, err := Check(f, kind, &m); err != nil {
 			return AuditEntry{}, nil, err
 		}
-		if err := d.replaceMember(ctx, tx, kind, &m); err != nil {
+		if err := d.replaceMember(ctx, tx, kind, &m, v); err != nil {
 			return AuditEntry{}, nil, err
 		}
 		if _, err := d.exec(ctx, tx, `UPDATE invites SET spent = ? WHERE id = ?`, time.Now().UTC().Format(time.RFC3339Nano), inv); err != nil {
 			return AuditEntry{}, nil, err
 		}
 		return AuditEntry{Action: kind + " enrol", Object: fmt.Sprintf("%s %d", kind, id), Before: before, After: mustJSON(m)}, nil, nil
-	}, fmt.Sprintf("invite for %s %d", kind, id))
+	})
 	if err != nil {
 		return registry.FileMember{}, 0, err
 	}

@@ -55,33 +55,31 @@ func tincNameOf(kind string, id uint64) (string, error) {
 
 // Member returns one member.
 func (d *DB) Member(ctx context.Context, kind string, id uint64) (registry.FileMember, error) {
-	f, _, err := d.Testbed(ctx)
+	tx, err := d.sql.BeginTx(ctx, &sql.TxOptions{ReadOnly: d.dialect == Postgres, Isolation: d.isolation()})
+	if err != nil {
+		return registry.FileMember{}, fmt.Errorf("read %s %d from %s: %w", kind, id, d.url, err)
+	}
+	defer tx.Rollback()
+	if _, _, err := d.headIn(ctx, tx); err != nil {
+		return registry.FileMember{}, err
+	}
+	m, err := d.memberIn(ctx, tx, kind, id)
 	if err != nil {
 		return registry.FileMember{}, err
 	}
-	if m := find(f, kind, id); m != nil {
-		return *m, nil
+	if m == nil {
+		return registry.FileMember{}, fmt.Errorf("%s %d: %w", kind, id, ErrNotFound)
 	}
-	return registry.FileMember{}, fmt.Errorf("%s %d: %w", kind, id, ErrNotFound)
+	return *m, tx.Commit()
 }
 
-// find returns the member of f of that kind and id, or nil.
-func find(f *registry.File, kind string, id uint64) *registry.FileMember {
-	var ms []registry.FileMember
-	switch kind {
-	case KindServer:
-		ms = f.Servers
-	case KindNode:
-		ms = f.Nodes
-	case KindHost:
-		ms = f.Hosts
+// memberIn reads one member in tx; nil when there is none.
+func (d *DB) memberIn(ctx context.Context, tx *sql.Tx, kind string, id uint64) (*registry.FileMember, error) {
+	ms, err := d.membersIn(ctx, tx, "kind = ? AND id = ?", []any{kind, int64(id)})
+	if err != nil || len(ms) == 0 {
+		return nil, err
 	}
-	for i := range ms {
-		if ms[i].ID == id {
-			return &ms[i]
-		}
-	}
-	return nil
+	return &ms[0].Member, nil
 }
 
 // Check validates a member as clients validate what the registry serves
@@ -138,12 +136,11 @@ func hasIsland(f *registry.File, id uint64) bool {
 // with a key gets its tinc name from its kind and id. It returns the new
 // version and Check's warnings.
 func (d *DB) PutMember(ctx context.Context, actor, kind string, m registry.FileMember, create bool) (uint64, []string, error) {
-	return d.write(ctx, func(tx *sql.Tx, f *registry.File) (AuditEntry, []string, error) {
+	return d.write(ctx, actor, &memberRef{kind, m.ID}, func(tx *sql.Tx, f *registry.File, old *registry.FileMember, v uint64) (AuditEntry, []string, error) {
 		k, err := kindOf(kind)
 		if err != nil {
 			return AuditEntry{}, nil, err
 		}
-		old := find(f, kind, m.ID)
 		switch {
 		case create && old != nil:
 			return AuditEntry{}, nil, fmt.Errorf("%s %d: %w", kind, m.ID, ErrExists)
@@ -165,34 +162,40 @@ func (d *DB) PutMember(ctx context.Context, actor, kind string, m registry.FileM
 		if old != nil {
 			e.Action, e.Before = kind+" set", mustJSON(old)
 		}
-		if err := d.replaceMember(ctx, tx, kind, &m); err != nil {
+		if err := d.replaceMember(ctx, tx, kind, &m, v); err != nil {
 			return AuditEntry{}, nil, err
 		}
 		return e, warnings, nil
-	}, actor)
+	})
 }
 
-// DeleteMember removes a member, with its audit record.
+// DeleteMember removes a member, with its audit record. The feed gives
+// its removal to readers of older versions.
 func (d *DB) DeleteMember(ctx context.Context, actor, kind string, id uint64) (uint64, error) {
-	v, _, err := d.write(ctx, func(tx *sql.Tx, f *registry.File) (AuditEntry, []string, error) {
+	v, _, err := d.write(ctx, actor, &memberRef{kind, id}, func(tx *sql.Tx, f *registry.File, old *registry.FileMember, v uint64) (AuditEntry, []string, error) {
 		if _, err := kindOf(kind); err != nil {
 			return AuditEntry{}, nil, err
 		}
-		old := find(f, kind, id)
 		if old == nil {
 			return AuditEntry{}, nil, fmt.Errorf("%s %d: %w", kind, id, ErrNotFound)
 		}
 		if _, err := d.exec(ctx, tx, `DELETE FROM members WHERE kind = ? AND id = ?`, kind, int64(id)); err != nil {
 			return AuditEntry{}, nil, err
 		}
+		if _, err := d.exec(ctx, tx, `DELETE FROM removed WHERE kind = ? AND id = ?`, kind, int64(id)); err != nil {
+			return AuditEntry{}, nil, err
+		}
+		if _, err := d.exec(ctx, tx, `INSERT INTO removed (kind, id, version) VALUES (?, ?, ?)`, kind, int64(id), int64(v)); err != nil {
+			return AuditEntry{}, nil, err
+		}
 		return AuditEntry{Action: kind + " rm", Object: fmt.Sprintf("%s %d", kind, id), Before: mustJSON(old)}, nil, nil
-	}, actor)
+	})
 	return v, err
 }
 
 // PutIsland adds an island (create) or renames one, with its audit record.
 func (d *DB) PutIsland(ctx context.Context, actor string, is registry.FileIsland, create bool) (uint64, error) {
-	v, _, err := d.write(ctx, func(tx *sql.Tx, f *registry.File) (AuditEntry, []string, error) {
+	v, _, err := d.write(ctx, actor, nil, func(tx *sql.Tx, f *registry.File, _ *registry.FileMember, _ uint64) (AuditEntry, []string, error) {
 		if is.ID == 0 {
 			return AuditEntry{}, nil, fmt.Errorf("%w: island id 0: want 1 or more", ErrRejected)
 		}
@@ -217,13 +220,13 @@ func (d *DB) PutIsland(ctx context.Context, actor string, is registry.FileIsland
 			_, err = d.exec(ctx, tx, `INSERT INTO islands (id, name, description) VALUES (?, ?, ?)`, int64(is.ID), is.Name, is.Description)
 		}
 		return e, nil, err
-	}, actor)
+	})
 	return v, err
 }
 
 // DeleteIsland removes an island that no member or address names.
 func (d *DB) DeleteIsland(ctx context.Context, actor string, id uint64) (uint64, error) {
-	v, _, err := d.write(ctx, func(tx *sql.Tx, f *registry.File) (AuditEntry, []string, error) {
+	v, _, err := d.write(ctx, actor, nil, func(tx *sql.Tx, f *registry.File, _ *registry.FileMember, _ uint64) (AuditEntry, []string, error) {
 		var old *registry.FileIsland
 		for i := range f.Islands {
 			if f.Islands[i].ID == id {
@@ -233,43 +236,56 @@ func (d *DB) DeleteIsland(ctx context.Context, actor string, id uint64) (uint64,
 		if old == nil {
 			return AuditEntry{}, nil, fmt.Errorf("island %d: %w", id, ErrNotFound)
 		}
-		for _, ms := range [][]registry.FileMember{f.Servers, f.Nodes, f.Hosts} {
-			for _, m := range ms {
-				uses := m.Island == id
-				if m.Tinc != nil {
-					for _, a := range m.Tinc.Addresses {
-						uses = uses || a.Island == id
-					}
-				}
-				if uses {
-					return AuditEntry{}, nil, fmt.Errorf("%w: island %d is in use (by %q, id %d)", ErrRejected, id, m.Name, m.ID)
-				}
-			}
+		var (
+			name   string
+			member int64
+		)
+		err := tx.QueryRowContext(ctx, d.rebind(`SELECT name, id FROM members WHERE island = ? OR (kind, id) IN (SELECT kind, id FROM addresses WHERE island = ?) ORDER BY kind, id LIMIT 1`), int64(id), int64(id)).Scan(&name, &member)
+		switch {
+		case err == nil:
+			return AuditEntry{}, nil, fmt.Errorf("%w: island %d is in use (by %q, id %d)", ErrRejected, id, name, member)
+		case !errors.Is(err, sql.ErrNoRows):
+			return AuditEntry{}, nil, err
 		}
 		if _, err := d.exec(ctx, tx, `DELETE FROM islands WHERE id = ?`, int64(id)); err != nil {
 			return AuditEntry{}, nil, err
 		}
 		return AuditEntry{Action: "island rm", Object: fmt.Sprintf("island %d", id), Before: mustJSON(old)}, nil, nil
-	}, actor)
+	})
 	return v, err
 }
 
-// write runs one change of the testbed: it reads the testbed in the
-// write's transaction (so that the check and the write see the same
-// testbed), lets change write and describe itself, bumps the version and
-// records the audit entry, all in one transaction.
-func (d *DB) write(ctx context.Context, change func(*sql.Tx, *registry.File) (AuditEntry, []string, error), actor string) (uint64, []string, error) {
+// memberRef names one member.
+type memberRef struct {
+	kind string
+	id   uint64
+}
+
+// write runs one change of the testbed. In the write's transaction (so
+// that the check and the write see the same testbed) it reads what a
+// write needs, not the whole testbed: the testbed's prefix, dialect and
+// islands (f, without members) and, when sel names one, that member as
+// it is (old, nil for none). change writes and describes itself; it
+// gets the version it makes, which the write then sets and records with
+// the audit entry, all in one transaction.
+func (d *DB) write(ctx context.Context, actor string, sel *memberRef, change func(tx *sql.Tx, f *registry.File, old *registry.FileMember, version uint64) (AuditEntry, []string, error)) (uint64, []string, error) {
 	var v uint64
 	warnings, err := d.inTx(ctx, actor, func(tx *sql.Tx) (AuditEntry, []string, error) {
-		f, have, err := d.testbedIn(ctx, tx)
+		f, h, err := d.headIn(ctx, tx)
 		if err != nil {
 			return AuditEntry{}, nil, err
 		}
-		e, warnings, err := change(tx, f)
+		var old *registry.FileMember
+		if sel != nil {
+			if old, err = d.memberIn(ctx, tx, sel.kind, sel.id); err != nil {
+				return AuditEntry{}, nil, err
+			}
+		}
+		v = h.version + 1
+		e, warnings, err := change(tx, f, old, v)
 		if err != nil {
 			return AuditEntry{}, nil, err
 		}
-		v = have + 1
 		if _, err := d.exec(ctx, tx, `UPDATE testbed SET version = ? WHERE id = 1`, int64(v)); err != nil {
 			return AuditEntry{}, nil, err
 		}

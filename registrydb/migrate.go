@@ -97,6 +97,23 @@ var migrations = [][]string{
 			spent TEXT NOT NULL DEFAULT ''
 		)`,
 	},
+	// 5: the change feed. changed is the version that last wrote a
+	// member; removed holds the members removed since, with the version
+	// that removed them; feed_floor is the oldest version the feed
+	// answers from (an import, which replaces everything, raises it).
+	{
+		`ALTER TABLE members ADD COLUMN changed BIGINT NOT NULL DEFAULT 0`,
+		`CREATE INDEX members_changed ON members (changed)`,
+		`CREATE TABLE removed (
+			kind TEXT NOT NULL,
+			id BIGINT NOT NULL,
+			version BIGINT NOT NULL,
+			PRIMARY KEY (kind, id)
+		)`,
+		`CREATE INDEX removed_version ON removed (version)`,
+		`ALTER TABLE testbed ADD COLUMN feed_floor BIGINT NOT NULL DEFAULT 0`,
+		`UPDATE testbed SET feed_floor = version`,
+	},
 }
 
 // dialectSQL puts the dialect's auto-numbered primary key in for %SERIAL%.

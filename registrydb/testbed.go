@@ -52,49 +52,101 @@ func (d *DB) Testbed(ctx context.Context) (*registry.File, uint64, error) {
 
 // testbedIn reads the testbed in tx.
 func (d *DB) testbedIn(ctx context.Context, tx *sql.Tx) (*registry.File, uint64, error) {
+	f, h, err := d.headIn(ctx, tx)
+	if err != nil {
+		return nil, 0, err
+	}
+	ms, err := d.membersIn(ctx, tx, "", nil)
+	if err != nil {
+		return nil, 0, err
+	}
+	for _, km := range ms {
+		switch km.Kind {
+		case KindServer:
+			f.Servers = append(f.Servers, km.Member)
+		case KindNode:
+			f.Nodes = append(f.Nodes, km.Member)
+		case KindHost:
+			f.Hosts = append(f.Hosts, km.Member)
+		}
+	}
+	if err := f.Validate(); err != nil {
+		return nil, 0, fmt.Errorf("testbed in %s: %w", d.url, err)
+	}
+	return f, h.version, nil
+}
+
+// head is the testbed row: the version and the feed's floor (the oldest
+// version that Changes answers from).
+type head struct {
+	version, floor uint64
+}
+
+// headIn reads the testbed's prefix, dialect and islands, without its
+// members, and its version and feed floor.
+func (d *DB) headIn(ctx context.Context, tx *sql.Tx) (*registry.File, head, error) {
 	var err error
 	f := &registry.File{}
 	var (
-		prefix  string
-		version int64
+		prefix         string
+		version, floor int64
 	)
-	err = tx.QueryRowContext(ctx, `SELECT mgmt_prefix, dialect, version FROM testbed WHERE id = 1`).Scan(&prefix, &f.Dialect, &version)
+	err = tx.QueryRowContext(ctx, `SELECT mgmt_prefix, dialect, version, feed_floor FROM testbed WHERE id = 1`).Scan(&prefix, &f.Dialect, &version, &floor)
 	if errors.Is(err, sql.ErrNoRows) {
-		return nil, 0, ErrNoTestbed
+		return nil, head{}, ErrNoTestbed
 	}
 	if err != nil {
-		return nil, 0, fmt.Errorf("read testbed from %s: %w", d.url, err)
+		return nil, head{}, fmt.Errorf("read testbed from %s: %w", d.url, err)
 	}
 	if f.MgmtPrefix, err = netip.ParsePrefix(prefix); err != nil {
-		return nil, 0, fmt.Errorf("read testbed from %s: management prefix %q: %w", d.url, prefix, err)
+		return nil, head{}, fmt.Errorf("read testbed from %s: management prefix %q: %w", d.url, prefix, err)
 	}
 	rows, err := tx.QueryContext(ctx, `SELECT id, name, description FROM islands ORDER BY id`)
 	if err != nil {
-		return nil, 0, fmt.Errorf("read islands from %s: %w", d.url, err)
+		return nil, head{}, fmt.Errorf("read islands from %s: %w", d.url, err)
 	}
 	for rows.Next() {
 		var is registry.FileIsland
 		var id int64
 		if err := rows.Scan(&id, &is.Name, &is.Description); err != nil {
 			rows.Close()
-			return nil, 0, fmt.Errorf("read islands from %s: %w", d.url, err)
+			return nil, head{}, fmt.Errorf("read islands from %s: %w", d.url, err)
 		}
 		is.ID = uint64(id)
 		f.Islands = append(f.Islands, is)
 	}
 	if err := rows.Close(); err != nil {
-		return nil, 0, fmt.Errorf("read islands from %s: %w", d.url, err)
+		return nil, head{}, fmt.Errorf("read islands from %s: %w", d.url, err)
 	}
+	return f, head{version: uint64(version), floor: uint64(floor)}, nil
+}
 
+// KindMember is a member with its kind.
+type KindMember struct {
+	Kind   string
+	Member registry.FileMember
+}
+
+// membersIn reads the members in tx that where (SQL over the members
+// table's columns, "" for all) selects, with their addresses and
+// properties, by kind and id.
+func (d *DB) membersIn(ctx context.Context, tx *sql.Tx, where string, args []any) ([]KindMember, error) {
 	type key struct {
 		kind string
 		id   uint64
 	}
-	members := map[key]*registry.FileMember{}
-	var order []key
-	rows, err = tx.QueryContext(ctx, `SELECT kind, id, name, island, mgmt_addr, backend, tinc_name, pubkey FROM members ORDER BY kind, id`)
+	members := map[key]*KindMember{}
+	var out []*KindMember
+	// The addresses and properties of the members selected: all of them,
+	// or those of the members that where selects.
+	sub, memberWhere := "", ""
+	if where != "" {
+		memberWhere = " WHERE " + where
+		sub = " WHERE (kind, id) IN (SELECT kind, id FROM members" + memberWhere + ")"
+	}
+	rows, err := tx.QueryContext(ctx, d.rebind(`SELECT kind, id, name, island, mgmt_addr, backend, tinc_name, pubkey FROM members`+memberWhere+` ORDER BY kind, id`), args...)
 	if err != nil {
-		return nil, 0, fmt.Errorf("read members from %s: %w", d.url, err)
+		return nil, fmt.Errorf("read members from %s: %w", d.url, err)
 	}
 	for rows.Next() {
 		var (
@@ -102,24 +154,29 @@ func (d *DB) testbedIn(ctx context.Context, tx *sql.Tx) (*registry.File, uint64,
 			id             int64
 			island         sql.NullInt64
 			tincName, pubk sql.NullString
-			m              registry.FileMember
+			km             KindMember
 		)
-		if err := rows.Scan(&k.kind, &id, &m.Name, &island, &m.MgmtAddr, &m.Backend, &tincName, &pubk); err != nil {
+		m := &km.Member
+		if err := rows.Scan(&km.Kind, &id, &m.Name, &island, &m.MgmtAddr, &m.Backend, &tincName, &pubk); err != nil {
 			rows.Close()
-			return nil, 0, fmt.Errorf("read members from %s: %w", d.url, err)
+			return nil, fmt.Errorf("read members from %s: %w", d.url, err)
 		}
-		k.id, m.ID, m.Island = uint64(id), uint64(id), uint64(island.Int64)
+		k.kind, k.id, m.ID, m.Island = km.Kind, uint64(id), uint64(id), uint64(island.Int64)
 		if tincName.Valid {
 			m.Tinc = &registry.FileTinc{Name: tincName.String, PubKey: pubk.String}
 		}
-		members[k], order = &m, append(order, k)
+		members[k] = &km
+		out = append(out, &km)
 	}
 	if err := rows.Close(); err != nil {
-		return nil, 0, fmt.Errorf("read members from %s: %w", d.url, err)
+		return nil, fmt.Errorf("read members from %s: %w", d.url, err)
 	}
-	rows, err = tx.QueryContext(ctx, `SELECT kind, id, addr, port, island FROM addresses ORDER BY kind, id, pos`)
+	if len(out) == 0 {
+		return nil, nil
+	}
+	rows, err = tx.QueryContext(ctx, d.rebind(`SELECT kind, id, addr, port, island FROM addresses`+sub+` ORDER BY kind, id, pos`), args...)
 	if err != nil {
-		return nil, 0, fmt.Errorf("read addresses from %s: %w", d.url, err)
+		return nil, fmt.Errorf("read addresses from %s: %w", d.url, err)
 	}
 	for rows.Next() {
 		var (
@@ -130,19 +187,19 @@ func (d *DB) testbedIn(ctx context.Context, tx *sql.Tx) (*registry.File, uint64,
 		)
 		if err := rows.Scan(&k.kind, &id, &a.Addr, &a.Port, &island); err != nil {
 			rows.Close()
-			return nil, 0, fmt.Errorf("read addresses from %s: %w", d.url, err)
+			return nil, fmt.Errorf("read addresses from %s: %w", d.url, err)
 		}
 		k.id, a.Island = uint64(id), uint64(island.Int64)
-		if m := members[k]; m != nil && m.Tinc != nil {
-			m.Tinc.Addresses = append(m.Tinc.Addresses, a)
+		if km := members[k]; km != nil && km.Member.Tinc != nil {
+			km.Member.Tinc.Addresses = append(km.Member.Tinc.Addresses, a)
 		}
 	}
 	if err := rows.Close(); err != nil {
-		return nil, 0, fmt.Errorf("read addresses from %s: %w", d.url, err)
+		return nil, fmt.Errorf("read addresses from %s: %w", d.url, err)
 	}
-	rows, err = tx.QueryContext(ctx, `SELECT kind, id, key, value FROM properties`)
+	rows, err = tx.QueryContext(ctx, d.rebind(`SELECT kind, id, key, value FROM properties`+sub), args...)
 	if err != nil {
-		return nil, 0, fmt.Errorf("read properties from %s: %w", d.url, err)
+		return nil, fmt.Errorf("read properties from %s: %w", d.url, err)
 	}
 	for rows.Next() {
 		var (
@@ -152,34 +209,24 @@ func (d *DB) testbedIn(ctx context.Context, tx *sql.Tx) (*registry.File, uint64,
 		)
 		if err := rows.Scan(&k.kind, &id, &pk, &pv); err != nil {
 			rows.Close()
-			return nil, 0, fmt.Errorf("read properties from %s: %w", d.url, err)
+			return nil, fmt.Errorf("read properties from %s: %w", d.url, err)
 		}
 		k.id = uint64(id)
-		if m := members[k]; m != nil {
-			if m.Properties == nil {
-				m.Properties = map[string]string{}
+		if km := members[k]; km != nil {
+			if km.Member.Properties == nil {
+				km.Member.Properties = map[string]string{}
 			}
-			m.Properties[pk] = pv
+			km.Member.Properties[pk] = pv
 		}
 	}
 	if err := rows.Close(); err != nil {
-		return nil, 0, fmt.Errorf("read properties from %s: %w", d.url, err)
+		return nil, fmt.Errorf("read properties from %s: %w", d.url, err)
 	}
-	for _, k := range order {
-		m := *members[k]
-		switch k.kind {
-		case "server":
-			f.Servers = append(f.Servers, m)
-		case "node":
-			f.Nodes = append(f.Nodes, m)
-		case "host":
-			f.Hosts = append(f.Hosts, m)
-		}
+	res := make([]KindMember, len(out))
+	for i, km := range out {
+		res[i] = *km
 	}
-	if err := f.Validate(); err != nil {
-		return nil, 0, fmt.Errorf("testbed in %s: %w", d.url, err)
-	}
-	return f, uint64(version), nil
+	return res, nil
 }
 
 // isolation is the read transaction's level: a snapshot on PostgreSQL
@@ -212,30 +259,32 @@ func (d *DB) Replace(ctx context.Context, f *registry.File, actor, source string
 	if err != nil {
 		return fail("read what is there", err)
 	}
-	for _, t := range []string{"properties", "addresses", "members", "islands"} {
+	for _, t := range []string{"properties", "addresses", "members", "islands", "removed"} {
 		if _, err := d.exec(ctx, tx, "DELETE FROM "+t); err != nil {
 			return fail("clear "+t, err)
 		}
-	}
-	if err := d.insertTestbed(ctx, tx, f); err != nil {
-		return fail("write", err)
 	}
 	dialect := f.Dialect
 	if dialect == "" {
 		dialect = registry.DialectV1
 	}
+	// The feed cannot say what an import changed: readers of older
+	// versions read everything again (the floor).
 	var v int64
 	err = tx.QueryRowContext(ctx, `SELECT version FROM testbed WHERE id = 1`).Scan(&v)
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
 		v = 1
-		_, err = d.exec(ctx, tx, `INSERT INTO testbed (id, mgmt_prefix, dialect, version) VALUES (1, ?, ?, ?)`, f.MgmtPrefix.String(), dialect, v)
+		_, err = d.exec(ctx, tx, `INSERT INTO testbed (id, mgmt_prefix, dialect, version, feed_floor) VALUES (1, ?, ?, ?, ?)`, f.MgmtPrefix.String(), dialect, v, v)
 	case err == nil:
 		v++
-		_, err = d.exec(ctx, tx, `UPDATE testbed SET mgmt_prefix = ?, dialect = ?, version = ? WHERE id = 1`, f.MgmtPrefix.String(), dialect, v)
+		_, err = d.exec(ctx, tx, `UPDATE testbed SET mgmt_prefix = ?, dialect = ?, version = ?, feed_floor = ? WHERE id = 1`, f.MgmtPrefix.String(), dialect, v, v)
 	}
 	if err != nil {
 		return fail("testbed", err)
+	}
+	if err := d.insertTestbed(ctx, tx, f, uint64(v)); err != nil {
+		return fail("write", err)
 	}
 	servers, nodes, hosts := f.Count()
 	after := mustJSON(testbedSummary{Version: v, Source: source, Prefix: f.MgmtPrefix.String(), Islands: len(f.Islands), Servers: servers, Nodes: nodes, Hosts: hosts})
@@ -290,7 +339,7 @@ func mustJSON(v any) string {
 }
 
 // insertTestbed writes f's islands and members into empty tables.
-func (d *DB) insertTestbed(ctx context.Context, tx *sql.Tx, f *registry.File) error {
+func (d *DB) insertTestbed(ctx context.Context, tx *sql.Tx, f *registry.File, version uint64) error {
 	for _, is := range f.Islands {
 		if _, err := d.exec(ctx, tx, `INSERT INTO islands (id, name, description) VALUES (?, ?, ?)`, int64(is.ID), is.Name, is.Description); err != nil {
 			return fmt.Errorf("island %d: %w", is.ID, err)
@@ -298,7 +347,7 @@ func (d *DB) insertTestbed(ctx context.Context, tx *sql.Tx, f *registry.File) er
 	}
 	for kind, ms := range map[string][]registry.FileMember{KindServer: f.Servers, KindNode: f.Nodes, KindHost: f.Hosts} {
 		for i := range ms {
-			if err := d.insertMember(ctx, tx, kind, &ms[i]); err != nil {
+			if err := d.insertMember(ctx, tx, kind, &ms[i], version); err != nil {
 				return fmt.Errorf("%s %d: %w", kind, ms[i].ID, err)
 			}
 		}
@@ -306,16 +355,22 @@ func (d *DB) insertTestbed(ctx context.Context, tx *sql.Tx, f *registry.File) er
 	return nil
 }
 
-// replaceMember writes m in place of the member of its kind and id.
-func (d *DB) replaceMember(ctx context.Context, tx *sql.Tx, kind string, m *registry.FileMember) error {
+// replaceMember writes m in place of the member of its kind and id (or as
+// a new one), changed at version: the feed then gives it to readers of
+// older versions (Changes).
+func (d *DB) replaceMember(ctx context.Context, tx *sql.Tx, kind string, m *registry.FileMember, version uint64) error {
 	if _, err := d.exec(ctx, tx, `DELETE FROM members WHERE kind = ? AND id = ?`, kind, int64(m.ID)); err != nil {
 		return err
 	}
-	return d.insertMember(ctx, tx, kind, m)
+	if _, err := d.exec(ctx, tx, `DELETE FROM removed WHERE kind = ? AND id = ?`, kind, int64(m.ID)); err != nil {
+		return err
+	}
+	return d.insertMember(ctx, tx, kind, m, version)
 }
 
-// insertMember writes one member with its addresses and properties.
-func (d *DB) insertMember(ctx context.Context, tx *sql.Tx, kind string, m *registry.FileMember) error {
+// insertMember writes one member with its addresses and properties,
+// changed at version.
+func (d *DB) insertMember(ctx context.Context, tx *sql.Tx, kind string, m *registry.FileMember, version uint64) error {
 	var island, tincName, pubkey any
 	if m.Island != 0 {
 		island = int64(m.Island)
@@ -323,8 +378,8 @@ func (d *DB) insertMember(ctx context.Context, tx *sql.Tx, kind string, m *regis
 	if m.Tinc != nil {
 		tincName, pubkey = m.Tinc.Name, m.Tinc.PubKey
 	}
-	if _, err := d.exec(ctx, tx, `INSERT INTO members (kind, id, name, island, mgmt_addr, backend, tinc_name, pubkey) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
-		kind, int64(m.ID), m.Name, island, m.MgmtAddr, m.Backend, tincName, pubkey); err != nil {
+	if _, err := d.exec(ctx, tx, `INSERT INTO members (kind, id, name, island, mgmt_addr, backend, tinc_name, pubkey, changed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		kind, int64(m.ID), m.Name, island, m.MgmtAddr, m.Backend, tincName, pubkey, int64(version)); err != nil {
 		return err
 	}
 	if m.Tinc != nil {
@@ -371,7 +426,7 @@ func (d *DB) Init(ctx context.Context, actor string, prefix netip.Prefix) (uint6
 	if n != 0 {
 		return 0, fmt.Errorf("init %s: the database holds a testbed already (%w); import replaces it", d.url, ErrExists)
 	}
-	if _, err := d.exec(ctx, tx, `INSERT INTO testbed (id, mgmt_prefix, dialect, version) VALUES (1, ?, ?, 1)`, prefix.Masked().String(), registry.DialectV1); err != nil {
+	if _, err := d.exec(ctx, tx, `INSERT INTO testbed (id, mgmt_prefix, dialect, version, feed_floor) VALUES (1, ?, ?, 1, 1)`, prefix.Masked().String(), registry.DialectV1); err != nil {
 		return 0, fmt.Errorf("init %s: %w", d.url, err)
 	}
 	after := mustJSON(testbedSummary{Version: 1, Prefix: prefix.Masked().String()})
