@@ -19,6 +19,12 @@
 // member with a one-time invite (registrydb.CreateInvite): no API token,
 // the invite is the credential; the key is checked like any write; an
 // unknown, spent or expired invite gets 403 saying which.
+//
+// GET /api/changes/?since=V&wait=S is the change feed (registry.RelChanges,
+// which the base resource links when the server sets Link): what changed
+// after version V, from the database (registrydb.Changes), so that every
+// instance sharing a database gives the same answer; a request with
+// nothing to tell waits up to S seconds for a write (Notify wakes it).
 package registryapi
 
 import (
@@ -47,6 +53,8 @@ type Handler struct {
 	db   *registrydb.DB
 	read http.Handler
 	log  *slog.Logger
+	// versions wakes the feed's waiting requests.
+	versions versions
 	// Written, when set, is called after each successful write with the
 	// new version (the server then serves it at once).
 	Written func(ctx context.Context, version uint64)
@@ -64,6 +72,10 @@ func New(db *registrydb.DB, read http.Handler, logger *slog.Logger) *Handler {
 var collections = map[string]string{"nodes": registrydb.KindNode, "servers": registrydb.KindServer, "hosts": registrydb.KindHost}
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodGet && r.URL.Path == registry.PathPrefix+FeedPath {
+		h.feed(w, r)
+		return
+	}
 	if r.Method == http.MethodGet || r.Method == http.MethodHead {
 		h.read.ServeHTTP(w, r)
 		return
@@ -122,6 +134,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.log.Info("registry write", "method", r.Method, "path", r.URL.Path, "actor", actor, "version", version)
+	h.Notify()
 	if h.Written != nil {
 		h.Written(r.Context(), version)
 	}
@@ -315,6 +328,7 @@ func (h *Handler) enrol(w http.ResponseWriter, r *http.Request, kind string, id 
 		return
 	}
 	h.log.Info("registry enrolment", "member", fmt.Sprintf("%s %d", kind, id), "version", version)
+	h.Notify()
 	if h.Written != nil {
 		h.Written(r.Context(), version)
 	}

@@ -111,6 +111,10 @@ type Options struct {
 	Logger *slog.Logger
 	// UserAgent is sent with every request. Default DefaultUserAgent.
 	UserAgent string
+	// Feed makes Fetch look for the registry's change feed (RelChanges)
+	// and, where the base links one, ask its version before it reads the
+	// collections: Snapshot.Feed and FeedVersion, for Changes to follow.
+	Feed bool
 	// Progress, if set, is called after each page of a member collection
 	// with the collection's URL and the number of members read from it so
 	// far.
@@ -332,6 +336,13 @@ type Snapshot struct {
 	// Dialect is DialectV0 when the base used the pre-2015 relations or
 	// any member had the pre-2015 mgmt_net shape, else DialectV1.
 	Dialect string
+	// Feed is the URL of the registry's change feed, with Options.Feed
+	// where the base links one ("" otherwise), and FeedVersion the
+	// feed's version before the collections were read: Changes from it
+	// gives whatever changed since (and perhaps some of what this
+	// snapshot holds already).
+	Feed        string
+	FeedVersion uint64
 }
 
 // collection is one member collection to fetch.
@@ -436,6 +447,21 @@ func (c *Client) fetch(ctx context.Context, validators map[string]string, sink S
 		snap.Dialect = DialectV0
 	}
 	c.log.Debug("registry collections", "base", baseURL, "collections", cols, "dialect", snap.Dialect)
+	if c.opts.Feed {
+		if feed, ok := parseLinks(page.url, page.header.Values("Link"))[RelChanges]; ok {
+			if err := c.follow("Link rel="+RelChanges, page.url, feed); err != nil {
+				return nil, fmt.Errorf("registry base %s: %w", baseURL, err)
+			}
+			// Asked before the collections: what changes while they are
+			// read comes again from the feed.
+			v, err := c.FeedVersion(ctx, feed.String())
+			if err != nil {
+				c.log.Warn("registry links a change feed that does not answer; polling instead", "feed", feed.String(), "err", err)
+			} else {
+				snap.Feed, snap.FeedVersion = feed.String(), v
+			}
+		}
+	}
 
 	results := make([]*collectionResult, len(cols))
 	allNotModified := true
@@ -450,6 +476,8 @@ func (c *Client) fetch(ctx context.Context, validators map[string]string, sink S
 		}
 	}
 	if allNotModified {
+		// The feed's version was read first: what the 304s confirm is
+		// at least that version.
 		snap.NotModified = true
 		for _, col := range cols {
 			snap.Validators[col.url] = validators[col.url]
@@ -892,8 +920,16 @@ func statusError(target string, resp *http.Response) error {
 	if b, _ := io.ReadAll(io.LimitReader(resp.Body, 200)); len(b) > 0 && isPrintable(b) {
 		detail = ": " + strconv.Quote(strings.TrimSpace(string(b)))
 	}
-	return fmt.Errorf("get %s: status %d %s%s", target, resp.StatusCode, text, detail)
+	return &statusErr{code: resp.StatusCode, msg: fmt.Sprintf("get %s: status %d %s%s", target, resp.StatusCode, text, detail)}
 }
+
+// statusErr is an unwanted status.
+type statusErr struct {
+	code int
+	msg  string
+}
+
+func (e *statusErr) Error() string { return e.msg }
 
 func isPrintable(b []byte) bool {
 	for _, c := range b {

@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/confine-project/mgmtnet/addressing"
+	"github.com/confine-project/mgmtnet/mesh"
 )
 
 // PathPrefix is where Server serves the API: the controller's "/api/".
@@ -47,10 +48,20 @@ type Server struct {
 	// a page size. The controller's default is 0 (unpaginated); tests set
 	// it to drive clients through several pages. Set it before serving.
 	DefaultPerPage int
+	// Links are more relations of the base resource (the change feed of
+	// a database registry), after the collections. Set them before
+	// serving.
+	Links []Link
 
 	log     *slog.Logger
 	cur     atomic.Pointer[served]
 	renders atomic.Int64 // Files rendered, for tests
+}
+
+// Link is one relation of the base resource: Path is relative to the
+// base URL.
+type Link struct {
+	Rel, Path string
 }
 
 // NewServer returns a server of f, which should have passed Validate.
@@ -249,70 +260,12 @@ func render(f *File) *rendered {
 	r := &rendered{placeholder: []byte(base), lists: map[string]*renderedList{}}
 	mgmtAddr := f.mgmtAddrFunc()
 	assigned := f.assignment()
-	ref := func(id uint64) *outRef {
-		if id == 0 {
-			return nil
-		}
-		return &outRef{URI: base + "islands/" + strconv.FormatUint(id, 10) + "/", ID: id}
-	}
 	for _, g := range f.groups() {
 		ms := sortedByID(g.members)
 		l := &renderedList{resource: g.resource, ids: make([]uint64, len(ms)), elems: make([]template, len(ms))}
 		for i := range ms {
 			m := &ms[i]
-			o := outMember{
-				URI:    base + g.name + "/" + strconv.FormatUint(m.ID, 10) + "/",
-				ID:     m.ID,
-				Name:   m.Name,
-				Island: ref(m.Island),
-			}
-			if g.kind != addressing.KindHost {
-				p := m.Properties
-				if p == nil {
-					p = map[string]string{}
-				}
-				o.Properties = &p
-			}
-			backend := m.Backend
-			if backend == "" {
-				backend = "tinc"
-			}
-			addr := mgmtAddr(g.kind, m)
-			var t *outTinc
-			if m.Tinc != nil {
-				t = &outTinc{Name: m.Tinc.Name, PubKey: m.Tinc.PubKey, Addresses: []outAddress{}}
-				for _, a := range m.Tinc.Addresses {
-					port := a.Port
-					if port == 0 {
-						port = 655
-					}
-					t.Addresses = append(t.Addresses, outAddress{Addr: a.Addr, Port: port, Island: ref(a.Island)})
-				}
-			}
-			if t != nil && f.Dialect != DialectV0 {
-				o.Gateways, _ = assigned.Of(t.Name)
-			}
-			if f.Dialect == DialectV0 {
-				mn := outMgmtNetV0{Addr: addr, Backend: backend}
-				switch {
-				case t != nil && len(t.Addresses) > 0:
-					mn.TincServer = &outTincServer{outTinc: *t, IsActive: true}
-					if backend == "tinc" {
-						mn.Backend = "tinc_server"
-					}
-				default:
-					if t != nil {
-						mn.TincClient = &outTincClient{Name: t.Name, PubKey: t.PubKey}
-					}
-					if backend == "tinc" {
-						mn.Backend = "tinc_client"
-					}
-				}
-				o.MgmtNet = mn
-			} else {
-				o.MgmtNet = outMgmtNet{Addr: addr, Backend: backend}
-			}
-			o.Tinc = mustJSON(t) // "null" for nil
+			o := f.outMember(g, m, base, mgmtAddr, assigned)
 			l.ids[i] = m.ID
 			l.elems[i] = newTemplate(mustJSON(o), r.placeholder)
 		}
@@ -337,6 +290,92 @@ func render(f *File) *rendered {
 	l.sum()
 	r.lists["islands"] = l
 	return r
+}
+
+// outMember is a member as the server renders it, with base (the base URL
+// or its placeholder) in its URIs. assigned, when not nil, gives a
+// member's gateways.
+func (f *File) outMember(g group, m *FileMember, base string, mgmtAddr func(addressing.Kind, *FileMember) string, assigned *mesh.Assignment) outMember {
+	ref := func(id uint64) *outRef {
+		if id == 0 {
+			return nil
+		}
+		return &outRef{URI: base + "islands/" + strconv.FormatUint(id, 10) + "/", ID: id}
+	}
+	o := outMember{
+		URI:    base + g.name + "/" + strconv.FormatUint(m.ID, 10) + "/",
+		ID:     m.ID,
+		Name:   m.Name,
+		Island: ref(m.Island),
+	}
+	if g.kind != addressing.KindHost {
+		p := m.Properties
+		if p == nil {
+			p = map[string]string{}
+		}
+		o.Properties = &p
+	}
+	backend := m.Backend
+	if backend == "" {
+		backend = "tinc"
+	}
+	addr := mgmtAddr(g.kind, m)
+	var t *outTinc
+	if m.Tinc != nil {
+		t = &outTinc{Name: m.Tinc.Name, PubKey: m.Tinc.PubKey, Addresses: []outAddress{}}
+		for _, a := range m.Tinc.Addresses {
+			port := a.Port
+			if port == 0 {
+				port = 655
+			}
+			t.Addresses = append(t.Addresses, outAddress{Addr: a.Addr, Port: port, Island: ref(a.Island)})
+		}
+	}
+	if t != nil && f.Dialect != DialectV0 && assigned != nil {
+		o.Gateways, _ = assigned.Of(t.Name)
+	}
+	if f.Dialect == DialectV0 {
+		mn := outMgmtNetV0{Addr: addr, Backend: backend}
+		switch {
+		case t != nil && len(t.Addresses) > 0:
+			mn.TincServer = &outTincServer{outTinc: *t, IsActive: true}
+			if backend == "tinc" {
+				mn.Backend = "tinc_server"
+			}
+		default:
+			if t != nil {
+				mn.TincClient = &outTincClient{Name: t.Name, PubKey: t.PubKey}
+			}
+			if backend == "tinc" {
+				mn.Backend = "tinc_client"
+			}
+		}
+		o.MgmtNet = mn
+	} else {
+		o.MgmtNet = outMgmtNet{Addr: addr, Backend: backend}
+	}
+	o.Tinc = mustJSON(t) // "null" for nil
+	return o
+}
+
+// MemberRenderer returns a function that renders one member of f (of
+// collection "nodes", "servers" or "hosts") as the server's lists do,
+// with base (see BaseURL) in its URIs, but without "gateways", which
+// depends on the whole testbed: what the change feed gives. f needs no
+// members, only its prefix and dialect.
+func (f *File) MemberRenderer(base string) func(collection string, m *FileMember) ([]byte, error) {
+	mgmtAddr := f.mgmtAddrFunc()
+	groups := map[string]group{}
+	for _, g := range f.groups() {
+		groups[g.name] = g
+	}
+	return func(collection string, m *FileMember) ([]byte, error) {
+		g, ok := groups[collection]
+		if !ok {
+			return nil, fmt.Errorf("render a member of %q: no such collection", collection)
+		}
+		return json.Marshal(f.outMember(g, m, base, mgmtAddr, nil))
+	}
 }
 
 // sum sets the list's totals.
@@ -426,19 +465,15 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) (status, n int) {
 		}
 		return writeError(w, r, http.StatusNotFound, "Not found.")
 	}
-	scheme := "http"
-	if r.TLS != nil {
-		scheme = "https"
-	}
-	host := r.Host
-	if host == "" {
-		host = "localhost"
-	}
-	base := scheme + "://" + host + PathPrefix
+	base := BaseURL(r)
 	rest := strings.TrimPrefix(path, PathPrefix)
 	if rest == "" {
 		root := sv.file.root(base)
-		return s.respond(w, r, sv, answer{key: "base|" + base, contentType: sv.file.profile("base"), link: sv.file.links(base),
+		link := sv.file.links(base)
+		for _, l := range s.Links {
+			link += fmt.Sprintf(`, <%s%s>; rel="%s"`, base, l.Path, l.Rel)
+		}
+		return s.respond(w, r, sv, answer{key: "base|" + base, contentType: sv.file.profile("base"), link: link,
 			etag: etagOf(root), size: len(root), write: func(bw *bufio.Writer) error {
 				_, err := bw.Write(root)
 				return err
@@ -483,6 +518,21 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request) (status, n int) {
 			}})
 	}
 	return s.serveList(w, r, sv, base, parts[0], rd, l, jsonBase)
+}
+
+// BaseURL is the base URL of the API as a request reached it: the
+// request's Host (localhost when it has none), https when it came over
+// TLS. URIs in the bodies are built from it.
+func BaseURL(r *http.Request) string {
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	host := r.Host
+	if host == "" {
+		host = "localhost"
+	}
+	return scheme + "://" + host + PathPrefix
 }
 
 // baseLinks are the links to the base resource that the controller puts

@@ -24,8 +24,11 @@ import (
 // for which modernc.org/sqlite does not build): it adds about 8 MB.
 
 // dbPollInterval is how often "registry serve --db" asks the database for
-// its version: one indexed row, so cheap at any testbed size.
-const dbPollInterval = time.Second
+// its version, to see writes that other instances or the admin CLI made:
+// one row, so cheap at any testbed size. A new version wakes the change
+// feed's waiting readers at once; the read API serves it once the
+// testbed is read again.
+const dbPollInterval = 250 * time.Millisecond
 
 // serveFromDB opens the database of "registry serve --db" and reads its
 // testbed.
@@ -47,6 +50,7 @@ func serveFromDB(ctx context.Context, url string, log *slog.Logger) (*registry.F
 type dbServing struct {
 	db  *registrydb.DB
 	log *slog.Logger
+	api *registryapi.Handler
 
 	mu      sync.Mutex
 	have    uint64
@@ -61,6 +65,10 @@ func (s *dbServing) Close() error { return s.db.Close() }
 func (s *dbServing) Handler(srv *registry.Server) http.Handler {
 	api := registryapi.New(s.db, srv, s.log)
 	api.Written = func(ctx context.Context, _ uint64) { s.refresh(ctx, srv) }
+	srv.Links = append(srv.Links, registryapi.Link)
+	s.mu.Lock()
+	s.api = api
+	s.mu.Unlock()
 	return api
 }
 
@@ -89,6 +97,11 @@ func (s *dbServing) refresh(ctx context.Context, srv *registry.Server) {
 	v, err := s.db.Version(ctx)
 	if err == nil && v == s.have {
 		return
+	}
+	if err == nil && s.api != nil {
+		// The feed reads the database itself: its readers need not wait
+		// for the testbed to be read again.
+		s.api.Notify()
 	}
 	var f *registry.File
 	if err == nil {
