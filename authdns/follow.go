@@ -26,7 +26,9 @@ type FollowOptions struct {
 }
 
 // Follow keeps srv's zones in step with src until ctx ends: it polls
-// (conditionally, with the ETags of the snapshot served), swaps in the
+// (conditionally, with the ETags of the snapshot served; or, where the
+// source follows the registry's change feed, waiting on the feed, which
+// ends the wait as soon as the registry changes), swaps in the
 // zone of every changed snapshot that the source validated and guarded,
 // and keeps serving the last zone while the registry is down or answers
 // garbage. Each failure is logged once until a poll succeeds again.
@@ -73,7 +75,39 @@ func Follow(ctx context.Context, src *source.Source, srv *Server, o FollowOption
 			log.Info("registry poll succeeded again", "registry", src.URL())
 			failing = false
 		}
+		if err == nil {
+			f.waitFeed(ctx, next)
+			next = 0
+		}
 		timer.Reset(next)
+	}
+}
+
+// waitFeed waits up to d on the change feed that the source follows, and
+// returns at once when the registry has a change; without a feed, or when
+// it fails, it waits d out.
+func (f *follower) waitFeed(ctx context.Context, d time.Duration) {
+	deadline := time.Now().Add(d)
+	feed, v := f.src.FeedVersion()
+	for feed != "" && time.Now().Before(deadline) {
+		wctx, cancel := context.WithDeadline(ctx, deadline)
+		changed, err := f.src.WaitChange(wctx, feed, v)
+		cancel()
+		if ctx.Err() != nil || changed {
+			return
+		}
+		if err != nil {
+			if time.Now().Before(deadline) {
+				f.log.Debug("registry change feed failed; polling", "feed", feed, "err", err)
+			}
+			break
+		}
+	}
+	t := time.NewTimer(time.Until(deadline))
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
 	}
 }
 

@@ -120,6 +120,13 @@ type RegistryConfig struct {
 	// retry and body read (each stall within it is bounded too, by at
 	// most registry.DefaultTimeout). At most MaxRegistryTimeout.
 	Timeout Duration `yaml:"timeout"`
+	// Feed follows the registry's change feed where it links one
+	// ("mgmtnet registry serve --db"): a write there reaches the host
+	// files in well under a second, and a change costs what changed, not
+	// a read of the whole registry. Against a registry without one (the
+	// 2015 controller), the daemon polls with ETags either way. Default
+	// true.
+	Feed bool `yaml:"feed"`
 }
 
 // DefaultRegistryTimeout and MaxRegistryTimeout are the default and the
@@ -210,7 +217,7 @@ func (d Duration) D() time.Duration { return time.Duration(d) }
 // registry URL.
 func DefaultConfig() Config {
 	return Config{
-		Registry: RegistryConfig{Timeout: Duration(DefaultRegistryTimeout)},
+		Registry: RegistryConfig{Timeout: Duration(DefaultRegistryTimeout), Feed: true},
 		Identity: IdentityConfig{TincName: "server"},
 		Tinc: TincConfig{TunnelServer: true, Dir: "/etc/tinc/confine", Net: "confine", Tincd: "tincd",
 			UDPWatchdog: UDPWatchdogConfig{Interval: Duration(time.Second), Misses: 3}},

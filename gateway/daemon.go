@@ -91,6 +91,7 @@ type Daemon struct {
 	tincd  tincdSupervisor // tincd.go: tincd, its SIGHUPs and restarts, the tun link
 	egress egressState     // egressd.go: upstream health, the announcement, kernel rules
 	dns    dnsState        // dns.go: the DNS server on the same snapshot
+	feed   feedState       // feed.go: the registry's change feed
 	udp    udpState        // udpwatch.go: the UDP watchdog
 }
 
@@ -185,7 +186,8 @@ func New(cfg Config, opts Options) (*Daemon, error) {
 		opts.Notify = func(s string) { sddaemon.SdNotify(false, s) }
 	}
 	d := &Daemon{cfg: cfg, opts: opts, log: opts.Logger, m: newMetrics(),
-		statusReq: make(chan chan Status), pollReq: make(chan chan Status)}
+		statusReq: make(chan chan Status), pollReq: make(chan chan Status),
+		feed: feedState{poke: make(chan struct{}, 1), moved: make(chan struct{}, 1)}}
 	d.tincd.ctl, d.tincd.link = opts.Tincd, opts.Link
 	d.egress.kernel, d.egress.probeC = opts.Egress, make(chan ProbeResult)
 	d.udp.deadC = make(chan []string, 1)
@@ -224,7 +226,7 @@ func (d *Daemon) newSource() error {
 	co.CAFile, co.Insecure, co.FetchTimeout = d.cfg.Registry.CA, d.cfg.Registry.Insecure, d.cfg.Registry.Timeout.D()
 	src, err := source.New(source.Config{URL: d.cfg.Registry.URL, Client: co,
 		Prefix: d.cfg.declaredPrefix(), Egress: d.cfg.egressPrefix(), Policy: d.cfg.policy(),
-		Guard: d.cfg.guard(d.opts.Force), Cache: d.cfg.SnapshotFile(), Logger: d.log})
+		Guard: d.cfg.guard(d.opts.Force), Cache: d.cfg.SnapshotFile(), Feed: d.cfg.Registry.Feed, Logger: d.log})
 	if err != nil {
 		return err
 	}
@@ -493,6 +495,18 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 	full := time.NewTicker(d.cfg.Poll.FullResync.D())
 	defer full.Stop()
+	// The change feed's follower pokes the loop when the registry has a
+	// change (feed.go).
+	fctx, fcancel := context.WithCancel(ctx)
+	feedDone := make(chan struct{})
+	go func() {
+		defer close(feedDone)
+		d.followFeed(fctx)
+	}()
+	defer func() {
+		fcancel()
+		<-feedDone
+	}()
 	var watchdog <-chan time.Time
 	if iv, err := sddaemon.SdWatchdogEnabled(false); err == nil && iv > 0 {
 		t := time.NewTicker(iv / 2)
@@ -521,6 +535,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 			d.stopTincd()
 			return nil
 		case <-poll.C:
+			sync(false)
+		case <-d.feed.poke:
 			sync(false)
 		case <-full.C:
 			sync(true)

@@ -89,9 +89,10 @@ func (d *Daemon) reconcile(ctx context.Context, full bool) error {
 	full = full || d.hosts.fullDue
 	d.hosts.syncs++
 	d.m.syncs.Inc()
-	fetched := d.hosts.validators
+	fetched, tb := d.hosts.validators, d.hosts.tb
 	err := d.reconcile1(ctx, full)
-	if full || !maps.Equal(fetched, d.hosts.validators) {
+	d.publishFeed()
+	if full || !maps.Equal(fetched, d.hosts.validators) || tb != d.hosts.tb {
 		// A changed snapshot, or a full comparison, went through the whole
 		// registry answer, the decoded candidates, the rendered files or
 		// every file on disk; none of it is live any more. Hand the memory

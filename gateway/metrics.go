@@ -20,6 +20,8 @@ type metrics struct {
 	unauthorized                      *prometheus.CounterVec
 	udpRepairs                        prometheus.Counter
 	assigned, refusedMembers          prometheus.Gauge
+	feedVersion                       prometheus.Gauge
+	feedErrors                        prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -54,7 +56,11 @@ func newMetrics() *metrics {
 		Help: "Members the registry's snapshot assigns to this gateway (tunnel-server topology)."})
 	m.refusedMembers = prometheus.NewGauge(prometheus.GaugeOpts{Name: "mgmtnet_refused_members",
 		Help: "Assigned members this gateway refuses: beyond tinc.max_members or tincd's descriptors."})
-	m.reg.MustRegister(m.assigned, m.refusedMembers, m.udpRepairs, m.unauthorized, m.probes, m.egressAnnounced, m.egressPackets, m.syncs, m.syncErrors, m.lastSync, m.members, m.rejected, m.written, m.unchanged,
+	m.feedVersion = prometheus.NewGauge(prometheus.GaugeOpts{Name: "mgmtnet_registry_feed_version",
+		Help: "The registry change feed's version of the snapshot in use (0 while the daemon polls instead)."})
+	m.feedErrors = prometheus.NewCounter(prometheus.CounterOpts{Name: "mgmtnet_registry_feed_errors_total",
+		Help: "Requests to the registry's change feed that failed."})
+	m.reg.MustRegister(m.feedVersion, m.feedErrors, m.assigned, m.refusedMembers, m.udpRepairs, m.unauthorized, m.probes, m.egressAnnounced, m.egressPackets, m.syncs, m.syncErrors, m.lastSync, m.members, m.rejected, m.written, m.unchanged,
 		m.removed, m.hups, m.restarts, m.peersConnected, m.snapshotFromCache)
 	return m
 }

@@ -687,7 +687,7 @@ func dedupe(ms []Member) ([]Member, []Problem) {
 			continue
 		}
 		if reason, ok := bad[i]; ok {
-			probs = append(probs, Problem{Kind: ms[i].Kind, ID: ms[i].ID, TincName: ms[i].TincName, Reason: reason})
+			probs = append(probs, Problem{Kind: ms[i].Kind, ID: ms[i].ID, TincName: ms[i].TincName, Reason: reason, Conflict: true})
 			continue
 		}
 		out = append(out, ms[i])

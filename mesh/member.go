@@ -132,6 +132,11 @@ type Problem struct {
 	ID       uint64
 	TincName string
 	Reason   string
+	// Conflict marks a rejection for a collision with another member (a
+	// tinc name, an id, overlapping Subnets): it may end when the other
+	// member changes, unlike every other problem, which is the member's
+	// own.
+	Conflict bool `json:",omitempty"`
 }
 
 // String names the member and gives the reason: "node 31 (node_31): ...".

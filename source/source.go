@@ -36,6 +36,12 @@ type Config struct {
 	Guard mesh.Guard
 	// Cache is the last-known-good file; empty: none is kept.
 	Cache string
+	// Feed follows the registry's change feed where the registry links
+	// one (registry.RelChanges): after the first whole read, Fetch asks
+	// only what changed and rebuilds the snapshot in use with it. Against
+	// a registry without one (the 2015 controller) Fetch polls with
+	// ETags as before.
+	Feed bool
 	// Watch, when set, sees every candidate of a fetch as it is decoded,
 	// before validation (node-boot reads its own island from it, also
 	// when it is not a member yet). It must not keep the pointer.
@@ -59,10 +65,19 @@ type Snapshot struct {
 	// Notes say how the prefix was chosen, when the registry's declared
 	// one did not hold the members' addresses.
 	Notes []string
+	// regPrefix is the prefix the registry declared, for rebuilds from
+	// the feed.
+	regPrefix netip.Prefix
 	// FromCache is set for the last-known-good copy; Saved is when it was
 	// saved.
 	FromCache bool
 	Saved     time.Time
+	// Feed is the registry's change feed ("" for none, or Config.Feed
+	// unset) and FeedVersion the version this snapshot holds at least;
+	// FromFeed is set for a snapshot rebuilt from the feed's changes.
+	Feed        string
+	FeedVersion uint64
+	FromFeed    bool
 }
 
 // Source yields the snapshots of one registry. It is not safe for
@@ -75,6 +90,16 @@ type Source struct {
 
 	validators map[string]string
 	current    *mesh.Testbed // the snapshot in use (Commit), for the guard
+
+	// The change feed of the snapshot in use (see Config.Feed): its URL
+	// and version, the prefix the registry declared, and the members that
+	// are not in the testbed (rejected, skipped), which a rebuild from
+	// the feed carries over unless the feed changes them.
+	feed        string
+	feedVersion uint64
+	regPrefix   netip.Prefix
+	rejected    []mesh.Problem
+	skipped     []mesh.Problem
 }
 
 // New returns a Source for cfg. An unusable URL is an error wrapping
@@ -86,6 +111,7 @@ func New(cfg Config) (*Source, error) {
 	if cfg.Client.Logger == nil {
 		cfg.Client.Logger = cfg.Logger
 	}
+	cfg.Client.Feed = cfg.Feed
 	c, err := registry.New(cfg.URL, cfg.Client)
 	if err != nil {
 		return nil, fmt.Errorf("registry client: %w", err)
@@ -115,6 +141,126 @@ func (s *Source) Current() *mesh.Testbed { return s.current }
 // members of the one in use than the Guard allows is an error wrapping
 // mesh.ErrMassDeletion.
 func (s *Source) Fetch(ctx context.Context) (Snapshot, error) {
+	if s.feed != "" && s.current != nil {
+		snap, err := s.fetchFeed(ctx)
+		switch {
+		case err == nil:
+			return snap, nil
+		case errors.Is(err, registry.ErrFeedGone), errors.Is(err, errFeedConflict):
+			s.log.Info("reading the whole registry again", "reason", err)
+			s.feed = ""
+		default:
+			return Snapshot{}, err
+		}
+	}
+	return s.fetchAll(ctx)
+}
+
+// errFeedConflict is why a snapshot is not rebuilt from the feed: members
+// were rejected for colliding with others, and only a whole read can tell
+// whether a change of one ended the collision.
+var errFeedConflict = errors.New("members collide with each other, and a change may have ended it")
+
+// FeedVersion is the change feed's version of the snapshot in use, and
+// its URL ("" when it follows none).
+func (s *Source) FeedVersion() (string, uint64) { return s.feed, s.feedVersion }
+
+// WaitChange waits until the registry's change feed at feed has something
+// after version since, for at most the client's long-poll wait: it
+// returns true when there is, false when the wait ended with nothing. It
+// may run beside Fetch (it touches none of the Source's state).
+func (s *Source) WaitChange(ctx context.Context, feed string, since uint64) (bool, error) {
+	r, err := s.client.Changes(ctx, feed, since, s.client.LongPollWait())
+	if err != nil {
+		if errors.Is(err, registry.ErrFeedGone) {
+			return true, nil // Fetch reads everything again
+		}
+		return false, fmt.Errorf("follow the change feed of %s: %w", s.cfg.URL, err)
+	}
+	return r.Version != since, nil
+}
+
+// fetchFeed rebuilds the snapshot in use with what the feed says changed:
+// every member it does not name as it is, the ones it puts as given. The
+// result is what a whole read would give.
+func (s *Source) fetchFeed(ctx context.Context) (Snapshot, error) {
+	r, err := s.client.Changes(ctx, s.feed, s.feedVersion, 0)
+	if err != nil {
+		if errors.Is(err, registry.ErrFeedGone) {
+			return Snapshot{}, err
+		}
+		return Snapshot{}, fmt.Errorf("follow the change feed of %s: %w", s.cfg.URL, err)
+	}
+	if r.Version == s.feedVersion && len(r.Put)+len(r.Removed)+len(r.Problems) == 0 {
+		return Snapshot{NotModified: true, Validators: s.Validators(), Feed: s.feed, FeedVersion: r.Version}, nil
+	}
+	for _, p := range s.rejected {
+		if p.Conflict {
+			return Snapshot{}, errFeedConflict
+		}
+	}
+	touched := map[registry.MemberRef]bool{}
+	for _, c := range r.Put {
+		touched[registry.MemberRef{Kind: c.Kind, ID: c.ID}] = true
+	}
+	for _, m := range r.Removed {
+		touched[m] = true
+	}
+	for _, p := range r.Problems {
+		touched[registry.MemberRef{Kind: p.Kind, ID: p.ID}] = true
+	}
+	b := s.builder()
+	for c := range s.current.Candidates() {
+		if !touched[registry.MemberRef{Kind: c.Kind, ID: c.ID}] {
+			b.Add(&c)
+		}
+	}
+	for i := range r.Put {
+		if s.cfg.Watch != nil {
+			s.cfg.Watch(&r.Put[i])
+		}
+		b.Add(&r.Put[i])
+	}
+	carried := func(ps []mesh.Problem) []mesh.Problem {
+		var out []mesh.Problem
+		for _, p := range ps {
+			if !touched[registry.MemberRef{Kind: p.Kind, ID: p.ID}] {
+				out = append(out, p)
+			}
+		}
+		return out
+	}
+	snap, err := s.build(s.regPrefix, b, append(carried(s.rejected), r.Problems...))
+	if err != nil {
+		return Snapshot{}, err
+	}
+	snap.Skipped = append(snap.Skipped, carried(s.skipped)...)
+	// No ETags: those of the last whole read no longer describe the
+	// snapshot, and a registry back at that content would answer 304 for
+	// a snapshot that is not it.
+	snap.Validators, snap.Feed, snap.FeedVersion, snap.FromFeed = nil, s.feed, r.Version, true
+	if err := s.guard(snap); err != nil {
+		return Snapshot{}, err
+	}
+	return snap, nil
+}
+
+// guard refuses a snapshot that removes more members of the one in use
+// than the Guard allows.
+func (s *Source) guard(snap Snapshot) error {
+	if s.current == nil {
+		return nil
+	}
+	removed := len(mesh.Diff(s.current, snap.Testbed).Removed)
+	if err := s.cfg.Guard.Check("members", s.current.Len(), removed); err != nil {
+		return fmt.Errorf("registry %s: snapshot %s: %w (%d rejected); keeping the one in use", s.cfg.URL, snap.Testbed.Version(), err, len(snap.Rejected))
+	}
+	return nil
+}
+
+// fetchAll reads the whole registry (conditionally on the ETags of the
+// snapshot in use).
+func (s *Source) fetchAll(ctx context.Context) (Snapshot, error) {
 	// The candidates are validated as they stream in (mesh.Builder): the
 	// registry's answer is never held whole, only the members.
 	b := s.builder()
@@ -127,18 +273,16 @@ func (s *Source) Fetch(ctx context.Context) (Snapshot, error) {
 		return Snapshot{}, fmt.Errorf("fetch members from %s: %w", s.cfg.URL, err)
 	}
 	if r.NotModified {
-		return Snapshot{NotModified: true, Validators: s.Validators()}, nil
+		return Snapshot{NotModified: true, Validators: s.Validators(), Feed: r.Feed, FeedVersion: r.FeedVersion}, nil
 	}
 	snap, err := s.build(r.Prefix, b, r.Problems)
 	if err != nil {
 		return Snapshot{}, err
 	}
-	snap.Validators = r.Validators
-	if s.current != nil {
-		removed := len(mesh.Diff(s.current, snap.Testbed).Removed)
-		if err := s.cfg.Guard.Check("members", s.current.Len(), removed); err != nil {
-			return Snapshot{}, fmt.Errorf("registry %s: snapshot %s: %w (%d rejected); keeping the one in use", s.cfg.URL, snap.Testbed.Version(), err, len(snap.Rejected))
-		}
+	snap.Validators, snap.Feed, snap.FeedVersion = r.Validators, r.Feed, r.FeedVersion
+	snap.regPrefix = r.Prefix
+	if err := s.guard(snap); err != nil {
+		return Snapshot{}, err
 	}
 	return snap, nil
 }
@@ -200,9 +344,19 @@ func (s *Source) build(regPrefix netip.Prefix, b *mesh.Builder, problems []mesh.
 // last-known-good copy (a failure to save is logged: the snapshot is in
 // use all the same).
 func (s *Source) Commit(snap Snapshot) {
+	switch {
+	case !snap.NotModified, snap.Feed != "" && s.current != nil:
+		// A 304 with the feed's version confirms the snapshot in use (the
+		// last-known-good copy, say) at that version.
+		s.feed, s.feedVersion = snap.Feed, snap.FeedVersion
+	}
 	if snap.NotModified {
 		return
 	}
+	if !snap.FromFeed {
+		s.regPrefix = snap.regPrefix
+	}
+	s.rejected, s.skipped = snap.Rejected, snap.Skipped
 	s.current, s.validators = snap.Testbed, maps.Clone(snap.Validators)
 	if s.cfg.Cache == "" || snap.FromCache {
 		return
@@ -216,11 +370,11 @@ func (s *Source) Commit(snap Snapshot) {
 
 // Use makes tb the snapshot in use without ETags (a Source made anew for
 // a changed config keeps guarding what runs).
-func (s *Source) Use(tb *mesh.Testbed) { s.current, s.validators = tb, nil }
+func (s *Source) Use(tb *mesh.Testbed) { s.current, s.validators, s.feed = tb, nil, "" }
 
-// Forget drops the ETags, so that the next Fetch gets everything (a
-// changed registry, prefix or plan).
-func (s *Source) Forget() { s.validators = nil }
+// Forget drops the ETags and the feed, so that the next Fetch gets
+// everything (a changed registry, prefix or plan, a periodic full resync).
+func (s *Source) Forget() { s.validators, s.feed = nil, "" }
 
 // ErrNoCache is Load's error when no last-known-good copy is kept.
 var ErrNoCache = errors.New("no last-known-good snapshot is kept")
@@ -242,7 +396,7 @@ func (s *Source) Load() (Snapshot, error) {
 	if err != nil {
 		return Snapshot{}, err
 	}
-	snap.Validators, snap.FromCache, snap.Saved = c.Validators, true, c.Saved
+	snap.Validators, snap.FromCache, snap.Saved, snap.regPrefix = c.Validators, true, c.Saved, p
 	return snap, nil
 }
 

@@ -152,7 +152,7 @@ func runDNS(ctx context.Context, env Env, args []string) error {
 		return usageError{err}
 	}
 
-	src, err := source.New(source.Config{URL: f.registry, Prefix: declared, Logger: env.Logger,
+	src, err := source.New(source.Config{URL: f.registry, Prefix: declared, Logger: env.Logger, Feed: true,
 		Client: registry.Options{CAFile: f.ca, Insecure: f.insecure, FetchTimeout: f.timeout},
 		Guard:  mesh.Guard{MaxRemoveFraction: f.maxRemove, Force: f.force}})
 	if err != nil {
