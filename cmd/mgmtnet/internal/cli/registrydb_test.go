@@ -190,8 +190,26 @@ func TestRegistryDatabase(t *testing.T) {
 			t.Error(err)
 		}
 	}
-	// A write through one instance's API is served by the other.
+	// A write through one instance's API is served by the other, and
+	// the other's change feed, linked from its base, wakes with it.
 	key := strings.TrimSpace(mustRun(t, "registry", "token", "create", "--role", "operator", "--db", pg))
+	feedClient, err := registry.New(bb, registry.Options{Feed: true, Retries: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap, err := feedClient.Fetch(context.Background(), nil)
+	if err != nil || snap.Feed != bb+"changes/" {
+		t.Fatalf("the other instance's feed: %q, %v", snap.Feed, err)
+	}
+	woken := make(chan *registry.FeedResult, 1)
+	go func() {
+		r, err := feedClient.Changes(context.Background(), snap.Feed, snap.FeedVersion, 20*time.Second)
+		if err != nil {
+			t.Error(err)
+		}
+		woken <- r
+	}()
+	time.Sleep(300 * time.Millisecond) // the request waits
 	req, _ := http.NewRequest("DELETE", a+"nodes/40/", nil)
 	req.Header.Set("Authorization", "Token "+key)
 	resp, err := http.DefaultClient.Do(req)
@@ -201,6 +219,12 @@ func TestRegistryDatabase(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusNoContent {
 		t.Fatalf("DELETE on one instance: %s", resp.Status)
+	}
+	deleted := time.Now()
+	if r := <-woken; r == nil || r.Version != snap.FeedVersion+1 || len(r.Removed) != 1 || r.Removed[0].ID != 40 {
+		t.Errorf("the other instance's feed after the DELETE: %+v", r)
+	} else {
+		t.Logf("the other instance's feed woke %v after the DELETE returned", time.Since(deleted).Round(time.Millisecond))
 	}
 	if err := vtb.WaitFor(context.Background(), 5*time.Second, 50*time.Millisecond, func() error {
 		if n := nodesServed(t, bb); n != 2 {
