@@ -97,6 +97,7 @@ func (d *Daemon) followFeed(ctx context.Context) {
 		if !changed {
 			continue
 		}
+		d.log.Debug("registry change feed has a change; syncing", "feed", cur.url, "since", cur.version)
 		select {
 		case d.feed.poke <- struct{}{}:
 		default:

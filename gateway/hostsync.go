@@ -116,7 +116,9 @@ func (d *Daemon) reconcile(ctx context.Context, full bool) error {
 }
 
 func (d *Daemon) reconcile1(ctx context.Context, full bool) error {
+	start := time.Now()
 	snap, err := d.hosts.src.Fetch(ctx)
+	fetched := time.Now()
 	if err != nil {
 		if !errors.Is(err, mesh.ErrMassDeletion) {
 			d.hosts.regErr = err.Error()
@@ -154,12 +156,14 @@ func (d *Daemon) reconcile1(ctx context.Context, full bool) error {
 	// that validated is served even when writing the files failed.
 	d.dnsSetTestbed(snap.Testbed)
 	d.hosts.incremental = !full
+	zoned := time.Now()
 	if err := d.apply(ctx, snap.Testbed, false); err != nil {
 		if errors.Is(err, tincgen.ErrMassDeletion) {
 			return fmt.Errorf("%w: the registry returned %d members (%d rejected); keeping the old snapshot", err, snap.Testbed.Len(), len(rejected))
 		}
 		return err
 	}
+	d.log.Debug("new snapshot applied", "from_feed", snap.FromFeed, "fetch", fetched.Sub(start), "dns", zoned.Sub(fetched), "apply", time.Since(zoned))
 	d.hosts.src.Commit(snap)
 	d.hosts.prefix, d.hosts.validators, d.hosts.rejected, d.hosts.warnings = snap.Prefix, snap.Validators, rejected, warnings
 	d.hosts.fromCache = false

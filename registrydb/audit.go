@@ -35,7 +35,7 @@ func (d *DB) audit(ctx context.Context, tx *sql.Tx, e AuditEntry) error {
 // Log returns the newest limit entries of the audit log, newest first
 // (all of them for limit <= 0).
 func (d *DB) Log(ctx context.Context, limit int) ([]AuditEntry, error) {
-	tx, err := d.sql.BeginTx(ctx, &sql.TxOptions{ReadOnly: d.dialect == Postgres})
+	tx, err := d.sql.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
 	if err != nil {
 		return nil, fmt.Errorf("read the audit log of %s: %w", d.url, err)
 	}

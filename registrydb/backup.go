@@ -23,7 +23,7 @@ func (d *DB) Backup(ctx context.Context, path string) error {
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("backup to %s: %w", path, err)
 	}
-	tx, err := d.sql.BeginTx(ctx, &sql.TxOptions{ReadOnly: d.dialect == Postgres, Isolation: d.isolation()})
+	tx, err := d.sql.BeginTx(ctx, &sql.TxOptions{ReadOnly: true, Isolation: d.isolation()})
 	if err != nil {
 		return fmt.Errorf("backup %s: %w", d.url, err)
 	}
@@ -43,6 +43,8 @@ func (d *DB) Backup(ctx context.Context, path string) error {
 		return fmt.Errorf("backup to %s: %w", path, err)
 	}
 	defer out.Close()
+	// One connection: leaving WAL mode at the end needs the only one.
+	out.sql.SetMaxOpenConns(1)
 	otx, err := out.sql.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("backup to %s: %w", path, err)

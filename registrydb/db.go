@@ -36,6 +36,9 @@ const (
 	Postgres = "postgres"
 )
 
+// sqliteConns is how many connections an SQLite database gets.
+const sqliteConns = 4
+
 // ErrBadURL is wrapped by Open's errors about the database URL.
 var ErrBadURL = errors.New("bad registry database URL")
 
@@ -72,7 +75,10 @@ func Open(ctx context.Context, url string, logger *slog.Logger) (*DB, error) {
 			return nil, fmt.Errorf("open registry database %s: %w", url, err)
 		}
 		// WAL lets readers go on while one writer writes; the busy
-		// timeout makes a second writer wait instead of failing.
+		// timeout makes a second writer wait instead of failing. Write
+		// transactions take the write lock at BEGIN (_txlock), so that
+		// two never deadlock upgrading; read transactions are ReadOnly,
+		// which the driver begins deferred: they take no write lock.
 		driver, dialect = "sqlite", SQLite
 		dsn = "file:" + path + "?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=foreign_keys(1)&_txlock=immediate"
 	case strings.HasPrefix(url, "postgres://"), strings.HasPrefix(url, "postgresql://"):
@@ -85,9 +91,11 @@ func Open(ctx context.Context, url string, logger *slog.Logger) (*DB, error) {
 		return nil, fmt.Errorf("open registry database %s: %w", redact(url), err)
 	}
 	if dialect == SQLite {
-		// One connection: SQLite serializes writers anyway, and a single
-		// connection keeps the pragmas and sees its own writes.
-		db.SetMaxOpenConns(1)
+		// A few connections, each with the DSN's pragmas: in WAL mode
+		// readers go on beside the one writer (the change feed answers
+		// while the read API reads the whole testbed), and writers take
+		// turns (_txlock=immediate, busy_timeout).
+		db.SetMaxOpenConns(sqliteConns)
 	}
 	d := &DB{sql: db, dialect: dialect, log: logger, url: redact(url)}
 	if err := db.PingContext(ctx); err != nil {

@@ -489,7 +489,7 @@ func TestChanges(t *testing.T) {
 				if c.Version != cur || c.Head.MgmtPrefix != now.MgmtPrefix || len(c.Head.Islands) != len(now.Islands) {
 					t.Errorf("since %d: version %d head %+v", since, c.Version, c.Head)
 				}
-				got := applyChanges(old, c)
+				got := c.Apply(old)
 				if diff := cmp.Diff(now, got, cmpopts.EquateEmpty(), cmp.Comparer(func(a, b interface{ String() string }) bool { return a.String() == b.String() })); diff != "" {
 					t.Errorf("since %d: testbed %d + changes != testbed %d (-now +got):\n%s", since, since, cur, diff)
 				}
@@ -515,48 +515,4 @@ func TestChanges(t *testing.T) {
 			}
 		})
 	}
-}
-
-// applyChanges puts c over f, as a feed reader does.
-func applyChanges(f *registry.File, c *Changes) *registry.File {
-	out := &registry.File{MgmtPrefix: c.Head.MgmtPrefix, Dialect: c.Head.Dialect, Islands: c.Head.Islands}
-	type key struct {
-		kind string
-		id   uint64
-	}
-	drop := map[key]bool{}
-	for _, r := range c.Removed {
-		drop[key{r.Kind, r.ID}] = true
-	}
-	put := map[key]registry.FileMember{}
-	for _, p := range c.Put {
-		put[key{p.Kind, p.Member.ID}] = p.Member
-	}
-	for kind, in := range map[string][]registry.FileMember{KindServer: f.Servers, KindNode: f.Nodes, KindHost: f.Hosts} {
-		var ms []registry.FileMember
-		for _, m := range in {
-			k := key{kind, m.ID}
-			if p, ok := put[k]; ok {
-				ms = append(ms, p)
-				delete(put, k)
-			} else if !drop[k] {
-				ms = append(ms, m)
-			}
-		}
-		for k, p := range put {
-			if k.kind == kind {
-				ms = append(ms, p)
-			}
-		}
-		slices.SortFunc(ms, func(a, b registry.FileMember) int { return int(a.ID) - int(b.ID) })
-		switch kind {
-		case KindServer:
-			out.Servers = ms
-		case KindNode:
-			out.Nodes = ms
-		case KindHost:
-			out.Hosts = ms
-		}
-	}
-	return out
 }

@@ -1,10 +1,13 @@
 package registrydb
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"errors"
 	"fmt"
+
+	"slices"
 
 	"github.com/confine-project/mgmtnet/mesh/registry"
 )
@@ -41,7 +44,7 @@ type Changes struct {
 // same version are one write's; a member written several times since is
 // given once, as it is now.
 func (d *DB) Changes(ctx context.Context, since uint64) (*Changes, error) {
-	tx, err := d.sql.BeginTx(ctx, &sql.TxOptions{ReadOnly: d.dialect == Postgres, Isolation: d.isolation()})
+	tx, err := d.sql.BeginTx(ctx, &sql.TxOptions{ReadOnly: true, Isolation: d.isolation()})
 	if err != nil {
 		return nil, fmt.Errorf("read changes from %s: %w", d.url, err)
 	}
@@ -80,4 +83,36 @@ func (d *DB) Changes(ctx context.Context, since uint64) (*Changes, error) {
 		return nil, fmt.Errorf("read changes from %s: %w", d.url, err)
 	}
 	return c, tx.Commit()
+}
+
+// Apply returns f, the testbed at version c.Since, with c put over it: the
+// testbed at c.Version (its head, and its members in id order). f is not
+// modified; the members c does not name are shared with it.
+func (c *Changes) Apply(f *registry.File) *registry.File {
+	out := &registry.File{MgmtPrefix: c.Head.MgmtPrefix, Dialect: c.Head.Dialect, Islands: c.Head.Islands}
+	drop := map[MemberKey]bool{}
+	for _, r := range c.Removed {
+		drop[r] = true
+	}
+	put := map[string][]registry.FileMember{}
+	for _, p := range c.Put {
+		drop[MemberKey{p.Kind, p.Member.ID}] = true
+		put[p.Kind] = append(put[p.Kind], p.Member)
+	}
+	for _, g := range []struct {
+		kind string
+		in   []registry.FileMember
+		out  *[]registry.FileMember
+	}{{KindServer, f.Servers, &out.Servers}, {KindNode, f.Nodes, &out.Nodes}, {KindHost, f.Hosts, &out.Hosts}} {
+		ms := make([]registry.FileMember, 0, len(g.in)+len(put[g.kind]))
+		for _, m := range g.in {
+			if !drop[MemberKey{g.kind, m.ID}] {
+				ms = append(ms, m)
+			}
+		}
+		ms = append(ms, put[g.kind]...)
+		slices.SortFunc(ms, func(a, b registry.FileMember) int { return cmp.Compare(a.ID, b.ID) })
+		*g.out = ms
+	}
+	return out
 }

@@ -55,7 +55,7 @@ func tincNameOf(kind string, id uint64) (string, error) {
 
 // Member returns one member.
 func (d *DB) Member(ctx context.Context, kind string, id uint64) (registry.FileMember, error) {
-	tx, err := d.sql.BeginTx(ctx, &sql.TxOptions{ReadOnly: d.dialect == Postgres, Isolation: d.isolation()})
+	tx, err := d.sql.BeginTx(ctx, &sql.TxOptions{ReadOnly: true, Isolation: d.isolation()})
 	if err != nil {
 		return registry.FileMember{}, fmt.Errorf("read %s %d from %s: %w", kind, id, d.url, err)
 	}

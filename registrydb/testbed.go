@@ -35,7 +35,7 @@ func (d *DB) Version(ctx context.Context) (uint64, error) {
 // Testbed reads the whole testbed, consistently (one read transaction),
 // as a validated registry.File, and its version.
 func (d *DB) Testbed(ctx context.Context) (*registry.File, uint64, error) {
-	tx, err := d.sql.BeginTx(ctx, &sql.TxOptions{ReadOnly: d.dialect == Postgres, Isolation: d.isolation()})
+	tx, err := d.sql.BeginTx(ctx, &sql.TxOptions{ReadOnly: true, Isolation: d.isolation()})
 	if err != nil {
 		return nil, 0, fmt.Errorf("read testbed from %s: %w", d.url, err)
 	}

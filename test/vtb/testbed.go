@@ -70,6 +70,11 @@ type Spec struct {
 	// NoUDPWatchdog turns the gateway daemons' UDP watchdog off
 	// (tinc.udp_watchdog.interval 0s): the stale-key test's control.
 	NoUDPWatchdog bool
+	// RegistryDB makes the registry "mgmtnet registry serve --db" of an
+	// SQLite database in the lab's directory (Testbed.DB), with the write
+	// API and the change feed; WriteRegistry imports the testbed file into
+	// it, and Registry runs the admin CLI on it.
+	RegistryDB bool
 }
 
 // DefaultSpec is the demo's testbed: two islands, a server in both, three
@@ -477,7 +482,33 @@ func (tb *Testbed) WriteRegistry() error {
 	if tb.FilePath == "" {
 		tb.FilePath = filepath.Join(tb.Lab.Dir, "testbed.json")
 	}
-	return WriteTestbedFile(tb.FilePath, tb.File)
+	if err := WriteTestbedFile(tb.FilePath, tb.File); err != nil {
+		return err
+	}
+	if !tb.Spec.RegistryDB {
+		return nil
+	}
+	_, err := tb.Registry(context.Background(), "import", "--from", tb.FilePath)
+	return err
+}
+
+// DBURL is the registry database of Spec.RegistryDB.
+func (tb *Testbed) DBURL() string { return "sqlite:" + filepath.Join(tb.Lab.Dir, "registry.db") }
+
+// Registry runs "mgmtnet registry ARGS --db DB" (Spec.RegistryDB), as an
+// operator on the registry's machine does, and returns its standard
+// output (its standard error goes to the lab's log).
+func (tb *Testbed) Registry(ctx context.Context, args ...string) (string, error) {
+	args = append(append([]string{"registry"}, args...), "--db", tb.DBURL())
+	cmd := exec.CommandContext(ctx, tb.Spec.Mgmtnet, args...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	tb.Lab.Logf("mgmtnet %s: %s", strings.Join(args, " "), strings.TrimSpace(stderr.String()))
+	if err != nil {
+		return string(out), fmt.Errorf("mgmtnet %s: %w: %s", strings.Join(args, " "), err, stderr.String())
+	}
+	return string(out), nil
 }
 
 // WriteTestbedFile writes a registry testbed file through a temporary file
@@ -523,8 +554,12 @@ func (tb *Testbed) StartRegistry(ctx context.Context) error {
 	if err := tb.WriteRegistry(); err != nil {
 		return err
 	}
-	p, err := tb.Lab.Start(tb.Server.NS, "registry", tb.Spec.Mgmtnet, "registry", "serve",
-		"--testbed", tb.FilePath, "--listen", fmt.Sprintf(":%d", registryPort))
+	from := []string{"--testbed", tb.FilePath}
+	if tb.Spec.RegistryDB {
+		from = []string{"--db", tb.DBURL()}
+	}
+	p, err := tb.Lab.Start(tb.Server.NS, "registry", append(append([]string{tb.Spec.Mgmtnet, "registry", "serve"}, from...),
+		"--listen", fmt.Sprintf(":%d", registryPort))...)
 	if err != nil {
 		return err
 	}

@@ -7,8 +7,10 @@
 // polling with ETags every second (registry.feed: false), each over the
 // same number of removals of nodes whose files it holds. It also reports
 // the registry's import time, RSS and request latencies. tincd is a
-// stand-in process named "tincd" that ignores SIGHUP, as in
-// test/bench/gateway. "make bench" runs it.
+// stand-in: this program again, copied to a file named "tincd" (the
+// daemon checks the name), that writes the time of each SIGHUP it gets to
+// a file, so that the SIGHUP is timed where it lands rather than by
+// asking the daemon. "make bench" runs it.
 package main
 
 import (
@@ -21,8 +23,10 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -32,17 +36,84 @@ import (
 )
 
 func main() {
+	if hups := os.Getenv(hupLogEnv); hups != "" {
+		standInTincd(hups)
+		return
+	}
 	bin := flag.String("mgmtnet", "bin/mgmtnet", "mgmtnet binary to measure")
 	nodes := flag.Int("nodes", 65520, "nodes in the testbed (+ -hosts hosts, 10 servers)")
 	hosts := flag.Int("hosts", 1000, "hosts in the testbed")
 	runs := flag.Int("runs", 5, "removals to time in each mode")
 	baseline := flag.Bool("baseline", true, "also time the polling gateway (registry.feed: false, poll every second)")
+	flag.StringVar(&logDir, "logs", "", "keep the gateways' debug logs in this directory")
 	flag.Parse()
 	if err := run(*bin, *nodes, *hosts, *runs, *baseline); err != nil {
 		fmt.Fprintf(os.Stderr, "bench feed: %v\n", err)
 		os.Exit(1)
 	}
 }
+
+// hupLogEnv names the file where the stand-in tincd writes the time of
+// each SIGHUP.
+const hupLogEnv = "MGMTNET_BENCH_HUP_LOG"
+
+// standInTincd is the stand-in tincd: it writes the Unix time in
+// nanoseconds of each SIGHUP as a line to path, until it is killed.
+func standInTincd(path string) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		os.Exit(1)
+	}
+	hup := make(chan os.Signal, 16)
+	signal.Notify(hup, syscall.SIGHUP)
+	for range hup {
+		fmt.Fprintf(f, "%d\n", time.Now().UnixNano())
+	}
+}
+
+// startTincd starts the stand-in tincd in dir and writes its pid file.
+func startTincd(dir string) (cmd *exec.Cmd, pidFile, hupLog string, err error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, "", "", err
+	}
+	b, err := os.ReadFile(self)
+	if err != nil {
+		return nil, "", "", err
+	}
+	bin := filepath.Join(dir, "tincd")
+	if err := os.WriteFile(bin, b, 0o755); err != nil {
+		return nil, "", "", err
+	}
+	hupLog = filepath.Join(dir, "hups.log")
+	cmd = exec.Command(bin)
+	cmd.Env = append(os.Environ(), hupLogEnv+"="+hupLog)
+	if err := cmd.Start(); err != nil {
+		return nil, "", "", err
+	}
+	pidFile = filepath.Join(dir, "tinc.pid")
+	if err := os.WriteFile(pidFile, []byte(strconv.Itoa(cmd.Process.Pid)+"\n"), 0o644); err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		return nil, "", "", err
+	}
+	return cmd, pidFile, hupLog, nil
+}
+
+// hupsAfter returns the time of the first SIGHUP in log after t.
+func hupsAfter(log string, t time.Time) (time.Time, bool) {
+	b, _ := os.ReadFile(log)
+	for _, l := range strings.Fields(string(b)) {
+		n, err := strconv.ParseInt(l, 10, 64)
+		if err == nil && n > t.UnixNano() {
+			return time.Unix(0, n), true
+		}
+	}
+	return time.Time{}, false
+}
+
+// logDir, when set, keeps the gateways' debug logs.
+var logDir string
 
 func median(d []time.Duration) time.Duration {
 	s := slices.Clone(d)
@@ -177,11 +248,11 @@ func gateway(ctx context.Context, bin, dir, listen, base, token string, feed boo
 	if err := os.MkdirAll(gdir, 0o755); err != nil {
 		return nil, nil, err
 	}
-	tincd, err := vtb.StartFakeTincd(gdir, true)
+	tincd, pidFile, hupLog, err := startTincd(gdir)
 	if err != nil {
 		return nil, nil, err
 	}
-	defer tincd.Stop()
+	defer func() { tincd.Process.Kill(); tincd.Wait() }()
 	netDir := filepath.Join(gdir, "tinc")
 	hostsDir := filepath.Join(netDir, "hosts")
 	os.MkdirAll(hostsDir, 0o755)
@@ -200,12 +271,23 @@ poll:
   full_resync: 1h
 state_dir: %s
 status_socket: %s
-`, listen, feed, netDir, tincd.PidFile, poll, filepath.Join(gdir, "state"), socket)
+`, listen, feed, netDir, pidFile, poll, filepath.Join(gdir, "state"), socket)
 	cfgPath := filepath.Join(gdir, "gateway.yaml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
 		return nil, nil, err
 	}
 	gw := exec.Command(bin, "gateway", "--config", cfgPath)
+	if logDir != "" {
+		// The daemon's debug log, which times each snapshot's fetch and
+		// apply.
+		lf, err := os.Create(filepath.Join(logDir, "gateway-"+mode+".log"))
+		if err != nil {
+			return nil, nil, err
+		}
+		defer lf.Close()
+		gw.Env = append(os.Environ(), "MGMTNET_LOG=debug")
+		gw.Stderr = lf
+	}
 	if err := gw.Start(); err != nil {
 		return nil, nil, err
 	}
@@ -239,10 +321,6 @@ status_socket: %s
 		return nil, nil, fmt.Errorf("the gateway holds %d node files, not %d", len(victims), runs)
 	}
 	for _, name := range victims {
-		before, err := status()
-		if err != nil {
-			return nil, nil, err
-		}
 		req, _ := http.NewRequest(http.MethodDelete, base+"nodes/"+strings.TrimPrefix(name, "node_")+"/", nil)
 		req.Header.Set("Authorization", "Token "+token)
 		t := time.Now()
@@ -256,27 +334,23 @@ status_socket: %s
 		}
 		writes = append(writes, time.Since(t))
 		path := filepath.Join(hostsDir, name)
+		var hup time.Time
 		if err := vtb.WaitFor(ctx, 2*time.Minute, 5*time.Millisecond, func() error {
 			if _, err := os.Stat(path); !errors.Is(err, fs.ErrNotExist) {
 				return fmt.Errorf("%s is still there", path)
 			}
-			return nil
-		}); err != nil {
-			return nil, nil, err
-		}
-		if err := vtb.WaitFor(ctx, time.Minute, 10*time.Millisecond, func() error {
-			st, err := status()
-			if err != nil {
-				return err
-			}
-			if st.Hups <= before.Hups {
-				return errors.New("no HUP yet")
+			var ok bool
+			if hup, ok = hupsAfter(hupLog, t); !ok {
+				return errors.New("no SIGHUP yet")
 			}
 			return nil
 		}); err != nil {
 			return nil, nil, err
 		}
-		lat = append(lat, time.Since(t))
+		lat = append(lat, hup.Sub(t))
+		if logDir != "" {
+			fmt.Fprintf(os.Stderr, "%s DELETE %s, SIGHUP %s later\n", t.UTC().Format(time.RFC3339Nano), name, hup.Sub(t))
+		}
 		time.Sleep(2 * time.Second) // the snapshot is saved after the HUP
 	}
 	return lat, writes, nil

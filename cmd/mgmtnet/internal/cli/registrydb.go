@@ -4,6 +4,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -105,6 +106,16 @@ func (s *dbServing) refresh(ctx context.Context, srv *registry.Server) {
 	}
 	var f *registry.File
 	if err == nil {
+		// What changed since the version served, put over it: a write
+		// costs what it wrote, not a read of the whole testbed. After an
+		// import (the feed cannot say what changed), everything.
+		if c, cerr := s.db.Changes(ctx, s.have); cerr == nil {
+			f, v = c.Apply(srv.File()), c.Version
+		} else if !errors.Is(cerr, registrydb.ErrFeedGone) {
+			err = cerr
+		}
+	}
+	if err == nil && f == nil {
 		f, v, err = s.db.Testbed(ctx)
 	}
 	if err != nil {
