@@ -462,6 +462,14 @@ func enrol(ctx context.Context, cfg Config, opts Options, pub []byte, res *Resul
 		return
 	}
 	if err := c.Enrol(ctx, "nodes", uint64(cfg.NodeID), opts.EnrolToken, string(pub)); err != nil {
+		var refused *registry.EnrolRefused
+		if errors.As(err, &refused) {
+			n := fmt.Sprintf("the registry refused the invite: %s (status %d); booting on", refused.Detail, refused.Status)
+			res.Notes = append(res.Notes, n)
+			res.say("%s", n)
+			log.Warn(n)
+			return
+		}
 		fail(failure(err))
 		return
 	}

@@ -1206,8 +1206,25 @@ func (c *Client) Enrol(ctx context.Context, collection string, id uint64, token,
 		Detail string `json:"detail"`
 	}
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	detail := http.StatusText(resp.StatusCode)
 	if json.Unmarshal(b, &d) == nil && d.Detail != "" && isPrintable([]byte(d.Detail)) {
-		return fmt.Errorf("enrol at %s: status %d: %s", target, resp.StatusCode, d.Detail)
+		detail = d.Detail
 	}
-	return fmt.Errorf("enrol at %s: status %d %s", target, resp.StatusCode, http.StatusText(resp.StatusCode))
+	if resp.StatusCode >= 400 && resp.StatusCode < 500 {
+		return &EnrolRefused{URL: target.String(), Status: resp.StatusCode, Detail: detail}
+	}
+	return fmt.Errorf("enrol at %s: status %d: %s", target, resp.StatusCode, detail)
+}
+
+// EnrolRefused is Enrol's error when the registry answered and refused:
+// an unknown, spent or expired invite (403), a key it rejects (400), no
+// such member (404). Detail is the registry's reason.
+type EnrolRefused struct {
+	URL    string
+	Status int
+	Detail string
+}
+
+func (e *EnrolRefused) Error() string {
+	return fmt.Sprintf("enrol at %s: status %d: %s", e.URL, e.Status, e.Detail)
 }

@@ -90,14 +90,14 @@ func TestEnrolment(t *testing.T) {
 	// 3. A spent invite, and one that was never made: the reason, and the
 	// node boots on with what it has.
 	for _, tc := range []struct{ token, reason string }{
-		{invites[n1.TincName], "invite token has been spent"},
-		{strings.Repeat("ab", 20), "invite token is unknown"},
+		{invites[n1.TincName], "the invite token was used already"},
+		{strings.Repeat("ab", 20), "unknown invite token"},
 	} {
 		out, err := tb.NodeBoot(ctx, n1, "--enrol", tc.token)
 		if err != nil {
 			t.Fatalf("node-boot with a bad invite failed: %v", err)
 		}
-		if !strings.Contains(out, "enrolment with the invite failed") || !strings.Contains(out, tc.reason) {
+		if !strings.Contains(out, "the registry refused the invite: ") || !strings.Contains(out, tc.reason) {
 			t.Errorf("node-boot with a bad invite: want %q:\n%s", tc.reason, out)
 		}
 	}

@@ -681,11 +681,11 @@ tinc:
     interval: %s
 poll:
   interval: %s
-  full_resync: 1m
+  full_resync: %s
 state_dir: %s
 status_socket: %s
 metrics_listen: 127.0.0.1:9101
-`, regHost, registryPort, srv.TincName, srv.TincDir, !tb.Spec.LegacyTopology, watchdog, poll, srv.StateDir, srv.StatusSocket) + tb.egressYAML() + tb.dnsYAML(srv)
+`, regHost, registryPort, srv.TincName, srv.TincDir, !tb.Spec.LegacyTopology, watchdog, poll, max(poll, time.Minute), srv.StateDir, srv.StatusSocket) + tb.egressYAML() + tb.dnsYAML(srv)
 }
 
 // StartGatewayOn starts "mgmtnet gateway" in a server's namespace (debug
