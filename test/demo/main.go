@@ -1,8 +1,11 @@
 // Command demo brings up a whole virtual CONFINE testbed on this machine
 // and shows the management network working: the addressing plan, a
-// registry, a server with tinc addresses in two islands, three nodes that
-// join by running "mgmtnet node-boot" as their boot script, slivers behind
-// them, pings over the overlay, and the tinc links. "make demo" runs it.
+// registry database that the operator fills with the admin CLI, a server
+// with tinc addresses in two islands, three nodes that enrol with one-time
+// invites and join by running "mgmtnet node-boot" as their boot script,
+// slivers behind them, pings over the overlay, names, egress, the tinc
+// links, and a node removed from the registry cut off at once. "make demo"
+// runs it.
 //
 // It tears everything down on exit or Ctrl-C; with -keep (make demo KEEP=1)
 // it leaves the testbed up and says how to enter it and how to remove it
@@ -114,6 +117,11 @@ func run(ctx context.Context, bin string, keep bool, dir string) (err error) {
 	spec := vtb.DefaultSpec(bin)
 	spec.Egress = true // the server runs "mgmtnet gateway" and offers Internet egress
 	spec.DNS = true    // ... and serves DNS for the management network
+	// The registry is "mgmtnet registry serve --db" on SQLite, filled with
+	// the admin CLI; the gateway follows its change feed. It polls only
+	// every 10 minutes, so what happens at once below is the feed's doing.
+	spec.RegistryDB = true
+	spec.PollInterval = 10 * time.Minute
 	step("A CONFINE management network is one IPv6 /48 carried by a tinc VPN")
 	say("This demo uses the virtual testbed's prefix fd65:fc41:c50f::/48. Every member's address,")
 	say("the tinc Subnet it announces and its tinc name follow from its id:")
@@ -139,19 +147,32 @@ func run(ctx context.Context, bin string, keep bool, dir string) (err error) {
 	}
 	say("Every node's slivers use the same private range, 192.168.157.0/25, as in the field.")
 
-	step("Booting: each node runs \"mgmtnet node-boot\", as its OpenWrt init script does")
-	say("First boot, before the registry knows the nodes: node-boot makes a key, writes tinc.conf,")
-	say("tinc-up/down and the node's host file, and falls back to the gateway file the firmware")
-	say("shipped. The node administrators then register the keys; the registry starts;")
-	say("the server's \"mgmtnet gateway\" daemon writes its hosts directory and starts tincd;")
-	say("and each node runs node-boot again: now the registry answers, so the gateway's host")
-	say("file comes from it (island-first address order) and tincd starts.")
+	step("The registry: a database the operator fills, and nodes that enrol themselves")
+	say("\"mgmtnet registry serve --db sqlite:...\" starts with the gateway alone; the server's")
+	say("\"mgmtnet gateway\" daemon writes its hosts directory from it, starts tincd, and follows")
+	say("the registry's change feed. The operator adds each node without a key and invites it:")
+	say("   mgmtnet registry node add 31 --name node-31 --island 2")
+	say("   mgmtnet registry invite --node 31 --ttl 1h      (prints a one-time key)")
+	say("Each node then boots once with its key (\"mgmtnet node-boot --enrol KEY\", or the UCI")
+	say("option mgmtnet.enrol_token): node-boot makes the node's tinc key, registers it with the")
+	say("invite (nobody copies a key by hand), gets its gateways from the registry (its island's")
+	say("address first), writes tinc.conf and tinc-up/down, and starts tincd. The gateway learns")
+	say("the new key from the feed, well under a second after the enrolment.")
 	showLog = true
-	err = tb.Boot(ctx)
+	_, boots, err := tb.EnrolBoot(ctx)
 	showLog = false
 	if err != nil {
 		return err
 	}
+	say("\nnode-boot --enrol on %s said:", tb.Nodes[2].TincName)
+	show(without(boots[tb.Nodes[2].TincName], "time="))
+	out, err = tb.Registry(ctx, "log", "--limit", "7")
+	if err != nil {
+		return err
+	}
+	say("\nThe registry's audit log, newest first (\"mgmtnet registry log\"; each entry also")
+	say("holds the member before and after, here left out):")
+	show(without(out, "    "))
 	n1, n2, n3 := tb.Nodes[0], tb.Nodes[1], tb.Nodes[2]
 	out, err = tb.NodeBoot(ctx, n3, "--dry-run")
 	if err != nil {
@@ -257,6 +278,28 @@ func run(ctx context.Context, bin string, keep bool, dir string) (err error) {
 	}
 	show(out)
 
+	step("Removing a node: the operator deletes it, the feed cuts it off at once")
+	say("   mgmtnet registry node rm %d", n2.Spec.ID)
+	t0 := time.Now()
+	if _, err := tb.Registry(ctx, "node", "rm", fmt.Sprint(n2.Spec.ID)); err != nil {
+		return err
+	}
+	if err := vtb.WaitFor(ctx, 15*time.Second, 50*time.Millisecond, func() error {
+		if n2.NS.Ping6(ctx, tb.Server.Addr.String()) == nil {
+			return fmt.Errorf("%s still reaches the server", n2.TincName)
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	say("%s no longer reaches the server, %s after the write: the gateway removed its host file", n2.TincName, time.Since(t0).Round(10*time.Millisecond))
+	say("and tincd closed its connection. %s still does:", n1.TincName)
+	if err := n1.NS.Ping6(ctx, tb.Server.Addr.String()); err != nil {
+		return fmt.Errorf("%s after removing %s: %w", n1.TincName, n2.TincName, err)
+	}
+	out, _ = n1.NS.Run(ctx, "ping", "-6", "-n", "-c", "1", "-W", "2", tb.Server.Addr.String())
+	say("%s -> %s: %s", n1.TincName, tb.Server.Addr, pingTime(out))
+
 	step("Done in %s", time.Since(start).Round(100*time.Millisecond))
 	if keep {
 		say("The testbed stays up. Enter a namespace with:")
@@ -269,6 +312,17 @@ func run(ctx context.Context, bin string, keep bool, dir string) (err error) {
 	}
 	say("Tearing the testbed down (make demo KEEP=1 leaves it up).")
 	return nil
+}
+
+// without drops the lines of out that start with prefix.
+func without(out, prefix string) string {
+	var keep []string
+	for _, l := range strings.Split(out, "\n") {
+		if !strings.HasPrefix(l, prefix) {
+			keep = append(keep, l)
+		}
+	}
+	return strings.Join(keep, "\n")
 }
 
 func runCmd(ctx context.Context, bin string, args ...string) (string, error) {

@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -504,7 +506,14 @@ func (tb *Testbed) Registry(ctx context.Context, args ...string) (string, error)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
-	tb.Lab.Logf("mgmtnet %s: %s", strings.Join(args, " "), strings.TrimSpace(stderr.String()))
+	// What it says, without the log lines (the database's migrations).
+	var said []string
+	for _, l := range strings.Split(strings.TrimSpace(stderr.String()), "\n") {
+		if !strings.HasPrefix(l, "time=") {
+			said = append(said, l)
+		}
+	}
+	tb.Lab.Logf("mgmtnet %s: %s", strings.Join(args, " "), strings.Join(said, "\n"))
 	if err != nil {
 		return string(out), fmt.Errorf("mgmtnet %s: %w: %s", strings.Join(args, " "), err, stderr.String())
 	}
@@ -600,10 +609,72 @@ func (tb *Testbed) Boot(ctx context.Context) error {
 			return err
 		}
 	}
+	if err := tb.startServices(ctx); err != nil {
+		return err
+	}
+	for _, n := range tb.Nodes {
+		out, err := tb.NodeBoot(ctx, n)
+		if err != nil {
+			return err
+		}
+		lab.Logf("%s boot:\n%s", n.TincName, indent(out))
+	}
+	return tb.waitOverlay(ctx)
+}
+
+// EnrolBoot brings the testbed up the way the operator of a database
+// registry (Spec.RegistryDB) does, without copying a key by hand:
+//  1. the registry starts with the gateways alone, and so do the
+//     gateways (or the server's fetch-hosts and tincd);
+//  2. the operator adds every node, without a key, and invites it
+//     ("mgmtnet registry node add", "mgmtnet registry invite");
+//  3. every node boots once, with its invite (node-boot --enrol): it
+//     makes its key, registers it, gets its gateways and starts tincd;
+//  4. it waits until every node reaches the server over the overlay.
+//
+// It returns each node's invite and node-boot output, by tinc name.
+func (tb *Testbed) EnrolBoot(ctx context.Context) (invites, boots map[string]string, err error) {
+	if !tb.Spec.RegistryDB {
+		return nil, nil, errors.New("EnrolBoot needs Spec.RegistryDB")
+	}
+	if err := tb.startServices(ctx); err != nil {
+		return nil, nil, err
+	}
+	invites, boots = map[string]string{}, map[string]string{}
+	for _, n := range tb.Nodes {
+		id := strconv.Itoa(int(n.Spec.ID))
+		if _, err := tb.Registry(ctx, "node", "add", id, "--name", "node-"+id, "--island", strconv.FormatUint(n.Spec.Island, 10)); err != nil {
+			return nil, nil, err
+		}
+		out, err := tb.Registry(ctx, "invite", "--node", id, "--ttl", "1h")
+		if err != nil {
+			return nil, nil, err
+		}
+		invites[n.TincName] = strings.TrimSpace(out)
+	}
+	for _, n := range tb.Nodes {
+		out, err := tb.NodeBoot(ctx, n, "--enrol", invites[n.TincName])
+		if err != nil {
+			return nil, nil, err
+		}
+		tb.Lab.Logf("%s boot with its invite:\n%s", n.TincName, indent(out))
+		boots[n.TincName] = out
+	}
+	return invites, boots, tb.waitOverlay(ctx)
+}
+
+// startServices starts the registry, the pretend Internet host, and the
+// gateway daemons or the server's fetch-hosts and tincd.
+func (tb *Testbed) startServices(ctx context.Context) error {
+	lab := tb.Lab
 	if err := tb.StartRegistry(ctx); err != nil {
 		return err
 	}
-	lab.Logf("registry: %s (serving %s)", tb.RegistryURL, tb.FilePath)
+	if tb.Spec.RegistryDB {
+		lab.Logf("registry: %s (serving %s)", tb.RegistryURL, tb.DBURL())
+	} else {
+		lab.Logf("registry: %s (serving %s)", tb.RegistryURL, tb.FilePath)
+	}
 	if tb.Inet != nil {
 		if err := tb.startInetHost(ctx); err != nil {
 			return err
@@ -616,23 +687,19 @@ func (tb *Testbed) Boot(ctx context.Context) error {
 			}
 			lab.Logf("%s: mgmtnet gateway synced and runs tincd", g.TincName)
 		}
-	} else {
-		out, err := tb.SyncServer(ctx)
-		if err != nil {
-			return err
-		}
-		lab.Logf("server: %s", strings.TrimSpace(out))
-		if tb.Server.Tincd, err = lab.StartTincd(tb.Server.NS, "server", tb.Server.TincDir); err != nil {
-			return err
-		}
+		return nil
 	}
-	for _, n := range tb.Nodes {
-		out, err := tb.NodeBoot(ctx, n)
-		if err != nil {
-			return err
-		}
-		lab.Logf("%s boot:\n%s", n.TincName, indent(out))
+	out, err := tb.SyncServer(ctx)
+	if err != nil {
+		return err
 	}
+	lab.Logf("server: %s", strings.TrimSpace(out))
+	tb.Server.Tincd, err = lab.StartTincd(tb.Server.NS, "server", tb.Server.TincDir)
+	return err
+}
+
+// waitOverlay waits until every node reaches the server over the overlay.
+func (tb *Testbed) waitOverlay(ctx context.Context) error {
 	for _, n := range tb.Nodes {
 		err := WaitFor(ctx, 30*time.Second, 200*time.Millisecond, func() error { return n.NS.Ping6(ctx, tb.Server.Addr.String()) })
 		if err != nil {
