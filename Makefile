@@ -65,6 +65,7 @@ bench: deps build
 	$(GO) test -run='^$$' -bench=. -benchmem -count=$(BENCHCOUNT) ./... | tee bench.txt
 	$(GO) run ./test/bench/fetchhosts -mgmtnet $(BIN) -nodes $(BENCH_NODES) -runs $(BENCH_RUNS) 2>/dev/null | tee -a bench.txt
 	$(GO) run ./test/bench/gateway -mgmtnet $(BIN) -nodes 65520 2>/dev/null | tee -a bench.txt
+	$(GO) run ./test/bench/feed -mgmtnet $(BIN) -nodes 65520 -runs 5 2>/dev/null | tee -a bench.txt
 	$(GO) run ./test/bench/dns -mgmtnet $(BIN) -sizes 1000,66000 -runs 3 -duration 10s 2>/dev/null | tee -a bench.txt
 
 # stress: $(STRESS_BOOTS) boots of the two-gateway egress testbed under

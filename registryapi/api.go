@@ -4,6 +4,8 @@
 // registrydb), roles, and writes to a member checked as clients check
 // what the registry serves (registrydb.Check), each audited.
 //
+// POST /api/{nodes,servers,hosts}/ adds a member (an operator's token):
+// its "id" and the fields a PATCH takes, and "backend"; 201 with the member.
 // PATCH /api/{nodes,servers,hosts}/ID/ changes the fields a JSON object
 // gives ("name", "island", "properties", "tinc": {"pubkey", "addresses"};
 // "tinc": null removes the key); DELETE removes the member. An operator's
@@ -84,6 +86,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.enrol(w, r, kind, id)
 		return
 	}
+	if kind, ok := collectionPath(r.URL.Path); ok && r.Method == http.MethodPost {
+		h.create(w, r, kind)
+		return
+	}
 	kind, id, ok := memberPath(r.URL.Path)
 	if !ok || (r.Method != http.MethodPatch && r.Method != http.MethodDelete) {
 		w.Header().Set("Allow", "GET, HEAD, PATCH, DELETE")
@@ -96,10 +102,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		detail(w, http.StatusUnauthorized, "Invalid token.")
 		return
 	}
-	actor := fmt.Sprintf("token:%d", tok.ID)
-	if tok.Name != "" {
-		actor += " (" + tok.Name + ")"
-	}
+	actor := actorOf(tok)
 	var (
 		version uint64
 		changed []byte // the member after a PATCH
@@ -165,6 +168,94 @@ func memberPath(path string) (kind string, id uint64, ok bool) {
 	return kind, id, err == nil
 }
 
+// collectionPath parses /api/<collection>/.
+func collectionPath(path string) (kind string, ok bool) {
+	rest, found := strings.CutPrefix(path, registry.PathPrefix)
+	if !found {
+		return "", false
+	}
+	kind, ok = collections[strings.TrimSuffix(rest, "/")]
+	return kind, ok && strings.HasSuffix(rest, "/")
+}
+
+// createBody is a new member: its id, and what a PATCH may set.
+type createBody struct {
+	ID      uint64 `json:"id"`
+	Backend string `json:"backend"`
+	patchBody
+}
+
+// create serves POST /api/<collection>/: an operator adds a member,
+// checked as any write; 201 with the member and its Location.
+func (h *Handler) create(w http.ResponseWriter, r *http.Request, kind string) {
+	tok, err := h.authenticate(r)
+	if err != nil {
+		w.Header().Set("WWW-Authenticate", "Token")
+		detail(w, http.StatusUnauthorized, "Invalid token.")
+		return
+	}
+	if tok.Role != registrydb.RoleOperator {
+		detail(w, http.StatusForbidden, "Only an operator may add members.")
+		return
+	}
+	actor := actorOf(tok)
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
+	if err != nil || len(body) > maxBody {
+		detail(w, http.StatusBadRequest, fmt.Sprintf("read the body: at most %d bytes of JSON", maxBody))
+		return
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	var c createBody
+	if err := dec.Decode(&c); err != nil {
+		detail(w, http.StatusBadRequest, fmt.Sprintf("want a JSON object of id, name, island, properties, backend and tinc: %v", err))
+		return
+	}
+	if c.ID == 0 {
+		detail(w, http.StatusBadRequest, "id: want the new member's id, 1 or more")
+		return
+	}
+	m := registry.FileMember{ID: c.ID, Backend: c.Backend}
+	if err := applyPatch(&m, &c.patchBody, true); err != nil {
+		detail(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	version, warnings, err := h.db.PutMember(r.Context(), actor, kind, m, true)
+	switch {
+	case errors.Is(err, registrydb.ErrExists):
+		detail(w, http.StatusBadRequest, err.Error())
+		return
+	case errors.Is(err, registrydb.ErrRejected):
+		detail(w, http.StatusBadRequest, err.Error())
+		return
+	case err != nil:
+		h.log.Warn("registry write failed", "method", r.Method, "path", r.URL.Path, "err", err)
+		detail(w, http.StatusInternalServerError, "The write failed; the registry's log says why.")
+		return
+	}
+	h.log.Info("registry write", "method", r.Method, "path", r.URL.Path, "actor", actor, "version", version, "warnings", warnings)
+	h.Notify()
+	if h.Written != nil {
+		h.Written(r.Context(), version)
+	}
+	got, err := h.db.Member(r.Context(), kind, c.ID)
+	if err != nil {
+		detail(w, http.StatusInternalServerError, "The write succeeded but does not read back; the registry's log says why.")
+		return
+	}
+	w.Header().Set("Location", registry.BaseURL(r)+strings.TrimPrefix(r.URL.Path, registry.PathPrefix)+strconv.FormatUint(c.ID, 10)+"/")
+	writeJSON(w, http.StatusCreated, got)
+}
+
+// actorOf names a token in the audit log: "token:<id> (<name>)".
+func actorOf(tok registrydb.Token) string {
+	actor := fmt.Sprintf("token:%d", tok.ID)
+	if tok.Name != "" {
+		actor += " (" + tok.Name + ")"
+	}
+	return actor
+}
+
 // authenticate reads "Authorization: Token <key>".
 func (h *Handler) authenticate(r *http.Request) (registrydb.Token, error) {
 	scheme, key, ok := strings.Cut(r.Header.Get("Authorization"), " ")
@@ -224,13 +315,26 @@ func (h *Handler) patch(r *http.Request, tok registrydb.Token, actor, kind strin
 	if err != nil {
 		return registry.FileMember{}, 0, err
 	}
+	if err := applyPatch(&m, &p, operator); err != nil {
+		return registry.FileMember{}, 0, err
+	}
+	v, _, err := h.db.PutMember(r.Context(), actor, kind, m, false)
+	if err != nil {
+		return registry.FileMember{}, 0, err
+	}
+	m, err = h.db.Member(r.Context(), kind, id)
+	return m, v, err
+}
+
+// applyPatch sets on m what p gives. operator: addresses may be set.
+func applyPatch(m *registry.FileMember, p *patchBody, operator bool) error {
 	if p.Name != nil {
 		m.Name = *p.Name
 	}
 	if p.Island != nil {
 		var isl *uint64
 		if err := json.Unmarshal(*p.Island, &isl); err != nil {
-			return registry.FileMember{}, 0, badInput{fmt.Errorf("island: want an id or null: %w", err)}
+			return badInput{fmt.Errorf("island: want an id or null: %w", err)}
 		}
 		m.Island = 0
 		if isl != nil {
@@ -240,36 +344,32 @@ func (h *Handler) patch(r *http.Request, tok registrydb.Token, actor, kind strin
 	if p.Properties != nil {
 		m.Properties = *p.Properties
 	}
-	if p.Tinc != nil {
-		if string(bytes.TrimSpace(*p.Tinc)) == "null" {
-			m.Tinc = nil
-		} else {
-			var t patchTinc
-			td := json.NewDecoder(bytes.NewReader(*p.Tinc))
-			td.DisallowUnknownFields()
-			if err := td.Decode(&t); err != nil {
-				return registry.FileMember{}, 0, badInput{fmt.Errorf("tinc: want pubkey and addresses: %w", err)}
-			}
-			if t.Addresses != nil && !operator {
-				return registry.FileMember{}, 0, forbiddenError{"Only an operator may set tinc addresses (they make a member a gateway)."}
-			}
-			if m.Tinc == nil {
-				m.Tinc = &registry.FileTinc{}
-			}
-			if t.PubKey != nil {
-				m.Tinc.PubKey = *t.PubKey
-			}
-			if t.Addresses != nil {
-				m.Tinc.Addresses = *t.Addresses
-			}
-		}
+	if p.Tinc == nil {
+		return nil
 	}
-	v, _, err := h.db.PutMember(r.Context(), actor, kind, m, false)
-	if err != nil {
-		return registry.FileMember{}, 0, err
+	if string(bytes.TrimSpace(*p.Tinc)) == "null" {
+		m.Tinc = nil
+		return nil
 	}
-	m, err = h.db.Member(r.Context(), kind, id)
-	return m, v, err
+	var t patchTinc
+	td := json.NewDecoder(bytes.NewReader(*p.Tinc))
+	td.DisallowUnknownFields()
+	if err := td.Decode(&t); err != nil {
+		return badInput{fmt.Errorf("tinc: want pubkey and addresses: %w", err)}
+	}
+	if t.Addresses != nil && !operator {
+		return forbiddenError{"Only an operator may set tinc addresses (they make a member a gateway)."}
+	}
+	if m.Tinc == nil {
+		m.Tinc = &registry.FileTinc{}
+	}
+	if t.PubKey != nil {
+		m.Tinc.PubKey = *t.PubKey
+	}
+	if t.Addresses != nil {
+		m.Tinc.Addresses = *t.Addresses
+	}
+	return nil
 }
 
 // detail writes the controller's error object.

@@ -106,7 +106,14 @@ func TestWriteAPI(t *testing.T) {
 		{"operator deletes", "DELETE", "/api/nodes/32/", op, ``, 204, ``},
 		{"a node admin deletes", "DELETE", "/api/nodes/31/", alice, ``, 403, "permission"},
 		{"gone", "DELETE", "/api/nodes/32/", op, ``, 404, `"Not found."`},
-		{"POST", "POST", "/api/nodes/", op, `{}`, 405, "not allowed"},
+		{"add without an id", "POST", "/api/nodes/", op, `{}`, 400, "id: want the new member's id"},
+		{"a node admin adds", "POST", "/api/nodes/", alice, `{"id": 40}`, 403, "Only an operator may add members"},
+		{"add without a token", "POST", "/api/nodes/", "", `{"id": 40}`, 401, "Invalid token."},
+		{"add with a bad key", "POST", "/api/nodes/", op, `{"id": 40, "tinc": {"pubkey": "x"}}`, 400, "rejected: node 40 (node_40): public key is not PEM"},
+		{"add", "POST", "/api/nodes/", op, `{"id": 40, "name": "forty", "island": 1, "tinc": {"pubkey": ` + string(newKey) + `}}`, 201, `"name":"node_40"`},
+		{"add twice", "POST", "/api/nodes/", op, `{"id": 40}`, 400, "exists already"},
+		{"add a host", "POST", "/api/hosts/", op, `{"id": 9, "name": "laptop"}`, 201, `"name":"laptop"`},
+		{"POST a member", "POST", "/api/nodes/31/", op, `{}`, 405, "not allowed"},
 	} {
 		status, body := do(tc.method, tc.path, tc.token, tc.body)
 		if status != tc.status || !strings.Contains(body, tc.contains) {
@@ -120,8 +127,11 @@ func TestWriteAPI(t *testing.T) {
 	if v, _ := db.Version(ctx); written.Load() != v {
 		t.Errorf("Written saw version %d, the database is at %d", written.Load(), v)
 	}
-	log, _ := db.Log(ctx, 2)
-	if len(log) != 2 || log[0].Actor != "token:1 (operator)" || log[0].Action != "node rm" || log[1].Actor != "token:2 (alice)" || log[1].Action != "node set" {
+	if m, err := db.Member(ctx, registrydb.KindNode, 40); err != nil || m.Name != "forty" || m.Island != 1 || m.Tinc == nil || m.Tinc.PubKey != string(pub) {
+		t.Errorf("node 40 as added: %+v, %v", m, err)
+	}
+	log, _ := db.Log(ctx, 4)
+	if len(log) != 4 || log[0].Actor != "token:1 (operator)" || log[0].Action != "host add" || log[1].Action != "node add" || log[2].Action != "node rm" || log[3].Actor != "token:2 (alice)" || log[3].Action != "node set" {
 		t.Errorf("audit log: %+v", log)
 	}
 }

@@ -184,7 +184,12 @@ func (d *DB) migrate(ctx context.Context) error {
 		if err := tx.Commit(); err != nil {
 			return fmt.Errorf("migrate %s to schema %d: %w", d.url, v+1, err)
 		}
-		d.log.Info("registry database migrated", "db", d.url, "schema", v+1)
+		if have > 0 {
+			// An upgrade is news; a new database's schema is not.
+			d.log.Info("registry database migrated", "db", d.url, "schema", v+1)
+		} else {
+			d.log.Debug("registry database schema created", "db", d.url, "schema", v+1)
+		}
 	}
 	return nil
 }

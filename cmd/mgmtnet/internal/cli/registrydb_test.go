@@ -498,3 +498,65 @@ func TestEnrolAtBoot(t *testing.T) {
 		t.Errorf("log:\n%s", log)
 	}
 }
+
+// The README's operator's guide shows what the admin commands say: run
+// them (on a database of the test's own, a key of its own for --pubkey)
+// and compare, line for line. Commands that need a network, print a
+// secret or run on (serve, import, export, log, invite) are not run.
+func TestOperatorGuide(t *testing.T) {
+	b, err := os.ReadFile("../../../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	guide, ok := strings.CutPrefix(string(b)[strings.Index(string(b), "### Operator's guide"):], "### Operator's guide")
+	if !ok {
+		t.Fatal("README has no operator's guide")
+	}
+	guide = guide[:strings.Index(guide, "\n### ")]
+	db := "sqlite:" + filepath.Join(t.TempDir(), "registry.db")
+	_, pub, err := tincgen.GenerateKey(nil, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(t.TempDir(), "key.pub")
+	if err := os.WriteFile(keyFile, pub, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(guide, "\n")
+	ran := 0
+	for i := 0; i < len(lines); i++ {
+		cmdLine, found := strings.CutPrefix(lines[i], "# mgmtnet ")
+		if !found {
+			continue
+		}
+		for strings.HasSuffix(cmdLine, `\`) && i+1 < len(lines) {
+			i++
+			cmdLine = strings.TrimSuffix(cmdLine, `\`) + " " + strings.TrimSpace(lines[i])
+		}
+		var want []string
+		for j := i + 1; j < len(lines) && !strings.HasPrefix(lines[j], "# ") && !strings.HasPrefix(lines[j], "```"); j++ {
+			want = append(want, strings.ReplaceAll(lines[j], registrydb.DefaultURL, db))
+		}
+		args := strings.Fields(cmdLine)
+		if len(args) < 2 || args[0] != "registry" || slices.Contains([]string{"serve", "import", "export", "log", "invite"}, args[1]) {
+			continue
+		}
+		for k, a := range args {
+			if strings.HasSuffix(a, ".pub") {
+				args[k] = keyFile
+			}
+		}
+		out, errOut, code := run(t, append(args, "--db", db)...)
+		if code != 0 {
+			t.Fatalf("mgmtnet %s: exit %d\n%s", cmdLine, code, errOut)
+		}
+		got := strings.Split(strings.TrimSpace(out+errOut), "\n")
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("mgmtnet %s: the README shows (-) but it says (+):\n%s", cmdLine, diff)
+		}
+		ran++
+	}
+	if ran < 4 {
+		t.Errorf("ran %d commands of the guide, want at least 4 (init, island add, server add, node add)", ran)
+	}
+}
