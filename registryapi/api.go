@@ -4,6 +4,11 @@
 // registrydb), roles, and writes to a member checked as clients check
 // what the registry serves (registrydb.Check), each audited.
 //
+// POST /api-token-auth/ with a user's username and password (a form or
+// JSON; users from registrydb.CreateUser) answers {"token": "<key>"}, a new
+// token of the user's role, as the controller's did; bad credentials get
+// 400 {"non_field_errors": [...]}.
+//
 // POST /api/{nodes,servers,hosts}/ adds a member (an operator's token):
 // its "id" and the fields a PATCH takes, and "backend"; 201 with the member.
 // PATCH /api/{nodes,servers,hosts}/ID/ changes the fields a JSON object
@@ -57,6 +62,8 @@ type Handler struct {
 	log  *slog.Logger
 	// versions wakes the feed's waiting requests.
 	versions versions
+	// logins holds a place per password check running (maxLogins).
+	logins chan struct{}
 	// Written, when set, is called after each successful write with the
 	// new version (the server then serves it at once).
 	Written func(ctx context.Context, version uint64)
@@ -67,13 +74,22 @@ func New(db *registrydb.DB, read http.Handler, logger *slog.Logger) *Handler {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Handler{db: db, read: read, log: logger}
+	return &Handler{db: db, read: read, log: logger, logins: make(chan struct{}, maxLogins)}
 }
 
 // collections maps a URL collection to the database's kind.
 var collections = map[string]string{"nodes": registrydb.KindNode, "servers": registrydb.KindServer, "hosts": registrydb.KindHost}
 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == TokenAuthPath {
+		if r.Method != http.MethodPost {
+			w.Header().Set("Allow", "POST")
+			detail(w, http.StatusMethodNotAllowed, fmt.Sprintf("Method %q not allowed.", r.Method))
+			return
+		}
+		h.login(w, r)
+		return
+	}
 	if r.Method == http.MethodGet && r.URL.Path == registry.PathPrefix+FeedPath {
 		h.feed(w, r)
 		return

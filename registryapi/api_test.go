@@ -3,6 +3,7 @@ package registryapi
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -173,5 +174,64 @@ func TestEnrolAPI(t *testing.T) {
 	}
 	if m, err := db.Member(ctx, registrydb.KindNode, 40); err != nil || m.Tinc == nil || m.Tinc.PubKey != key {
 		t.Errorf("node 40 after enrolment: %+v, %v", m, err)
+	}
+}
+
+// A user's password for a token, as at the controller: a form or JSON,
+// the framework's answers, and the token works on the write API.
+func TestTokenAuth(t *testing.T) {
+	ctx := context.Background()
+	db, f := testDB(t)
+	if err := db.CreateUser(ctx, "op", "alice", "correct horse battery", "", registrydb.RoleNodeAdmin, []string{"node 31"}); err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewServer(New(db, registry.NewServer(f, nil), nil))
+	defer ts.Close()
+	post := func(ct, body string) (int, string) {
+		resp, err := http.Post(ts.URL+"/api-token-auth/", ct, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	for _, tc := range []struct {
+		name, ct, body string
+		status         int
+		contains       string
+	}{
+		{"wrong password", "application/x-www-form-urlencoded", "username=alice&password=nope", 400, `{"non_field_errors":["Unable to login with provided credentials."]}`},
+		{"unknown user", "application/json", `{"username": "mallory", "password": "correct horse battery"}`, 400, "Unable to login"},
+		{"no password", "application/json", `{"username": "alice"}`, 400, `{"password":["This field is required."]}`},
+		{"not JSON", "application/json", `{"username": `, 400, "JSON parse error"},
+	} {
+		if status, body := post(tc.ct, tc.body); status != tc.status || !strings.Contains(body, tc.contains) {
+			t.Errorf("%s: %d %s; want %d with %s", tc.name, status, body, tc.status, tc.contains)
+		}
+	}
+	status, body := post("application/x-www-form-urlencoded", "username=alice&password=correct+horse+battery")
+	var got struct{ Token string }
+	if status != 200 || json.Unmarshal([]byte(body), &got) != nil || len(got.Token) != 40 {
+		t.Fatalf("login: %d %s", status, body)
+	}
+	// The token is alice's: her node, not another.
+	for _, tc := range []struct {
+		path   string
+		status int
+	}{{"/api/nodes/31/", 200}, {"/api/nodes/32/", 403}} {
+		req, _ := http.NewRequest("PATCH", ts.URL+tc.path, strings.NewReader(`{"tinc": {"pubkey": `+jsonString(f.Nodes[0].Tinc.PubKey)+`}}`))
+		req.Header.Set("Authorization", "Token "+got.Token)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.status {
+			t.Errorf("PATCH %s with alice's login token: %s, want %d", tc.path, resp.Status, tc.status)
+		}
+	}
+	if resp, err := http.Get(ts.URL + "/api-token-auth/"); err != nil || resp.StatusCode != 405 {
+		t.Errorf("GET /api-token-auth/: %v %v", resp.Status, err)
 	}
 }

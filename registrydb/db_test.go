@@ -516,3 +516,61 @@ func TestChanges(t *testing.T) {
 		})
 	}
 }
+
+// Users: a password for a token of the user's role (Django's hash
+// format, so an old controller's hashes can be set as they are); an
+// unknown user and a wrong password fail alike; removing the user revokes
+// the tokens it got.
+func TestUsers(t *testing.T) {
+	ctx := context.Background()
+	for name, url := range backends(t) {
+		t.Run(name, func(t *testing.T) {
+			db, _ := openTestbed(t, url)
+			if err := db.CreateUser(ctx, "op", "alice", "short", "", RoleNodeAdmin, []string{"node 31"}); !errors.Is(err, ErrRejected) {
+				t.Errorf("a short password: %v", err)
+			}
+			if err := db.CreateUser(ctx, "op", "alice", "correct horse battery", "", RoleNodeAdmin, []string{"node 31"}); err != nil {
+				t.Fatal(err)
+			}
+			if err := db.CreateUser(ctx, "op", "alice", "another password!", "", RoleOperator, nil); !errors.Is(err, ErrExists) {
+				t.Errorf("alice twice: %v", err)
+			}
+			// "django password" in Django 1.6's form (12000 iterations, as its
+			// auth_user table holds it), made with Python's
+			// hashlib.pbkdf2_hmac, which Django's hasher calls.
+			const django = "pbkdf2_sha256$12000$Lc2FzjWz0M1x$NZsLDzHOvfismWuOjJkWwpFuLkHv5S82cC4X1qZ+ivo="
+			if err := db.CreateUser(ctx, "op", "bob", "", django, RoleOperator, nil); err != nil {
+				t.Fatal(err)
+			}
+			for _, tc := range []struct{ user, password string }{{"alice", "wrong password!!"}, {"nobody", "correct horse battery"}, {"bob", "not his password"}} {
+				if _, err := db.Login(ctx, tc.user, tc.password); !errors.Is(err, ErrBadLogin) {
+					t.Errorf("%s with a wrong password: %v", tc.user, err)
+				}
+			}
+			if _, err := db.Login(ctx, "bob", "django password"); err != nil {
+				t.Errorf("bob with the old controller's hash: %v", err)
+			}
+			key, err := db.Login(ctx, "alice", "correct horse battery")
+			if err != nil {
+				t.Fatal(err)
+			}
+			tok, err := db.Authenticate(ctx, key)
+			if err != nil || tok.Role != RoleNodeAdmin || !slices.Equal(tok.Scope, []string{"node 31"}) || tok.Name != "login:alice" {
+				t.Errorf("alice's token: %+v, %v", tok, err)
+			}
+			users, err := db.Users(ctx)
+			if err != nil || len(users) != 2 || users[0].Name != "alice" {
+				t.Errorf("users: %+v, %v", users, err)
+			}
+			if err := db.DeleteUser(ctx, "op", "alice"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := db.Authenticate(ctx, key); !errors.Is(err, ErrBadToken) {
+				t.Errorf("alice's token after her removal: %v", err)
+			}
+			if _, err := db.Login(ctx, "alice", "correct horse battery"); !errors.Is(err, ErrBadLogin) {
+				t.Errorf("alice after her removal: %v", err)
+			}
+		})
+	}
+}

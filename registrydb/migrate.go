@@ -114,6 +114,19 @@ var migrations = [][]string{
 		`ALTER TABLE testbed ADD COLUMN feed_floor BIGINT NOT NULL DEFAULT 0`,
 		`UPDATE testbed SET feed_floor = version`,
 	},
+	// 6: users who trade a password for a token (POST /api-token-auth/),
+	// by Django's PBKDF2 hash format; the tokens they get name them.
+	{
+		`CREATE TABLE users (
+			id %SERIAL%,
+			name TEXT NOT NULL UNIQUE,
+			hash TEXT NOT NULL,
+			role TEXT NOT NULL CHECK (role IN ('operator', 'node-admin', 'host-owner')),
+			scope TEXT NOT NULL DEFAULT '',
+			created TEXT NOT NULL
+		)`,
+		`ALTER TABLE tokens ADD COLUMN user_name TEXT NOT NULL DEFAULT ''`,
+	},
 }
 
 // dialectSQL puts the dialect's auto-numbered primary key in for %SERIAL%.

@@ -81,26 +81,34 @@ func (d *DB) CreateToken(ctx context.Context, actor, name, role string, scope []
 	if err := checkScope(role, scope); err != nil {
 		return "", 0, fmt.Errorf("%w: %v", ErrRejected, err)
 	}
-	scope = slices.Clone(scope)
-	slices.Sort(scope)
-	var b [tokenKeyBytes]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return "", 0, fmt.Errorf("make a token key: %w", err)
-	}
-	key = hex.EncodeToString(b[:])
+	var t Token
 	_, err = d.inTx(ctx, actor, func(tx *sql.Tx) (AuditEntry, []string, error) {
-		now := time.Now().UTC()
-		q := `INSERT INTO tokens (hash, name, role, scope, created) VALUES (?, ?, ?, ?, ?) RETURNING id`
-		if err := tx.QueryRowContext(ctx, d.rebind(q), hashKey(key), name, role, strings.Join(scope, ","), now.Format(time.RFC3339Nano)).Scan(&id); err != nil {
-			return AuditEntry{}, nil, err
-		}
-		t := Token{ID: id, Name: name, Role: role, Scope: scope, Created: now}
-		return AuditEntry{Action: "token create", Object: fmt.Sprintf("token %d", id), After: mustJSON(t)}, nil, nil
+		key, t, err = d.insertToken(ctx, tx, name, role, scope, "")
+		return AuditEntry{Action: "token create", Object: fmt.Sprintf("token %d", t.ID), After: mustJSON(t)}, nil, err
 	})
 	if err != nil {
 		return "", 0, err
 	}
-	return key, id, nil
+	return key, t.ID, nil
+}
+
+// insertToken makes a token in tx, for a user's login when user is not
+// "", and returns its key.
+func (d *DB) insertToken(ctx context.Context, tx *sql.Tx, name, role string, scope []string, user string) (string, Token, error) {
+	scope = slices.Clone(scope)
+	slices.Sort(scope)
+	var b [tokenKeyBytes]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", Token{}, fmt.Errorf("make a token key: %w", err)
+	}
+	key := hex.EncodeToString(b[:])
+	now := time.Now().UTC()
+	var id int64
+	q := `INSERT INTO tokens (hash, name, role, scope, created, user_name) VALUES (?, ?, ?, ?, ?, ?) RETURNING id`
+	if err := tx.QueryRowContext(ctx, d.rebind(q), hashKey(key), name, role, strings.Join(scope, ","), now.Format(time.RFC3339Nano), user).Scan(&id); err != nil {
+		return "", Token{}, err
+	}
+	return key, Token{ID: id, Name: name, Role: role, Scope: scope, Created: now}, nil
 }
 
 // Tokens lists every token, revoked ones too.

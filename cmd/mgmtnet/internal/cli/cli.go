@@ -25,6 +25,9 @@ const (
 
 // Env is what a command may touch: its output streams and a logger.
 type Env struct {
+	// Stdin is read by the commands that take a secret on it (registry
+	// user add); nil reads nothing.
+	Stdin  io.Reader
 	Stdout io.Writer
 	Stderr io.Writer
 	Logger *slog.Logger
@@ -211,7 +214,7 @@ func logLevel() slog.Level {
 func Main() {
 	ctx, stop := signalContext()
 	defer stop()
-	code := Run(ctx, os.Args[1:], Env{Stdout: os.Stdout, Stderr: os.Stderr})
+	code := Run(ctx, os.Args[1:], Env{Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr})
 	stop()
 	os.Exit(code)
 }

@@ -28,16 +28,21 @@ const registrySynopsis = `  mgmtnet registry serve [--db URL | --testbed FILE | 
   mgmtnet registry log [--db URL] [--limit N] [--json]
   mgmtnet registry node|server|host|island add|set|rm|list|show ...
   mgmtnet registry token create|list|revoke ...
+  mgmtnet registry user add|list|rm ...
   mgmtnet registry invite (--node ID | --host ID) [--ttl 24h]
   mgmtnet registry synth SPEC [--out FILE]
 
 serve answers the CONFINE registry REST API as the 2015 controller v1.0
 does (or v0.11.2 to v0.11.9, for a testbed file with "dialect": "v0"):
-gzip, its ETags and 304s, Link headers and pagination; read-only, at
-http://ADDR/api/, from the registry database (the default), a testbed
-file or a synthetic testbed. It stops on SIGINT or SIGTERM. The database is
-checked for a new version once a second, so a write (an import, or another
-instance sharing a PostgreSQL database) is served within about a second. A
+gzip, its ETags and 304s, Link headers and pagination, at http://ADDR/api/,
+from the registry database (the default), a testbed file or a synthetic
+testbed. It stops on SIGINT or SIGTERM. From a database it also takes
+writes with API tokens (PATCH, DELETE, POST of members; enrolment with an
+invite; POST /api-token-auth/ for users' tokens) and offers the change feed
+(changes/, linked from the base), and checks the database for a new version
+four times a second, so a write elsewhere (the admin CLI, an import,
+another instance sharing a PostgreSQL database) is served within about a
+quarter of a second. A testbed file or a synthetic testbed is read-only. A
 testbed file is re-read when it changes: its mtime and size are checked at
 most once a second, on requests, and on SIGHUP. A file that no longer loads
 keeps the last good testbed served, and the log says why.
@@ -56,7 +61,8 @@ copy of the database, SQLite or PostgreSQL, to a new SQLite FILE: the
 testbed at its version and the audit log. node, server, host and island add,
 change, remove, list and show members and islands, checked as clients check
 them ("mgmtnet registry node --help"). token creates, lists and revokes API
-tokens ("mgmtnet registry token --help"). log prints the audit log, newest
+tokens ("mgmtnet registry token --help"); user adds users who trade a
+password for a token ("mgmtnet registry user --help"). log prints the audit log, newest
 first: every write, who made it ("cli:<user>"), when, and the testbed
 before and after.
 
@@ -87,6 +93,8 @@ func runRegistry(ctx context.Context, env Env, args []string) error {
 			return runRegistryMember(ctx, env, args[0], args[1:])
 		case "token":
 			return runRegistryToken(ctx, env, args[1:])
+		case "user":
+			return runRegistryUser(ctx, env, args[1:])
 		case "invite":
 			return runRegistryInvite(ctx, env, args[1:])
 		}

@@ -33,3 +33,5 @@ func registryBackup(context.Context, Env, string, string) error { return errNoDB
 func runRegistryToken(context.Context, Env, []string) error { return errNoDB }
 
 func runRegistryInvite(context.Context, Env, []string) error { return errNoDB }
+
+func runRegistryUser(context.Context, Env, []string) error { return errNoDB }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -558,5 +559,66 @@ func TestOperatorGuide(t *testing.T) {
 	}
 	if ran < 4 {
 		t.Errorf("ran %d commands of the guide, want at least 4 (init, island add, server add, node add)", ran)
+	}
+}
+
+// Users from the command line: the password from a file or standard
+// input, never a flag; their login at /api-token-auth/ of "registry
+// serve"; rm revokes what they got.
+func TestRegistryUserCommands(t *testing.T) {
+	dir := t.TempDir()
+	db := "sqlite:" + filepath.Join(dir, "registry.db")
+	mustRun(t, "registry", "import", "--from", "../../../../mesh/registry/testdata/testbed.json", "--db", db)
+	pw := filepath.Join(dir, "alice.pw")
+	os.WriteFile(pw, []byte("correct horse battery\n"), 0o600)
+	if _, errOut, code := run(t, "registry", "user", "add", "alice", "--role", "node-admin", "--node", "001f", "--password-file", pw, "--db", db); code != 0 || !strings.Contains(errOut, "added user alice (node-admin)") {
+		t.Fatalf("user add: exit %d\n%s", code, errOut)
+	}
+	var out, errb bytes.Buffer
+	code := Run(context.Background(), []string{"registry", "user", "add", "ops", "--role", "operator", "--db", db}, Env{Stdin: strings.NewReader("another long password\n"), Stdout: &out, Stderr: &errb})
+	if code != 0 {
+		t.Fatalf("user add from stdin: exit %d\n%s", code, errb.String())
+	}
+	for _, tc := range []struct {
+		args []string
+		code int
+		msg  string
+	}{
+		{[]string{"add", "bob", "--role", "operator", "--password-file", "/nonexistent"}, 1, "--password-file"},
+		{[]string{"add", "bob", "--password-file", pw}, 2, "want --role"},
+		{[]string{"add", "alice", "--role", "operator", "--password-file", pw}, 1, "exists already"},
+		{[]string{"rm", "nobody"}, 1, "not found"},
+		{[]string{"list", "--role", "operator"}, 2, "are for add"},
+	} {
+		if _, errOut, code := run(t, append(append([]string{"registry", "user"}, tc.args...), "--db", db)...); code != tc.code || !strings.Contains(errOut, tc.msg) {
+			t.Errorf("user %v: exit %d, want %d with %q:\n%s", tc.args, code, tc.code, tc.msg, errOut)
+		}
+	}
+	if out := mustRun(t, "registry", "user", "list", "--db", db); !strings.Contains(out, "alice") || !strings.Contains(out, "[node 31]") || !strings.Contains(out, "ops") {
+		t.Errorf("user list:\n%s", out)
+	}
+	base := startServe(t, db)
+	resp, err := http.PostForm(strings.TrimSuffix(base, "/api/")+"/api-token-auth/", url.Values{"username": {"alice"}, "password": {"correct horse battery"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got struct{ Token string }
+	json.NewDecoder(resp.Body).Decode(&got)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || len(got.Token) != 40 {
+		t.Fatalf("login: %s %+v", resp.Status, got)
+	}
+	if _, errOut, code := run(t, "registry", "user", "rm", "alice", "--db", db); code != 0 || !strings.Contains(errOut, "revoked its tokens") {
+		t.Errorf("user rm: exit %d\n%s", code, errOut)
+	}
+	req, _ := http.NewRequest("PATCH", base+"nodes/31/", strings.NewReader(`{}`))
+	req.Header.Set("Authorization", "Token "+got.Token)
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 401 {
+		t.Errorf("alice's token after user rm: %s, want 401", resp.Status)
 	}
 }

@@ -22,8 +22,7 @@ stdout: the database keeps only its SHA-256, so a lost key is revoked and
 made again. An operator's token may write everything; a node admin's the
 key and addresses of its --node ids; a host owner's its --host ids.
 revoke stops a token at once. Every change is in the audit log, without
-the key. (The HTTP write API that takes these tokens, as
-"Authorization: Token <key>", is not built yet.)
+the key. "registry serve --db" takes them as "Authorization: Token <key>".
 
 Examples:
   mgmtnet registry token create --role operator --name "testbed operator"
@@ -49,20 +48,9 @@ func runRegistryToken(ctx context.Context, env Env, args []string) error {
 	if len(pos) == 0 {
 		return usagef("registry token: missing action: create, list or revoke")
 	}
-	var scope []string
-	for _, n := range nodes {
-		id, err := addressing.ParseNodeID(n)
-		if err != nil {
-			return usagef("--node %q: %w", n, err)
-		}
-		scope = append(scope, fmt.Sprintf("node %d", id))
-	}
-	for _, h := range hosts {
-		id, err := addressing.ParseID48("host", h)
-		if err != nil {
-			return usagef("--host %q: %w", h, err)
-		}
-		scope = append(scope, fmt.Sprintf("host %d", id))
+	scope, err := scopeOf(nodes, hosts)
+	if err != nil {
+		return err
 	}
 	switch pos[0] {
 	case "create":
@@ -138,6 +126,26 @@ Examples:
   mgmtnet registry node add 001f --island 1
   mgmtnet registry invite --node 001f --ttl 48h
 `
+
+// scopeOf is the scope of --node and --host ids.
+func scopeOf(nodes, hosts []string) ([]string, error) {
+	var scope []string
+	for _, n := range nodes {
+		id, err := addressing.ParseNodeID(n)
+		if err != nil {
+			return nil, usagef("--node %q: %w", n, err)
+		}
+		scope = append(scope, fmt.Sprintf("node %d", id))
+	}
+	for _, h := range hosts {
+		id, err := addressing.ParseID48("host", h)
+		if err != nil {
+			return nil, usagef("--host %q: %w", h, err)
+		}
+		scope = append(scope, fmt.Sprintf("host %d", id))
+	}
+	return scope, nil
+}
 
 // runRegistryInvite runs "registry invite".
 func runRegistryInvite(ctx context.Context, env Env, args []string) error {
