@@ -22,8 +22,9 @@
 // client would reject 400 with the client's reason, an unknown member
 // 404; the answers are the controller's {"detail": "..."}.
 //
-// POST /api/{nodes,hosts}/ID/ctl/enrol/ with {"token", "pubkey"} enrols a
-// member with a one-time invite (registrydb.CreateInvite): no API token,
+// POST /api/{nodes,hosts}/ID/ctl/enrol/ with {"token", "pubkey"} (or
+// POST /api/ctl/enrol/, for the member the invite names: mgmtnet join)
+// enrols a member with a one-time invite (registrydb.CreateInvite): no API token,
 // the invite is the credential; the key is checked like any write; an
 // unknown, spent or expired invite gets 403 saying which.
 //
@@ -100,6 +101,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if kind, id, ok := enrolPath(r.URL.Path); ok && r.Method == http.MethodPost {
 		h.enrol(w, r, kind, id)
+		return
+	}
+	if r.URL.Path == registry.PathPrefix+EnrolPath && r.Method == http.MethodPost {
+		h.enrol(w, r, "", 0)
 		return
 	}
 	if kind, ok := collectionPath(r.URL.Path); ok && r.Method == http.MethodPost {
@@ -415,6 +420,10 @@ func enrolPath(path string) (kind string, id uint64, ok bool) {
 type EnrolRequest struct {
 	Token  string `json:"token"`
 	PubKey string `json:"pubkey"`
+	// Collection, at POST /api/ctl/enrol/, is the collection the
+	// enrolling member expects to be in ("hosts" for mgmtnet join): an
+	// invite for another is refused, and stays unspent.
+	Collection string `json:"collection,omitempty"`
 }
 
 // enrol spends an invite: the member gets its key. No API token: the
@@ -427,7 +436,24 @@ func (h *Handler) enrol(w http.ResponseWriter, r *http.Request, kind string, id 
 		detail(w, http.StatusBadRequest, fmt.Sprintf("want a JSON object of token and pubkey: %v", err))
 		return
 	}
-	m, version, err := h.db.Enrol(r.Context(), kind, id, req.Token, req.PubKey)
+	var (
+		m       registry.FileMember
+		version uint64
+		err     error
+	)
+	if kind == "" {
+		// POST /api/ctl/enrol/: the invite names the member.
+		want := ""
+		if req.Collection != "" {
+			if want = collections[req.Collection]; want == "" {
+				detail(w, http.StatusBadRequest, fmt.Sprintf("collection %q: want nodes or hosts", req.Collection))
+				return
+			}
+		}
+		kind, m, version, err = h.db.EnrolInvite(r.Context(), want, req.Token, req.PubKey)
+	} else {
+		m, version, err = h.db.Enrol(r.Context(), kind, id, req.Token, req.PubKey)
+	}
 	switch {
 	case errors.Is(err, registrydb.ErrInviteUnknown), errors.Is(err, registrydb.ErrInviteSpent), errors.Is(err, registrydb.ErrInviteExpired):
 		detail(w, http.StatusForbidden, err.Error())
@@ -448,8 +474,13 @@ func (h *Handler) enrol(w http.ResponseWriter, r *http.Request, kind string, id 
 	if h.Written != nil {
 		h.Written(r.Context(), version)
 	}
-	b, _ := json.Marshal(m)
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(http.StatusOK)
-	w.Write(b)
+	writeJSON(w, http.StatusOK, EnrolAnswer{Collection: collectionOf[kind], ID: m.ID, Member: m})
+}
+
+// EnrolAnswer is what an enrolment answers: the member enrolled, by its
+// collection and id, as the registry database holds it.
+type EnrolAnswer struct {
+	Collection string              `json:"collection"`
+	ID         uint64              `json:"id"`
+	Member     registry.FileMember `json:"member"`
 }

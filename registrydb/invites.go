@@ -120,3 +120,21 @@ func (d *DB) Enrol(ctx context.Context, kind string, id uint64, key, pubkey stri
 	}
 	return m, v, nil
 }
+
+// EnrolInvite is Enrol for whichever member the invite was made for: the
+// invite names it (mgmtnet join knows only its key). An invite for another
+// kind than kind (when not "") is refused as unknown, and stays unspent.
+// It returns the member's kind, the member and the new version.
+func (d *DB) EnrolInvite(ctx context.Context, kind, key, pubkey string) (string, registry.FileMember, uint64, error) {
+	want := kind
+	var member int64
+	err := d.sql.QueryRowContext(ctx, d.rebind(`SELECT kind, member FROM invites WHERE hash = ?`), hashKey(strings.TrimSpace(key))).Scan(&kind, &member)
+	if errors.Is(err, sql.ErrNoRows) || err == nil && want != "" && kind != want {
+		return "", registry.FileMember{}, 0, ErrInviteUnknown
+	}
+	if err != nil {
+		return "", registry.FileMember{}, 0, fmt.Errorf("read invites from %s: %w", d.url, err)
+	}
+	m, v, err := d.Enrol(ctx, kind, uint64(member), key, pubkey)
+	return kind, m, v, err
+}

@@ -1179,28 +1179,52 @@ func parseLinks(base *url.URL, values []string) map[string]*url.URL {
 // that takes it. A refusal gives the registry's reason ("the invite token
 // was used already").
 func (c *Client) Enrol(ctx context.Context, collection string, id uint64, token, pubkey string) error {
-	target := c.base.ResolveReference(&url.URL{Path: collection + "/" + strconv.FormatUint(id, 10) + "/ctl/enrol/"})
-	body, err := json.Marshal(map[string]string{"token": token, "pubkey": pubkey})
+	_, _, err := c.enrol(ctx, collection+"/"+strconv.FormatUint(id, 10)+"/ctl/enrol/", token, pubkey)
+	return err
+}
+
+// EnrolInvite registers a public key with a one-time invite for the member
+// of collection ("hosts", "nodes") that the invite was made for (POST
+// <base>ctl/enrol/, a registry database's; an invite for another
+// collection is refused and stays unspent): it returns the member's id.
+func (c *Client) EnrolInvite(ctx context.Context, collection, token, pubkey string) (id uint64, err error) {
+	_, id, err = c.enrol(ctx, "ctl/enrol/", token, pubkey, collection)
+	return id, err
+}
+
+func (c *Client) enrol(ctx context.Context, path, token, pubkey string, collection ...string) (string, uint64, error) {
+	target := c.base.ResolveReference(&url.URL{Path: path})
+	req := map[string]string{"token": token, "pubkey": pubkey}
+	if len(collection) > 0 {
+		req["collection"] = collection[0]
+	}
+	body, err := json.Marshal(req)
 	if err != nil {
-		return fmt.Errorf("enrol: %w", err)
+		return "", 0, fmt.Errorf("enrol: %w", err)
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.opts.Timeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target.String(), strings.NewReader(string(body)))
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, target.String(), strings.NewReader(string(body)))
 	if err != nil {
-		return fmt.Errorf("enrol: %w", err)
+		return "", 0, fmt.Errorf("enrol: %w", err)
 	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Accept", "application/json")
-	req.Header.Set("User-Agent", c.opts.UserAgent)
-	resp, err := c.http.HTTPClient.Do(req)
+	hreq.Header.Set("Content-Type", "application/json")
+	hreq.Header.Set("Accept", "application/json")
+	hreq.Header.Set("User-Agent", c.opts.UserAgent)
+	resp, err := c.http.HTTPClient.Do(hreq)
 	if err != nil {
-		return fmt.Errorf("enrol at %s: %w", target, err)
+		return "", 0, fmt.Errorf("enrol at %s: %w", target, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode == http.StatusOK {
-		io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
-		return nil
+		var ans struct {
+			Collection string `json:"collection"`
+			ID         uint64 `json:"id"`
+		}
+		if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&ans); err != nil {
+			return "", 0, fmt.Errorf("enrol at %s: the answer: %w", target, err)
+		}
+		return ans.Collection, ans.ID, nil
 	}
 	var d struct {
 		Detail string `json:"detail"`
@@ -1211,9 +1235,9 @@ func (c *Client) Enrol(ctx context.Context, collection string, id uint64, token,
 		detail = d.Detail
 	}
 	if resp.StatusCode >= 400 && resp.StatusCode < 500 {
-		return &EnrolRefused{URL: target.String(), Status: resp.StatusCode, Detail: detail}
+		return "", 0, &EnrolRefused{URL: target.String(), Status: resp.StatusCode, Detail: detail}
 	}
-	return fmt.Errorf("enrol at %s: status %d: %s", target, resp.StatusCode, detail)
+	return "", 0, fmt.Errorf("enrol at %s: status %d: %s", target, resp.StatusCode, detail)
 }
 
 // EnrolRefused is Enrol's error when the registry answered and refused:

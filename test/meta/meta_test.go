@@ -166,7 +166,7 @@ var layers = [][]string{
 	{"mesh"},       // pure: the snapshot model
 	{"mesh/registry", "tincgen", "vpn", "gateway/egress", "gateway/loopback"}, // leaf adapters: wire, tinc files, kernel
 	{"source", "tinc", "registrydb"},                                          // the one snapshot source; the one tincd controller and applier; the registry's database
-	{"authdns", "fetchhosts", "nodeboot", "registryapi"},                      // appliers of a snapshot; the registry's write API
+	{"authdns", "fetchhosts", "nodeboot", "registryapi", "join"},              // appliers of a snapshot; the registry's write API; a host joining
 	{"gateway"},                  // the gateway's loop and its components
 	{"cmd/mgmtnet/internal/cli"}, // flags, output, exit codes
 	{"cmd/mgmtnet"},              // main

@@ -910,3 +910,29 @@ func (tb *Testbed) RegisterHost(id uint64) error {
 		Tinc: &registry.FileTinc{Name: name, PubKey: string(pub)}})
 	return tb.WriteRegistry()
 }
+
+// Host is a researcher's machine on the community network, outside the
+// testbed until it joins ("mgmtnet join").
+type Host struct {
+	ID       uint64
+	NS       *Netns
+	TincDir  string
+	TincName string
+}
+
+// AddHost creates a host's namespace on island 1's bridge, at
+// 10.241.1.(100+id).
+func (tb *Testbed) AddHost(id uint64) (*Host, error) {
+	name := fmt.Sprintf("host-%d", id)
+	h := &Host{ID: id, TincDir: filepath.Join(tb.Lab.Dir, name, "tinc")}
+	h.TincName, _ = addressing.TincName(addressing.KindHost, id)
+	var err error
+	if h.NS, err = tb.Lab.AddNetns(name); err != nil {
+		return nil, err
+	}
+	addr := fmt.Sprintf("10.241.1.%d/24", 100+id%100)
+	if err := attachAs(h.NS, "eth0", fmt.Sprintf("h-%d", id), tb.CN, "br-1", addr); err != nil {
+		return nil, err
+	}
+	return h, nil
+}

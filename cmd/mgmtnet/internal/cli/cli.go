@@ -54,8 +54,9 @@ func commands() []command {
 	return []command{
 		{"plan", "print the addressing plan: one entity, a range, or the reverse of an address", runPlan},
 		{"fetch-hosts", "fetch every tinc member from the registry and write the tinc host files", runFetchHosts},
-		{"registry", "serve a testbed file (or a synthetic testbed) over the CONFINE registry REST API", runRegistry},
+		{"registry", "run the registry: its database, the CONFINE REST API, writes, enrolment, the change feed", runRegistry},
 		{"node-boot", "node boot hook: key, tinc.conf, host files, tinc-up/down; starts or reloads tincd", runNodeBoot},
+		{"join", "put a researcher's host on the management network with a one-time invite", runJoin},
 		{"gateway", "the gateway daemon: keep the tinc directory in sync with the registry, drive tincd", runGateway},
 		{"dns", "serve authoritative DNS for the management network from the registry", runDNS},
 		{"status", "print what the local gateway daemon knows (text or --json)", runStatus},
