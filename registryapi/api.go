@@ -141,20 +141,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			changed, err = json.Marshal(m)
 		}
 	}
-	var fe forbiddenError
-	switch {
-	case errors.As(err, &fe):
-		detail(w, http.StatusForbidden, fe.Error())
-		return
-	case errors.Is(err, registrydb.ErrNotFound):
-		detail(w, http.StatusNotFound, "Not found.")
-		return
-	case errors.Is(err, registrydb.ErrRejected), errors.As(err, new(badInput)):
-		detail(w, http.StatusBadRequest, err.Error())
-		return
-	case err != nil:
-		h.log.Warn("registry write failed", "method", r.Method, "path", r.URL.Path, "err", err)
-		detail(w, http.StatusInternalServerError, "The write failed; the registry's log says why.")
+	if h.writeFailed(w, r, err) {
 		return
 	}
 	h.log.Info("registry write", "method", r.Method, "path", r.URL.Path, "actor", actor, "version", version)
@@ -242,16 +229,7 @@ func (h *Handler) create(w http.ResponseWriter, r *http.Request, kind string) {
 		return
 	}
 	version, warnings, err := h.db.PutMember(r.Context(), actor, kind, m, true)
-	switch {
-	case errors.Is(err, registrydb.ErrExists):
-		detail(w, http.StatusBadRequest, err.Error())
-		return
-	case errors.Is(err, registrydb.ErrRejected):
-		detail(w, http.StatusBadRequest, err.Error())
-		return
-	case err != nil:
-		h.log.Warn("registry write failed", "method", r.Method, "path", r.URL.Path, "err", err)
-		detail(w, http.StatusInternalServerError, "The write failed; the registry's log says why.")
+	if h.writeFailed(w, r, err) {
 		return
 	}
 	h.log.Info("registry write", "method", r.Method, "path", r.URL.Path, "actor", actor, "version", version, "warnings", warnings)
@@ -266,6 +244,28 @@ func (h *Handler) create(w http.ResponseWriter, r *http.Request, kind string) {
 	}
 	w.Header().Set("Location", registry.BaseURL(r)+strings.TrimPrefix(r.URL.Path, registry.PathPrefix)+strconv.FormatUint(c.ID, 10)+"/")
 	writeJSON(w, http.StatusCreated, got)
+}
+
+// writeFailed answers a write's error, if any, and reports whether there
+// was one: 403 for a role that may not, 404 for no such member, 400 for
+// input a client would reject (or a member that exists already), 500 for
+// the rest (logged).
+func (h *Handler) writeFailed(w http.ResponseWriter, r *http.Request, err error) bool {
+	var fe forbiddenError
+	switch {
+	case err == nil:
+		return false
+	case errors.As(err, &fe):
+		detail(w, http.StatusForbidden, fe.Error())
+	case errors.Is(err, registrydb.ErrNotFound):
+		detail(w, http.StatusNotFound, "Not found.")
+	case errors.Is(err, registrydb.ErrRejected), errors.Is(err, registrydb.ErrExists), errors.As(err, new(badInput)):
+		detail(w, http.StatusBadRequest, err.Error())
+	default:
+		h.log.Warn("registry write failed", "method", r.Method, "path", r.URL.Path, "err", err)
+		detail(w, http.StatusInternalServerError, "The write failed; the registry's log says why.")
+	}
+	return true
 }
 
 // actorOf names a token in the audit log: "token:<id> (<name>)".

@@ -25,24 +25,8 @@ import (
 // on. The gateway polls only every 10 minutes, so only the feed can bring
 // these changes within the test's bounds.
 func TestEnrolment(t *testing.T) {
-	lab := vtb.ForTest(t)
 	ctx := context.Background()
-	spec := vtb.DefaultSpec(mgmtnetBin)
-	spec.Nodes = spec.Nodes[:2]
-	spec.GatewayDaemon = true
-	spec.RegistryDB = true
-	spec.PollInterval = 10 * time.Minute
-	tb, err := vtb.Build(ctx, lab, spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The registry holds the gateway alone; the operator adds and invites
-	// the nodes, and each enrols at its first boot and joins the overlay
-	// (the gateway learns each key from the feed).
-	invites, boots, err := tb.EnrolBoot(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, tb, invites, boots := enrolledTestbed(t, 2)
 	hosts := filepath.Join(tb.Server.TincDir, "hosts")
 	for _, n := range tb.Nodes {
 		if len(invites[n.TincName]) != 40 {
@@ -85,7 +69,7 @@ func TestEnrolment(t *testing.T) {
 	if _, err := tb.Registry(ctx, "node", "rm", fmt.Sprint(n1.Spec.ID)); err != nil {
 		t.Fatal(err)
 	}
-	err = vtb.WaitFor(ctx, 15*time.Second, 100*time.Millisecond, func() error {
+	err := vtb.WaitFor(ctx, 15*time.Second, 100*time.Millisecond, func() error {
 		if _, err := os.Stat(filepath.Join(hosts, n1.TincName)); !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("the gateway still has the host file of %s", n1.TincName)
 		}
@@ -122,6 +106,31 @@ func TestEnrolment(t *testing.T) {
 			t.Errorf("the audit log lacks %q:\n%s", want, log)
 		}
 	}
+}
+
+// enrolledTestbed builds a testbed of the first n nodes of the demo's, its
+// registry a database and its gateway a daemon that polls only every 10
+// minutes (so that only the change feed brings a change within a test's
+// bounds), and boots it the operator's way (EnrolBoot): the nodes' invites
+// and boot outputs, by tinc name.
+func enrolledTestbed(t *testing.T, n int) (*vtb.Lab, *vtb.Testbed, map[string]string, map[string]string) {
+	t.Helper()
+	lab := vtb.ForTest(t)
+	ctx := context.Background()
+	spec := vtb.DefaultSpec(mgmtnetBin)
+	spec.Nodes = spec.Nodes[:n]
+	spec.GatewayDaemon = true
+	spec.RegistryDB = true
+	spec.PollInterval = 10 * time.Minute
+	tb, err := vtb.Build(ctx, lab, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	invites, boots, err := tb.EnrolBoot(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return lab, tb, invites, boots
 }
 
 // pemOf returns the PEM block of a host file ("" for none).

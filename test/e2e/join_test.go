@@ -18,20 +18,8 @@ import (
 // the overlay. The same invite again, or a node's invite, is refused with
 // the reason, and the node's invite stays unspent.
 func TestHostJoin(t *testing.T) {
-	lab := vtb.ForTest(t)
 	ctx := context.Background()
-	spec := vtb.DefaultSpec(mgmtnetBin)
-	spec.Nodes = spec.Nodes[:1]
-	spec.GatewayDaemon = true
-	spec.RegistryDB = true
-	spec.PollInterval = 10 * time.Minute
-	tb, err := vtb.Build(ctx, lab, spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, _, err := tb.EnrolBoot(ctx); err != nil {
-		t.Fatal(err)
-	}
+	lab, tb, _, _ := enrolledTestbed(t, 1)
 	host, err := tb.AddHost(7)
 	if err != nil {
 		t.Fatal(err)
