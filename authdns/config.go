@@ -41,6 +41,16 @@ const (
 	DefaultUDPSize = 1232
 	// DefaultNSLabel is the label of the default name server, "ns.<zone>".
 	DefaultNSLabel = "ns"
+	// DefaultMaxTCPConns is the default cap on TCP connections: secondaries
+	// and the occasional truncated answer need a handful; thousands held
+	// open are an attack on the server's memory.
+	DefaultMaxTCPConns = 256
+	// DefaultTCPIdleTimeout closes an idle TCP connection (RFC 7766 asks
+	// for seconds, not minutes).
+	DefaultTCPIdleTimeout = 10 * time.Second
+	// DefaultRateLimitSlip: every second answer over the rate limit is
+	// sent truncated (BIND's and Knot's default).
+	DefaultRateLimitSlip = 2
 	// DefaultMboxLabel is the label of the default SOA mailbox,
 	// "hostmaster.<zone>" (RFC 2142).
 	DefaultMboxLabel = "hostmaster"
@@ -99,8 +109,8 @@ type Config struct {
 	// IPv4-mapped client addresses are matched as IPv4.
 	Allow []netip.Prefix
 	// AllowTransfer are the client prefixes allowed zone transfers (AXFR,
-	// and IXFR answered as AXFR); they need not be in Allow. Default
-	// 127.0.0.0/8 and ::1/128.
+	// IXFR); they need not be in Allow. Default 127.0.0.0/8 and ::1/128,
+	// or anywhere when TSIG keys are set (the key is then required).
 	AllowTransfer []netip.Prefix
 	// Forward are upstream resolvers for names outside both zones. When
 	// empty, such queries are REFUSED; when set, recursive queries (RD
@@ -116,6 +126,29 @@ type Config struct {
 	// UDPSize is the largest UDP answer to an EDNS client, 512..4096.
 	// Default DefaultUDPSize.
 	UDPSize int
+	// TSIG are the keys that sign zone transfers and NOTIFY (RFC 8945).
+	// When set, a transfer (AXFR, IXFR) is served only to a request
+	// signed with one of them, from AllowTransfer, which then defaults to
+	// anywhere; NOTIFY is signed with the first. Any query signed with a
+	// key is answered signed, and one whose signature fails gets NOTAUTH.
+	TSIG []TSIGKey
+	// MaxTCPConns caps the TCP connections served at once; one more is
+	// closed as soon as it is accepted. Default DefaultMaxTCPConns.
+	MaxTCPConns int
+	// TCPIdleTimeout closes a TCP connection that sends no query for that
+	// long (RFC 7766 §6.2.3). Default DefaultTCPIdleTimeout.
+	TCPIdleTimeout time.Duration
+	// RateLimit, when positive, is the most UDP answers per second sent
+	// to one client network (an IPv4 /24, an IPv6 /56) outside the
+	// management prefix and loopback: response-rate limiting against
+	// reflection. Of the answers over the limit, every RateLimitSlip-th
+	// is sent truncated and empty (so a real client retries over TCP),
+	// the others are dropped. Default 0: no limit.
+	RateLimit int
+	// RateLimitSlip: see RateLimit; 0 takes DefaultRateLimitSlip, 1
+	// truncates every answer over the limit, and a negative value drops
+	// them all.
+	RateLimitSlip int
 }
 
 // Validate checks c and reports every problem it finds, each naming the
@@ -204,6 +237,27 @@ func (c Config) Validate() error {
 	if c.ForwardTimeout < 0 {
 		bad("forward timeout %v: want a positive duration", c.ForwardTimeout)
 	}
+	names := map[string]bool{}
+	for _, k := range c.TSIG {
+		ck, err := k.canonical()
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if names[ck.Name] {
+			bad("tsig key %s: listed twice", ck.Name)
+		}
+		names[ck.Name] = true
+	}
+	if c.MaxTCPConns < 0 {
+		bad("max tcp connections %d: want a positive number", c.MaxTCPConns)
+	}
+	if c.TCPIdleTimeout < 0 {
+		bad("tcp idle timeout %v: want a positive duration", c.TCPIdleTimeout)
+	}
+	if c.RateLimit < 0 {
+		bad("rate limit %d: want answers per second, or 0 for none", c.RateLimit)
+	}
 	if c.UDPSize != 0 && (c.UDPSize < dns.MinMsgSize || c.UDPSize > dns.DefaultMsgSize) {
 		bad("udp size %d: want %d..%d", c.UDPSize, dns.MinMsgSize, dns.DefaultMsgSize)
 	}
@@ -238,8 +292,26 @@ func (c Config) normalized() (Config, error) {
 	}
 	c.NS = ns
 	c.Allow = maskAll(c.Allow)
-	if len(c.AllowTransfer) == 0 {
+	keys := make([]TSIGKey, 0, len(c.TSIG))
+	for _, k := range c.TSIG {
+		ck, _ := k.canonical()
+		keys = append(keys, ck)
+	}
+	c.TSIG = keys
+	switch {
+	case len(c.AllowTransfer) > 0:
+	case len(c.TSIG) > 0:
+		// The key is the credential; the address need not be.
+		c.AllowTransfer = []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")}
+	default:
 		c.AllowTransfer = loopback()
+	}
+	if c.MaxTCPConns == 0 {
+		c.MaxTCPConns = DefaultMaxTCPConns
+	}
+	c.TCPIdleTimeout = orDefault(c.TCPIdleTimeout, DefaultTCPIdleTimeout)
+	if c.RateLimitSlip == 0 {
+		c.RateLimitSlip = DefaultRateLimitSlip
 	}
 	c.AllowTransfer = maskAll(c.AllowTransfer)
 	c.Forward = append([]netip.AddrPort(nil), c.Forward...)

@@ -20,10 +20,24 @@ const (
 	refusedZone                    // a name outside our zones, and no forwarding (or RD clear)
 	refusedClass                   // a class other than IN (CHAOS "version.bind"...)
 	refusedNotify                  // a NOTIFY: this server is a primary only
+	refusedUnsigned                // a transfer without the TSIG signature a configured key requires
 	numRefusals
 )
 
-var refusalNames = [numRefusals]string{"client", "transfer", "zone", "class", "notify"}
+var refusalNames = [numRefusals]string{"client", "transfer", "zone", "class", "notify", "unsigned"}
+
+// transferKind is the kind label of mgmtnet_dns_transfers_total.
+type transferKind uint8
+
+const (
+	transferAXFR     transferKind = iota // an AXFR
+	transferIXFR                         // an IXFR answered with the changes
+	transferIXFRFull                     // an IXFR answered with the whole zone: the journal does not reach the client's serial
+	transferCurrent                      // an IXFR from a client already at the current serial
+	numTransferKinds
+)
+
+var transferNames = [numTransferKinds]string{"axfr", "ixfr", "ixfr_full", "current"}
 
 // The qtype label values with counters of their own; any other type is
 // counted as "other".
@@ -71,7 +85,11 @@ type metrics struct {
 	queriesVec *prometheus.CounterVec
 	queries    [numTypes][numRcodes]atomic.Pointer[prometheus.Counter]
 	refused    [numRefusals]prometheus.Counter
-	transfers  prometheus.Counter
+	transfers  [numTransferKinds]prometheus.Counter
+	tsigFailed *prometheus.CounterVec
+	tcpConns   prometheus.Gauge
+	tcpDropped prometheus.Counter
+	limited    [2]prometheus.Counter // answers over the rate limit: dropped, slipped
 	notifyOK   prometheus.Counter
 	notifyErr  prometheus.Counter
 	serial     prometheus.Gauge
@@ -84,8 +102,14 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		queriesVec: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "mgmtnet_dns_queries_total", Help: "DNS queries answered, by query type and response code.",
 		}, []string{"qtype", "rcode"}),
-		transfers: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "mgmtnet_dns_transfers_total", Help: "Zone transfers (AXFR, IXFR) served.",
+		tsigFailed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mgmtnet_dns_tsig_failures_total", Help: "Signed queries whose TSIG failed, answered NOTAUTH, by TSIG error: badkey (unknown key or algorithm), badsig, badtime.",
+		}, []string{"error"}),
+		tcpConns: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "mgmtnet_dns_tcp_connections", Help: "TCP connections being served.",
+		}),
+		tcpDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "mgmtnet_dns_tcp_rejected_total", Help: "TCP connections closed on accept because the connection cap was reached.",
 		}),
 		serial: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "mgmtnet_dns_zone_serial", Help: "SOA serial of the zones served (0 before the first testbed).",
@@ -103,6 +127,20 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	notify := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "mgmtnet_dns_notify_total", Help: "NOTIFY messages to secondaries, by result: ok (acknowledged), error (failed after retries).",
 	}, []string{"result"})
+	transfers := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "mgmtnet_dns_transfers_total", Help: "Zone transfers served, by kind: axfr, ixfr (the changes), ixfr_full (the whole zone: the client's serial is older than the journal), current (the client is up to date).",
+	}, []string{"kind"})
+	for i := range m.transfers {
+		m.transfers[i] = transfers.WithLabelValues(transferNames[i])
+	}
+	limited := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "mgmtnet_dns_rate_limited_total", Help: "UDP answers over the response-rate limit, by action: dropped, or slipped (sent truncated, for the client to retry over TCP).",
+	}, []string{"action"})
+	m.limited[0] = limited.WithLabelValues("dropped")
+	m.limited[1] = limited.WithLabelValues("slipped")
+	for _, e := range []string{"badkey", "badsig", "badtime"} {
+		m.tsigFailed.WithLabelValues(e)
+	}
 	m.notifyOK = notify.WithLabelValues("ok")
 	m.notifyErr = notify.WithLabelValues("error")
 	for _, r := range []SkipReason{SkipInvalid, SkipDuplicate, SkipReserved} {
@@ -112,7 +150,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		return m, nil
 	}
 	var errs []error
-	for _, c := range []prometheus.Collector{m.queriesVec, refused, m.transfers, notify, m.serial, m.skipped} {
+	for _, c := range []prometheus.Collector{m.queriesVec, refused, transfers, notify, m.serial, m.skipped,
+		m.tsigFailed, m.tcpConns, m.tcpDropped, limited} {
 		if err := reg.Register(c); err != nil {
 			errs = append(errs, err)
 		}

@@ -18,6 +18,12 @@ type reply struct {
 	extra [1]dns.RR
 	scratch
 	buf []byte
+	// signWith is the key of a request whose TSIG verified: the answer is
+	// signed with it.
+	signWith *TSIGKey
+	// limited is set for a UDP client under response-rate limiting.
+	limited bool
+	client  netip.Addr
 	// detached is set when a goroutine took the reply over to answer a
 	// forwarded query later: ServeDNS must neither count nor recycle it.
 	detached bool
@@ -91,6 +97,10 @@ func (s *Server) serve(w dns.ResponseWriter, r *dns.Msg, rp *reply) (rcode int, 
 	if tcp {
 		limit = dns.MaxMsgSize
 	}
+	z := s.zone.Load()
+	if s.rrl != nil && !tcp && !client.IsLoopback() && (z == nil || !z.plan.Mgmt().Contains(client)) {
+		rp.limited, rp.client = true, client
+	}
 
 	opt, nopt := edns0(r)
 	if nopt > 1 {
@@ -109,6 +119,19 @@ func (s *Server) serve(w dns.ResponseWriter, r *dns.Msg, rp *reply) (rcode int, 
 		if opt.Version() != 0 {
 			return s.write(w, rp, dns.RcodeBadVers, limit)
 		}
+	}
+	if t := r.IsTsig(); t != nil {
+		// Without keys, miekg/dns checks nothing: every signature is
+		// then one by a key we do not have.
+		err := dns.ErrSecret
+		if s.keys != nil {
+			err = w.TsigStatus()
+		}
+		if err != nil {
+			return s.tsigFailed(w, r, rp, t, err, limit)
+		}
+		k, _ := s.keys.key(t)
+		rp.signWith = &k
 	}
 	switch r.Opcode {
 	case dns.OpcodeQuery:
@@ -130,11 +153,13 @@ func (s *Server) serve(w dns.ResponseWriter, r *dns.Msg, rp *reply) (rcode int, 
 		s.m.refused[refusedClass].Inc()
 		return s.write(w, rp, dns.RcodeRefused, limit)
 	}
-	z := s.zone.Load()
 	xfr := q.Qtype == dns.TypeAXFR || q.Qtype == dns.TypeIXFR
 	switch {
 	case xfr && !allowed(s.cfg.AllowTransfer, client):
 		s.m.refused[refusedTransfer].Inc()
+		return s.write(w, rp, dns.RcodeRefused, limit)
+	case xfr && s.keys != nil && rp.signWith == nil:
+		s.m.refused[refusedUnsigned].Inc()
 		return s.write(w, rp, dns.RcodeRefused, limit)
 	case !xfr && !allowed(s.allowList(z), client):
 		s.m.refused[refusedClient].Inc()
@@ -188,10 +213,31 @@ func (s *Server) allowList(z *Zone) []netip.Prefix {
 	return loopback()
 }
 
-// write finishes rp.msg with rcode, truncates it to limit and sends it.
+// write finishes rp.msg with rcode, truncates it to limit and sends it,
+// signed when the request was, compressed, and within the response-rate
+// limit.
 func (s *Server) write(w dns.ResponseWriter, rp *reply, rcode, limit int) (int, bool) {
 	m := &rp.msg
 	m.Rcode = rcode
+	if rp.limited {
+		switch s.rrl.take(rp.client, s.now()) {
+		case rateDrop:
+			s.m.limited[0].Inc()
+			return rcode, false
+		case rateSlip:
+			s.m.limited[1].Inc()
+			m.Truncated = true
+			m.Answer, m.Ns = nil, nil
+			m.Extra = m.Extra[:0:0]
+			if rp.opt.Hdr.Rrtype == dns.TypeOPT {
+				m.Extra = rp.extra[:]
+			}
+		}
+	}
+	if rp.signWith != nil {
+		return s.writeSigned(w, rp, rcode, limit)
+	}
+	m.Compress = true
 	b, err := m.PackBuffer(rp.buf)
 	if err == nil && len(b) > limit {
 		// Rare: most answers are a record or two. Truncate compresses,
@@ -208,6 +254,40 @@ func (s *Server) write(w dns.ResponseWriter, rp *reply, rcode, limit int) (int, 
 		s.log.Debug("write dns answer", "client", w.RemoteAddr().String(), "err", err)
 	}
 	return rcode, true
+}
+
+// writeSigned sends rp.msg signed with the request's key (RFC 8945
+// §5.3): the response writer computes the MAC over the request's.
+func (s *Server) writeSigned(w dns.ResponseWriter, rp *reply, rcode, limit int) (int, bool) {
+	m := &rp.msg
+	m.Compress = true
+	k := rp.signWith
+	room := limit - dns.Len(&dns.TSIG{Hdr: hdr(k.Name, dns.TypeTSIG, 0), Algorithm: k.Algorithm, MAC: strings.Repeat("00", 64)})
+	if m.Len() > room {
+		m.Truncate(room)
+	}
+	sign(m, *k, s.now()) // appends: every Extra here has len == cap, so never into the zone's slices
+	if err := w.WriteMsg(m); err != nil {
+		s.log.Debug("write signed dns answer", "client", w.RemoteAddr().String(), "err", err)
+	}
+	return rcode, true
+}
+
+// tsigFailed answers a request whose signature does not verify: NOTAUTH
+// with a TSIG record that carries the error and no MAC, unsigned (RFC
+// 8945 §5.2), so that the client learns why without our key being used
+// for a message its sender may have forged.
+func (s *Server) tsigFailed(w dns.ResponseWriter, r *dns.Msg, rp *reply, t *dns.TSIG, err error, limit int) (int, bool) {
+	code, reason := tsigError(err)
+	s.m.tsigFailed.WithLabelValues(reason).Inc()
+	s.log.Debug("dns tsig failed", "client", w.RemoteAddr().String(), "key", t.Hdr.Name, "err", err)
+	m := &rp.msg
+	m.Answer, m.Ns = nil, nil
+	m.Extra = append(append([]dns.RR(nil), m.Extra...), &dns.TSIG{
+		Hdr: dns.RR_Header{Name: t.Hdr.Name, Rrtype: dns.TypeTSIG, Class: dns.ClassANY}, Algorithm: t.Algorithm,
+		TimeSigned: uint64(s.now().Unix()), Fudge: tsigFudge, OrigId: r.Id, Error: code,
+	})
+	return s.write(w, rp, dns.RcodeNotAuth, limit)
 }
 
 func questionString(m *dns.Msg) string {
@@ -253,7 +333,7 @@ func edns0(r *dns.Msg) (*dns.OPT, int) {
 // outside answers a name outside our zones: forwarded when upstreams are
 // configured and the client asks for recursion, else REFUSED.
 func (s *Server) outside(w dns.ResponseWriter, r *dns.Msg, rp *reply, tcp bool, limit int) (int, bool) {
-	if len(s.cfg.Forward) == 0 || !r.RecursionDesired || r.Question[0].Qtype == dns.TypeAXFR || r.Question[0].Qtype == dns.TypeIXFR {
+	if len(s.cfg.Forward) == 0 || !r.RecursionDesired || r.Question[0].Qtype == dns.TypeAXFR || r.Question[0].Qtype == dns.TypeIXFR || rp.signWith != nil {
 		s.m.refused[refusedZone].Inc()
 		return s.write(w, rp, dns.RcodeRefused, limit)
 	}
@@ -343,11 +423,12 @@ func (s *Server) forward(w dns.ResponseWriter, r *dns.Msg, rp *reply, tcp bool, 
 	return s.write(w, rp, dns.RcodeServerFailure, limit)
 }
 
-// xfr serves a zone transfer: AXFR, and IXFR answered as a full AXFR
-// (RFC 1995 §4 allows it), over TCP only. Over UDP an IXFR gets the SOA
-// alone, telling the client to retry over TCP (RFC 1995 §2); an AXFR is
-// REFUSED. A transfer of a name other than a zone apex is NOTAUTH (RFC
-// 5936 §2.2.1).
+// xfr serves a zone transfer over TCP: AXFR (RFC 5936), and IXFR (RFC
+// 1995) with the changes since the client's serial when the journal
+// reaches back to it, the SOA alone when the client is current, and the
+// whole zone otherwise. Over UDP an IXFR gets the SOA alone, telling the
+// client to retry over TCP (RFC 1995 §2); an AXFR is REFUSED. A transfer
+// of a name other than a zone apex is NOTAUTH (RFC 5936 §2.2.1).
 func (s *Server) xfr(w dns.ResponseWriter, r *dns.Msg, rp *reply, z *Zone, reverse, atApex, tcp bool, limit int) (int, bool) {
 	a := &z.fwd
 	if reverse {
@@ -364,11 +445,33 @@ func (s *Server) xfr(w dns.ResponseWriter, r *dns.Msg, rp *reply, z *Zone, rever
 		s.m.refused[refusedTransfer].Inc()
 		return s.write(w, rp, dns.RcodeRefused, limit)
 	}
+	kind := transferAXFR
+	produce := func(emit func([]dns.RR) bool) bool { return z.transfer(reverse, emit) }
+	var from uint32
+	if r.Question[0].Qtype == dns.TypeIXFR {
+		kind = transferIXFRFull
+		var ok bool
+		from, ok = ixfrSerial(r, a.name)
+		var changes []*delta
+		switch {
+		case !ok:
+			// No SOA of the client's: RFC 1995 asks for one; the whole zone
+			// serves any client.
+		case !serialGreater(z.serial, from):
+			kind = transferCurrent
+			produce = func(emit func([]dns.RR) bool) bool { return emit(a.soa) }
+		default:
+			if changes, ok = z.chain(from); ok {
+				kind = transferIXFR
+				produce = func(emit func([]dns.RR) bool) bool { return z.incremental(reverse, changes, emit) }
+			}
+		}
+	}
 	ch := make(chan *dns.Envelope)
 	stop := make(chan struct{})
 	go func() {
 		defer close(ch)
-		z.transfer(reverse, func(rrs []dns.RR) bool {
+		produce(func(rrs []dns.RR) bool {
 			select {
 			case ch <- &dns.Envelope{RR: rrs}:
 				return true
@@ -383,10 +486,26 @@ func (s *Server) xfr(w dns.ResponseWriter, r *dns.Msg, rp *reply, z *Zone, rever
 	for range ch { // wait for the producer
 	}
 	if err != nil {
-		s.log.Warn("zone transfer failed", "zone", a.name, "client", w.RemoteAddr().String(), "err", err)
+		s.log.Warn("zone transfer failed", "zone", a.name, "kind", transferNames[kind], "client", w.RemoteAddr().String(), "err", err)
 		return dns.RcodeSuccess, false
 	}
-	s.m.transfers.Inc()
-	s.log.Info("zone transferred", "zone", a.name, "serial", z.serial, "client", w.RemoteAddr().String())
+	s.m.transfers[kind].Inc()
+	log := s.log.Info
+	if kind == transferCurrent {
+		log = s.log.Debug
+	}
+	log("zone transferred", "zone", a.name, "kind", transferNames[kind], "serial", z.serial, "client_serial", from,
+		"client", w.RemoteAddr().String(), "signed", rp.signWith != nil)
 	return dns.RcodeSuccess, true
+}
+
+// ixfrSerial returns the serial of the client's SOA in an IXFR request's
+// authority section (RFC 1995 §3).
+func ixfrSerial(r *dns.Msg, zone string) (uint32, bool) {
+	for _, rr := range r.Ns {
+		if soa, ok := rr.(*dns.SOA); ok && strings.EqualFold(soa.Hdr.Name, zone) {
+			return soa.Serial, true
+		}
+	}
+	return 0, false
 }

@@ -2,6 +2,8 @@ package authdns
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -47,13 +49,23 @@ type ServerOptions struct {
 	Logger *slog.Logger
 	// Registerer, if not nil, gets the server's Prometheus metrics.
 	Registerer prometheus.Registerer
+	// SerialFile, if set, keeps the SOA serial across restarts (see
+	// Server.SetTestbed): it is read by New and written, atomically, on
+	// every new serial. A file that cannot be read or written is logged,
+	// and serving goes on.
+	SerialFile string
 }
 
 // Server is an authoritative DNS server for the zones of the current
 // testbed. Its zone is swapped atomically by SetTestbed; queries in
 // flight finish on the zone they started with.
 type Server struct {
-	cfg Config // normalized
+	cfg  Config   // normalized
+	keys *keyRing // nil without TSIG keys
+	rrl  *rateLimiter
+	// serials persists the serial; saved is what it held at start.
+	serials serialStore
+	saved   savedSerial
 	// setMu serializes SetTestbed (the serial depends on the last zone);
 	// now is the clock of the serials (time.Now; tests replace it).
 	setMu   sync.Mutex
@@ -99,7 +111,18 @@ func New(cfg Config, opts ServerOptions) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, now: time.Now, listen: append([]string(nil), opts.Listen...), log: log, m: m,
-		forwards: make(chan struct{}, maxForwards)}
+		forwards: make(chan struct{}, maxForwards), keys: newKeyRing(cfg.TSIG), serials: serialStore{path: opts.SerialFile}}
+	if cfg.RateLimit > 0 {
+		s.rrl = newRateLimiter(cfg.RateLimit, cfg.RateLimitSlip)
+	}
+	if s.saved, err = s.serials.load(); err != nil {
+		log.Warn("dns serial file unreadable; the serial starts from the clock", "err", err)
+	}
+	for _, ns := range cfg.NS {
+		if dns.IsSubDomain(cfg.Zone, ns.Name) && len(ns.Addrs) == 0 {
+			log.Warn("dns name server inside the zone has no address: secondaries' zone checks fail (no glue)", "ns", ns.Name)
+		}
+	}
 	s.replies.New = func() any { return &reply{buf: make([]byte, replyBufSize)} }
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	return s, nil
@@ -137,10 +160,18 @@ func (s *Server) Start(ctx context.Context) error {
 		}
 		ls = append(ls, l)
 	}
+	idle := func() time.Duration { return s.cfg.TCPIdleTimeout }
+	slots := make(chan struct{}, s.cfg.MaxTCPConns) // shared by every listen address
 	for i, l := range ls {
-		servers := []*dns.Server{{Listener: l.tcp, Handler: s}}
+		tcp := &dns.Server{Listener: &limitListener{Listener: l.tcp, slots: slots, m: s.m}, Handler: s, IdleTimeout: idle}
+		servers := []*dns.Server{tcp}
 		if l.wildcard() {
 			servers = append(servers, &dns.Server{PacketConn: l.udp[0], Handler: s, UDPSize: readBufSize})
+		}
+		if s.keys != nil {
+			for _, srv := range servers {
+				srv.TsigProvider = s.keys
+			}
 		}
 		for _, srv := range servers {
 			if err := s.activate(srv); err != nil {
@@ -303,16 +334,20 @@ func (s *Server) Addrs() []net.Addr {
 func (s *Server) Zone() *Zone { return s.zone.Load() }
 
 // SetTestbed builds the zone of tb and swaps it in. When the snapshot's
-// version changed, the zone gets a new SOA serial and NOTIFY goes to
-// Config.Notify for both zones, in the background; the outcome is logged
-// and counted. On error the zone served does not change.
+// version changed, the zone gets a new SOA serial, the difference from the
+// last zone is kept for IXFR, and NOTIFY goes to Config.Notify for both
+// zones, in the background; the outcome is logged and counted. On error
+// the zone served does not change.
 //
 // The serial follows the snapshot version but is not its digest: a
 // secondary takes a serial as newer only when it is greater in RFC 1982
 // arithmetic, which a hash is half of the time. It is the time of the
 // change in Unix seconds, or the last serial plus one when that is not
-// greater (several changes in one second, or a clock set back), so it
-// grows with every change, across restarts too.
+// greater (several changes in one second, or a clock set back). With
+// ServerOptions.SerialFile the last serial survives a restart: the first
+// zone after it keeps that serial when it is the same zone, and otherwise
+// gets one greater, whatever the clock says, so secondaries never see the
+// serial go backwards.
 func (s *Server) SetTestbed(tb *mesh.Testbed) error {
 	if tb == nil {
 		return errors.New("dns zone: no testbed")
@@ -320,32 +355,60 @@ func (s *Server) SetTestbed(tb *mesh.Testbed) error {
 	s.setMu.Lock()
 	defer s.setMu.Unlock()
 	old := s.zone.Load()
+	digest := s.digest(tb)
 	serial := uint32(s.now().Unix())
-	if old != nil {
-		switch {
-		case old.tb.Version() == tb.Version():
-			serial = old.serial
-		case int32(serial-old.serial) <= 0:
+	switch {
+	case old != nil && old.tb.Version() == tb.Version():
+		serial = old.serial
+	case old != nil:
+		if !serialGreater(serial, old.serial) {
 			serial = old.serial + 1
+		}
+	case s.saved.valid && s.saved.digest == digest:
+		serial = s.saved.serial
+	case s.saved.valid:
+		if !serialGreater(serial, s.saved.serial) {
+			serial = s.saved.serial + 1
 		}
 	}
 	z, err := newZone(s.cfg, tb, serial)
 	if err != nil {
 		return err
 	}
+	if old != nil && old.serial != z.serial {
+		z.journal = nextJournal(old, z)
+	}
 	s.zone.Store(z)
 	s.m.setZone(z)
 	if old != nil && old.serial == z.serial {
 		return nil
 	}
+	if !s.saved.valid || s.saved.serial != serial || s.saved.digest != digest {
+		s.saved = savedSerial{serial: serial, digest: digest, valid: true}
+		if err := s.serials.save(s.saved); err != nil {
+			s.log.Warn("dns serial not saved; after a restart the serial starts from the clock", "err", err)
+		}
+	}
 	s.log.Info("dns zone loaded", "zone", z.Origin(), "reverse", z.ReverseOrigin(), "serial", z.serial,
-		"names", z.Len(), "skipped_names", len(z.skipped))
+		"names", z.Len(), "skipped_names", len(z.skipped), "journal", len(z.journal))
 	for _, sk := range z.skipped {
 		s.log.Debug("registry name not served", "member", sk.Member, "name", sk.Name, "reason", sk.Reason.String())
 	}
 	s.notify(z)
 	return nil
 }
+
+// digest identifies what the zones hold: the snapshot and the
+// configuration they are made with.
+func (s *Server) digest(tb *mesh.Testbed) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "%s\n%s\n%v\n%v\n%v\n", tb.Version(), s.cfg.Zone, s.cfg.TTL, s.cfg.NS, s.cfg.SOA)
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// serialGreater reports whether a is greater than b in serial number
+// arithmetic (RFC 1982).
+func serialGreater(a, b uint32) bool { return a != b && int32(a-b) > 0 }
 
 // notify sends NOTIFY for both zones of z to every secondary.
 func (s *Server) notify(z *Zone) {
@@ -378,12 +441,19 @@ func (s *Server) sendNotify(gen uint64, a *apex, target netip.AddrPort) {
 	m.SetNotify(a.name)
 	m.Answer = a.soa
 	c := &dns.Client{Net: "udp", Timeout: s.cfg.ForwardTimeout}
+	if s.keys != nil {
+		c.TsigProvider = s.keys // signs the NOTIFY and checks the answer's signature
+	}
 	serial := a.soa[0].(*dns.SOA).Serial
 	var err error
 	for attempt := 1; attempt <= notifyAttempts; attempt++ {
 		if s.notifyGen.Load() != gen {
 			s.log.Debug("dns notify superseded by a newer zone", "zone", a.name, "serial", serial, "target", target.String())
 			return
+		}
+		if s.keys != nil {
+			m.Extra = nil
+			sign(m, s.keys.first, s.now())
 		}
 		var resp *dns.Msg
 		resp, _, err = c.ExchangeContext(s.ctx, m, target.String())

@@ -3,6 +3,7 @@ package authdns
 import (
 	"encoding/binary"
 	"errors"
+	"io"
 	"net"
 	"net/netip"
 
@@ -86,7 +87,7 @@ func (s *Server) serveUDP(conn *net.UDPConn) {
 // dns.DefaultMsgAcceptFunc before the body is unpacked, a body that does
 // not unpack gets FORMERR with the header alone, responses and runts get
 // nothing.
-func (s *Server) handle(w dns.ResponseWriter, b []byte) {
+func (s *Server) handle(w *batchWriter, b []byte) {
 	if len(b) < 12 {
 		return
 	}
@@ -102,6 +103,12 @@ func (s *Server) handle(w dns.ResponseWriter, b []byte) {
 	if action == dns.MsgAccept {
 		req := new(dns.Msg)
 		if err := req.Unpack(b); err == nil {
+			w.tsig = tsigState{}
+			if t := req.IsTsig(); t != nil && s.keys != nil {
+				// As dns.Server does: verify over the bytes received, and
+				// keep the request's MAC, which the answer's covers.
+				w.tsig = tsigState{keys: s.keys, status: dns.TsigVerifyWithProvider(b, s.keys, "", false), mac: t.MAC}
+			}
 			s.ServeDNS(w, req)
 			return
 		}
@@ -125,9 +132,35 @@ type batchWriter struct {
 	n    int // answers queued in out
 	from netip.AddrPort
 	addr *net.UDPAddr
+	tsig tsigState // of the datagram being answered
 }
 
 var _ dns.ResponseWriter = (*batchWriter)(nil)
+
+// tsigState is the TSIG of a request read by serveUDP: whether it
+// verified, and its MAC, which the signed answer's covers.
+type tsigState struct {
+	keys   *keyRing
+	status error
+	mac    string
+}
+
+// writeMsg packs m, signing it when it carries a TSIG record, and writes
+// it to w.
+func (t *tsigState) writeMsg(w io.Writer, m *dns.Msg) error {
+	var b []byte
+	var err error
+	if t.keys != nil && m.IsTsig() != nil {
+		b, _, err = dns.TsigGenerateWithProvider(m, t.keys, t.mac, false)
+	} else {
+		b, err = m.Pack()
+	}
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(b)
+	return err
+}
 
 // addrPort is remote's allocation-free way to the client's address.
 func (w *batchWriter) addrPort() (netip.AddrPort, bool) { return w.from, false }
@@ -151,9 +184,9 @@ func (w *batchWriter) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
-func (w *batchWriter) WriteMsg(m *dns.Msg) error { return writeMsg(w, m) }
+func (w *batchWriter) WriteMsg(m *dns.Msg) error { return w.tsig.writeMsg(w, m) }
 func (w *batchWriter) Close() error              { return nil }
-func (w *batchWriter) TsigStatus() error         { return nil }
+func (w *batchWriter) TsigStatus() error         { return w.tsig.status }
 func (w *batchWriter) TsigTimersOnly(bool)       {}
 func (w *batchWriter) Hijack()                   {}
 

@@ -134,6 +134,9 @@ type Zone struct {
 	// apex and deep name server names.
 	ents    map[string]struct{}
 	skipped []SkippedName
+	// journal are the changes that led to this zone, oldest first, the
+	// last ending at serial: the answers to IXFR.
+	journal []*delta
 }
 
 // nodeSet is a set of node ids: a bit per possible id.
@@ -662,26 +665,8 @@ func (z *Zone) transfer(reverse bool, emit func([]dns.RR) bool) bool {
 	if reverse {
 		a = &z.rev
 	}
-	var chunk []dns.RR
-	size := 0
-	add := func(rr dns.RR) bool {
-		chunk = append(chunk, rr)
-		size += dns.Len(rr)
-		if size < transferChunk {
-			return true
-		}
-		ok := emit(chunk)
-		chunk, size = nil, 0
-		return ok
-	}
-	addAll := func(rrs []dns.RR) bool {
-		for _, rr := range rrs {
-			if !add(rr) {
-				return false
-			}
-		}
-		return true
-	}
+	c := chunker{emit: emit}
+	add, addAll := c.add, c.addAll
 	if !addAll(a.soa) || !addAll(a.ns) {
 		return false
 	}
@@ -716,11 +701,5 @@ func (z *Zone) transfer(reverse bool, emit func([]dns.RR) bool) bool {
 			}
 		}
 	}
-	if !addAll(a.soa) {
-		return false
-	}
-	if len(chunk) > 0 {
-		return emit(chunk)
-	}
-	return true
+	return addAll(a.soa) && c.flush()
 }

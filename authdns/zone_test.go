@@ -78,6 +78,9 @@ func TestConfigDefaults(t *testing.T) {
 		AllowTransfer:  []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")},
 		ForwardTimeout: 2 * time.Second,
 		UDPSize:        1232,
+		MaxTCPConns:    256,
+		TCPIdleTimeout: 10 * time.Second,
+		RateLimitSlip:  2,
 	}
 	if diff := cmp.Diff(want, c, cmpopts.EquateEmpty(), cmpopts.EquateComparable(netip.Prefix{}, netip.Addr{}, netip.AddrPort{})); diff != "" {
 		t.Errorf("defaults (-want +got):\n%s", diff)
