@@ -69,6 +69,11 @@ type NameServer struct {
 	// only when Name is inside the forward zone; a name outside the zone
 	// is served elsewhere.
 	Addrs []netip.Addr
+	// Member, when set, is the tinc name of a member whose management
+	// address is served as Name's AAAA record too, in every zone where
+	// the member is present: a gateway's own address, known only from
+	// the registry. Only for names inside the forward zone.
+	Member string
 }
 
 // SOA holds the fields of both zones' SOA records other than the serial,
@@ -205,7 +210,7 @@ func (c Config) Validate() error {
 			bad("ns %s: the zone apex cannot be a name server name here; use a name below it such as ns.%s", name, zone)
 		case inZone && planName(topLabel(name, zone)):
 			bad("ns %s: %q is a name of the addressing plan", name, topLabel(name, zone))
-		case !inZone && len(ns.Addrs) > 0:
+		case !inZone && (len(ns.Addrs) > 0 || ns.Member != ""):
 			bad("ns %s: addresses are served only for names inside %s", name, zone)
 		}
 		for _, a := range ns.Addrs {
@@ -285,7 +290,7 @@ func (c Config) normalized() (Config, error) {
 	ns := make([]NameServer, 0, max(len(c.NS), 1))
 	for _, n := range c.NS {
 		name, _ := canonicalName(n.Name)
-		ns = append(ns, NameServer{Name: name, Addrs: append([]netip.Addr(nil), n.Addrs...)})
+		ns = append(ns, NameServer{Name: name, Addrs: append([]netip.Addr(nil), n.Addrs...), Member: n.Member})
 	}
 	if len(ns) == 0 {
 		ns = append(ns, NameServer{Name: DefaultNSLabel + "." + c.Zone})

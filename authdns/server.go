@@ -119,7 +119,7 @@ func New(cfg Config, opts ServerOptions) (*Server, error) {
 		log.Warn("dns serial file unreadable; the serial starts from the clock", "err", err)
 	}
 	for _, ns := range cfg.NS {
-		if dns.IsSubDomain(cfg.Zone, ns.Name) && len(ns.Addrs) == 0 {
+		if dns.IsSubDomain(cfg.Zone, ns.Name) && len(ns.Addrs) == 0 && ns.Member == "" {
 			log.Warn("dns name server inside the zone has no address: secondaries' zone checks fail (no glue)", "ns", ns.Name)
 		}
 	}

@@ -196,7 +196,13 @@ func newZone(cfg Config, tb *mesh.Testbed, serial uint32) (*Zone, error) {
 			continue
 		}
 		set := &rrset{}
-		for _, a := range ns.Addrs {
+		addrs := ns.Addrs
+		if ns.Member != "" {
+			if m, ok := tb.Lookup(ns.Member); ok && !slices.Contains(addrs, m.Addr) {
+				addrs = append(addrs[:len(addrs):len(addrs)], m.Addr)
+			}
+		}
+		for _, a := range addrs {
 			if a.Is4() || a.Is4In6() {
 				v4 := a.Unmap().As4()
 				set.a = append(set.a, &dns.A{Hdr: hdr(ns.Name, dns.TypeA, ttl), A: net.IP(v4[:])})

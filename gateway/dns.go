@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -35,11 +36,25 @@ type DNSConfig struct {
 	AllowTransfer []string `yaml:"allow_transfer"`
 	Forward       []string `yaml:"forward"`
 	Notify        []string `yaml:"notify"`
+	// TSIGKeyFile is a key file in BIND's syntax (tsig-keygen's output):
+	// transfers then need a signature, and NOTIFY is signed. See
+	// authdns.LoadKeyFile.
+	TSIGKeyFile string `yaml:"tsig_key_file"`
+	// MaxTCPConnections, TCPIdleTimeout, RateLimit, RateLimitSlip: see
+	// authdns.Config (MaxTCPConns...).
+	MaxTCPConnections int      `yaml:"max_tcp_connections"`
+	TCPIdleTimeout    Duration `yaml:"tcp_idle_timeout"`
+	RateLimit         int      `yaml:"rate_limit"`
+	RateLimitSlip     int      `yaml:"rate_limit_slip"`
 }
 
-// dnsConfig converts the YAML into authdns.Config, validated.
-func (c DNSConfig) dnsConfig() (authdns.Config, error) {
-	out := authdns.Config{Zone: c.Zone}
+// dnsConfig converts the YAML into authdns.Config, validated; it reads
+// the TSIG key file. The name server ns.ZONE has the service address, if
+// any, and the gateway's own management address (of member self) as its
+// addresses, so that the zone has glue for it.
+func (c DNSConfig) dnsConfig(self string) (authdns.Config, error) {
+	out := authdns.Config{Zone: c.Zone, MaxTCPConns: c.MaxTCPConnections, TCPIdleTimeout: time.Duration(c.TCPIdleTimeout),
+		RateLimit: c.RateLimit, RateLimitSlip: c.RateLimitSlip}
 	prefixes := func(key string, l []string) ([]netip.Prefix, error) {
 		var ps []netip.Prefix
 		for _, s := range l {
@@ -79,8 +94,17 @@ func (c DNSConfig) dnsConfig() (authdns.Config, error) {
 	if out.Notify, err = servers("notify", c.Notify); err != nil {
 		return out, err
 	}
+	ns := authdns.NameServer{Name: authdns.DefaultNSLabel + "." + strings.TrimSuffix(c.Zone, ".") + ".", Member: self}
 	if a, ok := c.serviceAddr(); ok {
-		out.NS = []authdns.NameServer{{Name: "ns." + strings.TrimSuffix(c.Zone, ".") + ".", Addrs: []netip.Addr{a}}}
+		ns.Addrs = []netip.Addr{a}
+	}
+	out.NS = []authdns.NameServer{ns}
+	if c.TSIGKeyFile != "" {
+		keys, err := authdns.LoadKeyFile(c.TSIGKeyFile)
+		if err != nil {
+			return out, fmt.Errorf("dns.tsig_key_file: %w", err)
+		}
+		out.TSIG = keys
 	}
 	if err := out.Validate(); err != nil {
 		return out, fmt.Errorf("dns: %w", err)
@@ -121,7 +145,7 @@ func (c DNSConfig) validate() error {
 	if c.ServiceWeight < 0 || c.ServiceWeight > mesh.MaxEgressWeight {
 		return fmt.Errorf("dns.service_weight %d: want 0..%d", c.ServiceWeight, mesh.MaxEgressWeight)
 	}
-	_, err := c.dnsConfig()
+	_, err := c.dnsConfig("")
 	return err
 }
 
@@ -154,7 +178,7 @@ func (d *Daemon) startDNS(ctx context.Context) error {
 	if d.dns.srv != nil {
 		return nil
 	}
-	cfg, err := d.cfg.DNS.dnsConfig()
+	cfg, err := d.cfg.DNS.dnsConfig(d.cfg.Identity.TincName)
 	if err != nil {
 		return err
 	}
@@ -173,7 +197,8 @@ func (d *Daemon) startDNS(ctx context.Context) error {
 		}
 	}
 	reg := &dnsRegisterer{reg: d.m.reg}
-	srv, err := authdns.New(cfg, authdns.ServerOptions{Listen: d.cfg.DNS.listen(), Logger: d.log.With("part", "dns"), Registerer: reg})
+	srv, err := authdns.New(cfg, authdns.ServerOptions{Listen: d.cfg.DNS.listen(), Logger: d.log.With("part", "dns"), Registerer: reg,
+		SerialFile: filepath.Join(d.cfg.StateDir, "dns.serial")})
 	if err != nil {
 		reg.unregisterAll()
 		d.dropServiceAddrs()

@@ -229,7 +229,8 @@ func TestAttackInputs(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			return []string{"dns", "--registry", url, "--zone", "mgmt.example", "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--timeout", timeout.String()}
+			return []string{"dns", "--registry", url, "--zone", "mgmt.example", "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--timeout", timeout.String(),
+				"--serial-file", filepath.Join(t.TempDir(), "dns.serial")}
 		}, true, -1},
 	}
 	for _, a := range attacks {

@@ -672,7 +672,7 @@ func benchSize(c config, n int, dir string) error {
 	t0 := time.Now()
 	mg, err := start(dir, "mgmtnet-dns", serverCPU, c.bin, "dns",
 		"--registry", regURL, "--zone", zone, "--listen", mAddr,
-		"--allow", "127.0.0.0/8", "--poll", "1h")
+		"--allow", "127.0.0.0/8", "--poll", "1h", "--serial-file", filepath.Join(dir, "dns.serial"))
 	if err != nil {
 		return err
 	}

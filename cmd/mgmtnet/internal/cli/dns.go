@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -22,9 +24,11 @@ import (
 
 const dnsSynopsis = `  mgmtnet dns --registry URI --zone ZONE [--listen ADDR]... [--allow PREFIX]...
               [--allow-transfer PREFIX]... [--forward ADDR]... [--notify ADDR]...
-              [--ns-addr ADDR]... [--ttl DURATION] [--poll DURATION] [--prefix P/48]
-              [--ca FILE | --insecure] [--force] [--max-remove-fraction F]
-              [--metrics-listen ADDR] [--timeout D]
+              [--ns-addr ADDR]... [--tsig-key FILE] [--serial-file FILE]
+              [--ttl DURATION] [--poll DURATION] [--prefix P/48]
+              [--max-tcp-conns N] [--tcp-idle-timeout D] [--rate-limit N]
+              [--rate-limit-slip N] [--ca FILE | --insecure] [--force]
+              [--max-remove-fraction F] [--metrics-listen ADDR] [--timeout D]
 
 Serves authoritative DNS for the management network, made from the members
 in the registry:
@@ -35,7 +39,8 @@ in the registry:
   slice-5-iface-2.node-31.ZONE                (iface 1 has the short name)
   PTR of every member and sliver address      in the ip6.arpa zone of the /48
 with SOA and NS records; the SOA serial grows with every new snapshot
-(the time of the change, RFC 1982-safe for secondaries).
+(the time of the change, RFC 1982-safe for secondaries) and is kept in
+--serial-file, so that it never goes backwards across restarts.
 
 The registry is polled every --poll with ETags; the zone is swapped at once
 when it changed, and the last zone keeps being served while the registry is
@@ -43,7 +48,11 @@ down or answering garbage (until the first answer, names of the zone get
 SERVFAIL). A snapshot that would remove more than half of the members is
 refused unless --force (--max-remove-fraction sets another limit).
 Secondaries in --notify are sent a NOTIFY on every change and may transfer
-the zones (AXFR, over TCP) from --allow-transfer.
+the zones from --allow-transfer: AXFR, or IXFR with only the changes since
+their serial (the last 64 changes are kept). With --tsig-key, a key file in
+BIND's syntax (tsig-keygen NAME > FILE), transfers need a signature by the
+key (from anywhere unless --allow-transfer says otherwise), NOTIFY is signed
+and signed queries are answered signed.
 
 Only clients in --allow are answered; others get REFUSED. Names outside the
 zones are REFUSED too, unless --forward names upstream resolvers: recursive
@@ -51,8 +60,12 @@ queries are then forwarded. It is never an open resolver.
 
 --listen defaults to 127.0.0.1:53 and [::1]:53; on a gateway, give its
 management address (and any service address it shares with other gateways).
---ns-addr defaults to the --listen addresses that are neither loopback nor
-wildcard. SIGINT or SIGTERM stops it.
+--ns-addr, the address of ns.ZONE (its glue), defaults to the --listen
+addresses that are neither loopback nor wildcard, or to the loopback ones
+when it listens on loopback only; on a wildcard it must be given.
+TCP connections are capped (--max-tcp-conns) and closed when idle; with
+--rate-limit, UDP clients outside the management /48 and loopback get at
+most that many answers a second per /24 or /56. SIGINT or SIGTERM stops it.
 
 Exit status: 0 stopped by a signal, 1 error, 2 usage error.
 
@@ -87,8 +100,10 @@ type dnsFlags struct {
 	registry, zone, ca, prefix, metricsListen          string
 	insecure, force                                    bool
 	maxRemove                                          float64
-	ttl, poll, timeout                                 time.Duration
+	ttl, poll, timeout, tcpIdle                        time.Duration
 	listen, allow, allowTransfer, forward, notify, nss dnsList
+	tsigKey, serialFile                                string
+	maxTCP, rateLimit, rateSlip                        int
 }
 
 func runDNS(ctx context.Context, env Env, args []string) error {
@@ -102,6 +117,12 @@ func runDNS(ctx context.Context, env Env, args []string) error {
 	fs.Var(&f.forward, "forward", "upstream resolver `ADDR` (IP or IP:port) for names outside the zones; repeatable (default: none, such names are REFUSED)")
 	fs.Var(&f.notify, "notify", "secondary `ADDR` (IP or IP:port) sent a NOTIFY on every change; repeatable")
 	fs.Var(&f.nss, "ns-addr", "`address` of the name server ns.ZONE; repeatable (default: the --listen addresses that are neither loopback nor wildcard)")
+	fs.StringVar(&f.tsigKey, "tsig-key", "", "TSIG key `file` in BIND's syntax (tsig-keygen NAME > FILE; not readable by others): transfers need its signature, NOTIFY is signed")
+	fs.StringVar(&f.serialFile, "serial-file", defaultSerialFile(), "`file` that keeps the SOA serial across restarts; empty: none")
+	fs.IntVar(&f.maxTCP, "max-tcp-conns", authdns.DefaultMaxTCPConns, "TCP connections served at once; more are closed on accept")
+	fs.DurationVar(&f.tcpIdle, "tcp-idle-timeout", authdns.DefaultTCPIdleTimeout, "close a TCP connection idle this long")
+	fs.IntVar(&f.rateLimit, "rate-limit", 0, "UDP answers a second per client /24 or /56 outside the management /48 and loopback (0: no limit)")
+	fs.IntVar(&f.rateSlip, "rate-limit-slip", authdns.DefaultRateLimitSlip, "of the answers over --rate-limit, send every `N`th truncated (the client retries over TCP), drop the others")
 	fs.DurationVar(&f.ttl, "ttl", authdns.DefaultTTL, "TTL of answers")
 	fs.DurationVar(&f.poll, "poll", time.Minute, "how often to poll the registry")
 	fs.DurationVar(&f.timeout, "timeout", dnsFetchTimeout, "deadline of one whole poll of the registry: every request, retry and body read (each stall is bounded by at most 30s)")
@@ -131,6 +152,12 @@ func runDNS(ctx context.Context, env Env, args []string) error {
 		return usagef("--timeout %v: want a positive duration", f.timeout)
 	case !(f.maxRemove > 0 && f.maxRemove <= 1):
 		return usagef("--max-remove-fraction %v: want a fraction in (0, 1]", f.maxRemove)
+	case f.maxTCP <= 0:
+		return usagef("--max-tcp-conns %d: want a positive number", f.maxTCP)
+	case f.tcpIdle <= 0:
+		return usagef("--tcp-idle-timeout %v: want a positive duration", f.tcpIdle)
+	case f.rateLimit < 0:
+		return usagef("--rate-limit %d: want answers a second, or 0 for no limit", f.rateLimit)
 	}
 	cfg, declared, err := f.config()
 	if err != nil {
@@ -146,7 +173,18 @@ func runDNS(ctx context.Context, env Env, args []string) error {
 		}
 	}
 	if len(cfg.NS) == 0 {
-		cfg.NS = []authdns.NameServer{{Name: authdns.DefaultNSLabel + "." + cfg.Zone, Addrs: dnsServiceAddrs(listen)}}
+		addrs, err := dnsGlue(listen)
+		if err != nil {
+			return usageError{err}
+		}
+		cfg.NS = []authdns.NameServer{{Name: authdns.DefaultNSLabel + "." + strings.TrimSuffix(cfg.Zone, ".") + ".", Addrs: addrs}}
+	}
+	if f.tsigKey != "" {
+		keys, err := authdns.LoadKeyFile(f.tsigKey)
+		if err != nil {
+			return usageError{fmt.Errorf("--tsig-key: %w", err)}
+		}
+		cfg.TSIG = keys
 	}
 	if err := cfg.Validate(); err != nil {
 		return usageError{err}
@@ -162,7 +200,7 @@ func runDNS(ctx context.Context, env Env, args []string) error {
 		return err
 	}
 	reg := prometheus.NewRegistry()
-	srv, err := authdns.New(cfg, authdns.ServerOptions{Listen: listen, Logger: env.Logger, Registerer: reg})
+	srv, err := authdns.New(cfg, authdns.ServerOptions{Listen: listen, Logger: env.Logger, Registerer: reg, SerialFile: f.serialFile})
 	if err != nil {
 		return err
 	}
@@ -198,7 +236,8 @@ func runDNS(ctx context.Context, env Env, args []string) error {
 // management prefix (invalid when --prefix is not given). Its errors are
 // the user's.
 func (f *dnsFlags) config() (authdns.Config, netip.Prefix, error) {
-	cfg := authdns.Config{Zone: f.zone, TTL: f.ttl}
+	cfg := authdns.Config{Zone: f.zone, TTL: f.ttl, MaxTCPConns: f.maxTCP, TCPIdleTimeout: f.tcpIdle,
+		RateLimit: f.rateLimit, RateLimitSlip: f.rateSlip}
 	var declared netip.Prefix
 	if f.prefix != "" {
 		p, err := addressing.ParsePrefix48(f.prefix)
@@ -252,6 +291,40 @@ func (f *dnsFlags) config() (authdns.Config, netip.Prefix, error) {
 		cfg.NS = []authdns.NameServer{ns}
 	}
 	return cfg, declared, nil
+}
+
+// dnsGlue returns the addresses of ns.ZONE without --ns-addr: the listen
+// addresses clients reach from elsewhere, or, for a server on loopback
+// only, the loopback addresses, which is where it is found. A wildcard
+// alone says nothing about where clients reach the server: the zone would
+// have a name server without an address, which secondaries reject.
+func dnsGlue(listen []string) ([]netip.Addr, error) {
+	if addrs := dnsServiceAddrs(listen); len(addrs) > 0 {
+		return addrs, nil
+	}
+	var loop []netip.Addr
+	for _, l := range listen {
+		host, _, err := net.SplitHostPort(l)
+		if err != nil {
+			continue
+		}
+		if a, err := netip.ParseAddr(host); err == nil && a.IsLoopback() {
+			loop = append(loop, a.Unmap())
+		}
+	}
+	if len(loop) == len(listen) {
+		return loop, nil
+	}
+	return nil, fmt.Errorf("--listen %s: the name server ns.ZONE would have no address, and secondaries reject such a zone (no glue); give --ns-addr with the address clients reach this server at", strings.Join(listen, ", "))
+}
+
+// defaultSerialFile is where the serial is kept without --serial-file:
+// systemd's StateDirectory when set, else /var/lib/mgmtnet.
+func defaultSerialFile() string {
+	if d := os.Getenv("STATE_DIRECTORY"); d != "" {
+		return filepath.Join(strings.Split(d, ":")[0], "dns.serial")
+	}
+	return "/var/lib/mgmtnet/dns.serial"
 }
 
 // dnsServiceAddrs returns the listen addresses that clients can reach

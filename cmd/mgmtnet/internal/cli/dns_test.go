@@ -5,6 +5,8 @@ import (
 	"context"
 	"net"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -74,7 +76,7 @@ func TestDNS(t *testing.T) {
 	var stdout, stderr dnsBuffer
 	code := make(chan int, 1)
 	go func() {
-		code <- Run(ctx, []string{"dns", "--registry", base, "--zone", "mgmt.example", "--listen", "127.0.0.1:0", "--poll", "50ms"},
+		code <- Run(ctx, []string{"dns", "--registry", base, "--zone", "mgmt.example", "--listen", "127.0.0.1:0", "--poll", "50ms", "--serial-file", filepath.Join(t.TempDir(), "dns.serial")},
 			Env{Stdout: &stdout, Stderr: &stderr})
 	}()
 	var addr string
@@ -83,8 +85,8 @@ func TestDNS(t *testing.T) {
 		if m == nil {
 			return false
 		}
-		if m[1] != "5" { // node-1..3, server-2, main
-			t.Errorf("serving %s names, want 5:\n%s", m[1], stderr.String())
+		if m[1] != "6" { // node-1..3, server-2, main, and ns with the loopback address
+			t.Errorf("serving %s names, want 6:\n%s", m[1], stderr.String())
 		}
 		addr = m[2]
 		return true
@@ -138,7 +140,7 @@ func TestDNSKeepsZone(t *testing.T) {
 	var stderr dnsBuffer
 	code := make(chan int, 1)
 	go func() {
-		code <- Run(ctx, []string{"dns", "--registry", base, "--zone", "mgmt.example.", "--listen", "127.0.0.1:0", "--poll", "50ms"},
+		code <- Run(ctx, []string{"dns", "--registry", base, "--zone", "mgmt.example.", "--listen", "127.0.0.1:0", "--poll", "50ms", "--serial-file", filepath.Join(t.TempDir(), "dns.serial")},
 			Env{Stdout: &bytes.Buffer{}, Stderr: &stderr})
 	}()
 	var addr string
@@ -183,6 +185,10 @@ func dnsWaitFor(t *testing.T, what string, cond func() bool, code chan int, stde
 }
 
 func TestDNSUsage(t *testing.T) {
+	openKey := filepath.Join(t.TempDir(), "xfr.key")
+	if err := os.WriteFile(openKey, []byte(`key "x" { algorithm hmac-sha256; secret "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTAxMjM="; };`), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		args []string
 		code int
@@ -199,6 +205,10 @@ func TestDNSUsage(t *testing.T) {
 		{[]string{"dns", "--registry", "http://127.0.0.1:1/api/", "--zone", "mgmt.example", "--ca", "x", "--insecure"}, 2, "exclude each other"},
 		{[]string{"dns", "--registry", "http://127.0.0.1:1/api/", "--zone", "mgmt.example", "extra"}, 2, "unexpected arguments"},
 		{[]string{"dns", "--help"}, 0, "mgmtnet dns --registry URI --zone ZONE"},
+		{[]string{"dns", "--registry", "http://127.0.0.1:1/api/", "--zone", "mgmt.example", "--listen", "[::]:53"}, 2, "give --ns-addr"},
+		{[]string{"dns", "--registry", "http://127.0.0.1:1/api/", "--zone", "mgmt.example", "--tsig-key", openKey}, 2, "chmod 640"},
+		{[]string{"dns", "--registry", "http://127.0.0.1:1/api/", "--zone", "mgmt.example", "--tsig-key", "/nonexistent.key"}, 2, "no such file"},
+		{[]string{"dns", "--registry", "http://127.0.0.1:1/api/", "--zone", "mgmt.example", "--max-tcp-conns", "0"}, 2, "--max-tcp-conns 0"},
 	}
 	for _, tt := range tests {
 		stdout, stderr, code := run(t, tt.args...)
