@@ -17,6 +17,12 @@ declare -A need=(
   [dnsmasq]=dnsmasq-base
   [tcpdump]=tcpdump
   [busybox]=busybox
+  # DNS interop (real secondaries) and the DNS benchmark's other servers
+  [named]=bind9
+  [named-checkzone]=bind9-utils
+  [knotd]=knot
+  [kzonecheck]=knot-dnssecutils
+  [nsd]=nsd
 )
 if [ "${1:-}" = stress ]; then
   need[stress-ng]=stress-ng
@@ -49,5 +55,22 @@ if [[ " ${missing[*]} " == *" postgresql "* ]] && [ ! -e /etc/postgresql-common/
   mkdir -p /etc/postgresql-common/createcluster.d
   echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.d/50-mgmtnet.conf
 fi
+# Servers (bind9, knot, nsd) are installed for the tests, which start their
+# own on loopback: their system services must not start, or take port 53.
+policy=/usr/sbin/policy-rc.d
+made_policy=
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\nexit 101\n' > "$policy"
+  chmod 755 "$policy"
+  made_policy=1
+fi
+trap '[ -n "$made_policy" ] && rm -f "$policy"' EXIT
 apt-get update -qq
 apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+  for unit in named.service knot.service nsd.service; do
+    if [[ " ${missing[*]} " == *" $(case $unit in named*) echo bind9;; knot*) echo knot;; nsd*) echo nsd;; esac) "* ]]; then
+      systemctl disable --now "$unit" >/dev/null 2>&1 || true
+    fi
+  done
+fi
