@@ -24,10 +24,12 @@ type reply struct {
 	// limited is set for a UDP client under response-rate limiting.
 	limited bool
 	client  netip.Addr
-	// detached is set when a goroutine took the reply over to answer a
-	// forwarded query later: ServeDNS must neither count nor recycle it.
-	detached bool
 }
+
+// rcodeDetached is what serve returns when a goroutine took the reply
+// over to answer a forwarded query later: ServeDNS must then neither count
+// nor recycle it, nor read it.
+const rcodeDetached = -1
 
 // replyBufSize fits any UDP answer (Config.UDPSize is at most 4096) and
 // most TCP ones; PackBuffer allocates for larger.
@@ -62,8 +64,8 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, r *dns.Msg) {
 	}
 	rp := s.getReply()
 	rcode, sent := s.serve(w, r, rp)
-	if rp.detached {
-		return
+	if rcode == rcodeDetached {
+		return // a goroutine has the reply now, and may have recycled it already
 	}
 	if sent {
 		s.m.query(qtype(r), rcode)
@@ -362,7 +364,6 @@ func (s *Server) forwardAsync(w dns.ResponseWriter, r *dns.Msg, rp *reply, tcp b
 	if !ok {
 		return s.write(w, rp, dns.RcodeServerFailure, limit)
 	}
-	rp.detached = true
 	go func() {
 		defer s.bg.Done()
 		if rcode, sent := s.forward(w, r, rp, tcp, limit); sent {
@@ -371,7 +372,7 @@ func (s *Server) forwardAsync(w dns.ResponseWriter, r *dns.Msg, rp *reply, tcp b
 		<-s.forwards
 		s.putReply(rp)
 	}()
-	return 0, false
+	return rcodeDetached, false
 }
 
 // forward asks the upstream resolvers in order, over the client's

@@ -87,10 +87,13 @@ type Server struct {
 	started  bool
 	closed   bool
 	servers  []*dns.Server  // TCP, and UDP on wildcard addresses
-	udpConns []*net.UDPConn // UDP sockets served by serveUDP
+	udpConns []*net.UDPConn // UDP sockets served by serveUDP (where serveUDPRaw is not used)
 	forwards chan struct{}  // a slot per forwarded query in flight, from serveUDP
 	addrs    []net.Addr
 	serving  sync.WaitGroup // serve loops: of each dns.Server, and serveUDP
+	rawSocks []*rawSocket     // UDP sockets served by serveUDPRaw
+	raw      sync.WaitGroup // serveUDPRaw loops, which must end before their sockets close
+	stopping atomic.Bool    // tells serveUDPRaw to end
 	bg       sync.WaitGroup // NOTIFY senders, and queries serveUDP forwards
 }
 
@@ -188,6 +191,17 @@ func (s *Server) Start(ctx context.Context) error {
 	for _, l := range ls {
 		if !l.wildcard() {
 			for _, c := range l.udp {
+				// Each blocking reader holds a P while it waits: keep one
+				// for the rest of the process (serveUDPRaw).
+				if rawSupported && len(s.rawSocks) < runtime.GOMAXPROCS(0)-1 {
+					sock, err := openRaw(c)
+					if err == nil {
+						s.rawSocks = append(s.rawSocks, sock)
+						s.raw.Go(func() { s.serveUDPRaw(sock) })
+						continue
+					}
+					s.log.Warn("dns: blocking UDP reads unavailable, using the runtime's poller", "addr", c.LocalAddr().String(), "err", err)
+				}
 				s.udpConns = append(s.udpConns, c)
 				for range udpWorkers() {
 					s.serving.Go(func() { s.serveUDP(c) })
@@ -257,19 +271,23 @@ func (l *listener) wildcard() bool {
 }
 
 // udpSockets is how many UDP sockets share a listen address bound to one
-// address: one per CPU, up to maxUDPSockets.
+// address: one per CPU the process may run on, up to maxUDPSockets.
 func udpSockets() int {
 	if !reusePortSupported {
 		return 1
 	}
-	return min(runtime.GOMAXPROCS(0), maxUDPSockets)
+	return min(cpus(), maxUDPSockets)
 }
+
+// cpus is how many CPUs the process may run on: GOMAXPROCS, or fewer when
+// it was raised above the CPUs (see serveUDPRaw).
+func cpus() int { return min(runtime.GOMAXPROCS(0), runtime.NumCPU()) }
 
 // udpWorkers is how many goroutines answer one UDP socket: with two CPUs
 // or more, two, so that one reads and answers a batch while the other is
 // in sendmmsg; with one, one, since two could only take turns. (Reads of
 // one socket are serialized by the runtime: more workers would only wait.)
-func udpWorkers() int { return min(2, runtime.GOMAXPROCS(0)) }
+func udpWorkers() int { return min(2, cpus()) }
 
 // bind opens the sockets of one listen address. With port 0 it looks for
 // a port free for both UDP and TCP.
@@ -498,7 +516,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for _, c := range s.udpConns {
 		c.Close()
 	}
+	raws := s.rawSocks
 	s.mu.Unlock()
+	// Blocking readers use their sockets' descriptors directly: the
+	// descriptors are closed only once the readers are done (within
+	// rawTimeout) and so are forwarded answers, which use them too, lest
+	// their numbers go to other files meanwhile.
+	s.stopping.Store(true)
+	s.raw.Wait()
 
 	s.cancel()
 	var errs []error
@@ -515,7 +540,13 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}()
 	select {
 	case <-done:
+		for _, r := range raws {
+			r.close()
+		}
 	case <-ctx.Done():
+		// A forwarded answer may still be written to a raw socket: its
+		// descriptor is left open rather than risk a write to a file that
+		// reuses its number.
 		errs = append(errs, ctx.Err())
 	}
 	if err := errors.Join(errs...); err != nil {

@@ -114,8 +114,8 @@ func TestServerUDPAndTCP(t *testing.T) {
 	if len(addrs) != 4 || addrs[0].Network() != "udp" || addrs[1].Network() != "tcp" || addrs[0].String() != addrs[1].String() {
 		t.Fatalf("Addrs() = %v; want UDP and TCP on the same port, for each listen address", addrs)
 	}
-	if want := 2 * udpSockets(); len(s.udpConns) != want {
-		t.Errorf("%d sockets served by serveUDP, want %d (one per CPU per address)", len(s.udpConns), want)
+	if want := 2 * udpSockets(); len(s.udpConns)+len(s.rawSocks) != want {
+		t.Errorf("%d sockets served by serveUDP and %d by serveUDPRaw, want %d (one per CPU per address)", len(s.udpConns), len(s.rawSocks), want)
 	}
 	for _, a := range []string{addr, addrs[2].String()} {
 		for _, network := range []string{"udp", "tcp"} {
@@ -550,5 +550,35 @@ func TestServerWildcard(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// TestRawReadersYield: the blocking UDP readers (serveUDPRaw) wait in a
+// system call the runtime cannot stop them in; a garbage collection, which
+// stops every goroutine, must still complete while they wait, and queries
+// must still be answered after it.
+func TestRawReadersYield(t *testing.T) {
+	noLeaks(t)
+	if !rawSupported || runtime.GOMAXPROCS(0) < 2 {
+		t.Skip("blocking UDP readers need Linux and two Ps")
+	}
+	s, addr := startServer(t, Config{}, ServerOptions{})
+	if len(s.rawSocks) == 0 {
+		t.Fatal("no socket served by serveUDPRaw")
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 20 {
+			runtime.GC()
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(time.Minute): // a hang, not a timing: 20 collections take milliseconds
+		t.Fatal("garbage collection blocked by the UDP readers")
+	}
+	if r := exchange(t, "udp", addr, query("node-31."+testZone, dns.TypeAAAA)); len(r.Answer) != 1 {
+		t.Errorf("after the collections: %v", r)
 	}
 }

@@ -87,7 +87,7 @@ func (s *Server) serveUDP(conn *net.UDPConn) {
 // dns.DefaultMsgAcceptFunc before the body is unpacked, a body that does
 // not unpack gets FORMERR with the header alone, responses and runts get
 // nothing.
-func (s *Server) handle(w *batchWriter, b []byte) {
+func (s *Server) handle(w datagramWriter, b []byte) {
 	if len(b) < 12 {
 		return
 	}
@@ -103,12 +103,13 @@ func (s *Server) handle(w *batchWriter, b []byte) {
 	if action == dns.MsgAccept {
 		req := new(dns.Msg)
 		if err := req.Unpack(b); err == nil {
-			w.tsig = tsigState{}
+			var ts tsigState
 			if t := req.IsTsig(); t != nil && s.keys != nil {
 				// As dns.Server does: verify over the bytes received, and
 				// keep the request's MAC, which the answer's covers.
-				w.tsig = tsigState{keys: s.keys, status: dns.TsigVerifyWithProvider(b, s.keys, "", false), mac: t.MAC}
+				ts = tsigState{keys: s.keys, status: dns.TsigVerifyWithProvider(b, s.keys, "", false), mac: t.MAC}
 			}
+			w.setTsig(ts)
 			s.ServeDNS(w, req)
 			return
 		}
@@ -122,6 +123,13 @@ func (s *Server) handle(w *batchWriter, b []byte) {
 		w.Write(out) //nolint:errcheck // a lost answer is the client's to retry
 	}
 	s.m.query(0, rcode)
+}
+
+// datagramWriter is the writer of a datagram handle answers: it also
+// keeps the request's TSIG state.
+type datagramWriter interface {
+	dns.ResponseWriter
+	setTsig(tsigState)
 }
 
 // batchWriter is the dns.ResponseWriter of the datagram serveUDP is
@@ -164,6 +172,7 @@ func (t *tsigState) writeMsg(w io.Writer, m *dns.Msg) error {
 
 // addrPort is remote's allocation-free way to the client's address.
 func (w *batchWriter) addrPort() (netip.AddrPort, bool) { return w.from, false }
+func (w *batchWriter) setTsig(t tsigState)             { w.tsig = t }
 
 // detach returns a writer for the current client that stays usable after
 // the batch: a forwarded query answers through it.

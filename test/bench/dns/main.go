@@ -76,6 +76,8 @@ func main() {
 	mixList := flag.String("mixes", "mix,aaaa", "comma-separated query files to run: mix (80% AAAA, 10% PTR, 10% NXDOMAIN), aaaa (AAAA only), ptr (PTR only)")
 	quiet := flag.Float64("quiet", 0.3, "before each run, wait until other processes use less than this many CPUs over a second (0: do not wait)")
 	quietWait := flag.Duration("quiet-wait", 20*time.Second, "the longest wait for -quiet; the run then starts anyway")
+	serverList := flag.String("servers", "mgmtnet,knot,nsd,dnsmasq", "comma-separated servers to run: mgmtnet, knot, nsd, dnsmasq")
+	rateList := flag.String("rates", "0,40000,10000", "comma-separated offered loads, queries per second (dnsperf -Q); 0: as fast as answered (max QPS)")
 	flag.Parse()
 	c := config{
 		bin: *bin, duration: *duration, warmup: *warmup, runs: *runs,
@@ -87,6 +89,19 @@ func main() {
 		if m = strings.TrimSpace(m); m != "" {
 			c.mixes = append(c.mixes, m)
 		}
+	}
+	for _, sv := range strings.Split(*serverList, ",") {
+		if sv = strings.TrimSpace(sv); sv != "" {
+			c.servers = append(c.servers, sv)
+		}
+	}
+	for _, r := range strings.Split(*rateList, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(r))
+		if err != nil || n < 0 {
+			fmt.Fprintf(os.Stderr, "bench dns: -rates %q: want queries per second, or 0\n", r)
+			os.Exit(2)
+		}
+		c.rates = append(c.rates, n)
 	}
 	if err := run(c, *sizes); err != nil {
 		fmt.Fprintf(os.Stderr, "bench dns: %v\n", err)
@@ -105,6 +120,8 @@ type config struct {
 	mixes                         []string
 	quiet                         float64
 	quietWait                     time.Duration
+	servers                       []string
+	rates                         []int
 }
 
 // testbed is one size's members: name (fully qualified) and address.
@@ -440,6 +457,7 @@ type result struct {
 	avg, min, max, stddev float64 // latency, seconds
 	rcodes                string
 	cpu                   float64 // server CPU time / run time
+	perQuery              float64 // server CPU seconds per answered query
 	perfCPU               float64 // dnsperf's CPU time / run time
 	others                float64 // everything else's (user+system) CPU time / run time
 }
@@ -491,26 +509,31 @@ func parseDnsperf(out string) (result, error) {
 }
 
 // dnsperfArgs is the dnsperf command line (after taskset, when pinned).
-func (c config) dnsperfArgs(port int, file string, d time.Duration) []string {
-	return []string{"-s", "127.0.0.1", "-p", strconv.Itoa(port), "-d", file,
+func (c config) dnsperfArgs(port int, file string, d time.Duration, rate int) []string {
+	args := []string{"-s", "127.0.0.1", "-p", strconv.Itoa(port), "-d", file,
 		"-l", strconv.Itoa(int(d.Round(time.Second) / time.Second)),
 		"-c", strconv.Itoa(c.clients), "-T", strconv.Itoa(c.threads), "-q", strconv.Itoa(c.outstanding)}
+	if rate > 0 {
+		args = append(args, "-Q", strconv.Itoa(rate))
+	}
+	return args
 }
 
-func (c config) dnsperfCmd(port int, file string, d time.Duration) *exec.Cmd {
-	args := c.dnsperfArgs(port, file, d)
+func (c config) dnsperfCmd(port int, file string, d time.Duration, rate int) *exec.Cmd {
+	args := c.dnsperfArgs(port, file, d, rate)
 	if c.pin {
 		return exec.Command("taskset", append([]string{"-c", "0", "dnsperf"}, args...)...)
 	}
 	return exec.Command("dnsperf", args...)
 }
 
-// perf runs dnsperf once against the server p listening on port.
-func (c config) perf(p *proc, port int, file string, d time.Duration) (result, error) {
-	cmd := c.dnsperfCmd(port, file, d)
-	c0, b0, t0 := vtb.CPUTime(p.pid()), machineBusy(), time.Now()
+// perf runs dnsperf once against the server p listening on port, at
+// rate queries a second (0: as fast as answered).
+func (c config) perf(p *proc, port int, file string, d time.Duration, rate int) (result, error) {
+	cmd := c.dnsperfCmd(port, file, d, rate)
+	c0, b0, t0 := treeCPU(p.pid()), machineBusy(), time.Now()
 	out, err := cmd.CombinedOutput()
-	c1, b1, t1 := vtb.CPUTime(p.pid()), machineBusy(), time.Now()
+	c1, b1, t1 := treeCPU(p.pid()), machineBusy(), time.Now()
 	if err != nil {
 		return result{}, fmt.Errorf("%s: %w\n%s", strings.Join(cmd.Args, " "), err, out)
 	}
@@ -521,9 +544,57 @@ func (c config) perf(p *proc, port int, file string, d time.Duration) (result, e
 	wall := float64(t1.Sub(t0))
 	perfCPU := cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
 	r.cpu = float64(c1-c0) / wall
+	if r.completed > 0 {
+		r.perQuery = float64(c1-c0) / float64(time.Second) / float64(r.completed)
+	}
 	r.perfCPU = float64(perfCPU) / wall
 	r.others = max(0, float64(b1-b0-(c1-c0)-perfCPU)/wall)
 	return r, err
+}
+
+// treeCPU returns the user and system CPU time of pid and of every
+// process below it (NSD answers in a child process).
+func treeCPU(pid int) time.Duration {
+	parent := map[int]int{}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		st := string(b)
+		if i := strings.LastIndexByte(st, ')'); i >= 0 {
+			if f := strings.Fields(st[i+2:]); len(f) > 1 {
+				parent[p], _ = strconv.Atoi(f[1])
+			}
+		}
+	}
+	var total time.Duration
+	for p := range parent {
+		for q := p; q > 1; q = parent[q] {
+			if q == pid {
+				total += vtb.CPUTime(p)
+				break
+			}
+		}
+	}
+	return total
+}
+
+// treeKB sums a /proc/PID/status field over pid and its children.
+func treeKB(pid int, field string) int64 {
+	total := vtb.ProcKB(pid, field)
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", pid, pid))
+	for _, c := range strings.Fields(string(b)) {
+		if n, err := strconv.Atoi(c); err == nil {
+			total += treeKB(n, field)
+		}
+	}
+	return total
 }
 
 // machineBusy returns the CPU time all processes have spent in user and
@@ -565,6 +636,29 @@ func run(c config, sizes string) error {
 			return fmt.Errorf("-mixes: unknown %q; want mix, aaaa or ptr", m)
 		}
 	}
+	if len(c.rates) == 0 {
+		return errors.New("-rates: want at least one rate")
+	}
+	if len(c.servers) == 0 || c.servers[0] != "mgmtnet" {
+		return errors.New("-servers: want mgmtnet first (the others are its baselines)")
+	}
+	tools := map[string]string{"knot": "knotd", "nsd": "nsd", "dnsmasq": "dnsmasq"}
+	need := []string{"dnsperf"}
+	if c.pin {
+		need = append(need, "taskset")
+	}
+	for _, sv := range c.servers[1:] {
+		tool, ok := tools[sv]
+		if !ok {
+			return fmt.Errorf("-servers: unknown %q; want mgmtnet, knot, nsd, dnsmasq", sv)
+		}
+		need = append(need, tool)
+	}
+	for _, tool := range need {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("%s not found (scripts/install-deps.sh installs it): %w", tool, err)
+		}
+	}
 	var ns []int
 	for _, s := range strings.Split(sizes, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(s))
@@ -573,14 +667,6 @@ func run(c config, sizes string) error {
 		}
 		ns = append(ns, n)
 	}
-	for _, tool := range []string{"dnsperf", "dnsmasq", "taskset"} {
-		if tool == "taskset" && !c.pin {
-			continue
-		}
-		if _, err := exec.LookPath(tool); err != nil {
-			return fmt.Errorf("%s not found (scripts/install-deps.sh installs it): %w", tool, err)
-		}
-	}
 	dir, err := os.MkdirTemp("", "mgmtnet-bench-dns-")
 	if err != nil {
 		return err
@@ -588,7 +674,17 @@ func run(c config, sizes string) error {
 	defer os.RemoveAll(dir)
 
 	uname := firstLine("uname", "-srm")
-	dnsmasqVersion := strings.TrimPrefix(strings.Fields(firstLine("dnsmasq", "--version") + " ? ?")[2], "version ")
+	versions := []string{"mgmtnet " + firstLine("git", "describe", "--always", "--dirty")}
+	for _, sv := range c.servers[1:] {
+		switch sv {
+		case "knot":
+			versions = append(versions, firstLine("knotd", "--version"))
+		case "nsd":
+			versions = append(versions, "NSD "+firstLine("nsd", "-v"))
+		case "dnsmasq":
+			versions = append(versions, strings.Join(strings.Fields(firstLine("dnsmasq", "--version"))[:3], " "))
+		}
+	}
 	dnsperfVersion := "?"
 	if out, _ := exec.Command("dnsperf", "-h").CombinedOutput(); true {
 		for _, l := range strings.Split(string(out), "\n") {
@@ -597,27 +693,29 @@ func run(c config, sizes string) error {
 			}
 		}
 	}
-	fmt.Printf("# DNS benchmark, %s, %s, %d CPUs: mgmtnet dns vs dnsmasq %s serving the same names\n",
-		time.Now().UTC().Format("2006-01-02 15:04 UTC"), uname, runtime.NumCPU(), dnsmasqVersion)
-	cmdLine := strings.Join(c.dnsperfCmd(0, "QUERIES", c.duration).Args, " ")
+	fmt.Printf("# DNS benchmark, %s, %s, %d CPUs: %s serving the same names\n",
+		time.Now().UTC().Format("2006-01-02 15:04 UTC"), uname, runtime.NumCPU(), strings.Join(c.servers, ", "))
+	fmt.Printf("# versions: %s\n", strings.Join(versions, "; "))
+	cmdLine := strings.Join(c.dnsperfCmd(0, "QUERIES", c.duration, 0).Args, " ")
 	cmdLine = strings.Replace(cmdLine, "-p 0", "-p PORT", 1)
-	fmt.Printf("# dnsperf %s, UDP, no -Q (as fast as answered): %s\n", dnsperfVersion, cmdLine)
+	fmt.Printf("# dnsperf %s, UDP: %s [-Q RATE]\n", dnsperfVersion, cmdLine)
 	if c.pin {
-		fmt.Printf("# servers pinned to CPU 1 (taskset -c 1; mgmtnet's GOMAXPROCS follows: 1), dnsperf to CPU 0\n")
+		fmt.Printf("# servers pinned to CPU 1 (taskset -c 1; mgmtnet's GOMAXPROCS follows: 1; Knot and NSD set to one worker), dnsperf to CPU 0\n")
 	} else {
 		fmt.Printf("# not pinned: servers and dnsperf share all CPUs\n")
 	}
-	fmt.Printf("# %d runs of %s per server and query file, interleaved (order swapped every round), %s warm-up\n", c.runs, c.duration, c.warmup)
+	fmt.Printf("# %d runs of %s per server, query file and rate, interleaved (the order rotates every round), %s warm-up\n", c.runs, c.duration, c.warmup)
 	if c.quiet > 0 {
 		fmt.Printf("# each run waits (at most %s) until other processes use less than %.2f CPUs\n", c.quietWait, c.quiet)
 	}
-	fmt.Printf("# query files (%d lines, seed %d, the same for both servers):\n", c.queries, c.seed)
+	fmt.Printf("# query files (%d lines, seed %d, the same for every server):\n", c.queries, c.seed)
 	for _, m := range c.mixes {
 		fmt.Printf("#   %-5s %s\n", m, mixes[m])
 	}
+	fmt.Printf("# rate: offered QPS (dnsperf -Q; max: no limit). us/q: the server's CPU time (utime+stime of it and its children, /proc) per answered query, median over the runs\n")
 	fmt.Printf("# latency in ms: avg and stddev are medians over the runs, min and max over all runs; lost/sent summed over the runs\n")
-	fmt.Printf("# CPU: the server's CPU time per second of run (100%% = one core); perf: dnsperf's; others: all other processes' (noise on a shared machine); RSS: VmRSS after the runs\n")
-	fmt.Printf("%-6s %-5s %-8s %8s %7s %7s %7s %8s %15s %5s %5s %6s %7s  %s\n", "names", "file", "server", "QPS", "avg", "stddev", "min", "max", "lost/sent", "CPU", "perf", "others", "RSS", "QPS per run")
+	fmt.Printf("# CPU: the server's CPU time per second of run (100%% = one core); perf: dnsperf's; others: all other processes' (noise on a shared machine); RSS: VmRSS after the runs (summed over NSD's processes)\n")
+	fmt.Printf("%-6s %-5s %-6s %-8s %8s %7s %7s %7s %7s %8s %15s %5s %5s %6s %7s  %s\n", "names", "file", "rate", "server", "QPS", "us/q", "avg", "stddev", "min", "max", "lost/sent", "CPU", "perf", "others", "RSS", "QPS per run")
 	for _, n := range ns {
 		if err := benchSize(c, n, filepath.Join(dir, strconv.Itoa(n))); err != nil {
 			return fmt.Errorf("%d names: %w", n, err)
@@ -632,14 +730,6 @@ func benchSize(c config, n int, dir string) error {
 	}
 	tb, err := makeTestbed(n)
 	if err != nil {
-		return err
-	}
-	hostsFile := filepath.Join(dir, "hosts")
-	if err := writeLines(hostsFile, func(w *bufio.Writer) {
-		for i, name := range tb.names {
-			fmt.Fprintf(w, "%s %s\n", tb.addrs[i], strings.TrimSuffix(name, "."))
-		}
-	}); err != nil {
 		return err
 	}
 	serverCPU := -1
@@ -680,46 +770,142 @@ func benchSize(c config, n int, dir string) error {
 	if err := waitFor(mg, 2*time.Minute, answers(mAddr, zone, dns.TypeSOA)); err != nil {
 		return err
 	}
-	mReady := time.Since(t0)
+	ready := []string{"mgmtnet " + time.Since(t0).Round(time.Millisecond).String() + " (registry fetch included)"}
+	targets := []target{{"mgmtnet", mg, mAddr, mPort}}
 
-	// dnsmasq: the same names from an addn-hosts file, local (never
-	// forwarded) for both zones, no other configuration read.
-	dPort, err := freePort()
-	if err != nil {
-		return err
+	// The others serve the same zones: Knot and NSD from the zone files
+	// that mgmtnet transfers, dnsmasq from a hosts file of the same names.
+	files := map[string]string{}
+	for _, z := range []string{zone, tb.reverse} {
+		f := filepath.Join(dir, strings.TrimSuffix(z, ".")+".zone")
+		if err := transferTo(mAddr, z, f); err != nil {
+			return err
+		}
+		files[z] = f
 	}
-	dAddr := fmt.Sprintf("127.0.0.1:%d", dPort)
-	dArgs := []string{
-		"--conf-file=/dev/null", "--keep-in-foreground", "--log-facility=-",
-		"--no-resolv", "--no-poll", "--no-hosts", "--addn-hosts=" + hostsFile,
-		"--port=" + strconv.Itoa(dPort), "--listen-address=127.0.0.1", "--bind-interfaces",
-		"--local=/" + strings.TrimSuffix(zone, ".") + "/", "--local=/" + strings.TrimSuffix(tb.reverse, ".") + "/",
-		"--local-ttl=300", "--pid-file=" + filepath.Join(dir, "dnsmasq.pid"),
+	for _, sv := range c.servers[1:] {
+		port, err := freePort()
+		if err != nil {
+			return err
+		}
+		addr := fmt.Sprintf("127.0.0.1:%d", port)
+		var p *proc
+		t0 := time.Now()
+		switch sv {
+		case "knot":
+			p, err = startKnot(dir, serverCPU, port, files)
+		case "nsd":
+			p, err = startNSD(dir, serverCPU, port, files)
+		case "dnsmasq":
+			p, err = startDnsmasq(dir, serverCPU, port, tb)
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", sv, err)
+		}
+		defer p.stop()
+		// dnsmasq has no SOA of its own for --local zones: wait for a name.
+		if err := waitFor(p, 2*time.Minute, answers(addr, tb.names[len(tb.names)-1], dns.TypeAAAA)); err != nil {
+			return err
+		}
+		ready = append(ready, sv+" "+time.Since(t0).Round(time.Millisecond).String())
+		targets = append(targets, target{sv, p, addr, port})
 	}
-	if os.Geteuid() == 0 {
-		dArgs = append(dArgs, "--user=root", "--group=root")
-	}
-	t0 = time.Now()
-	dm, err := start(dir, "dnsmasq", serverCPU, "dnsmasq", dArgs...)
-	if err != nil {
-		return err
-	}
-	defer dm.stop()
-	// dnsmasq has no SOA of its own for --local zones: wait for a name.
-	if err := waitFor(dm, time.Minute, answers(dAddr, tb.names[len(tb.names)-1], dns.TypeAAAA)); err != nil {
-		return err
-	}
-	dReady := time.Since(t0)
 
-	fmt.Printf("# %d names: %d nodes, %d hosts, %d servers; zones %s and %s; ready in: mgmtnet %s (registry fetch included), dnsmasq %s\n",
-		n, tb.nodes, tb.hosts, tb.servers, zone, tb.reverse, mReady.Round(time.Millisecond), dReady.Round(time.Millisecond))
-	targets := []target{{"mgmtnet", mg, mAddr, mPort}, {"dnsmasq", dm, dAddr, dPort}}
+	fmt.Printf("# %d names: %d nodes, %d hosts, %d servers; zones %s and %s; ready in: %s\n",
+		n, tb.nodes, tb.hosts, tb.servers, zone, tb.reverse, strings.Join(ready, ", "))
 	for i, mix := range c.mixes {
 		if err := c.benchMix(tb, mix, targets, filepath.Join(dir, mix+".txt"), i == 0); err != nil {
 			return fmt.Errorf("%s: %w", mix, err)
 		}
 	}
 	return nil
+}
+
+// transferTo writes the AXFR of z from addr to a zone file.
+func transferTo(addr, z, path string) error {
+	m := new(dns.Msg)
+	m.SetAxfr(z)
+	ch, err := (&dns.Transfer{}).In(m, addr)
+	if err != nil {
+		return fmt.Errorf("transfer %s: %w", z, err)
+	}
+	return writeLines(path, func(w *bufio.Writer) {
+		first := true
+		for env := range ch {
+			if env.Error != nil {
+				err = env.Error
+				return
+			}
+			for _, rr := range env.RR {
+				if rr.Header().Rrtype == dns.TypeSOA && !first {
+					continue // the closing SOA
+				}
+				first = false
+				w.WriteString(rr.String() + "\n")
+			}
+		}
+	})
+}
+
+func startKnot(dir string, cpu, port int, files map[string]string) (*proc, error) {
+	kd := filepath.Join(dir, "knot")
+	if err := os.MkdirAll(kd, 0o755); err != nil {
+		return nil, err
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "server:\n    rundir: %q\n    listen: 127.0.0.1@%d\n    udp-workers: 1\n    tcp-workers: 1\n    background-workers: 1\n", kd, port)
+	fmt.Fprintf(&b, "log:\n  - target: stderr\n    any: warning\ndatabase:\n    storage: %q\n", kd)
+	fmt.Fprintf(&b, "template:\n  - id: default\n    storage: %q\n    journal-content: none\n    zonefile-sync: -1\n    semantic-checks: off\nzone:\n", kd)
+	for z, f := range files {
+		fmt.Fprintf(&b, "  - domain: %s\n    file: %q\n", z, f)
+	}
+	conf := filepath.Join(kd, "knot.conf")
+	if err := os.WriteFile(conf, []byte(b.String()), 0o644); err != nil {
+		return nil, err
+	}
+	return start(dir, "knot", cpu, "knotd", "-c", conf)
+}
+
+func startNSD(dir string, cpu, port int, files map[string]string) (*proc, error) {
+	nd := filepath.Join(dir, "nsd")
+	if err := os.MkdirAll(nd, 0o755); err != nil {
+		return nil, err
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "server:\n  ip-address: 127.0.0.1@%d\n  server-count: 1\n  username: \"\"\n  chroot: \"\"\n  zonesdir: %q\n", port, nd)
+	fmt.Fprintf(&b, "  database: \"\"\n  rrl-ratelimit: 0\n  zonelistfile: %q\n  xfrdfile: %q\n  xfrdir: %q\n  pidfile: %q\n  logfile: %q\n  verbosity: 0\n",
+		filepath.Join(nd, "zone.list"), filepath.Join(nd, "xfrd.state"), nd, filepath.Join(nd, "nsd.pid"), filepath.Join(nd, "nsd.log"))
+	fmt.Fprintf(&b, "remote-control:\n  control-enable: no\n")
+	for z, f := range files {
+		fmt.Fprintf(&b, "zone:\n  name: %s\n  zonefile: %q\n", z, f)
+	}
+	conf := filepath.Join(nd, "nsd.conf")
+	if err := os.WriteFile(conf, []byte(b.String()), 0o644); err != nil {
+		return nil, err
+	}
+	return start(dir, "nsd", cpu, "nsd", "-d", "-c", conf)
+}
+
+func startDnsmasq(dir string, cpu, port int, tb *testbed) (*proc, error) {
+	hostsFile := filepath.Join(dir, "hosts")
+	if err := writeLines(hostsFile, func(w *bufio.Writer) {
+		for i, name := range tb.names {
+			fmt.Fprintf(w, "%s %s\n", tb.addrs[i], strings.TrimSuffix(name, "."))
+		}
+	}); err != nil {
+		return nil, err
+	}
+	args := []string{
+		"--conf-file=/dev/null", "--keep-in-foreground", "--log-facility=-",
+		"--no-resolv", "--no-poll", "--no-hosts", "--addn-hosts=" + hostsFile,
+		"--port=" + strconv.Itoa(port), "--listen-address=127.0.0.1", "--bind-interfaces",
+		"--local=/" + strings.TrimSuffix(zone, ".") + "/", "--local=/" + strings.TrimSuffix(tb.reverse, ".") + "/",
+		"--local-ttl=300", "--pid-file=" + filepath.Join(dir, "dnsmasq.pid"),
+	}
+	if os.Geteuid() == 0 {
+		args = append(args, "--user=root", "--group=root")
+	}
+	return start(dir, "dnsmasq", cpu, "dnsmasq", args...)
 }
 
 // target is a server under test.
@@ -730,9 +916,9 @@ type target struct {
 	port int
 }
 
-// benchMix writes the query file of mix, checks both servers' answers to
-// a sample of it, and runs dnsperf with it against each server, -runs
-// times, interleaved, after a warm-up run if warm.
+// benchMix writes the query file of mix, checks every server's answers
+// to a sample of it, and runs dnsperf with it against each server at each
+// rate, -runs times, interleaved, after a warm-up run if warm.
 func (c config) benchMix(tb *testbed, mix string, targets []target, qfile string, warm bool) error {
 	qs := makeQueries(tb, mix, c.queries, c.seed)
 	if err := writeLines(qfile, func(w *bufio.Writer) {
@@ -747,52 +933,67 @@ func (c config) benchMix(tb *testbed, mix string, targets []target, qfile string
 	}
 	if warm && c.warmup >= time.Second {
 		for _, t := range targets {
-			if _, err := c.perf(t.p, t.port, qfile, c.warmup); err != nil {
+			if _, err := c.perf(t.p, t.port, qfile, c.warmup, 0); err != nil {
 				return err
 			}
-		}
-	}
-	results := map[string][]result{}
-	noisy := 0
-	for i := range c.runs {
-		order := targets
-		if i%2 == 1 {
-			order = []target{targets[1], targets[0]}
-		}
-		for _, t := range order {
-			if !c.waitQuiet() {
-				noisy++
-			}
-			r, err := c.perf(t.p, t.port, qfile, c.duration)
-			if err != nil {
-				return err
-			}
-			results[t.name] = append(results[t.name], r)
 		}
 	}
 	n := len(tb.names)
-	med := map[string]float64{}
-	for _, t := range targets {
-		rs := results[t.name]
-		m := summarize(rs)
-		med[t.name] = m.qps
-		var per []string
-		for _, r := range rs {
-			per = append(per, strconv.FormatFloat(r.qps, 'f', 0, 64))
+	for _, rate := range c.rates {
+		results := map[string][]result{}
+		noisy := 0
+		for i := range c.runs {
+			order := append(slices.Clone(targets[i%len(targets):]), targets[:i%len(targets)]...)
+			for _, t := range order {
+				if !c.waitQuiet() {
+					noisy++
+				}
+				r, err := c.perf(t.p, t.port, qfile, c.duration, rate)
+				if err != nil {
+					return err
+				}
+				results[t.name] = append(results[t.name], r)
+			}
 		}
-		fmt.Printf("%-6d %-5s %-8s %8.0f %7.3f %7.3f %7.3f %8.3f %15s %4.0f%% %4.0f%% %5.0f%% %5.1fMB  %s\n", n, mix, t.name, m.qps,
-			1000*m.avg, 1000*m.stddev, 1000*m.min, 1000*m.max, fmt.Sprintf("%d/%d", m.lost, m.sent),
-			100*m.cpu, 100*m.perfCPU, 100*m.others, float64(vtb.ProcKB(t.p.pid(), "VmRSS"))/1024, strings.Join(per, " "))
+		rateName := "max"
+		if rate > 0 {
+			rateName = strconv.Itoa(rate)
+		}
+		med := map[string]result{}
+		for _, t := range targets {
+			rs := results[t.name]
+			m := summarize(rs)
+			med[t.name] = m
+			var per []string
+			for _, r := range rs {
+				per = append(per, strconv.FormatFloat(r.qps, 'f', 0, 64))
+			}
+			fmt.Printf("%-6d %-5s %-6s %-8s %8.0f %7.1f %7.3f %7.3f %7.3f %8.3f %15s %4.0f%% %4.0f%% %5.0f%% %5.1fMB  %s\n", n, mix, rateName, t.name, m.qps,
+				1e6*m.perQuery, 1000*m.avg, 1000*m.stddev, 1000*m.min, 1000*m.max, fmt.Sprintf("%d/%d", m.lost, m.sent),
+				100*m.cpu, 100*m.perfCPU, 100*m.others, float64(treeKB(t.p.pid(), "VmRSS"))/1024, strings.Join(per, " "))
+		}
+		for _, t := range targets {
+			rs := results[t.name]
+			fmt.Printf("%-6d %-5s %-6s %-8s rcodes (last run): %s\n", n, mix, rateName, t.name, rs[len(rs)-1].rcodes)
+		}
+		note := ""
+		if noisy > 0 {
+			note = fmt.Sprintf("; %d of %d runs started on a busy machine (see others)", noisy, len(targets)*c.runs)
+		}
+		var ratios []string
+		for _, t := range targets[1:] {
+			if rate == 0 {
+				ratios = append(ratios, fmt.Sprintf("QPS mgmtnet/%s %.2fx", t.name, med["mgmtnet"].qps/med[t.name].qps))
+			} else {
+				ratios = append(ratios, fmt.Sprintf("CPU/query mgmtnet/%s %.2fx", t.name, med["mgmtnet"].perQuery/med[t.name].perQuery))
+			}
+		}
+		target := "(design target: CPU/query at most Knot's, 1x or less)"
+		if rate == 0 {
+			target = "(max QPS is bounded by dnsperf's own core)"
+		}
+		fmt.Printf("%-6d %-5s %-6s %s %s%s\n", n, mix, rateName, strings.Join(ratios, ", "), target, note)
 	}
-	for _, t := range targets {
-		rs := results[t.name]
-		fmt.Printf("%-6d %-5s %-8s rcodes (last run): %s\n", n, mix, t.name, rs[len(rs)-1].rcodes)
-	}
-	note := ""
-	if noisy > 0 {
-		note = fmt.Sprintf("; %d of %d runs started on a busy machine (see others)", noisy, 2*c.runs)
-	}
-	fmt.Printf("%-6d %-5s mgmtnet/dnsmasq QPS %.2fx (design target: above 1x)%s\n", n, mix, med["mgmtnet"]/med["dnsmasq"], note)
 	return nil
 }
 
@@ -828,14 +1029,15 @@ func summarize(rs []result) result {
 		return v[len(v)/2]
 	}
 	m := result{
-		qps:     pick(func(r result) float64 { return r.qps }),
-		avg:     pick(func(r result) float64 { return r.avg }),
-		stddev:  pick(func(r result) float64 { return r.stddev }),
-		cpu:     pick(func(r result) float64 { return r.cpu }),
-		perfCPU: pick(func(r result) float64 { return r.perfCPU }),
-		others:  pick(func(r result) float64 { return r.others }),
-		min:     rs[0].min,
-		max:     rs[0].max,
+		qps:      pick(func(r result) float64 { return r.qps }),
+		avg:      pick(func(r result) float64 { return r.avg }),
+		stddev:   pick(func(r result) float64 { return r.stddev }),
+		cpu:      pick(func(r result) float64 { return r.cpu }),
+		perQuery: pick(func(r result) float64 { return r.perQuery }),
+		perfCPU:  pick(func(r result) float64 { return r.perfCPU }),
+		others:   pick(func(r result) float64 { return r.others }),
+		min:      rs[0].min,
+		max:      rs[0].max,
 	}
 	for _, r := range rs {
 		m.min, m.max = min(m.min, r.min), max(m.max, r.max)

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"time"
 
@@ -107,6 +108,7 @@ type dnsFlags struct {
 }
 
 func runDNS(ctx context.Context, env Env, args []string) error {
+	dnsProcs()
 	fs := newFlagSet("dns", dnsSynopsis, env.Stderr)
 	var f dnsFlags
 	fs.StringVar(&f.registry, "registry", "", "the registry's base `URI` (required), e.g. https://[fdf5:5351:1dfd::2]/api/")
@@ -291,6 +293,17 @@ func (f *dnsFlags) config() (authdns.Config, netip.Prefix, error) {
 		cfg.NS = []authdns.NameServer{ns}
 	}
 	return cfg, declared, nil
+}
+
+// dnsProcs gives the runtime a P (GOMAXPROCS) more than it has CPUs,
+// unless the user set GOMAXPROCS: the DNS server's UDP readers, one per
+// CPU, each hold a P while they wait in recvmmsg (authdns serveUDPRaw),
+// and the rest of the process needs one to run meanwhile. The number of
+// sockets and readers still follows the CPUs.
+func dnsProcs() {
+	if os.Getenv("GOMAXPROCS") == "" && runtime.GOMAXPROCS(0) <= runtime.NumCPU() {
+		runtime.GOMAXPROCS(runtime.NumCPU() + 1)
+	}
 }
 
 // dnsGlue returns the addresses of ns.ZONE without --ns-addr: the listen

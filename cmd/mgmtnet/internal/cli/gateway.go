@@ -36,6 +36,7 @@ Exit status: 0 success, 1 error, 2 usage error.
 `
 
 func runGateway(ctx context.Context, env Env, args []string) error {
+	dnsProcs() // for its DNS server
 	fs := newFlagSet("gateway", gatewaySynopsis, env.Stderr)
 	var path string
 	var once, check, cleanup, force bool
