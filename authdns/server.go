@@ -91,7 +91,7 @@ type Server struct {
 	forwards chan struct{}  // a slot per forwarded query in flight, from serveUDP
 	addrs    []net.Addr
 	serving  sync.WaitGroup // serve loops: of each dns.Server, and serveUDP
-	rawSocks []*rawSocket     // UDP sockets served by serveUDPRaw
+	rawSocks []*rawSocket   // UDP sockets served by serveUDPRaw
 	raw      sync.WaitGroup // serveUDPRaw loops, which must end before their sockets close
 	stopping atomic.Bool    // tells serveUDPRaw to end
 	bg       sync.WaitGroup // NOTIFY senders, and queries serveUDP forwards

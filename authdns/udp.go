@@ -172,7 +172,7 @@ func (t *tsigState) writeMsg(w io.Writer, m *dns.Msg) error {
 
 // addrPort is remote's allocation-free way to the client's address.
 func (w *batchWriter) addrPort() (netip.AddrPort, bool) { return w.from, false }
-func (w *batchWriter) setTsig(t tsigState)             { w.tsig = t }
+func (w *batchWriter) setTsig(t tsigState)              { w.tsig = t }
 
 // detach returns a writer for the current client that stays usable after
 // the batch: a forwarded query answers through it.

@@ -217,7 +217,7 @@ type rawWriter struct {
 var _ dns.ResponseWriter = (*rawWriter)(nil)
 
 func (w *rawWriter) addrPort() (netip.AddrPort, bool) { return w.from, false }
-func (w *rawWriter) setTsig(t tsigState)             { w.tsig = t }
+func (w *rawWriter) setTsig(t tsigState)              { w.tsig = t }
 
 func (w *rawWriter) detach() dns.ResponseWriter { return &rawUDPWriter{sock: w.sock, from: w.from} }
 

@@ -16,5 +16,5 @@ func openRaw(*net.UDPConn) (*rawSocket, error) {
 	return nil, errors.New("blocking UDP reads are for Linux")
 }
 
-func (*rawSocket) close()                  {}
+func (*rawSocket) close()                {}
 func (s *Server) serveUDPRaw(*rawSocket) {}
