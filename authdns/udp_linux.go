@@ -5,7 +5,6 @@ import (
 	"errors"
 	"net"
 	"net/netip"
-	"runtime"
 	"time"
 	"unsafe"
 
@@ -115,21 +114,22 @@ func (r *rawSocket) sendTo(b []byte, to netip.AddrPort) error {
 }
 
 // serveUDPRaw answers the queries of a UDP socket bound to one address
-// as serveUDP does, but with blocking recvmmsg and sendmmsg made directly
-// (RawSyscall) instead of through the Go runtime's poller.
+// as serveUDP does, but with blocking recvmmsg and sendmmsg on a socket
+// outside the Go runtime's poller (openRaw).
 //
 // With the poller, every batch that empties the socket parks the
 // goroutine in epoll, leaves the P idle and wakes the runtime's monitor
-// thread when work comes back: at a steady few thousand queries a second
-// (each batch a query or two) those thread switches cost more CPU than
-// answering, two to three times Knot's cost per query in the benchmark.
-// Here the thread sleeps in recvmmsg and wakes with the datagrams, one
-// switch, as a C server's does. The runtime sees a goroutine that runs:
-// its signals to stop it (preemption every 10 ms or so, garbage
-// collection) interrupt the wait (EINTR: the socket has a receive
-// timeout, so the call is not restarted), and the goroutine yields. So that other goroutines never wait
-// for that, the process has a P more than it has blocking readers (see
-// udpWorkers and cli's dnsProcs).
+// thread when work comes back; and a socket in the poller's epoll set
+// also wakes the poller's thread for every datagram. At a steady few
+// thousand queries a second (each batch a query or two) those thread
+// switches cost more CPU than answering. Here the thread sleeps in
+// recvmmsg and wakes with the datagrams, as a C server's does. The
+// runtime sees a goroutine in a system call: it may stop the world
+// meanwhile, and takes the P back only after 10 ms when another P is
+// idle, which is why the process keeps a P more than it has blocking
+// readers (Start, and cli's dnsProcs). (RawSyscall, which hides the call
+// from the runtime, was tried: a goroutine the runtime cannot stop then
+// holds a P, and the rest of the process crawled.)
 func (s *Server) serveUDPRaw(sock *rawSocket) {
 	fd := uintptr(sock.fd)
 	in := newRawBatch(udpBatch, readBufSize)
@@ -140,16 +140,11 @@ func (s *Server) serveUDPRaw(sock *rawSocket) {
 		for i := range in.slots {
 			in.arm(i, readBufSize, namelen)
 		}
-		n, _, errno := unix.RawSyscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&in.hdrs[0])), uintptr(len(in.hdrs)),
+		n, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&in.hdrs[0])), uintptr(len(in.hdrs)),
 			unix.MSG_WAITFORONE, 0, 0)
 		if errno != 0 {
 			switch errno {
-			case unix.EINTR, unix.EAGAIN:
-				// A signal, most likely the runtime's asking this goroutine
-				// to stop (preemption, a stop-the-world): the system call
-				// is no point where the runtime can stop it, so yield here.
-				// Without this a garbage collection would wait forever.
-				runtime.Gosched()
+			case unix.EINTR, unix.EAGAIN: // a signal; the receive timeout
 				continue
 			}
 			s.log.Debug("read dns queries", "addr", sock.local.String(), "err", errors.New(errno.Error()))
@@ -165,10 +160,9 @@ func (s *Server) serveUDPRaw(sock *rawSocket) {
 			s.handle(w, in.slots[i].buf[:in.hdrs[i].len])
 		}
 		for sent := 0; sent < w.n; {
-			k, _, errno := unix.RawSyscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&out.hdrs[sent])), uintptr(w.n-sent), 0, 0, 0)
+			k, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, fd, uintptr(unsafe.Pointer(&out.hdrs[sent])), uintptr(w.n-sent), 0, 0, 0)
 			if errno != 0 {
 				if errno == unix.EINTR {
-					runtime.Gosched()
 					continue
 				}
 				// A datagram the kernel refuses (a vanished route) must not
