@@ -66,7 +66,7 @@ bench: deps build
 	$(GO) run ./test/bench/fetchhosts -mgmtnet $(BIN) -nodes $(BENCH_NODES) -runs $(BENCH_RUNS) 2>/dev/null | tee -a bench.txt
 	$(GO) run ./test/bench/gateway -mgmtnet $(BIN) -nodes 65520 2>/dev/null | tee -a bench.txt
 	$(GO) run ./test/bench/feed -mgmtnet $(BIN) -nodes 65520 -runs 5 2>/dev/null | tee -a bench.txt
-	$(GO) run ./test/bench/dns -mgmtnet $(BIN) -sizes 1000,66000 -runs 3 -duration 10s 2>/dev/null | tee -a bench.txt
+	$(GO) run ./test/bench/dns -mgmtnet $(BIN) -sizes 1000,66000 -runs 3 -duration 10s -mixes mix -rates 0,40000,10000,600 2>/dev/null | tee -a bench.txt
 
 # stress: $(STRESS_BOOTS) boots of the two-gateway egress testbed under
 # stress-ng --cpu 2, counting the boots in which a node did not reach both

@@ -24,18 +24,28 @@
 //
 // A Zone is an immutable value with precomputed maps; Server.SetTestbed
 // builds one and swaps it in atomically, so queries never wait for a
-// rebuild. Zone transfers (AXFR, over TCP, to allowed clients) carry the
-// records of members; sliver names are computed and are not transferred.
-// Secondaries are sent NOTIFY when the snapshot changes; the SOA serial then
-// grows (the time of the change, at least the last serial plus one).
+// rebuild, and keeps the difference from the last zone in the new one's
+// journal. Zone transfers (over TCP, to allowed clients) carry the records
+// of members: AXFR, and IXFR (RFC 1995) with the changes from the
+// journal; sliver names are computed and are not transferred.
+// Secondaries are sent NOTIFY when the snapshot changes; the SOA serial
+// then grows (the time of the change, at least the last serial plus one,
+// kept across restarts in ServerOptions.SerialFile). With TSIG keys
+// (Config.TSIG, RFC 8945) transfers need a signature, NOTIFY is signed and
+// signed queries are answered signed. TCP connections are capped and
+// closed when idle; UDP answers to clients outside the management network
+// may be rate-limited.
 //
-// Answering is built for throughput: a query answered from the zone makes
-// no allocation of its own, and UDP on an address other than a wildcard
-// is read and written in batches (recvmmsg, sendmmsg) by a goroutine or two
-// per socket, with one socket per CPU sharing the port (SO_REUSEPORT). TCP,
-// and UDP on a wildcard address, are served by dns.Server.
+// Answering is built for throughput: answers are name-compressed and
+// built in pooled buffers, and UDP on an address other than a wildcard is
+// read and written in batches (recvmmsg, sendmmsg), one socket per CPU
+// sharing the port (SO_REUSEPORT). On Linux those calls block on a socket
+// taken out of the Go runtime's poller, which saves the runtime's thread
+// switches at every batch (serveUDPRaw). TCP, and UDP on a wildcard
+// address, are served by dns.Server.
 //
 // The package does not talk to the registry (Follow polls a source.Source,
-// which does), write files or pick the addresses it listens on: its
-// caller (mgmtnet dns, the gateway daemon) does.
+// which does), write files other than the serial file its caller names,
+// or pick the addresses it listens on: its caller (mgmtnet dns, the
+// gateway daemon) does.
 package authdns

@@ -559,3 +559,25 @@ func mustPrefixes(ss ...string) []netip.Prefix {
 	}
 	return out
 }
+
+// TestNameServerMemberGlue: a name server named by a member gets that
+// member's management address as glue, while the member is present.
+func TestNameServerMemberGlue(t *testing.T) {
+	cfg := Config{Zone: testZone, NS: []NameServer{{Name: "ns." + testZone, Member: "node_31"}}}
+	z, err := NewZone(cfg, smallTestbed(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sc scratch
+	ans := z.lookupForward(&sc, "ns."+testZone, "ns."+testZone, dns.TypeAAAA)
+	if got := rrStrings(ans.answer); len(got) != 1 || !strings.HasSuffix(got[0], "fdf5:5351:1dfd:1f::2") {
+		t.Errorf("ns AAAA with node_31 present: %v", got)
+	}
+	z, err = NewZone(cfg, build(t, cand(t, addressing.KindNode, 1, "")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ans := z.lookupForward(&sc, "ns."+testZone, "ns."+testZone, dns.TypeAAAA); len(ans.answer) != 0 {
+		t.Errorf("ns AAAA with node_31 absent: %v", rrStrings(ans.answer))
+	}
+}

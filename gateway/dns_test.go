@@ -50,3 +50,33 @@ func TestDNSFollowsSourceNotFiles(t *testing.T) {
 		t.Fatalf("host file node_2 not written: %v", err)
 	}
 }
+
+// TestDNSConfigKeysAndGlue: the YAML's key file is read (and refused when
+// others can read it), the limits reach the server's config, and ns.ZONE
+// gets the service address and the gateway's own member as its glue.
+func TestDNSConfigKeysAndGlue(t *testing.T) {
+	dir := t.TempDir()
+	key := dir + "/xfr.key"
+	body := `key "mgmt-xfr" { algorithm hmac-sha256; secret "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LTAxMjM="; };`
+	if err := os.WriteFile(key, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c := DNSConfig{Enabled: true, Zone: "mgmt.example.", TSIGKeyFile: key, ServiceAddress: "fdf5:5351:1dfd:0:53::53",
+		MaxTCPConnections: 10, RateLimit: 50}
+	if err := c.validate(); err == nil || !strings.Contains(err.Error(), "dns.tsig_key_file") || !strings.Contains(err.Error(), "chmod") {
+		t.Errorf("a world-readable key file: %v", err)
+	}
+	if err := os.Chmod(key, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := c.dnsConfig("server")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.TSIG) != 1 || cfg.TSIG[0].Name != "mgmt-xfr." || cfg.MaxTCPConns != 10 || cfg.RateLimit != 50 {
+		t.Errorf("config: %+v", cfg)
+	}
+	if len(cfg.NS) != 1 || cfg.NS[0].Name != "ns.mgmt.example." || cfg.NS[0].Member != "server" || len(cfg.NS[0].Addrs) != 1 {
+		t.Errorf("name server: %+v, want ns.mgmt.example. with the service address and member server", cfg.NS)
+	}
+}

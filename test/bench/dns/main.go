@@ -1,35 +1,39 @@
-// Command dns benchmarks "mgmtnet dns" against dnsmasq serving the same
-// names on the same machine, in one run, with dnsperf: queries per second
-// and latency (UDP, no rate limit) of each server, their ratio (the design
-// target: mgmtnet answers more queries per second than dnsmasq), lost
-// queries, each server's CPU use during the runs and its resident memory
-// at the end.
+// Command dns benchmarks "mgmtnet dns" against Knot DNS, NSD and dnsmasq
+// serving the same names on the same machine, in one run, with dnsperf:
+// at each offered load of -rates (dnsperf -Q; 0 for as fast as answered),
+// queries per second and latency of each server, the server's CPU time
+// per answered query (utime+stime from /proc, of the server process and
+// its children, before and after the run) and its ratio to the others'
+// (the design target: mgmtnet's CPU per query at most Knot's), lost
+// queries, CPU use during the runs and resident memory at the end.
 //
 // For each testbed size (number of names) it makes a synthetic testbed
 // (10 servers, then nodes up to 65 520, then hosts), serves it with
 // "mgmtnet registry serve --synthetic" on loopback, starts "mgmtnet dns"
-// for zone mgmt.bench.test. from that registry, and dnsmasq with the same
-// names and addresses in an addn-hosts file ("address fqdn" lines, which
-// dnsmasq answers AAAA and PTR from), --local for the zone and the /48's
-// ip6.arpa zone, no upstream, no other configuration read. It checks that
-// both servers give the expected answers to a sample of the queries, then
-// runs dnsperf against each with one query file for both. The query files
+// for zone mgmt.bench.test. from that registry, transfers both zones from
+// it into zone files that Knot and NSD load (one worker each, no journal,
+// NSD's rate limiting off), and gives dnsmasq the same names and addresses
+// in an addn-hosts file ("address fqdn" lines, which dnsmasq answers AAAA
+// and PTR from), --local for the zone and the /48's ip6.arpa zone, no
+// upstream, no other configuration read. It checks that every server
+// gives the expected answers to a sample of the queries, then runs
+// dnsperf against each with one query file for all. The query files
 // (-mixes) are drawn with a fixed seed: "mix" is 80% AAAA of existing
 // names, 10% PTR of their addresses and 10% AAAA of nonexistent names
 // (NXDOMAIN); "aaaa" is AAAA of existing names only, which isolates the
 // forward lookups (dnsmasq searches its hosts entries linearly for PTR,
 // so with tens of thousands of names the mix mostly measures that).
 //
-// Runs are interleaved, the order swapped every round (mgmtnet, dnsmasq,
-// dnsmasq, mgmtnet, ...), and each waits for a quiet machine (-quiet), so
-// that the noise of a shared machine falls on both servers alike; the
-// "others" column shows what noise remained. With -pin (the default on 2
-// CPUs or more) both servers run on CPU 1 and dnsperf (one thread) on CPU
-// 0, with taskset: each server gets one core (Go sets GOMAXPROCS from the
-// affinity mask, so mgmtnet runs with 1, as dnsmasq is single-threaded)
-// and dnsperf does not compete with it. Figures are medians over -runs
-// runs. Everything listens on 127.0.0.1; the program stops only the
-// processes it started, by pid. "make bench" runs it.
+// Runs are interleaved, the order rotated every round, and each waits
+// for a quiet machine (-quiet), so that the noise of a shared machine
+// falls on all servers alike; the "others" column shows what noise
+// remained. With -pin (the default on 2 CPUs or more) every server runs on
+// CPU 1 and dnsperf (one thread) on CPU 0, with taskset: each server gets
+// one core (Go sets GOMAXPROCS from the affinity mask; mgmtnet dns then
+// adds a P for its blocking reader) and dnsperf does not compete with it.
+// Figures are medians over -runs runs. Everything listens on 127.0.0.1;
+// the program stops only the processes it started, by pid. "make bench"
+// runs it.
 package main
 
 import (
