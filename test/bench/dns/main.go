@@ -704,7 +704,7 @@ func run(c config, sizes string) error {
 	cmdLine = strings.Replace(cmdLine, "-p 0", "-p PORT", 1)
 	fmt.Printf("# dnsperf %s, UDP: %s [-Q RATE]\n", dnsperfVersion, cmdLine)
 	if c.pin {
-		fmt.Printf("# servers pinned to CPU 1 (taskset -c 1; mgmtnet's GOMAXPROCS follows: 1; Knot and NSD set to one worker), dnsperf to CPU 0\n")
+		fmt.Printf("# servers pinned to CPU 1 (taskset -c 1: Go sees 1 CPU, mgmtnet dns runs one UDP reader and 2 Ps; Knot and NSD set to one worker), dnsperf to CPU 0\n")
 	} else {
 		fmt.Printf("# not pinned: servers and dnsperf share all CPUs\n")
 	}
