@@ -44,31 +44,29 @@ func diff(old, z *Zone) *delta {
 	ptr := func(a netip.Addr, target string) dns.RR {
 		return &dns.PTR{Hdr: hdr(addressing.PTRName(a), dns.TypePTR, ttl), Ptr: target}
 	}
-	for name, i := range old.names {
-		was := old.members[i].addr
-		if j, ok := z.names[name]; !ok || z.members[j].addr != was {
-			d.fwdDel = append(d.fwdDel, aaaa(name, was))
-		}
-	}
-	for name, j := range z.names {
-		now := z.members[j].addr
-		if i, ok := old.names[name]; !ok || old.members[i].addr != now {
-			d.fwdAdd = append(d.fwdAdd, aaaa(name, now))
-		}
-	}
-	for a, i := range old.byAddr {
-		was := old.members[i].fqdn
-		if j, ok := z.byAddr[a]; !ok || z.members[j].fqdn != was {
-			d.revDel = append(d.revDel, ptr(a, was))
-		}
-	}
-	for a, j := range z.byAddr {
-		now := z.members[j].fqdn
-		if i, ok := old.byAddr[a]; !ok || old.members[i].fqdn != now {
-			d.revAdd = append(d.revAdd, ptr(a, now))
-		}
-	}
+	oldAddr := func(i int32) netip.Addr { return old.members[i].addr }
+	newAddr := func(i int32) netip.Addr { return z.members[i].addr }
+	oldName := func(i int32) string { return old.members[i].fqdn }
+	newName := func(i int32) string { return z.members[i].fqdn }
+	d.fwdDel = changed(old.names, z.names, oldAddr, newAddr, aaaa)
+	d.fwdAdd = changed(z.names, old.names, newAddr, oldAddr, aaaa)
+	d.revDel = changed(old.byAddr, z.byAddr, oldName, newName, ptr)
+	d.revAdd = changed(z.byAddr, old.byAddr, newName, oldName, ptr)
 	return d
+}
+
+// changed returns the record of each key of from whose value (of
+// fromVal) is not the same in to (of toVal): with from the old zone, the
+// records deleted; with from the new one, those added.
+func changed[K comparable, V comparable](from, to map[K]int32, fromVal, toVal func(int32) V, rr func(K, V) dns.RR) []dns.RR {
+	var out []dns.RR
+	for k, i := range from {
+		v := fromVal(i)
+		if j, ok := to[k]; !ok || toVal(j) != v {
+			out = append(out, rr(k, v))
+		}
+	}
+	return out
 }
 
 // nextJournal returns old's journal with the change to z appended, its
