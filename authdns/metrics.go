@@ -119,7 +119,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"reason"}),
 	}
 	refused := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "mgmtnet_dns_refused_total", Help: "Queries REFUSED, by reason: client (not allowed), transfer (not allowed, or over UDP), zone (outside our zones, not forwarded), class (not IN), notify (this server is a primary only).",
+		Name: "mgmtnet_dns_refused_total", Help: "Queries REFUSED, by reason: client (not allowed), transfer (not allowed, or over UDP), zone (outside our zones, not forwarded), class (not IN), notify (this server is a primary only), unsigned (a transfer without the signature a configured TSIG key requires).",
 	}, []string{"reason"})
 	for i := range m.refused {
 		m.refused[i] = refused.WithLabelValues(refusalNames[i])

@@ -39,12 +39,13 @@ const tsigFudge = 300
 // refused as a mistake (a password typed by hand, a truncated file).
 const minSecretBytes = 16
 
-// algorithms are the HMACs accepted, by their names in key files.
-var algorithms = map[string]string{
-	"hmac-sha224": dns.HmacSHA224,
-	"hmac-sha256": dns.HmacSHA256,
-	"hmac-sha384": dns.HmacSHA384,
-	"hmac-sha512": dns.HmacSHA512,
+// hmacs are the HMACs accepted, by their wire names (a key file's name
+// with the final dot).
+var hmacs = map[string]func() hash.Hash{
+	dns.HmacSHA224: sha256.New224,
+	dns.HmacSHA256: sha256.New,
+	dns.HmacSHA384: sha512.New384,
+	dns.HmacSHA512: sha512.New,
 }
 
 // canonical checks one key and returns it canonical: the name fully
@@ -58,8 +59,8 @@ func (k TSIGKey) canonical() (TSIGKey, error) {
 	if alg == "" {
 		alg = "hmac-sha256"
 	}
-	wire, ok := algorithms[alg]
-	if !ok {
+	wire := alg + "."
+	if _, ok := hmacs[wire]; !ok {
 		return k, fmt.Errorf("tsig key %s: algorithm %q: want hmac-sha256, hmac-sha384, hmac-sha512 or hmac-sha224", name, k.Algorithm)
 	}
 	raw, err := base64.StdEncoding.DecodeString(k.Secret)
@@ -127,17 +128,8 @@ func (r *keyRing) Verify(msg []byte, t *dns.TSIG) error {
 type tsigSecret string
 
 func (s tsigSecret) Generate(msg []byte, t *dns.TSIG) ([]byte, error) {
-	var h func() hash.Hash
-	switch strings.ToLower(t.Algorithm) {
-	case dns.HmacSHA224:
-		h = sha256.New224
-	case dns.HmacSHA256:
-		h = sha256.New
-	case dns.HmacSHA384:
-		h = sha512.New384
-	case dns.HmacSHA512:
-		h = sha512.New
-	default:
+	h, ok := hmacs[strings.ToLower(t.Algorithm)]
+	if !ok {
 		return nil, dns.ErrKeyAlg
 	}
 	raw, err := base64.StdEncoding.DecodeString(string(s))

@@ -170,14 +170,20 @@ func TestTSIG(t *testing.T) {
 			t.Errorf("signed SOA over %s: %v, %v; want a signed answer", network, r, err)
 		}
 	}
-	got := gather(t, reg, "mgmtnet_dns_tsig_failures_total", "mgmtnet_dns_refused_total")
-	for _, want := range []string{
+	wantMetrics(t, reg, []string{"mgmtnet_dns_tsig_failures_total", "mgmtnet_dns_refused_total"},
 		`mgmtnet_dns_tsig_failures_total{error="badkey"} 1`,
 		`mgmtnet_dns_tsig_failures_total{error="badsig"} 2`,
-		`mgmtnet_dns_refused_total{reason="unsigned"} 1`,
-	} {
-		if !slices.Contains(got, want) {
-			t.Errorf("metrics %v: want %s", got, want)
+		`mgmtnet_dns_refused_total{reason="unsigned"} 1`)
+}
+
+// wantMetrics fails t unless the metrics of names include every sample
+// in want.
+func wantMetrics(t *testing.T, reg *prometheus.Registry, names []string, want ...string) {
+	t.Helper()
+	got := gather(t, reg, names...)
+	for _, w := range want {
+		if !slices.Contains(got, w) {
+			t.Errorf("metrics %v: want %s", got, w)
 		}
 	}
 }
@@ -337,16 +343,10 @@ func TestIXFR(t *testing.T) {
 	if r := exchange(t, "udp", addr, q); len(r.Answer) != 1 || r.Answer[0].(*dns.SOA).Serial != cur.serial {
 		t.Errorf("IXFR over UDP: %v; want the current SOA", r)
 	}
-	got := gather(t, reg, "mgmtnet_dns_transfers_total")
-	for _, want := range []string{
+	wantMetrics(t, reg, []string{"mgmtnet_dns_transfers_total"},
 		`mgmtnet_dns_transfers_total{kind="ixfr"} 6`,
 		`mgmtnet_dns_transfers_total{kind="current"} 1`,
-		`mgmtnet_dns_transfers_total{kind="ixfr_full"} 1`,
-	} {
-		if !slices.Contains(got, want) {
-			t.Errorf("metrics %v: want %s", got, want)
-		}
-	}
+		`mgmtnet_dns_transfers_total{kind="ixfr_full"} 1`)
 }
 
 // TestJournalBounds: the journal keeps at most journalDeltas changes and
@@ -463,10 +463,8 @@ func TestTCPLimits(t *testing.T) {
 		}
 		c.Close()
 	}
-	if got := gather(t, reg, "mgmtnet_dns_tcp_rejected_total", "mgmtnet_dns_tcp_connections"); !slices.Contains(got, "mgmtnet_dns_tcp_rejected_total 1") ||
-		!slices.Contains(got, "mgmtnet_dns_tcp_connections 2") {
-		t.Errorf("metrics %v: want 1 rejected, 2 open", got)
-	}
+	wantMetrics(t, reg, []string{"mgmtnet_dns_tcp_rejected_total", "mgmtnet_dns_tcp_connections"},
+		"mgmtnet_dns_tcp_rejected_total 1", "mgmtnet_dns_tcp_connections 2")
 	// Idle, the held connections are closed by the server.
 	for _, c := range held {
 		c.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -534,10 +532,8 @@ func TestRateLimit(t *testing.T) {
 	if r := w.only(t); len(r.Answer) != 1 {
 		t.Errorf("TCP over the limit: %v", r)
 	}
-	got := gather(t, reg, "mgmtnet_dns_rate_limited_total")
-	if !slices.Contains(got, `mgmtnet_dns_rate_limited_total{action="dropped"} 5`) || !slices.Contains(got, `mgmtnet_dns_rate_limited_total{action="slipped"} 4`) {
-		t.Errorf("metrics %v: want 5 dropped, 4 slipped", got)
-	}
+	wantMetrics(t, reg, []string{"mgmtnet_dns_rate_limited_total"},
+		`mgmtnet_dns_rate_limited_total{action="dropped"} 5`, `mgmtnet_dns_rate_limited_total{action="slipped"} 4`)
 }
 
 // TestCompressed: answers are name-compressed, as other servers' are.

@@ -269,7 +269,7 @@ func TestSecondaries(t *testing.T) {
 	// primary with the key, accepting NOTIFY signed with it.
 	bindDir := filepath.Join(dir, "bind")
 	os.MkdirAll(bindDir, 0o755)
-	bindConf := func(dir, listen string, port int, sec string) string {
+	bindConf := func(dir string, port int, sec string) string {
 		var b strings.Builder
 		fmt.Fprintf(&b, `options {
 	directory %q;
@@ -298,10 +298,9 @@ server 127.0.0.1 { keys { %s; }; };
 };
 `, z, mPort, keyName, keyName, i)
 		}
-		_ = listen
 		return b.String()
 	}
-	if err := os.WriteFile(filepath.Join(bindDir, "named.conf"), []byte(bindConf(bindDir, bind, bPort, secret)), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(bindDir, "named.conf"), []byte(bindConf(bindDir, bPort, secret)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	start(t, dir, "named", bins["named"], "-g", "-4", "-c", filepath.Join(bindDir, "named.conf"))
@@ -460,7 +459,7 @@ zone:
 	// never loads the zones, and mgmtnet counts the bad signatures.
 	badDir := filepath.Join(dir, "bind-wrong-key")
 	os.MkdirAll(badDir, 0o755)
-	if err := os.WriteFile(filepath.Join(badDir, "named.conf"), []byte(bindConf(badDir, bad, badPort, wrong)), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(badDir, "named.conf"), []byte(bindConf(badDir, badPort, wrong)), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	badsig := metric(t, metrics, `mgmtnet_dns_tsig_failures_total{error="badsig"}`)
