@@ -445,10 +445,28 @@ func (a *NodeEgressApplier) Apply(ctx context.Context, want NodeEgress) error {
 			continue
 		}
 		if err := a.nl.RouteAdd(nr); err != nil {
-			if errors.Is(err, unix.EEXIST) {
-				return fmt.Errorf("node egress: add route %s table %d: a route that is not ours (protocol other than %d) holds its place: %w", r, r.table, EgressProtocol, err)
+			if !errors.Is(err, unix.EEXIST) {
+				return fmt.Errorf("node egress: add route %s table %d: %w", r, r.table, err)
 			}
-			return fmt.Errorf("node egress: add route %s table %d: %w", r, r.table, err)
+			// The slot was free when read. tinc-up puts the default route
+			// back whenever tincd starts, and may have done so since: a
+			// route of ours there now is no conflict.
+			again, lerr := a.ourRoutes()
+			if lerr != nil {
+				return lerr
+			}
+			switch {
+			case slices.ContainsFunc(again, func(h netlink.Route) bool { return sameRoute(h, nr) }):
+				continue
+			case slices.ContainsFunc(again, func(h netlink.Route) bool { return idOf(h) == idOf(*nr) }):
+				if err := a.nl.RouteReplace(nr); err != nil {
+					return fmt.Errorf("node egress: replace route %s table %d: %w", r, r.table, err)
+				}
+				replaced[idOf(*nr)] = true
+				a.log.Info("node egress: route replaced", "route", r.String(), "table", r.table)
+				continue
+			}
+			return fmt.Errorf("node egress: add route %s table %d: a route that is not ours (protocol other than %d) holds its place: %w", r, r.table, EgressProtocol, err)
 		}
 		a.log.Info("node egress: route added", "route", r.String(), "table", r.table)
 	}

@@ -513,6 +513,53 @@ func TestNodeEgressNoLink(t *testing.T) {
 	}
 }
 
+// racingNetlink adds the default route through tinc itself just before
+// Apply's first add of it, as tinc-up does when tincd starts while
+// node-boot applies.
+type racingNetlink struct {
+	EgressNetlink
+	raced bool
+}
+
+func (r *racingNetlink) RouteAdd(nr *netlink.Route) error {
+	if !r.raced && nr.Table == EgressTable && nr.Dst != nil && nr.Dst.IP.To4() != nil && nr.Dst.IP.IsUnspecified() {
+		r.raced = true
+		c := *nr
+		if err := r.EgressNetlink.RouteAdd(&c); err != nil {
+			return err
+		}
+	}
+	return r.EgressNetlink.RouteAdd(nr)
+}
+
+// TestNodeEgressRaceWithTincUp: tinc-up adds the default route between
+// Apply's read and its add; Apply takes the route (ours) as done instead
+// of reporting a foreign one, and the state is the same as without the race.
+func TestNodeEgressRaceWithTincUp(t *testing.T) {
+	want := mustEgress(t, "confine", egressAddr, pfx("192.168.157.0/25"), nil)
+	for _, mk := range envs() {
+		t.Run(mk.name, func(t *testing.T) {
+			plain := mk.make(t)
+			if err := plain.applier().Apply(t.Context(), want); err != nil {
+				t.Fatal(err)
+			}
+			wantState := plain.state(t)
+			e := mk.make(t)
+			race := &racingNetlink{EgressNetlink: e.nl}
+			a := NewNodeEgressApplier(race, e.nft, nil)
+			if err := a.Apply(t.Context(), want); err != nil {
+				t.Fatalf("Apply racing tinc-up = %v", err)
+			}
+			if !race.raced {
+				t.Fatal("the race was not staged: no default route added")
+			}
+			if got := e.state(t); got != wantState {
+				t.Errorf("state after the race:\n%s\nwant:\n%s", got, wantState)
+			}
+		})
+	}
+}
+
 // A route that is not ours in the place of ours is reported, not
 // replaced.
 func TestNodeEgressForeignInTheWay(t *testing.T) {
